@@ -1,0 +1,144 @@
+//! Configuration: environment variables (12-factor), optionally preloaded
+//! from a file, read once into validated structs. Defaults live here and are
+//! printed by `--help`. Secrets are wrapped in [`Secret`] and never printed.
+
+use std::fmt;
+use std::path::Path;
+
+use clap::Args;
+
+/// A value that must never reach a log line or a `Debug` dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself; call only where it is used, never to print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL (postgres://user:pass@host:port/db) or
+    /// key=value string.
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL is not set: pass --database-url or set DATABASE_URL (postgres://user:pass@host:5432/db)")]
+    MissingDatabaseUrl,
+    #[error("invalid DATABASE_URL: {0}")]
+    DatabaseUrl(String),
+    #[error("reading config file {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}: expected KEY=VALUE")]
+    FileSyntax { path: String, line: usize },
+}
+
+impl DatabaseArgs {
+    /// The parsed connection settings, or a clear error saying what to set.
+    pub fn connection(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let url = self
+            .database_url
+            .as_ref()
+            .ok_or(ConfigError::MissingDatabaseUrl)?;
+        // The driver's message never includes the URL, so it is safe to show.
+        crate::db::parse_url(url.expose()).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
+    }
+}
+
+/// Loads `KEY=VALUE` lines from `path` into the environment, without
+/// overriding variables that are already set (the environment wins).
+/// Blank lines and lines starting with `#` are skipped; values may be
+/// wrapped in single or double quotes.
+pub fn load_env_file(path: &Path) -> Result<(), ConfigError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        path: display.clone(),
+        source,
+    })?;
+    for (key, value) in parse_env_file(&text).map_err(|line| ConfigError::FileSyntax {
+        path: display.clone(),
+        line,
+    })? {
+        if std::env::var_os(&key).is_none() {
+            // Single-threaded here: called from main before the runtime starts.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+    Ok(())
+}
+
+/// Parses env-file text; on error returns the 1-based line number.
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, usize> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (key, value) = line.split_once('=').ok_or(i + 1)?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(i + 1);
+        }
+        let value = value.trim();
+        let value = [('"', '"'), ('\'', '\'')]
+            .iter()
+            .find_map(|(a, b)| value.strip_prefix(*a).and_then(|v| v.strip_suffix(*b)))
+            .unwrap_or(value);
+        out.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("whsec_abc");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn env_file_parses_quotes_comments_and_export() {
+        let parsed = parse_env_file("# c\n\nexport A=1\nB = 'two words'\nC=\"x=y\"\n").unwrap();
+        assert_eq!(
+            parsed,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "two words".into()),
+                ("C".into(), "x=y".into())
+            ]
+        );
+        assert_eq!(parse_env_file("A=1\nnot a pair\n"), Err(2));
+        assert_eq!(parse_env_file("BAD KEY=1\n"), Err(1));
+    }
+}

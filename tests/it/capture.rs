@@ -1,0 +1,354 @@
+//! webhooks.watch(): what each write puts in the outbox, and when writers
+//! send a NOTIFY.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::support::{wait, TestDb};
+
+#[derive(Debug, PartialEq)]
+struct Event {
+    event_type: String,
+    tenant_id: Option<String>,
+    origin: Option<String>,
+    row_key: Option<String>,
+    payload: Value,
+    previous: Option<Value>,
+}
+
+async fn events(client: &Client) -> Vec<Event> {
+    client
+        .query(
+            "SELECT event_type, tenant_id, origin, row_key, payload, previous FROM webhooks.events ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| Event {
+            event_type: r.get(0),
+            tenant_id: r.get(1),
+            origin: r.get(2),
+            row_key: r.get(3),
+            payload: r.get(4),
+            previous: r.get(5),
+        })
+        .collect()
+}
+
+fn types(events: &[Event]) -> Vec<&str> {
+    events.iter().map(|e| e.event_type.as_str()).collect()
+}
+
+async fn table(client: &Client) {
+    client
+        .batch_execute(
+            "CREATE SCHEMA crm;
+             CREATE TABLE crm.tickets (
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 title text NOT NULL,
+                 status text NOT NULL DEFAULT 'OPEN',
+                 org text,
+                 api_token text,
+                 notes text)",
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn created_updated_deleted_with_previous_values() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute("SELECT webhooks.watch('crm.tickets', 'ticket')", &[])
+        .await
+        .unwrap();
+    c.batch_execute(
+        "INSERT INTO crm.tickets (title) VALUES ('printer');
+         UPDATE crm.tickets SET title = 'printer on fire';
+         DELETE FROM crm.tickets;",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(types(&ev), ["ticket.created", "ticket.updated", "ticket.deleted"]);
+    assert_eq!(ev[0].row_key.as_deref(), Some("1"));
+    assert_eq!(ev[0].payload["title"], "printer");
+    assert_eq!(ev[0].payload["status"], "OPEN");
+    assert_eq!(ev[0].previous, None);
+    assert_eq!(ev[1].payload["title"], "printer on fire");
+    assert_eq!(ev[1].previous, Some(json!({"title": "printer"})));
+    assert_eq!(ev[2].payload["title"], "printer on fire");
+    assert!(ev.iter().all(|e| e.origin.is_none() && e.tenant_id.is_none()));
+}
+
+#[tokio::test]
+async fn status_column_names_tenant_and_excluded_columns() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute(
+        "SELECT webhooks.watch('crm.tickets', 'task', $1)",
+        &[&json!({
+            "status_column": "status",
+            "tenant_column": "org",
+            "exclude": ["api_token"],
+            "names": {"insert": "task_created", "update": "task_updated", "status": "task_status_changed", "delete": "task_deleted"}
+        })],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO crm.tickets (title, org, api_token) VALUES ('a', 'acme', 'tok-1');
+         UPDATE crm.tickets SET title = 'b';
+         UPDATE crm.tickets SET status = 'IN_PROGRESS';
+         DELETE FROM crm.tickets;",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "task_created",
+            "task_updated",
+            "task_status_changed",
+            "task_deleted"
+        ]
+    );
+    assert!(ev.iter().all(|e| e.tenant_id.as_deref() == Some("acme")));
+    assert!(
+        ev.iter().all(|e| e.payload.get("api_token").is_none()),
+        "excluded column leaked: {ev:?}"
+    );
+    assert_eq!(ev[2].previous, Some(json!({"status": "OPEN"})));
+
+    // Without a "status" name, a status change emits <entity>.<new value, lower-case>.
+    c.execute(
+        "SELECT webhooks.watch('crm.tickets', 'appointment', '{\"status_column\": \"status\"}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO crm.tickets (title, api_token) VALUES ('c', 'tok-2');
+         UPDATE crm.tickets SET status = 'Confirmed';
+         UPDATE crm.tickets SET status = 'Confirmed', notes = 'x';",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(
+        &types(&ev)[4..],
+        [
+            "appointment.created",
+            "appointment.confirmed",
+            "appointment.updated"
+        ]
+    );
+    // Calling watch() again replaced the options: the token is no longer excluded.
+    assert_eq!(ev[4].payload["api_token"], "tok-2");
+}
+
+#[tokio::test]
+async fn updates_that_change_nothing_watched_emit_nothing() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute(
+        "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"columns\": [\"title\"], \"ops\": [\"insert\", \"update\"]}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.batch_execute(
+        "INSERT INTO crm.tickets (title) VALUES ('a'), ('b');
+         UPDATE crm.tickets SET title = title;
+         UPDATE crm.tickets SET notes = 'not watched';
+         UPDATE crm.tickets SET title = 'A' WHERE title = 'a';
+         DELETE FROM crm.tickets;",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(types(&ev), ["ticket.created", "ticket.created", "ticket.updated"]);
+    assert_eq!(ev[2].previous, Some(json!({"title": "a"})));
+    assert_eq!(ev[2].row_key.as_deref(), Some("1"));
+}
+
+#[tokio::test]
+async fn rolled_back_writes_emit_nothing_and_origin_is_recorded() {
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    table(&c).await;
+    c.execute("SELECT webhooks.watch('crm.tickets', 'ticket')", &[])
+        .await
+        .unwrap();
+    let tx = c.transaction().await.unwrap();
+    tx.execute("INSERT INTO crm.tickets (title) VALUES ('never')", &[])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(events(&c).await, []);
+
+    let tx = c.transaction().await.unwrap();
+    tx.execute(
+        "SELECT set_config('webhooks.origin', 'inbound/support-tickets', true)",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.execute("INSERT INTO crm.tickets (title) VALUES ('from make')", &[])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    c.execute("INSERT INTO crm.tickets (title) VALUES ('from the app')", &[])
+        .await
+        .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(ev[0].origin.as_deref(), Some("inbound/support-tickets"));
+    assert_eq!(ev[1].origin, None, "the origin setting is transaction-local");
+}
+
+#[tokio::test]
+async fn watch_rejects_bad_options_clearly() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute("CREATE TABLE crm.log (line text)", &[]).await.unwrap();
+    for (sql, expected) in [
+        (
+            "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"colums\": [\"title\"]}')",
+            "unknown option \"colums\"",
+        ),
+        (
+            "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"columns\": [\"nope\"]}')",
+            "column \"nope\"",
+        ),
+        (
+            "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"ops\": [\"upsert\"]}')",
+            "\"ops\" must be",
+        ),
+        (
+            "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"status_column\": 3}')",
+            "must be a column name",
+        ),
+        (
+            "SELECT webhooks.watch('crm.tickets', 'bad entity')",
+            "invalid entity",
+        ),
+        ("SELECT webhooks.watch('crm.log', 'log')", "has no primary key"),
+        ("SELECT webhooks.watch('crm.missing', 'x')", "does not exist"),
+    ] {
+        let err = c.execute(sql, &[]).await.expect_err(sql);
+        let msg = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert!(msg.contains(expected), "{sql}: got {msg:?}");
+    }
+    // Without update capture, a table with no primary key is fine.
+    c.execute(
+        "SELECT webhooks.watch('crm.log', 'log', '{\"ops\": [\"insert\"]}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute("INSERT INTO crm.log VALUES ('x')", &[]).await.unwrap();
+    assert_eq!(types(&events(&c).await), ["log.created"]);
+    assert!(c
+        .query_one("SELECT webhooks.unwatch('crm.log')", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
+    c.execute("INSERT INTO crm.log VALUES ('y')", &[]).await.unwrap();
+    assert_eq!(events(&c).await.len(), 1, "unwatch stops capture");
+}
+
+/// A connection that LISTENs on `webhooks` and forwards notification payloads.
+async fn listener(db: &TestDb) -> (Client, mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) = db.config().connect(NoTls).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let AsyncMessage::Notification(n) = msg {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute("LISTEN webhooks").await.unwrap();
+    (client, rx)
+}
+
+/// Notifications received up to a fence: a later transaction's NOTIFY, which
+/// Postgres delivers after every notification committed before it.
+async fn notifications_before_fence(
+    writer: &Client,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+) -> Vec<String> {
+    writer.batch_execute("NOTIFY webhooks, 'fence'").await.unwrap();
+    let mut seen = Vec::new();
+    wait::until("the fence notification", Duration::from_secs(10), || {
+        while let Ok(p) = rx.try_recv() {
+            seen.push(p);
+        }
+        let done = seen.iter().any(|p| p == "fence");
+        async move { done.then_some(()) }
+    })
+    .await;
+    seen.retain(|p| p != "fence");
+    seen
+}
+
+#[tokio::test]
+async fn bulk_insert_emits_every_event_and_one_notification_only_when_idle() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute("SELECT webhooks.watch('crm.tickets', 'ticket')", &[])
+        .await
+        .unwrap();
+    let (_listen, mut rx) = listener(&db).await;
+
+    // No listener has said it is idle: writers skip the NOTIFY entirely.
+    c.execute(
+        "INSERT INTO crm.tickets (title) SELECT 't' || g FROM generate_series(1, 100) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        notifications_before_fence(&c, &mut rx).await,
+        Vec::<String>::new()
+    );
+
+    // An idle listener gets exactly one notification for a 10,000-row statement.
+    c.execute(
+        "INSERT INTO webhooks.listeners (replica, idle) VALUES ('test', true)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let n = c
+        .execute(
+            "INSERT INTO crm.tickets (title) SELECT 't' || g FROM generate_series(1, 10000) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 10_000);
+    assert_eq!(notifications_before_fence(&c, &mut rx).await, vec![String::new()]);
+    let count: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT row_key) FROM webhooks.events WHERE event_type = 'ticket.created'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 10_100);
+}

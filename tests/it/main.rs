@@ -1,0 +1,7 @@
+//! The integration tests: one binary, real Postgres, real HTTP.
+
+mod support;
+
+mod capture;
+mod example_app;
+mod migrate;

@@ -1,0 +1,133 @@
+//! `migrate`: idempotent, safe concurrently, and in agreement with the
+//! readable definitions in sql/schema.sql.
+
+use crate::support::TestDb;
+use pgwebhooks::db::migrate;
+use tokio_postgres::Client;
+
+#[tokio::test]
+async fn migrate_twice_and_concurrently_is_harmless() {
+    let db = TestDb::empty().await;
+    let (mut a, mut b) = (db.client().await, db.client().await);
+    let (ra, rb) = tokio::join!(migrate::run(&mut a, true), migrate::run(&mut b, true));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(
+        ra.applied.len() + rb.applied.len(),
+        migrate::embedded_count(),
+        "each migration applied exactly once: {ra:?} {rb:?}"
+    );
+    let again = migrate::run(&mut a, true).await.unwrap();
+    assert!(again.applied.is_empty());
+    assert!(migrate::is_current(&a).await.unwrap());
+    let public: i64 = a
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(public, 0, "nothing of ours in public");
+}
+
+/// Everything a schema holds, as comparable text.
+async fn catalog(c: &Client, schema: &str) -> Vec<String> {
+    c.query(
+        "SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+                || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+                || CASE WHEN a.attidentity <> '' THEN ' identity ' || a.attidentity::text ELSE '' END
+                || ' ' || c.relkind::text || c.relpersistence::text
+           FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE c.relnamespace = $1::text::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+            AND c.relkind IN ('r', 'p', 'v', 'm') AND c.relname <> 'refinery_schema_history'
+         UNION ALL
+         SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+          WHERE c.relnamespace = $1::text::regnamespace AND c.relname <> 'refinery_schema_history'
+         UNION ALL
+         SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+           FROM pg_constraint WHERE connamespace = $1::text::regnamespace
+            AND conrelid <> coalesce(to_regclass($1::text || '.refinery_schema_history'), 0)
+         UNION ALL
+         SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc) FROM pg_proc p
+          WHERE p.pronamespace = $1::text::regnamespace
+         UNION ALL
+         SELECT 'view ' || c.relname || ' ' || md5(pg_get_viewdef(c.oid)) FROM pg_class c
+          WHERE c.relnamespace = $1::text::regnamespace AND c.relkind = 'v'
+         ORDER BY 1",
+        &[&schema],
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn migrations_agree_with_sql_schema_definition() {
+    let migrated = TestDb::empty().await;
+    let mut m = migrated.client().await;
+    migrate::run(&mut m, false).await.unwrap();
+
+    let readable = TestDb::empty().await;
+    let r = readable.client().await;
+    r.batch_execute(include_str!("../../sql/schema.sql"))
+        .await
+        .unwrap();
+    for (file, sql) in migrate::SQL_FILES {
+        r.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let (a, b) = (catalog(&m, "webhooks").await, catalog(&r, "webhooks").await);
+    let only_migrated: Vec<_> = a.iter().filter(|x| !b.contains(x)).collect();
+    let only_readable: Vec<_> = b.iter().filter(|x| !a.contains(x)).collect();
+    assert!(
+        only_migrated.is_empty() && only_readable.is_empty(),
+        "sql/schema.sql and migrations/ disagree.\nonly in migrations: {only_migrated:#?}\nonly in sql/schema.sql: {only_readable:#?}"
+    );
+    assert!(a.len() > 50, "the catalog query saw the schema: {}", a.len());
+}
+
+#[tokio::test]
+async fn cli_migrate_with_example_then_again() {
+    let db = TestDb::empty().await;
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .args(["migrate", "--example"])
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied V1__outbox"));
+    let second = run();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("migrations: up to date"));
+    let c = db.client().await;
+    let app: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'app'::regnamespace AND relkind = 'r'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(app >= 10, "example tables installed: {app}");
+
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .env_remove("PGWEBHOOKS_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("DATABASE_URL is not set"));
+}

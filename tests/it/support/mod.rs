@@ -1,0 +1,6 @@
+//! Test support: real Postgres (`db`), conditions with deadlines (`wait`).
+
+pub mod db;
+pub mod wait;
+
+pub use db::TestDb;

@@ -109,10 +109,16 @@ CREATE TABLE webhooks.endpoints (
     CONSTRAINT endpoints_in_flight_check CHECK (max_in_flight IS NULL OR max_in_flight > 0)
 );
 
--- Bumped by every change to endpoints or their secrets, so a replica can
--- tell in the same statement that claims events whether its cached copy
--- of the subscriptions is current.
-CREATE SEQUENCE webhooks.config_version;
+-- Bumped (in the same transaction) by every change to endpoints or their
+-- secrets, so a replica can tell in the statement that claims events
+-- whether its cached copy of the subscriptions is current.
+CREATE TABLE webhooks.config_version (
+    singleton boolean NOT NULL DEFAULT true,
+    version   bigint  NOT NULL DEFAULT 0,
+    CONSTRAINT config_version_pkey PRIMARY KEY (singleton),
+    CONSTRAINT config_version_singleton CHECK (singleton)
+);
+INSERT INTO webhooks.config_version DEFAULT VALUES;
 
 -- Cross-replica pacing of rate-limited endpoints (GCRA: one "theoretical
 -- arrival time" per endpoint).
@@ -129,7 +135,9 @@ CREATE TABLE webhooks.endpoint_secrets (
     created_at  timestamptz NOT NULL DEFAULT now(),
     expires_at  timestamptz,
     CONSTRAINT endpoint_secrets_pkey PRIMARY KEY (endpoint_id, secret),
-    CONSTRAINT endpoint_secrets_format CHECK (secret ~ '^whsec_[A-Za-z0-9+/=]+$')
+    -- whsec_<base64> (Standard Webhooks), or a plain shared string for
+    -- receivers that compare an x-webhook-secret header.
+    CONSTRAINT endpoint_secrets_format CHECK (secret ~ '^[!-~]{8,}$')
 );
 
 -- One row per (event, endpoint). Rows are written once the first attempt
@@ -141,6 +149,9 @@ CREATE TABLE webhooks.deliveries (
     endpoint_id     bigint      NOT NULL,
     status          text        NOT NULL,
     attempts        integer     NOT NULL DEFAULT 0,
+    -- attempts already made when the current retry budget began (a manual
+    -- retry of a dead delivery grants a fresh schedule).
+    attempts_base   integer     NOT NULL DEFAULT 0,
     next_attempt_at timestamptz,
     claimed_by      text,
     lease_until     timestamptz,

@@ -57,6 +57,8 @@ pub enum ConfigError {
     },
     #[error("config file {path}, line {line}: expected KEY=VALUE")]
     FileSyntax { path: String, line: usize },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl DatabaseArgs {
@@ -140,5 +142,95 @@ mod tests {
         );
         assert_eq!(parse_env_file("A=1\nnot a pair\n"), Err(2));
         assert_eq!(parse_env_file("BAD KEY=1\n"), Err(1));
+    }
+}
+
+/// Settings of `pgwebhooks run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+
+    /// Delays between attempts, comma-separated; its length + 1 is the
+    /// number of attempts. Endpoints may set their own.
+    #[arg(long, env = "PGWEBHOOKS_RETRY_SCHEDULE", default_value = crate::deliver::DEFAULT_RETRY_SCHEDULE,
+          value_parser = parse_schedule_arg)]
+    pub retry_schedule: Schedule,
+
+    /// Per-attempt timeout (endpoints may set their own).
+    #[arg(long, env = "PGWEBHOOKS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// This replica's name in claims and attempts [default: host-pid-random].
+    #[arg(long, env = "PGWEBHOOKS_REPLICA")]
+    pub replica: Option<String>,
+
+    /// Longest wait between scans for new events when no NOTIFY arrives.
+    #[arg(long, env = "PGWEBHOOKS_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub poll_interval: std::time::Duration,
+
+    /// Events claimed per fan-out batch.
+    #[arg(long, env = "PGWEBHOOKS_BATCH_SIZE", default_value_t = 500,
+          value_parser = clap::value_parser!(i32).range(1..=10_000))]
+    pub batch_size: i32,
+
+    /// Concurrent requests per endpoint (endpoints may set their own).
+    #[arg(long, env = "PGWEBHOOKS_MAX_IN_FLIGHT", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_in_flight: u32,
+
+    /// How long claimed work stays ours before another replica may take it
+    /// over; at least 5 x PGWEBHOOKS_TIMEOUT.
+    #[arg(long, env = "PGWEBHOOKS_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: std::time::Duration,
+
+    /// On SIGTERM, how long in-flight attempts may finish before they are
+    /// released for a retry.
+    #[arg(long, env = "PGWEBHOOKS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: std::time::Duration,
+
+    /// Database connections in the pool (plus one for LISTEN).
+    #[arg(long, env = "PGWEBHOOKS_POOL_SIZE", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(2..=256))]
+    pub pool_size: u32,
+}
+
+/// A parsed retry schedule.
+#[derive(Debug, Clone)]
+pub struct Schedule(pub Vec<std::time::Duration>);
+
+fn parse_schedule_arg(s: &str) -> Result<Schedule, String> {
+    crate::deliver::retry::parse_schedule(s).map(Schedule)
+}
+
+/// `500ms`, `10s`, `2m`, `1h`…
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e} (use e.g. 500ms, 10s, 2m)"))
+}
+
+impl RunArgs {
+    /// The sidecar's configuration, validated.
+    pub fn sidecar_config(&self) -> Result<crate::sidecar::SidecarConfig, ConfigError> {
+        if self.lease < self.timeout * 5 {
+            return Err(ConfigError::Invalid(format!(
+                "PGWEBHOOKS_LEASE ({:?}) must be at least 5 x PGWEBHOOKS_TIMEOUT ({:?}): work still queued or in flight \
+                 would be taken over by another replica",
+                self.lease, self.timeout
+            )));
+        }
+        let mut c = crate::sidecar::SidecarConfig::new(self.db.connection()?);
+        if let Some(r) = &self.replica {
+            c.replica = r.clone();
+        }
+        c.pool_size = self.pool_size as usize;
+        c.deliver.retry_schedule = self.retry_schedule.0.clone();
+        c.deliver.timeout = self.timeout;
+        c.dispatch.max_in_flight = self.max_in_flight as usize;
+        c.claim.batch_size = self.batch_size;
+        c.claim.lease = self.lease;
+        c.claim.poll_interval = self.poll_interval;
+        c.shutdown_grace = self.shutdown_grace;
+        c.env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
+        Ok(c)
     }
 }

@@ -3,10 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pgwebhooks::config::{self, DatabaseArgs};
+use pgwebhooks::config::{self, DatabaseArgs, RunArgs};
 use pgwebhooks::db;
+use pgwebhooks::sidecar::Sidecar;
+use tokio_util::sync::CancellationToken;
 
 /// Postgres-native webhooks: triggers write an outbox in your transaction;
 /// this sidecar delivers signed webhooks and applies callbacks.
@@ -36,6 +40,7 @@ enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once from the command line")]
 enum Command {
     /// Apply the embedded migrations and the SQL in sql/ (idempotent; safe
     /// when several replicas start at once).
@@ -46,7 +51,28 @@ enum Command {
         #[arg(long)]
         example: bool,
     },
+    /// Run the sidecar: deliver events until SIGTERM/SIGINT, then stop
+    /// gracefully (in-flight attempts finish or are released).
+    #[command(after_help = ENV_ENDPOINTS_HELP)]
+    Run(RunArgs),
+    /// Manage subscriptions without SQL.
+    #[command(subcommand)]
+    Endpoint(cli::EndpointCommand),
 }
+
+const ENV_ENDPOINTS_HELP: &str = "\
+Endpoints from the environment (created or updated at start-up as env:<VAR>;
+an unset variable means no endpoint — events are still recorded):
+  MAKE_WEBHOOK_APPOINTMENTS_URL        appointment.*
+  MAKE_WEBHOOK_MESSAGES_URL            message.*
+  MAKE_WEBHOOK_COHORT_ENROLLMENTS_URL  cohort.enrollment.*
+  MAKE_WEBHOOK_COHORT_MESSAGES_URL     cohort.message.*
+  MAKE_WEBHOOK_SUPPORT_TICKETS_URL     ticket.*
+  MAKE_WEBHOOK_PAYMENTS_URL            payment.*, enrollment.*
+  MAKE_WEBHOOK_ERRORS_URL              error.*
+  WEBHOOK_URL, MAKE_WEBHOOK_ADMIN_URL  every event no URL above claims
+  WEBHOOK_SECRET                       their signing secret (generated if unset)
+They skip events caused by callbacks (origin inbound/*).";
 
 fn main() -> ExitCode {
     // The config file must be in the environment before clap reads it.
@@ -116,5 +142,28 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("sql definitions applied: {} file(s)", report.sql_files);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => {
+            let config = args.sidecar_config()?;
+            let sidecar = Sidecar::start(config).await.context("starting the sidecar")?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_on_shutdown(shutdown.clone()));
+            sidecar.run_until(shutdown).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Endpoint(cmd) => {
+            cli::endpoint(cmd).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+async fn signal_on_shutdown(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    token.cancel();
 }

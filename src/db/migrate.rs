@@ -13,7 +13,10 @@ mod embedded {
 
 /// The `sql/` files `migrate` applies, in order. `sql/schema.sql` is not
 /// among them: it is the readable definition of what the migrations build.
-pub const SQL_FILES: &[(&str, &str)] = &[("sql/10_capture.sql", include_str!("../../sql/10_capture.sql"))];
+pub const SQL_FILES: &[(&str, &str)] = &[
+    ("sql/10_capture.sql", include_str!("../../sql/10_capture.sql")),
+    ("sql/20_delivery.sql", include_str!("../../sql/20_delivery.sql")),
+];
 
 /// The example app (schema `app`), installed by `migrate --example`.
 pub const EXAMPLE_FILES: &[(&str, &str)] =

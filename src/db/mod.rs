@@ -3,6 +3,8 @@
 //! Every SQL statement the sidecar runs lives in this module tree, one typed
 //! function per statement, so the rest of the code never builds SQL.
 
+pub mod delivery;
+pub mod endpoints;
 pub mod migrate;
 
 use std::str::FromStr;
@@ -21,6 +23,8 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error(transparent)]
     Query(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Parses a `postgres://` URL or a `key=value` connection string.
@@ -42,7 +46,7 @@ pub async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::
 
 /// A pool of `size` connections; health is checked when a connection is
 /// taken back out, so a Postgres restart costs one failed query at most.
-pub fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError> {
+pub fn pool(config: tokio_postgres::Config, size: usize) -> Pool {
     let manager = Manager::from_config(
         config,
         NoTls,
@@ -50,8 +54,8 @@ pub fn pool(config: tokio_postgres::Config, size: usize) -> Result<Pool, DbError
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Ok(Pool::builder(manager)
+    Pool::builder(manager)
         .max_size(size)
         .build()
-        .expect("a pool without timeouts or hooks always builds"))
+        .expect("a pool without timeouts or hooks always builds")
 }

@@ -3,5 +3,6 @@
 mod support;
 
 mod capture;
+mod delivery;
 mod example_app;
 mod migrate;

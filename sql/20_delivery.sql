@@ -1,0 +1,387 @@
+-- Delivery: the statements the sidecar runs, as functions (SQL is the API).
+--
+-- Names are noun_verb. Every function that changes a delivery checks that
+-- the caller still holds its lease, and takes `now` as a parameter so tests
+-- can move time. Two paths:
+--   first attempts: batch_claim -> (HTTP) -> delivery_insert + batch_complete
+--   retries:        delivery_claim -> (HTTP) -> delivery_record
+-- No function here is ever called with a transaction open across HTTP.
+
+-- Subscriptions changed: bump the version (transactionally) and tell the
+-- replicas to reload.
+CREATE OR REPLACE FUNCTION webhooks.config_changed() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE webhooks.config_version SET version = version + 1;
+    PERFORM pg_notify('webhooks', 'config');
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS config_changed ON webhooks.endpoints;
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.endpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks.config_changed();
+DROP TRIGGER IF EXISTS config_changed ON webhooks.endpoint_secrets;
+CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.endpoint_secrets
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks.config_changed();
+
+-- Claim the next range of committed events for fan-out and first delivery.
+-- Eligible: past the cursor and written by a transaction older than every
+-- running one (txid < snapshot xmin), so no later commit can land behind the
+-- cursor. The cursor row lock serialises replicas for the few milliseconds
+-- this takes; the range is leased as a row of webhooks.fanout_batches.
+CREATE OR REPLACE FUNCTION webhooks.batch_claim(
+    replica    text,
+    max_events integer,
+    lease      interval,
+    now        timestamptz DEFAULT clock_timestamp()
+) RETURNS TABLE (
+    batch_id       bigint,
+    event_id       uuid,
+    event_type     text,
+    tenant_id      text,
+    origin         text,
+    occurred_at    timestamptz,
+    payload        text,
+    previous       text,
+    config_version bigint
+)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur_txid  xid8;
+    cur_seq   bigint;
+    horizon   xid8;
+    last_txid xid8;
+    last_seq  bigint;
+    bid       bigint;
+    ver       bigint;
+BEGIN
+    SELECT c.txid, c.seq INTO cur_txid, cur_seq FROM webhooks.fanout_cursor c FOR UPDATE;
+    horizon := pg_snapshot_xmin(pg_current_snapshot());
+    SELECT p.txid, p.seq INTO last_txid, last_seq
+      FROM (SELECT e.txid, e.seq FROM webhooks.events e
+             WHERE (e.txid, e.seq) > (cur_txid, cur_seq) AND e.txid < horizon
+             ORDER BY e.txid, e.seq LIMIT max_events) p
+     ORDER BY p.txid DESC, p.seq DESC LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE webhooks.fanout_cursor SET txid = last_txid, seq = last_seq;
+    INSERT INTO webhooks.fanout_batches (from_txid, from_seq, to_txid, to_seq, claimed_by, lease_until, created_at)
+    VALUES (cur_txid, cur_seq, last_txid, last_seq, replica, now + lease, now)
+    RETURNING id INTO bid;
+    SELECT v.version INTO ver FROM webhooks.config_version v;
+    RETURN QUERY
+        SELECT bid, e.event_id, e.event_type, e.tenant_id, e.origin, e.occurred_at,
+               e.payload::text, e.previous::text, ver
+          FROM webhooks.events e
+         WHERE (e.txid, e.seq) > (cur_txid, cur_seq) AND (e.txid, e.seq) <= (last_txid, last_seq)
+         ORDER BY e.txid, e.seq;
+END
+$$;
+
+-- Take over one batch whose lease expired (its replica died or stalled).
+-- done_endpoints lists endpoints that already have a delivery row for the
+-- event, so only what was not recorded is sent again.
+CREATE OR REPLACE FUNCTION webhooks.batch_rescue(
+    replica text,
+    lease   interval,
+    now     timestamptz DEFAULT clock_timestamp()
+) RETURNS TABLE (
+    batch_id       bigint,
+    event_id       uuid,
+    event_type     text,
+    tenant_id      text,
+    origin         text,
+    occurred_at    timestamptz,
+    payload        text,
+    previous       text,
+    config_version bigint,
+    done_endpoints bigint[]
+)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b   webhooks.fanout_batches;
+    ver bigint;
+BEGIN
+    UPDATE webhooks.fanout_batches fb SET claimed_by = replica, lease_until = now + lease
+     WHERE fb.id = (SELECT x.id FROM webhooks.fanout_batches x WHERE x.lease_until < now
+                     ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING fb.* INTO b;
+    IF b.id IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT v.version INTO ver FROM webhooks.config_version v;
+    RETURN QUERY
+        SELECT b.id, e.event_id, e.event_type, e.tenant_id, e.origin, e.occurred_at,
+               e.payload::text, e.previous::text, ver,
+               ARRAY(SELECT d.endpoint_id FROM webhooks.deliveries d WHERE d.event_id = e.event_id)
+          FROM webhooks.events e
+         WHERE (e.txid, e.seq) > (b.from_txid, b.from_seq) AND (e.txid, e.seq) <= (b.to_txid, b.to_seq)
+         ORDER BY e.txid, e.seq;
+END
+$$;
+
+-- A batch is done when every delivery in it is recorded. Only the lease
+-- holder may delete it; returns how many were deleted.
+CREATE OR REPLACE FUNCTION webhooks.batch_complete(replica text, ids bigint[]) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH d AS (DELETE FROM webhooks.fanout_batches b
+                WHERE b.id = ANY (ids) AND b.claimed_by = replica RETURNING 1)
+    SELECT count(*)::integer FROM d
+$$;
+
+-- Record first attempts (and deliveries routed straight to the retry path:
+-- attempts = 0, no attempt row). One call per flush, any number of rows.
+-- A row that already exists (a rescued batch delivered twice) is left alone.
+CREATE OR REPLACE FUNCTION webhooks.delivery_insert(
+    replica          text,
+    event_ids        uuid[],
+    endpoint_ids     bigint[],
+    statuses         text[],
+    attempt_counts   integer[],
+    next_attempt_ats timestamptz[],
+    status_codes     integer[],
+    errors           text[],
+    started_ats      timestamptz[],
+    durations_ms     double precision[],
+    excerpts         text[],
+    now              timestamptz DEFAULT clock_timestamp()
+) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH u AS (
+        SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
+                             status_codes, errors, started_ats, durations_ms, excerpts)
+                   AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt)
+    ), d AS (
+        INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, attempts, next_attempt_at,
+                                              last_status, last_error, created_at, updated_at)
+        SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now FROM u
+        ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
+        RETURNING d.id, d.event_id, d.endpoint_id
+    ), a AS (
+        INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                                       response_excerpt, replica)
+        SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica
+          FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
+         WHERE u.attempts > 0 AND u.started_at IS NOT NULL
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM d
+$$;
+
+-- Claim due retries, at most rooms[i] for endpoint endpoint_ids[i] (what the
+-- replica can take for that endpoint now), skipping disabled endpoints.
+CREATE OR REPLACE FUNCTION webhooks.delivery_claim(
+    replica      text,
+    endpoint_ids bigint[],
+    rooms        integer[],
+    lease        interval,
+    now          timestamptz DEFAULT clock_timestamp()
+) RETURNS TABLE (
+    delivery_id bigint,
+    endpoint_id bigint,
+    attempt     integer,
+    budget_used integer,
+    event_id    uuid,
+    event_type  text,
+    tenant_id   text,
+    origin      text,
+    occurred_at timestamptz,
+    payload     text,
+    previous    text
+)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH picked AS (
+        SELECT p.id
+          FROM unnest(endpoint_ids, rooms) AS r(endpoint_id, room)
+          JOIN webhooks.endpoints ep ON ep.id = r.endpoint_id AND ep.enabled
+          CROSS JOIN LATERAL (
+              SELECT d.id FROM webhooks.deliveries d
+               WHERE d.status = 'pending' AND d.endpoint_id = r.endpoint_id AND d.next_attempt_at <= now
+               ORDER BY d.next_attempt_at
+               LIMIT r.room
+               FOR UPDATE OF d SKIP LOCKED) p
+    ), claimed AS (
+        UPDATE webhooks.deliveries d
+           SET status = 'delivering', claimed_by = replica, lease_until = now + lease, updated_at = now
+          FROM picked WHERE d.id = picked.id
+        RETURNING d.id, d.endpoint_id, d.attempts + 1 AS attempt, d.attempts - d.attempts_base AS used, d.event_id
+    )
+    SELECT c.id, c.endpoint_id, c.attempt, c.used, c.event_id, e.event_type, e.tenant_id, e.origin,
+           e.occurred_at, e.payload::text, e.previous::text
+      FROM claimed c LEFT JOIN webhooks.events e ON e.event_id = c.event_id
+$$;
+
+-- When the next retry of any enabled endpoint is due (NULL: none pending).
+CREATE OR REPLACE FUNCTION webhooks.delivery_next_due() RETURNS timestamptz
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT min(n.next_attempt_at)
+      FROM webhooks.endpoints ep
+      CROSS JOIN LATERAL (
+          SELECT d.next_attempt_at FROM webhooks.deliveries d
+           WHERE d.status = 'pending' AND d.endpoint_id = ep.id
+           ORDER BY d.next_attempt_at LIMIT 1) n
+     WHERE ep.enabled
+$$;
+
+-- Record the outcome of claimed retries, only where the lease is still ours.
+CREATE OR REPLACE FUNCTION webhooks.delivery_record(
+    replica          text,
+    ids              bigint[],
+    statuses         text[],
+    attempt_counts   integer[],
+    next_attempt_ats timestamptz[],
+    status_codes     integer[],
+    errors           text[],
+    started_ats      timestamptz[],
+    durations_ms     double precision[],
+    excerpts         text[],
+    now              timestamptz DEFAULT clock_timestamp()
+) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH u AS (
+        SELECT * FROM unnest(ids, statuses, attempt_counts, next_attempt_ats, status_codes, errors,
+                             started_ats, durations_ms, excerpts)
+                   AS u(id, status, attempts, next_at, code, error, started_at, duration, excerpt)
+    ), d AS (
+        UPDATE webhooks.deliveries d
+           SET status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
+               last_status = coalesce(u.code, CASE WHEN u.started_at IS NULL THEN d.last_status END),
+               last_error = CASE WHEN u.started_at IS NULL THEN coalesce(u.error, d.last_error) ELSE u.error END,
+               claimed_by = NULL, lease_until = NULL, updated_at = now
+          FROM u
+         WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
+        RETURNING d.id
+    ), a AS (
+        INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                                       response_excerpt, replica)
+        SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica
+          FROM u JOIN d ON d.id = u.id
+         WHERE u.started_at IS NOT NULL
+        ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer FROM d
+$$;
+
+-- Leases that ran out (a replica died mid-attempt): back to pending.
+CREATE OR REPLACE FUNCTION webhooks.delivery_rescue(now timestamptz DEFAULT clock_timestamp()) RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH d AS (
+        UPDATE webhooks.deliveries d
+           SET status = 'pending', claimed_by = NULL, lease_until = NULL, next_attempt_at = now, updated_at = now
+         WHERE d.status = 'delivering' AND d.lease_until < now
+        RETURNING 1)
+    SELECT count(*)::integer FROM d
+$$;
+
+-- Operator retry: failed or dead deliveries (or any given ids) go back to
+-- pending with a fresh retry schedule. Returns the ids re-queued.
+CREATE OR REPLACE FUNCTION webhooks.delivery_retry(ids bigint[], now timestamptz DEFAULT clock_timestamp())
+RETURNS SETOF bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        UPDATE webhooks.deliveries d
+           SET status = 'pending', next_attempt_at = now, attempts_base = d.attempts, updated_at = now
+         WHERE d.id = ANY (ids) AND d.status IN ('failed', 'dead', 'pending')
+        RETURNING d.id;
+    PERFORM pg_notify('webhooks', 'retry');
+END
+$$;
+
+-- Pause (disable) an endpoint with a reason; its deliveries wait, nothing is
+-- dropped. Resume re-enables it and its backlog drains.
+CREATE OR REPLACE FUNCTION webhooks.endpoint_pause(id bigint, reason text) RETURNS boolean
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE webhooks.endpoints e SET enabled = false, disabled_reason = reason, updated_at = now()
+     WHERE e.id = endpoint_pause.id
+    RETURNING true
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.endpoint_resume(id bigint) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE webhooks.endpoints e SET enabled = true, disabled_reason = NULL, updated_at = now()
+     WHERE e.id = endpoint_resume.id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('webhooks', 'retry');
+    RETURN true;
+END
+$$;
+
+-- Pacing shared by every replica (GCRA). Grants up to `wanted` sends to an
+-- endpoint limited to `rate` per `per`, so that no window of length `per`
+-- ever holds more than `rate` sends: a burst of rate/10, then an even pace.
+-- Returns the grant and, when short, how long until the next send is due.
+CREATE OR REPLACE FUNCTION webhooks.endpoint_pace(
+    endpoint_id bigint,
+    wanted      integer,
+    rate        integer,
+    per         interval,
+    now         timestamptz DEFAULT clock_timestamp()
+) RETURNS TABLE (granted integer, wait_ms double precision)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    burst integer := greatest(1, rate / 10);
+    step  double precision := extract(epoch FROM per) * 1000 / greatest(1, rate - burst);
+    due   timestamptz;
+    n     integer;
+BEGIN
+    INSERT INTO webhooks.endpoint_pacing AS p (endpoint_id, tat) VALUES (endpoint_pace.endpoint_id, now)
+    ON CONFLICT ON CONSTRAINT endpoint_pacing_pkey DO NOTHING;
+    SELECT greatest(p.tat, now) INTO due FROM webhooks.endpoint_pacing p
+     WHERE p.endpoint_id = endpoint_pace.endpoint_id FOR UPDATE;
+    n := least(wanted, floor((extract(epoch FROM now - due) * 1000 + burst * step) / step)::integer);
+    n := greatest(n, 0);
+    due := due + make_interval(secs => n * step / 1000);
+    UPDATE webhooks.endpoint_pacing p SET tat = due WHERE p.endpoint_id = endpoint_pace.endpoint_id;
+    granted := n;
+    wait_ms := CASE WHEN n < wanted
+                    THEN greatest(0, extract(epoch FROM due - now) * 1000 - (burst - 1) * step) END;
+    RETURN NEXT;
+END
+$$;
+
+-- A listener says whether it is idle (waiting on LISTEN). Writers NOTIFY
+-- only while some listener is idle.
+CREATE OR REPLACE FUNCTION webhooks.listener_set(replica text, idle boolean) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO webhooks.listeners AS l (replica, idle, updated_at) VALUES (replica, idle, now())
+    ON CONFLICT ON CONSTRAINT listeners_pkey DO UPDATE SET idle = excluded.idle, updated_at = excluded.updated_at
+$$;
+
+CREATE OR REPLACE FUNCTION webhooks.listener_forget(replica text) RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM webhooks.listeners l WHERE l.replica = listener_forget.replica
+$$;
+
+-- Listener rows of replicas whose LISTEN connection is gone (killed
+-- without a goodbye): an idle flag nobody honours would make every writer
+-- NOTIFY for nothing.
+CREATE OR REPLACE FUNCTION webhooks.listener_rescue() RETURNS integer
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH d AS (
+        DELETE FROM webhooks.listeners l
+         WHERE l.updated_at < now() - interval '10 seconds'
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a
+                            WHERE a.application_name = 'pgwebhooks listen ' || l.replica)
+        RETURNING 1)
+    SELECT count(*)::integer FROM d
+$$;
+
+-- After a listener marks itself idle: is there work it would miss, and has
+-- every transaction that could have seen it busy ended? (horizon >= the
+-- xmax taken right after the idle flag committed.)
+CREATE OR REPLACE FUNCTION webhooks.fanout_probe(
+    OUT has_work boolean, OUT horizon bigint, OUT xmax bigint
+)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM webhooks.events e, webhooks.fanout_cursor c
+                    WHERE (e.txid, e.seq) > (c.txid, c.seq)
+                      AND e.txid < pg_snapshot_xmin(pg_current_snapshot())),
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+$$;

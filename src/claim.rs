@@ -1,0 +1,350 @@
+//! Claiming work: the fan-out loop (first attempts, from leased batches of
+//! new events) and the retry loop (due deliveries). Both hand jobs to the
+//! [`Dispatcher`]; neither holds a transaction while anything is sent.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, delivery::Batch, DbError};
+use crate::dispatch::Dispatcher;
+use crate::endpoints::Snapshot;
+use crate::event::{Job, Source};
+use crate::listen::Signals;
+use crate::record::Outcome;
+
+/// Claim settings.
+#[derive(Debug, Clone)]
+pub struct ClaimConfig {
+    /// Events per fan-out batch.
+    pub batch_size: i32,
+    /// How long a claimed batch or delivery is ours.
+    pub lease: Duration,
+    /// Longest wait between scans when no notification arrives.
+    pub poll_interval: Duration,
+    /// Jobs held in memory before claiming pauses.
+    pub max_in_memory: usize,
+}
+
+impl Default for ClaimConfig {
+    fn default() -> Self {
+        ClaimConfig {
+            batch_size: 500,
+            lease: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            max_in_memory: 4000,
+        }
+    }
+}
+
+/// What one `run_once` did, for tests and logs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Claimed {
+    pub events: usize,
+    pub jobs: usize,
+}
+
+pub struct Claimer {
+    pub pool: Pool,
+    pub replica: Arc<str>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub signals: Arc<Signals>,
+    pub config: ClaimConfig,
+}
+
+impl Claimer {
+    /// The subscriptions at `version` (reloaded when the cached copy is at
+    /// another version; `None` reloads unconditionally).
+    pub async fn snapshot_at(&self, version: Option<i64>) -> Result<Arc<Snapshot>, DbError> {
+        let shared = self.dispatcher.shared();
+        let current = shared.snapshot();
+        if version.is_some_and(|v| v == current.version) {
+            return Ok(current);
+        }
+        let client = self.pool.get().await?;
+        let fresh = Arc::new(db::endpoints::load(&client).await?);
+        *shared.snapshot.write().expect("snapshot lock") = fresh.clone();
+        tracing::debug!(
+            version = fresh.version,
+            endpoints = fresh.endpoints.len(),
+            "subscriptions loaded"
+        );
+        Ok(fresh)
+    }
+
+    /// Claims one batch of new events and dispatches its jobs.
+    pub async fn fanout_once(&self) -> Result<Claimed, DbError> {
+        let batch = {
+            let client = self.pool.get().await?;
+            db::delivery::batch_claim(&client, &self.replica, self.config.batch_size, self.config.lease)
+                .await?
+        };
+        self.dispatch_batch(batch).await
+    }
+
+    /// Takes over one expired batch, if any, and dispatches what it lacks.
+    pub async fn rescue_once(&self) -> Result<Claimed, DbError> {
+        let batch = {
+            let client = self.pool.get().await?;
+            db::delivery::batch_rescue(&client, &self.replica, self.config.lease).await?
+        };
+        if !batch.events.is_empty() {
+            tracing::info!(
+                batch = batch.id,
+                events = batch.events.len(),
+                "took over an expired batch"
+            );
+        }
+        self.dispatch_batch(batch).await
+    }
+
+    async fn dispatch_batch(&self, batch: Batch) -> Result<Claimed, DbError> {
+        if batch.events.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let snapshot = self.snapshot_at(Some(batch.config_version)).await?;
+        let mut jobs = Vec::new();
+        for (event, done) in &batch.events {
+            for endpoint in snapshot.matching(
+                &event.event_type,
+                event.tenant_id.as_deref(),
+                event.origin.as_deref(),
+            ) {
+                if !done.contains(&endpoint.id) {
+                    jobs.push(Job {
+                        source: Source::Batch(batch.id),
+                        event: event.clone(),
+                        endpoint: endpoint.clone(),
+                        attempt: 1,
+                    });
+                }
+            }
+        }
+        let counts = Claimed {
+            events: batch.events.len(),
+            jobs: jobs.len(),
+        };
+        // Registered before any job can be recorded, so the batch completes
+        // only after all of them are (and at once when none matched).
+        self.dispatcher.shared().recorder.batch(batch.id, jobs.len());
+        for job in jobs {
+            self.dispatcher.offer(job);
+        }
+        Ok(counts)
+    }
+
+    /// Claims due retries for every endpoint with room, and dispatches them.
+    pub async fn retry_once(&self) -> Result<Claimed, DbError> {
+        let snapshot = self.dispatcher.shared().snapshot();
+        let (mut ids, mut rooms) = (Vec::new(), Vec::new());
+        for e in snapshot.endpoints.iter().filter(|e| e.enabled) {
+            let room = self.dispatcher.room(e.id).min(self.config.batch_size as usize);
+            if room > 0 {
+                ids.push(e.id);
+                rooms.push(room as i32);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let claimed = {
+            let client = self.pool.get().await?;
+            db::delivery::delivery_claim(&client, &self.replica, &ids, &rooms, self.config.lease).await?
+        };
+        let mut counts = Claimed::default();
+        for c in claimed {
+            counts.jobs += 1;
+            let source = Source::Retry {
+                delivery_id: c.delivery_id,
+                used: c.used,
+            };
+            let (Some(event), Some(endpoint)) = (c.event, snapshot.get(c.endpoint_id).cloned()) else {
+                // The event left the outbox or the endpoint was deleted: nothing to send.
+                self.dispatcher.shared().recorder.record(Outcome {
+                    source,
+                    event_id: uuid::Uuid::nil(),
+                    endpoint_id: c.endpoint_id,
+                    status: crate::record::Status::Failed,
+                    attempts: c.attempt - 1,
+                    next_attempt_at: None,
+                    code: None,
+                    error: Some("the event or the endpoint no longer exists".into()),
+                    attempt: None,
+                });
+                continue;
+            };
+            self.dispatcher.offer(Job {
+                source,
+                event,
+                endpoint,
+                attempt: c.attempt,
+            });
+        }
+        Ok(counts)
+    }
+
+    async fn wait_for_room(&self, shutdown: &CancellationToken) {
+        let shared = self.dispatcher.shared();
+        while shared.in_memory.load(Ordering::Acquire) >= self.config.max_in_memory
+            && !shutdown.is_cancelled()
+        {
+            tokio::select! {
+                _ = shared.room.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// The fan-out loop: claim while there is work; otherwise announce
+    /// idleness and wait for a notification or the poll interval.
+    pub async fn run_fanout(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            self.wait_for_room(&shutdown).await;
+            match self.fanout_once().await {
+                Ok(c) if c.events > 0 => backoff = Duration::from_millis(50),
+                Ok(_) => {
+                    if let Err(error) = self.idle(&shutdown).await {
+                        tracing::warn!(%error, "idle wait failed");
+                        self.pause(&shutdown, &mut backoff).await;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::record::error_chain(&error), "claiming events failed");
+                    self.pause(&shutdown, &mut backoff).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, shutdown: &CancellationToken, backoff: &mut Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(*backoff) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        *backoff = (*backoff * 2).min(Duration::from_secs(5));
+    }
+
+    /// Marks this replica idle so writers NOTIFY, makes sure no writer that
+    /// saw it busy is still about to commit, then waits.
+    async fn idle(&self, shutdown: &CancellationToken) -> Result<(), DbError> {
+        let client = self.pool.get().await?;
+        db::delivery::listener_set(&client, &self.replica, true).await?;
+        // Every writer that read the flag before it committed has an xid
+        // below this xmax; wait (briefly) until all of them have ended.
+        let first = db::delivery::fanout_probe(&client).await?;
+        let settle_until = Instant::now() + Duration::from_millis(50);
+        let mut probe = first;
+        let mut work = probe.has_work;
+        while !work && probe.horizon < first.xmax && Instant::now() < settle_until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            probe = db::delivery::fanout_probe(&client).await?;
+            work = probe.has_work;
+        }
+        if !work && self.signals.connected.load(Ordering::Acquire) {
+            tokio::select! {
+                _ = self.signals.events.notified() => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        } else if !work {
+            // No LISTEN connection: poll at a shorter interval.
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll_interval.min(Duration::from_millis(250))) => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+        db::delivery::listener_set(&client, &self.replica, false).await?;
+        Ok(())
+    }
+
+    /// The retry loop: claim due deliveries while any are due; otherwise
+    /// sleep until the next is due (at most the poll interval).
+    pub async fn run_retries(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        while !shutdown.is_cancelled() {
+            self.wait_for_room(&shutdown).await;
+            match self.retry_once().await {
+                Ok(c) if c.jobs > 0 => continue,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error = %crate::record::error_chain(&error), "claiming retries failed");
+                    self.pause(&shutdown, &mut backoff).await;
+                    continue;
+                }
+            }
+            let wait = self.next_due_in().await.unwrap_or(self.config.poll_interval);
+            tokio::select! {
+                _ = tokio::time::sleep(wait.min(self.config.poll_interval)) => {}
+                _ = self.signals.retry.notified() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    async fn next_due_in(&self) -> Option<Duration> {
+        let client = self.pool.get().await.ok()?;
+        let due = db::delivery::delivery_next_due(&client).await.ok()??;
+        Some(due.duration_since(SystemTime::now()).unwrap_or_default())
+    }
+}
+
+/// Keeps the subscriptions current: reloads on a `config` notification, and
+/// every `every` in case one was missed.
+pub async fn run_config(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = claimer.signals.config.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if let Err(error) = claimer.snapshot_at(None).await {
+            tracing::warn!(error = %crate::record::error_chain(&error), "reloading subscriptions failed");
+        }
+    }
+}
+
+/// Recovers from replicas that died: expired batches are taken over,
+/// expired delivery leases re-queued, stale idle flags removed.
+pub async fn run_rescue(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match claimer.rescue_cycle().await {
+            Ok(r) if r != RescueCounts::default() => tracing::info!(?r, "rescued work of a stopped replica"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %crate::record::error_chain(&error), "rescue failed"),
+        }
+    }
+}
+
+/// What one rescue cycle found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RescueCounts {
+    pub batches: usize,
+    pub deliveries: i32,
+    pub listeners: i32,
+}
+
+impl Claimer {
+    /// One rescue pass (tests call it directly).
+    pub async fn rescue_cycle(&self) -> Result<RescueCounts, DbError> {
+        let mut counts = RescueCounts::default();
+        while self.rescue_once().await?.events > 0 {
+            counts.batches += 1;
+        }
+        let client = self.pool.get().await?;
+        counts.deliveries = db::delivery::delivery_rescue(&client).await?;
+        counts.listeners = db::delivery::listener_rescue(&client).await?;
+        if counts.deliveries > 0 {
+            self.signals.retry.notify_one();
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,261 @@
+//! Command implementations that print for people (the binary's side:
+//! `anyhow` is allowed here, not in the library).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use pgwebhooks::config::{parse_duration, DatabaseArgs};
+use pgwebhooks::db;
+use pgwebhooks::db::endpoints::NewEndpoint;
+use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
+use pgwebhooks::endpoints::split_patterns;
+
+#[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once from the command line")]
+pub enum EndpointCommand {
+    /// Add a subscription; prints its id alone on the last line.
+    Add {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// Where to POST (http or https).
+        #[arg(long)]
+        url: String,
+        /// Event types, comma-separated, `*` wildcards.
+        #[arg(long, default_value = "*")]
+        events: String,
+        /// Signing secret (whsec_<base64>, or a plain shared string of 8+
+        /// characters); generated and printed when absent.
+        #[arg(long, env = "PGWEBHOOKS_ENDPOINT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Only events of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A unique name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Apply the Make.com rules (automatic for hook.*.make.com URLs).
+        #[arg(long)]
+        make: bool,
+        /// Extra header sent with every request, e.g. 'x-make-apikey: …'
+        /// (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Skip events whose origin matches, e.g. 'inbound/*' (repeatable).
+        #[arg(long = "ignore-origin")]
+        ignore_origins: Vec<String>,
+        /// Signature styles: standard, sha256-hex (x-webhook-signature),
+        /// secret-header (x-webhook-secret); comma-separated.
+        #[arg(long, default_value = "standard")]
+        signature: String,
+        /// Payload fields to mask, e.g. phone or customer.phone (repeatable).
+        #[arg(long = "mask")]
+        masked: Vec<String>,
+        /// Per-attempt timeout for this endpoint.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Concurrent requests to this endpoint.
+        #[arg(long)]
+        max_in_flight: Option<i32>,
+        /// Requests per 10 s, shared by every replica.
+        #[arg(long)]
+        rate_limit: Option<i32>,
+    },
+    /// List subscriptions (secrets hidden unless --show-secrets).
+    List {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Stop delivering to an endpoint; its deliveries wait, nothing is dropped.
+    Disable {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        id: i64,
+        #[arg(long, default_value = "disabled by an operator")]
+        reason: String,
+    },
+    /// Resume an endpoint; its backlog drains.
+    Enable {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        id: i64,
+    },
+    /// Add a new signing secret; the old ones keep signing for --overlap.
+    RotateSecret {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        id: i64,
+        /// The new secret (generated and printed when absent).
+        #[arg(long, env = "PGWEBHOOKS_ENDPOINT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        overlap: Duration,
+    },
+}
+
+async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
+    let pool = db::pool(args.connection()?, 1);
+    pool.get().await.context("connecting to the database")
+}
+
+fn check_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid --url {url:?}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        bail!("--url must be an http:// or https:// URL with a host, got {url:?}");
+    }
+    Ok(())
+}
+
+fn secret_or_new(secret: Option<String>) -> anyhow::Result<(String, bool)> {
+    match secret {
+        Some(s) => {
+            SigningKey::parse(&s).map_err(|e| anyhow::anyhow!("invalid secret: {e}"))?;
+            Ok((s, false))
+        }
+        None => Ok((generate_secret().context("reading /dev/urandom")?, true)),
+    }
+}
+
+pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
+    match cmd {
+        EndpointCommand::Add {
+            db: args,
+            url,
+            events,
+            secret,
+            tenant,
+            name,
+            make,
+            headers,
+            ignore_origins,
+            signature,
+            masked,
+            timeout,
+            max_in_flight,
+            rate_limit,
+        } => {
+            check_url(&url)?;
+            let event_types = split_patterns(&[events]);
+            if event_types.is_empty() {
+                bail!("--events needs at least one pattern (default: *)");
+            }
+            let mut header_map = serde_json::Map::new();
+            for h in &headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("--header {h:?}: expected 'name: value'"))?;
+                let k = k.trim().to_ascii_lowercase();
+                reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                    .with_context(|| format!("--header {h:?}: invalid header name"))?;
+                header_map.insert(k, serde_json::Value::String(v.trim().to_owned()));
+            }
+            let styles = split_patterns(&[signature]);
+            if let Some(bad) = styles
+                .iter()
+                .find(|s| !["standard", "sha256-hex", "secret-header"].contains(&s.as_str()))
+            {
+                bail!("--signature {bad:?}: use standard, sha256-hex or secret-header");
+            }
+            let (secret, generated) = secret_or_new(secret)?;
+            let mut client = pool(&args).await?;
+            let id = db::endpoints::add(
+                &mut client,
+                &NewEndpoint {
+                    url,
+                    name,
+                    event_types,
+                    tenant_id: tenant,
+                    make,
+                    headers: header_map,
+                    secret: secret.clone(),
+                    ignore_origins,
+                    signature_styles: styles,
+                    masked_fields: masked,
+                    timeout_ms: timeout.map(|t| t.as_millis().clamp(1, i32::MAX as u128) as i32),
+                    max_in_flight,
+                    rate_limit,
+                },
+            )
+            .await
+            .context("adding the endpoint")?;
+            if generated {
+                println!("secret: {secret}");
+            }
+            println!("{id}");
+        }
+        EndpointCommand::List {
+            db: args,
+            show_secrets,
+        } => {
+            let client = pool(&args).await?;
+            let rows = db::endpoints::list(&client).await?;
+            if rows.is_empty() {
+                println!("no endpoints (add one with `pgwebhooks endpoint add --url …`)");
+            }
+            for e in rows {
+                let state = if e.enabled {
+                    "enabled".to_owned()
+                } else {
+                    format!("disabled: {}", e.disabled_reason.as_deref().unwrap_or("-"))
+                };
+                println!(
+                    "{:>4}  {}  {}  events={}  tenant={}  {}{}",
+                    e.id,
+                    e.name.as_deref().unwrap_or("-"),
+                    e.url,
+                    e.event_types.join(","),
+                    e.tenant_id.as_deref().unwrap_or("*"),
+                    state,
+                    if e.make { "  make.com" } else { "" }
+                );
+                for (s, exp) in &e.secrets {
+                    let shown = if show_secrets {
+                        s.as_str()
+                    } else {
+                        "••••••"
+                    };
+                    match exp {
+                        Some(exp) => println!("      secret {shown} (expires {exp})"),
+                        None => println!("      secret {shown}"),
+                    }
+                }
+            }
+        }
+        EndpointCommand::Disable { db: args, id, reason } => {
+            let client = pool(&args).await?;
+            if !db::endpoints::set_enabled(&client, id, false, &reason).await? {
+                bail!("no endpoint {id}");
+            }
+            println!("endpoint {id} disabled; its deliveries wait until it is enabled");
+        }
+        EndpointCommand::Enable { db: args, id } => {
+            let client = pool(&args).await?;
+            if !db::endpoints::set_enabled(&client, id, true, "").await? {
+                bail!("no endpoint {id}");
+            }
+            println!("endpoint {id} enabled");
+        }
+        EndpointCommand::RotateSecret {
+            db: args,
+            id,
+            secret,
+            overlap,
+        } => {
+            let (secret, generated) = secret_or_new(secret)?;
+            let mut client = pool(&args).await?;
+            if !db::endpoints::rotate_secret(&mut client, id, &secret, overlap).await? {
+                bail!("no endpoint {id}");
+            }
+            if generated {
+                println!("secret: {secret}");
+            }
+            println!(
+                "endpoint {id}: new secret active; previous secrets sign for another {}",
+                humantime::format_duration(overlap)
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! The delivery statements: one typed function per call into
+//! `sql/20_delivery.sql`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::DbError;
+use crate::event::Event;
+use crate::record::{Outcome, Status};
+
+/// A claimed fan-out batch.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub id: i64,
+    pub config_version: i64,
+    /// Events, with the endpoints that already have a delivery (rescues).
+    pub events: Vec<(Arc<Event>, Vec<i64>)>,
+}
+
+fn event_from(row: &tokio_postgres::Row, at: usize) -> Arc<Event> {
+    Arc::new(Event::new(
+        row.get(at),
+        row.get(at + 1),
+        row.get(at + 2),
+        row.get(at + 3),
+        row.get(at + 4),
+        row.get(at + 5),
+        row.get(at + 6),
+    ))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// `webhooks.batch_claim`: the next range of committed events, leased.
+pub async fn batch_claim(
+    c: &impl GenericClient,
+    replica: &str,
+    max_events: i32,
+    lease: Duration,
+) -> Result<Batch, DbError> {
+    let st = c
+        .prepare_cached(
+            "SELECT batch_id, config_version, event_id, event_type, tenant_id, origin, occurred_at, payload, previous
+               FROM webhooks.batch_claim($1, $2, make_interval(secs => $3))",
+        )
+        .await?;
+    let rows = c.query(&st, &[&replica, &max_events, &secs(lease)]).await?;
+    Ok(batch_from(&rows, false))
+}
+
+/// `webhooks.batch_rescue`: take over one batch whose lease expired.
+pub async fn batch_rescue(c: &impl GenericClient, replica: &str, lease: Duration) -> Result<Batch, DbError> {
+    let st = c
+        .prepare_cached(
+            "SELECT batch_id, config_version, event_id, event_type, tenant_id, origin, occurred_at, payload, previous,
+                    done_endpoints
+               FROM webhooks.batch_rescue($1, make_interval(secs => $2))",
+        )
+        .await?;
+    let rows = c.query(&st, &[&replica, &secs(lease)]).await?;
+    Ok(batch_from(&rows, true))
+}
+
+fn batch_from(rows: &[tokio_postgres::Row], with_done: bool) -> Batch {
+    let Some(first) = rows.first() else {
+        return Batch::default();
+    };
+    Batch {
+        id: first.get(0),
+        config_version: first.get(1),
+        events: rows
+            .iter()
+            .map(|r| (event_from(r, 2), if with_done { r.get(9) } else { Vec::new() }))
+            .collect(),
+    }
+}
+
+/// `webhooks.batch_complete`: delete finished batches we still hold.
+pub async fn batch_complete(c: &impl GenericClient, replica: &str, ids: &[i64]) -> Result<i32, DbError> {
+    let st = c.prepare_cached("SELECT webhooks.batch_complete($1, $2)").await?;
+    Ok(c.query_one(&st, &[&replica, &ids]).await?.get(0))
+}
+
+/// Columns shared by `delivery_insert` and `delivery_record`.
+#[derive(Default)]
+struct Columns {
+    statuses: Vec<&'static str>,
+    attempts: Vec<i32>,
+    next_at: Vec<Option<SystemTime>>,
+    codes: Vec<Option<i32>>,
+    errors: Vec<Option<String>>,
+    started: Vec<Option<SystemTime>>,
+    durations: Vec<Option<f64>>,
+    excerpts: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn push(&mut self, o: &Outcome) {
+        self.statuses.push(o.status.as_str());
+        self.attempts.push(o.attempts);
+        self.next_at.push(o.next_attempt_at);
+        self.codes.push(o.code);
+        self.errors.push(o.error.clone());
+        self.started.push(o.attempt.as_ref().map(|a| a.started_at));
+        self.durations.push(o.attempt.as_ref().map(|a| a.duration_ms));
+        self.excerpts
+            .push(o.attempt.as_ref().and_then(|a| a.excerpt.clone()));
+    }
+}
+
+/// `webhooks.delivery_insert`: first attempts (and routings to the retry
+/// path) of batch jobs. Returns the rows inserted.
+pub async fn delivery_insert(
+    c: &impl GenericClient,
+    replica: &str,
+    outcomes: &[&Outcome],
+) -> Result<i32, DbError> {
+    let mut cols = Columns::default();
+    let (mut events, mut endpoints): (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
+    for o in outcomes {
+        events.push(o.event_id);
+        endpoints.push(o.endpoint_id);
+        cols.push(o);
+    }
+    let st = c
+        .prepare_cached("SELECT webhooks.delivery_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        .await?;
+    let row = c
+        .query_one(
+            &st,
+            &[
+                &replica,
+                &events,
+                &endpoints,
+                &cols.statuses,
+                &cols.attempts,
+                &cols.next_at,
+                &cols.codes,
+                &cols.errors,
+                &cols.started,
+                &cols.durations,
+                &cols.excerpts,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// `webhooks.delivery_record`: outcomes of claimed retries, where the lease
+/// is still ours. Returns the rows updated.
+pub async fn delivery_record(
+    c: &impl GenericClient,
+    replica: &str,
+    outcomes: &[(i64, &Outcome)],
+) -> Result<i32, DbError> {
+    let mut cols = Columns::default();
+    let mut ids = Vec::new();
+    for (id, o) in outcomes {
+        ids.push(*id);
+        cols.push(o);
+    }
+    let st = c
+        .prepare_cached("SELECT webhooks.delivery_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        .await?;
+    let row = c
+        .query_one(
+            &st,
+            &[
+                &replica,
+                &ids,
+                &cols.statuses,
+                &cols.attempts,
+                &cols.next_at,
+                &cols.codes,
+                &cols.errors,
+                &cols.started,
+                &cols.durations,
+                &cols.excerpts,
+            ],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A claimed retry.
+#[derive(Debug)]
+pub struct Claimed {
+    pub delivery_id: i64,
+    pub endpoint_id: i64,
+    pub attempt: i32,
+    pub used: i32,
+    /// `None` when the event is no longer in the outbox.
+    pub event: Option<Arc<Event>>,
+}
+
+/// `webhooks.delivery_claim`: due retries, at most `rooms[i]` for endpoint
+/// `endpoint_ids[i]`.
+pub async fn delivery_claim(
+    c: &impl GenericClient,
+    replica: &str,
+    endpoint_ids: &[i64],
+    rooms: &[i32],
+    lease: Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    let st = c
+        .prepare_cached(
+            "SELECT delivery_id, endpoint_id, attempt, budget_used,
+                    event_id, event_type, tenant_id, origin, occurred_at, payload, previous
+               FROM webhooks.delivery_claim($1, $2, $3, make_interval(secs => $4))",
+        )
+        .await?;
+    let rows = c
+        .query(&st, &[&replica, &endpoint_ids, &rooms, &secs(lease)])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            delivery_id: r.get(0),
+            endpoint_id: r.get(1),
+            attempt: r.get(2),
+            used: r.get(3),
+            event: r.get::<_, Option<String>>(5).map(|_| event_from(r, 4)),
+        })
+        .collect())
+}
+
+/// `webhooks.delivery_next_due`: when the next retry is due, if any.
+pub async fn delivery_next_due(c: &impl GenericClient) -> Result<Option<SystemTime>, DbError> {
+    let st = c.prepare_cached("SELECT webhooks.delivery_next_due()").await?;
+    Ok(c.query_one(&st, &[]).await?.get(0))
+}
+
+/// `webhooks.delivery_rescue`: expired leases back to pending.
+pub async fn delivery_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
+    let st = c.prepare_cached("SELECT webhooks.delivery_rescue()").await?;
+    Ok(c.query_one(&st, &[]).await?.get(0))
+}
+
+/// `webhooks.listener_set`.
+pub async fn listener_set(c: &impl GenericClient, replica: &str, idle: bool) -> Result<(), DbError> {
+    let st = c.prepare_cached("SELECT webhooks.listener_set($1, $2)").await?;
+    c.execute(&st, &[&replica, &idle]).await?;
+    Ok(())
+}
+
+/// `webhooks.listener_forget`.
+pub async fn listener_forget(c: &impl GenericClient, replica: &str) -> Result<(), DbError> {
+    c.execute("SELECT webhooks.listener_forget($1)", &[&replica])
+        .await?;
+    Ok(())
+}
+
+/// `webhooks.listener_rescue`.
+pub async fn listener_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
+    let st = c.prepare_cached("SELECT webhooks.listener_rescue()").await?;
+    Ok(c.query_one(&st, &[]).await?.get(0))
+}
+
+/// `webhooks.fanout_probe`.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub has_work: bool,
+    pub horizon: i64,
+    pub xmax: i64,
+}
+
+pub async fn fanout_probe(c: &impl GenericClient) -> Result<Probe, DbError> {
+    let st = c
+        .prepare_cached("SELECT has_work, horizon, xmax FROM webhooks.fanout_probe()")
+        .await?;
+    let r = c.query_one(&st, &[]).await?;
+    Ok(Probe {
+        has_work: r.get(0),
+        horizon: r.get(1),
+        xmax: r.get(2),
+    })
+}
+
+/// `webhooks.endpoint_pace`: sends granted now, and how long to wait when
+/// short.
+pub async fn endpoint_pace(
+    c: &impl GenericClient,
+    endpoint_id: i64,
+    wanted: i32,
+    rate: u32,
+    per: Duration,
+) -> Result<(i32, Option<Duration>), DbError> {
+    let st = c
+        .prepare_cached(
+            "SELECT granted, wait_ms FROM webhooks.endpoint_pace($1, $2, $3, make_interval(secs => $4))",
+        )
+        .await?;
+    let r = c
+        .query_one(&st, &[&endpoint_id, &wanted, &(rate as i32), &secs(per)])
+        .await?;
+    let wait: Option<f64> = r.get(1);
+    Ok((
+        r.get(0),
+        wait.map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+    ))
+}
+
+/// `webhooks.endpoint_pause`.
+pub async fn endpoint_pause(c: &impl GenericClient, endpoint_id: i64, reason: &str) -> Result<bool, DbError> {
+    let r = c
+        .query_opt("SELECT webhooks.endpoint_pause($1, $2)", &[&endpoint_id, &reason])
+        .await?;
+    Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Dead => "dead",
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Subscriptions: loading the snapshot the sidecar works from, and the
+//! writes behind `pgwebhooks endpoint …`.
+
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::GenericClient;
+
+use super::DbError;
+use crate::deliver::sign::SigningKey;
+use crate::endpoints::{is_make_url, split_patterns, Endpoint, Snapshot, Styles};
+
+/// Reads every endpoint and the config version in one statement (one
+/// snapshot), so the version always describes what was read.
+pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
+    let rows = c
+        .query(
+            "SELECT v.version, e.id, e.name, e.url, e.event_types, e.exclude_types, e.tenant_id, e.ignore_origins,
+                    e.signature_styles, e.headers, e.masked_fields, e.timeout_ms, e.max_in_flight,
+                    ARRAY(SELECT extract(epoch FROM x)::float8 FROM unnest(e.retry_schedule) x),
+                    e.rate_limit, extract(epoch FROM e.rate_window)::float8, e.make, e.enabled,
+                    ARRAY(SELECT s.secret FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
+                           AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret),
+                    ARRAY(SELECT s.expires_at FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
+                           AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret)
+               FROM webhooks.config_version v LEFT JOIN webhooks.endpoints e ON true
+              ORDER BY e.id",
+            &[],
+        )
+        .await?;
+    let version = rows.first().map_or(0, |r| r.get(0));
+    let mut endpoints = Vec::new();
+    for r in &rows {
+        let Some(id) = r.get::<_, Option<i64>>(1) else {
+            continue;
+        };
+        let url: String = r.get(3);
+        let headers: serde_json::Value = r.get(9);
+        let headers = headers
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let schedule: Vec<f64> = r.get(13);
+        let secrets: Vec<String> = r.get(18);
+        let expiries: Vec<Option<SystemTime>> = r.get(19);
+        let keys = secrets
+            .iter()
+            .zip(expiries)
+            .filter_map(|(s, exp)| match SigningKey::parse(s) {
+                Ok(k) => Some((k, exp)),
+                Err(error) => {
+                    tracing::warn!(endpoint_id = id, %error, "ignoring an unusable signing secret");
+                    None
+                }
+            })
+            .collect();
+        let rate: Option<i32> = r.get(14);
+        let window: f64 = r.get(15);
+        let make_flag: bool = r.get(16);
+        endpoints.push(Endpoint {
+            id,
+            name: r.get(2),
+            make: make_flag || is_make_url(&url),
+            url,
+            event_types: split_patterns(&r.get::<_, Vec<String>>(4)),
+            exclude_types: split_patterns(&r.get::<_, Vec<String>>(5)),
+            tenant_id: r.get(6),
+            ignore_origins: split_patterns(&r.get::<_, Vec<String>>(7)),
+            styles: Styles::parse(&r.get::<_, Vec<String>>(8)),
+            headers,
+            masked_fields: r.get(10),
+            timeout: r
+                .get::<_, Option<i32>>(11)
+                .map(|ms| Duration::from_millis(ms as u64)),
+            max_in_flight: r.get::<_, Option<i32>>(12).map(|n| n as usize),
+            retry_schedule: (!schedule.is_empty()).then(|| {
+                schedule
+                    .iter()
+                    .map(|s| Duration::from_secs_f64(s.max(0.001)))
+                    .collect()
+            }),
+            rate: rate.map(|n| (n as u32, Duration::from_secs_f64(window.max(0.001)))),
+            enabled: r.get(17),
+            keys,
+        });
+    }
+    Ok(Snapshot::new(version, endpoints))
+}
+
+/// A subscription to create (`pgwebhooks endpoint add`).
+#[derive(Debug, Clone, Default)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub name: Option<String>,
+    pub event_types: Vec<String>,
+    pub tenant_id: Option<String>,
+    pub make: bool,
+    pub headers: serde_json::Map<String, serde_json::Value>,
+    pub secret: String,
+    pub ignore_origins: Vec<String>,
+    pub signature_styles: Vec<String>,
+    pub masked_fields: Vec<String>,
+    pub timeout_ms: Option<i32>,
+    pub max_in_flight: Option<i32>,
+    pub rate_limit: Option<i32>,
+}
+
+/// Inserts the endpoint and its secret; returns its id.
+pub async fn add(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
+    let tx = c.transaction().await?;
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO webhooks.endpoints (url, name, event_types, tenant_id, make, headers, ignore_origins,
+                                             signature_styles, masked_fields, timeout_ms, max_in_flight, rate_limit)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+            &[
+                &e.url,
+                &e.name,
+                &e.event_types,
+                &e.tenant_id,
+                &e.make,
+                &serde_json::Value::Object(e.headers.clone()),
+                &e.ignore_origins,
+                &e.signature_styles,
+                &e.masked_fields,
+                &e.timeout_ms,
+                &e.max_in_flight,
+                &e.rate_limit,
+            ],
+        )
+        .await?
+        .get(0);
+    tx.execute(
+        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
+        &[&id, &e.secret],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// One endpoint as `endpoint list` shows it.
+#[derive(Debug)]
+pub struct Listed {
+    pub id: i64,
+    pub name: Option<String>,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub tenant_id: Option<String>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub make: bool,
+    /// (secret, expires) newest first.
+    pub secrets: Vec<(String, Option<String>)>,
+}
+
+pub async fn list(c: &impl GenericClient) -> Result<Vec<Listed>, DbError> {
+    let rows = c
+        .query(
+            "SELECT e.id, e.name, e.url, e.event_types, e.tenant_id, e.enabled, e.disabled_reason, e.make,
+                    ARRAY(SELECT s.secret FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
+                           AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret),
+                    ARRAY(SELECT coalesce(to_char(s.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI \"UTC\"'), '')
+                            FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
+                           AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret)
+               FROM webhooks.endpoints e ORDER BY e.id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let secrets: Vec<String> = r.get(8);
+            let expiries: Vec<String> = r.get(9);
+            Listed {
+                id: r.get(0),
+                name: r.get(1),
+                url: r.get(2),
+                event_types: r.get(3),
+                tenant_id: r.get(4),
+                enabled: r.get(5),
+                disabled_reason: r.get(6),
+                make: r.get::<_, bool>(7) || is_make_url(&r.get::<_, String>(2)),
+                secrets: secrets
+                    .into_iter()
+                    .zip(expiries)
+                    .map(|(s, e)| (s, Some(e).filter(|e| !e.is_empty())))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+/// Disables (with a reason) or enables an endpoint; false if no such id.
+pub async fn set_enabled(
+    c: &impl GenericClient,
+    id: i64,
+    enabled: bool,
+    reason: &str,
+) -> Result<bool, DbError> {
+    let row = if enabled {
+        c.query_one("SELECT webhooks.endpoint_resume($1)", &[&id]).await?
+    } else {
+        c.query_one("SELECT webhooks.endpoint_pause($1, $2)", &[&id, &reason])
+            .await?
+    };
+    Ok(row.get::<_, Option<bool>>(0).unwrap_or(false))
+}
+
+/// Adds `secret` as the newest signing secret; older ones keep signing for
+/// `overlap`, then expire. False if no such endpoint.
+pub async fn rotate_secret(
+    c: &mut deadpool_postgres::Client,
+    id: i64,
+    secret: &str,
+    overlap: Duration,
+) -> Result<bool, DbError> {
+    let tx = c.transaction().await?;
+    let exists = tx
+        .query_opt(
+            "SELECT 1 FROM webhooks.endpoints WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    if exists.is_none() {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE webhooks.endpoint_secrets
+            SET expires_at = least(coalesce(expires_at, 'infinity'), now() + make_interval(secs => $2))
+          WHERE endpoint_id = $1",
+        &[&id, &overlap.as_secs_f64()],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)
+         ON CONFLICT ON CONSTRAINT endpoint_secrets_pkey DO UPDATE SET expires_at = NULL, created_at = now()",
+        &[&id, &secret],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}

@@ -1,0 +1,161 @@
+//! The HTTP side of an attempt: one shared client with keep-alive, no
+//! redirects, bounded timeouts, and at most `excerpt` bytes of the answer
+//! read.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+
+use super::retry::parse_retry_after;
+use super::sign;
+use crate::endpoints::Endpoint;
+
+pub const USER_AGENT_VALUE: &str = concat!("pgwebhooks/", env!("CARGO_PKG_VERSION"));
+
+pub struct Http {
+    client: reqwest::Client,
+}
+
+/// What came back.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub excerpt: String,
+    pub retry_after: Option<Duration>,
+    pub duration: Duration,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Http {
+    pub fn new() -> Http {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .expect("HTTP client");
+        Http { client }
+    }
+
+    /// Signs and sends `body` to `endpoint`.
+    pub async fn send(
+        &self,
+        msg_id: &str,
+        endpoint: &Endpoint,
+        body: &[u8],
+        now: SystemTime,
+        timeout: Duration,
+        excerpt: usize,
+    ) -> Sent {
+        let started = Instant::now();
+        let mut sent = Sent::default();
+        let headers = match headers(msg_id, endpoint, body, now) {
+            Ok(h) => h,
+            Err(e) => {
+                sent.error = Some(e);
+                return sent;
+            }
+        };
+        let request = self
+            .client
+            .post(&endpoint.url)
+            .headers(headers)
+            .body(body.to_vec())
+            .timeout(timeout);
+        match request.send().await {
+            Ok(mut resp) => {
+                sent.status = Some(resp.status().as_u16());
+                sent.retry_after = resp
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                if resp.status().is_redirection() {
+                    let to = resp
+                        .headers()
+                        .get("location")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("?");
+                    sent.error = Some(format!("redirect to {to} not followed"));
+                }
+                let mut bytes = Vec::new();
+                while bytes.len() < excerpt {
+                    match resp.chunk().await {
+                        Ok(Some(chunk)) => {
+                            bytes.extend_from_slice(&chunk[..chunk.len().min(excerpt - bytes.len())])
+                        }
+                        Ok(None) => break,
+                        Err(_) => break,
+                    }
+                }
+                sent.excerpt = String::from_utf8_lossy(&bytes).into_owned();
+            }
+            Err(e) => sent.error = Some(describe(e.without_url(), timeout)),
+        }
+        sent.duration = started.elapsed();
+        sent
+    }
+}
+
+fn headers(msg_id: &str, endpoint: &Endpoint, body: &[u8], now: SystemTime) -> Result<HeaderMap, String> {
+    let mut h = HeaderMap::new();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    let ts = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let value = |s: String| HeaderValue::from_str(&s).map_err(|_| "unprintable header value".to_owned());
+    h.insert("webhook-id", value(msg_id.to_owned())?);
+    h.insert("webhook-timestamp", value(ts.to_string())?);
+    let keys = endpoint.active_keys(now);
+    if endpoint.styles.standard && !keys.is_empty() {
+        h.insert(
+            "webhook-signature",
+            value(sign::signature_header(&keys, msg_id, ts, body))?,
+        );
+    }
+    if let Some(key) = keys.first() {
+        if endpoint.styles.sha256_hex {
+            h.insert("x-webhook-signature", value(key.sign_hex(body))?);
+        }
+        if endpoint.styles.secret_header {
+            let mut v = value(key.secret().to_owned())?;
+            v.set_sensitive(true);
+            h.insert("x-webhook-secret", v);
+        }
+    }
+    for (name, v) in &endpoint.headers {
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let mut v = value(v.clone())?;
+        v.set_sensitive(true);
+        h.insert(name, v);
+    }
+    Ok(h)
+}
+
+/// The error without the URL (a Make.com URL is a credential).
+fn describe(e: reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        format!("timed out after {timeout:?}")
+    } else if e.is_connect() {
+        format!("connection failed: {}", crate::record::error_chain(&e))
+    } else {
+        crate::record::error_chain(&e)
+    }
+}
+
+/// reqwest is built without a default TLS crypto provider; use ring.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

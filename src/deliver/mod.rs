@@ -1,0 +1,148 @@
+//! Delivering one job: sign, send, and decide what happens next.
+//!
+//! `sign` and `retry` are pure; `http` does the I/O. [`Deliverer::attempt`]
+//! turns a job into an [`Outcome`] and never touches the database.
+
+pub mod body;
+pub mod http;
+pub mod retry;
+pub mod sign;
+
+use std::time::{Duration, SystemTime};
+
+use crate::endpoints::MAKE_MAX_BODY;
+use crate::event::Job;
+use crate::record::{AttemptInfo, Outcome, Status};
+use retry::Class;
+
+/// Settings every delivery shares; endpoints may override some.
+#[derive(Debug, Clone)]
+pub struct DeliverConfig {
+    /// Delays between attempts; its length + 1 is the number of attempts.
+    pub retry_schedule: Vec<Duration>,
+    /// Per-attempt timeout (connect + send + response head).
+    pub timeout: Duration,
+    /// Bytes of the response body kept on the attempt row.
+    pub excerpt_bytes: usize,
+}
+
+impl Default for DeliverConfig {
+    fn default() -> Self {
+        DeliverConfig {
+            retry_schedule: retry::parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("valid default"),
+            timeout: Duration::from_secs(10),
+            excerpt_bytes: 1024,
+        }
+    }
+}
+
+/// The default `PGWEBHOOKS_RETRY_SCHEDULE`: 8 attempts over about 10 hours.
+pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,30s,2m,10m,1h,3h,6h";
+
+/// What an attempt led to, beyond the delivery's own state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SideEffect {
+    None,
+    /// Make.com said 410: pause the endpoint with this reason.
+    PauseEndpoint(String),
+}
+
+pub struct Deliverer {
+    http: http::Http,
+    config: DeliverConfig,
+}
+
+impl Deliverer {
+    pub fn new(config: DeliverConfig) -> Deliverer {
+        Deliverer {
+            http: http::Http::new(),
+            config,
+        }
+    }
+
+    /// Makes one attempt of `job` and says what state its delivery is in now.
+    pub async fn attempt(&self, job: &Job) -> (Outcome, SideEffect) {
+        let endpoint = &job.endpoint;
+        let body = job.event.body_for(endpoint);
+        let mut outcome = Outcome {
+            source: job.source,
+            event_id: job.event.id,
+            endpoint_id: endpoint.id,
+            status: Status::Failed,
+            attempts: job.attempt,
+            next_attempt_at: None,
+            code: None,
+            error: None,
+            attempt: None,
+        };
+        if endpoint.make && body.len() > MAKE_MAX_BODY {
+            outcome.attempts = job.attempt - 1;
+            outcome.error = Some(format!(
+                "body is {} bytes, over Make.com's 5 MB limit; not sent",
+                body.len()
+            ));
+            return (outcome, SideEffect::None);
+        }
+        let timeout = endpoint.timeout.unwrap_or(self.config.timeout);
+        let now = SystemTime::now();
+        let sent = self
+            .http
+            .send(
+                &job.event.id.to_string(),
+                endpoint,
+                body.as_bytes(),
+                now,
+                timeout,
+                self.config.excerpt_bytes,
+            )
+            .await;
+        outcome.code = sent.status.map(i32::from);
+        outcome.error = sent.error.clone();
+        outcome.attempt = Some(AttemptInfo {
+            started_at: now,
+            duration_ms: sent.duration.as_secs_f64() * 1000.0,
+            excerpt: Some(sent.excerpt.clone()).filter(|e| !e.is_empty()),
+        });
+        let class = retry::classify(sent.status, &sent.excerpt, endpoint.make);
+        let used = match job.source {
+            crate::event::Source::Batch(_) => 1,
+            crate::event::Source::Retry { used, .. } => used + 1,
+        };
+        let mut effect = SideEffect::None;
+        match class {
+            Class::Success => outcome.status = Status::Delivered,
+            Class::Fatal => {
+                outcome.status = Status::Failed;
+                if outcome.error.is_none() {
+                    outcome.error = sent.status.map(|s| format!("HTTP {s}: not retried"));
+                }
+            }
+            Class::Gone => {
+                outcome.status = Status::Pending;
+                outcome.next_attempt_at = Some(SystemTime::now());
+                let reason =
+                    "Make.com answered 410 Gone: no scenario is listening or the webhook was removed; \
+                              resume the endpoint once it is back";
+                outcome.error = Some(reason.into());
+                effect = SideEffect::PauseEndpoint(reason.into());
+            }
+            Class::Retryable => {
+                let schedule = endpoint
+                    .retry_schedule
+                    .as_deref()
+                    .unwrap_or(&self.config.retry_schedule);
+                match retry::next_delay(schedule, used as u32, sent.retry_after, fastrand::f64()) {
+                    Some(delay) => {
+                        outcome.status = Status::Pending;
+                        outcome.next_attempt_at = Some(SystemTime::now() + delay);
+                    }
+                    None => outcome.status = Status::Dead,
+                }
+                if outcome.error.is_none() {
+                    outcome.error = sent.status.map(|s| format!("HTTP {s}"));
+                }
+            }
+        }
+        (outcome, effect)
+    }
+}

@@ -1,0 +1,272 @@
+//! Per-endpoint lanes: each endpoint gets a bounded queue, a concurrency
+//! limit and (for Make.com and rate-limited endpoints) pacing shared with
+//! the other replicas through Postgres. A slow or dead endpoint fills only
+//! its own lane; what does not fit goes to the retry path in the database
+//! instead of waiting in memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::db;
+use crate::deliver::{Deliverer, SideEffect};
+use crate::endpoints::Snapshot;
+use crate::event::Job;
+use crate::record::{Outcome, Recorder};
+
+/// Lane settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Concurrent requests per endpoint unless the endpoint sets its own.
+    pub max_in_flight: usize,
+    /// Jobs queued per endpoint beyond those in flight, as a multiple of
+    /// its concurrency; more go to the retry path.
+    pub queue_factor: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_in_flight: 64,
+            queue_factor: 4,
+        }
+    }
+}
+
+/// Shared by every lane.
+pub struct Shared {
+    pub deliverer: Deliverer,
+    pub recorder: Recorder,
+    pub pool: Pool,
+    pub snapshot: RwLock<Arc<Snapshot>>,
+    /// Stop taking work: queued jobs are released.
+    pub stopping: CancellationToken,
+    /// Abandon in-flight attempts (the grace period is over).
+    pub hard_stop: CancellationToken,
+    /// Jobs handed to lanes and not yet recorded.
+    pub in_memory: AtomicUsize,
+    /// Woken whenever `in_memory` drops.
+    pub room: Notify,
+    pub config: DispatchConfig,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    fn finish(&self, outcome: Outcome) {
+        self.recorder.record(outcome);
+        self.in_memory.fetch_sub(1, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+}
+
+struct Lane {
+    tx: mpsc::Sender<Job>,
+    capacity: usize,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    lanes: Mutex<HashMap<i64, Lane>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>) -> Dispatcher {
+        Dispatcher {
+            shared,
+            lanes: Mutex::new(HashMap::new()),
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Queues `job` on its endpoint's lane. A job the lane cannot take now
+    /// (disabled endpoint, full lane, stopping) is routed to the retry path
+    /// as a pending delivery, so nothing waits unbounded in memory.
+    pub fn offer(&self, job: Job) {
+        self.shared.in_memory.fetch_add(1, Ordering::AcqRel);
+        if !job.endpoint.enabled || self.shared.stopping.is_cancelled() {
+            let why = (!job.endpoint.enabled).then_some("endpoint disabled");
+            self.shared.finish(Outcome::released(&job, why));
+            return;
+        }
+        let tx = self.lane(&job);
+        if let Err(e) = tx.try_send(job) {
+            let job = match e {
+                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+            };
+            self.shared.finish(Outcome::released(&job, None));
+        }
+    }
+
+    /// Jobs endpoint `id`'s lane can take now.
+    pub fn room(&self, id: i64) -> usize {
+        let lanes = self.lanes.lock().expect("lanes lock");
+        match lanes.get(&id) {
+            Some(l) => l.tx.capacity(),
+            None => {
+                let snap = self.shared.snapshot();
+                snap.get(id).map_or(0, |e| self.lane_capacity(e.max_in_flight))
+            }
+        }
+    }
+
+    fn lane_capacity(&self, in_flight: Option<usize>) -> usize {
+        let n = in_flight.unwrap_or(self.shared.config.max_in_flight).max(1);
+        n * self.shared.config.queue_factor.max(1)
+    }
+
+    fn lane(&self, job: &Job) -> mpsc::Sender<Job> {
+        let mut lanes = self.lanes.lock().expect("lanes lock");
+        let id = job.endpoint.id;
+        if let Some(l) = lanes.get(&id) {
+            return l.tx.clone();
+        }
+        let in_flight = job
+            .endpoint
+            .max_in_flight
+            .unwrap_or(self.shared.config.max_in_flight)
+            .max(1);
+        let capacity = self.lane_capacity(job.endpoint.max_in_flight);
+        let (tx, rx) = mpsc::channel(capacity);
+        let shared = self.shared.clone();
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(run_lane(id, rx, in_flight, shared, tasks));
+        lanes.insert(
+            id,
+            Lane {
+                tx: tx.clone(),
+                capacity,
+            },
+        );
+        tx
+    }
+
+    /// Closes every lane; resolves when all queued jobs are released and
+    /// in-flight attempts have finished (or were abandoned at `hard_stop`).
+    pub async fn drain(&self) {
+        self.lanes.lock().expect("lanes lock").clear();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Total queue capacity across lanes (for sizing claims).
+    pub fn total_capacity(&self) -> usize {
+        self.lanes
+            .lock()
+            .expect("lanes lock")
+            .values()
+            .map(|l| l.capacity)
+            .sum()
+    }
+}
+
+async fn run_lane(
+    endpoint_id: i64,
+    mut rx: mpsc::Receiver<Job>,
+    in_flight: usize,
+    shared: Arc<Shared>,
+    tasks: tokio_util::task::TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(in_flight));
+    let mut tokens: i32 = 0;
+    while let Some(job) = rx.recv().await {
+        let current = shared.snapshot().get(endpoint_id).cloned();
+        let enabled = current.as_ref().is_some_and(|e| e.enabled);
+        if shared.stopping.is_cancelled() || !enabled {
+            let why = (!enabled).then_some("endpoint disabled");
+            shared.finish(Outcome::released(&job, why));
+            continue;
+        }
+        if let Some((rate, per)) = job.endpoint.pacing() {
+            while tokens == 0 {
+                let wanted = (rx.len() as i32 + 1).min((rate as i32 / 10).max(1));
+                match pace(&shared.pool, endpoint_id, wanted, rate, per).await {
+                    Ok((granted, wait)) => {
+                        tokens = granted;
+                        if granted == 0 {
+                            let pause = wait
+                                .unwrap_or(Duration::from_millis(50))
+                                .max(Duration::from_millis(5));
+                            tokio::select! {
+                                _ = tokio::time::sleep(pause) => {}
+                                _ = shared.stopping.cancelled() => break,
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(endpoint_id, %error, "pacing check failed");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                            _ = shared.stopping.cancelled() => break,
+                        }
+                    }
+                }
+            }
+            if tokens == 0 {
+                shared.finish(Outcome::released(&job, None));
+                continue;
+            }
+            tokens -= 1;
+        }
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shared.stopping.cancelled() => {
+                shared.finish(Outcome::released(&job, None));
+                continue;
+            }
+        };
+        let shared2 = shared.clone();
+        tasks.spawn(async move {
+            let result = tokio::select! {
+                r = shared2.deliverer.attempt(&job) => Some(r),
+                _ = shared2.hard_stop.cancelled() => None,
+            };
+            match result {
+                Some((outcome, effect)) => {
+                    if let SideEffect::PauseEndpoint(reason) = effect {
+                        pause_endpoint(&shared2.pool, endpoint_id, &reason).await;
+                    }
+                    tracing::debug!(event_id = %job.event.id, endpoint_id, attempt = job.attempt,
+                        status = ?outcome.status, code = ?outcome.code, "attempt");
+                    shared2.finish(outcome);
+                }
+                None => shared2.finish(Outcome::released(&job, Some("abandoned at shutdown"))),
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn pace(
+    pool: &Pool,
+    id: i64,
+    wanted: i32,
+    rate: u32,
+    per: Duration,
+) -> Result<(i32, Option<Duration>), db::DbError> {
+    let client = pool.get().await?;
+    db::delivery::endpoint_pace(&client, id, wanted, rate, per).await
+}
+
+async fn pause_endpoint(pool: &Pool, id: i64, reason: &str) {
+    let result = match pool.get().await {
+        Ok(c) => db::delivery::endpoint_pause(&c, id, reason).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(_) => tracing::warn!(endpoint_id = id, reason, "endpoint paused"),
+        Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause endpoint"),
+    }
+}

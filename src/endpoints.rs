@@ -1,0 +1,229 @@
+//! Subscriptions as the sidecar sees them: which events an endpoint wants,
+//! how to sign for it, and the Make.com rules. Loaded from
+//! `webhooks.endpoints` into an immutable snapshot, replaced as a whole when
+//! `webhooks.config_version` moves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::deliver::sign::SigningKey;
+
+/// Make.com accepts at most 300 requests per 10 s per webhook; pace a
+/// little under it.
+pub const MAKE_RATE: (u32, Duration) = (280, Duration::from_secs(10));
+/// Make.com refuses bodies over 5 MB.
+pub const MAKE_MAX_BODY: usize = 5 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Styles {
+    pub standard: bool,
+    pub sha256_hex: bool,
+    pub secret_header: bool,
+}
+
+impl Styles {
+    pub fn parse(names: &[String]) -> Styles {
+        let has = |n: &str| names.iter().any(|s| s == n);
+        Styles {
+            standard: has("standard"),
+            sha256_hex: has("sha256-hex"),
+            secret_header: has("secret-header"),
+        }
+    }
+}
+
+/// One subscription, ready to use.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub id: i64,
+    pub name: Option<String>,
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub exclude_types: Vec<String>,
+    pub tenant_id: Option<String>,
+    pub ignore_origins: Vec<String>,
+    pub styles: Styles,
+    pub headers: Vec<(String, String)>,
+    pub masked_fields: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub max_in_flight: Option<usize>,
+    pub retry_schedule: Option<Vec<Duration>>,
+    /// Requests per window, shared by every replica.
+    pub rate: Option<(u32, Duration)>,
+    /// The Make.com rules apply (opted in, or a `hook.*.make.com` URL).
+    pub make: bool,
+    pub enabled: bool,
+    /// Signing keys, newest first, with their expiry.
+    pub keys: Vec<(SigningKey, Option<SystemTime>)>,
+}
+
+impl Endpoint {
+    /// Does this endpoint want an event of this type, tenant and origin?
+    pub fn wants(&self, event_type: &str, tenant_id: Option<&str>, origin: Option<&str>) -> bool {
+        self.event_types.iter().any(|p| matches(p, event_type))
+            && !self.exclude_types.iter().any(|p| matches(p, event_type))
+            && (self.tenant_id.is_none() || self.tenant_id.as_deref() == tenant_id)
+            && !origin.is_some_and(|o| self.ignore_origins.iter().any(|p| matches(p, o)))
+    }
+
+    /// Keys that sign now (a rotated-out key signs until it expires).
+    pub fn active_keys(&self, now: SystemTime) -> Vec<SigningKey> {
+        self.keys
+            .iter()
+            .filter(|(_, exp)| exp.is_none_or(|e| e > now))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The pacing to apply: the endpoint's own limit, else Make's.
+    pub fn pacing(&self) -> Option<(u32, Duration)> {
+        self.rate.or(self.make.then_some(MAKE_RATE))
+    }
+}
+
+/// `*` matches any run of characters (`appointment.*`, `*.created`, `*`).
+pub fn matches(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Splits `appointment.*, ticket.created` lists into patterns.
+pub fn split_patterns<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|s| s.as_ref().split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Is this a Make.com custom-webhook URL (`https://hook.<zone>.make.com/…`)?
+pub fn is_make_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = u.host_str() else { return false };
+    let host = host.to_ascii_lowercase();
+    (host.starts_with("hook.") && host.ends_with(".make.com")) || host == "hook.make.com"
+}
+
+/// The subscriptions at one config version.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub version: i64,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    by_id: HashMap<i64, Arc<Endpoint>>,
+}
+
+impl Snapshot {
+    pub fn new(version: i64, endpoints: Vec<Endpoint>) -> Snapshot {
+        let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
+        let by_id = endpoints.iter().map(|e| (e.id, e.clone())).collect();
+        Snapshot {
+            version,
+            endpoints,
+            by_id,
+        }
+    }
+
+    pub fn get(&self, id: i64) -> Option<&Arc<Endpoint>> {
+        self.by_id.get(&id)
+    }
+
+    /// Every endpoint that wants the event, enabled or not (a disabled
+    /// endpoint's deliveries wait for it).
+    pub fn matching<'a>(
+        &'a self,
+        event_type: &'a str,
+        tenant_id: Option<&'a str>,
+        origin: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<Endpoint>> + 'a {
+        self.endpoints
+            .iter()
+            .filter(move |e| e.wants(event_type, tenant_id, origin))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(types: &[&str]) -> Endpoint {
+        Endpoint {
+            id: 1,
+            name: None,
+            url: "http://127.0.0.1/".into(),
+            event_types: types.iter().map(|s| s.to_string()).collect(),
+            exclude_types: vec![],
+            tenant_id: None,
+            ignore_origins: vec![],
+            styles: Styles::default(),
+            headers: vec![],
+            masked_fields: vec![],
+            timeout: None,
+            max_in_flight: None,
+            retry_schedule: None,
+            rate: None,
+            make: false,
+            enabled: true,
+            keys: vec![],
+        }
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(matches("*", "anything.at.all"));
+        assert!(matches("appointment.*", "appointment.payment.confirmed"));
+        assert!(!matches("appointment.*", "appointments"));
+        assert!(matches("*.created", "ticket.created"));
+        assert!(matches("ticket.*ed", "ticket.status_changed"));
+        assert!(!matches("ticket.created", "ticket.created.x"));
+        assert!(matches("inbound/*", "inbound/payments"));
+        assert_eq!(
+            split_patterns(&["appointment.*, ticket.created", ""]),
+            ["appointment.*", "ticket.created"]
+        );
+    }
+
+    #[test]
+    fn wants_types_tenants_and_origins() {
+        let mut e = endpoint(&["appointment.*", "ticket.created"]);
+        assert!(e.wants("appointment.created", None, None));
+        assert!(!e.wants("ticket.updated", None, None));
+        e.exclude_types = vec!["appointment.completed".into()];
+        assert!(!e.wants("appointment.completed", None, None));
+        e.tenant_id = Some("acme".into());
+        assert!(!e.wants("ticket.created", Some("other"), None));
+        assert!(e.wants("ticket.created", Some("acme"), None));
+        e.ignore_origins = vec!["inbound/*".into()];
+        assert!(!e.wants("ticket.created", Some("acme"), Some("inbound/support-tickets")));
+    }
+
+    #[test]
+    fn make_urls() {
+        assert!(is_make_url("https://hook.eu1.make.com/abc"));
+        assert!(is_make_url("https://HOOK.us2.make.com/abc"));
+        assert!(!is_make_url("https://make.com.evil.example/abc"));
+        assert!(!is_make_url("http://127.0.0.1:9/hook.eu1.make.com"));
+    }
+}

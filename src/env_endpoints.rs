@@ -1,0 +1,148 @@
+//! Endpoints declared in the environment (`MAKE_WEBHOOK_*_URL`,
+//! `WEBHOOK_URL`, `MAKE_WEBHOOK_ADMIN_URL`, `WEBHOOK_SECRET`), the way the
+//! learning platform configures its Make.com scenarios. Synced into
+//! `webhooks.endpoints` at start-up, idempotently, under an advisory lock.
+
+use deadpool_postgres::GenericClient;
+
+use crate::db::DbError;
+use crate::deliver::sign::generate_secret;
+
+/// Each event group's variable and the event types it takes.
+pub const GROUPS: &[(&str, &[&str])] = &[
+    ("MAKE_WEBHOOK_APPOINTMENTS_URL", &["appointment.*"]),
+    ("MAKE_WEBHOOK_MESSAGES_URL", &["message.*"]),
+    ("MAKE_WEBHOOK_COHORT_ENROLLMENTS_URL", &["cohort.enrollment.*"]),
+    ("MAKE_WEBHOOK_COHORT_MESSAGES_URL", &["cohort.message.*"]),
+    ("MAKE_WEBHOOK_SUPPORT_TICKETS_URL", &["ticket.*"]),
+    ("MAKE_WEBHOOK_PAYMENTS_URL", &["payment.*", "enrollment.*"]),
+    ("MAKE_WEBHOOK_ERRORS_URL", &["error.*"]),
+];
+
+/// Take every event no group URL claims.
+pub const FALLBACKS: &[&str] = &["WEBHOOK_URL", "MAKE_WEBHOOK_ADMIN_URL"];
+
+/// What the environment declares.
+#[derive(Debug, Clone, Default)]
+pub struct EnvEndpoints {
+    /// (variable, URL) for every variable that is set and non-empty.
+    pub urls: Vec<(String, String)>,
+    pub secret: Option<crate::config::Secret>,
+}
+
+impl EnvEndpoints {
+    pub fn from_env() -> EnvEndpoints {
+        let vars = GROUPS.iter().map(|(v, _)| *v).chain(FALLBACKS.iter().copied());
+        EnvEndpoints {
+            urls: vars
+                .filter_map(|v| {
+                    std::env::var(v)
+                        .ok()
+                        .filter(|u| !u.trim().is_empty())
+                        .map(|u| (v.to_owned(), u.trim().to_owned()))
+                })
+                .collect(),
+            secret: std::env::var("WEBHOOK_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(crate::config::Secret::new),
+        }
+    }
+}
+
+/// What a sync did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub upserted: Vec<(String, i64)>,
+    pub disabled: u64,
+    pub generated_secret: bool,
+}
+
+/// Creates or updates `env:<VAR>` endpoints; disables those whose variable
+/// is no longer set (their backlog waits). Never re-enables an endpoint an
+/// operator or a 410 paused.
+pub async fn sync(c: &impl GenericClient, env: &EnvEndpoints) -> Result<Synced, DbError> {
+    c.execute("SELECT pg_advisory_xact_lock(7070777768)", &[]).await?;
+    let mut out = Synced::default();
+    let claimed: Vec<String> = GROUPS
+        .iter()
+        .filter(|(v, _)| env.urls.iter().any(|(u, _)| u == v))
+        .flat_map(|(_, p)| p.iter().map(|s| s.to_string()))
+        .collect();
+    for (var, url) in &env.urls {
+        let (types, excludes): (Vec<String>, Vec<String>) = match GROUPS.iter().find(|(v, _)| v == var) {
+            Some((_, p)) => (p.iter().map(|s| s.to_string()).collect(), vec![]),
+            None => (vec!["*".into()], claimed.clone()),
+        };
+        let name = format!("env:{var}");
+        let row = c
+            .query_opt(
+                "INSERT INTO webhooks.endpoints AS e (name, url, event_types, exclude_types, ignore_origins)
+                 VALUES ($1, $2, $3, $4, '{inbound/*}')
+                 ON CONFLICT ON CONSTRAINT endpoints_name_key DO UPDATE
+                    SET url = excluded.url, event_types = excluded.event_types,
+                        exclude_types = excluded.exclude_types, updated_at = now(),
+                        enabled = e.enabled OR e.disabled_reason LIKE 'env:%',
+                        disabled_reason = CASE WHEN e.disabled_reason LIKE 'env:%' THEN NULL ELSE e.disabled_reason END
+                  WHERE (e.url, e.event_types, e.exclude_types) IS DISTINCT FROM
+                        (excluded.url, excluded.event_types, excluded.exclude_types)
+                     OR e.disabled_reason LIKE 'env:%'
+                 RETURNING id",
+                &[&name, url, &types, &excludes],
+            )
+            .await?;
+        let id: i64 = match row {
+            Some(r) => r.get(0),
+            // Unchanged: the conditional update returned nothing.
+            None => c
+                .query_one("SELECT id FROM webhooks.endpoints WHERE name = $1", &[&name])
+                .await?
+                .get(0),
+        };
+        match &env.secret {
+            Some(secret) => {
+                c.execute(
+                    "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&id, &secret.expose()],
+                )
+                .await?;
+                // A changed WEBHOOK_SECRET: the old one keeps signing for a day.
+                c.execute(
+                    "UPDATE webhooks.endpoint_secrets SET expires_at = now() + interval '1 day'
+                      WHERE endpoint_id = $1 AND secret <> $2 AND expires_at IS NULL",
+                    &[&id, &secret.expose()],
+                )
+                .await?;
+            }
+            None => {
+                let has: bool = c
+                    .query_one(
+                        "SELECT EXISTS (SELECT 1 FROM webhooks.endpoint_secrets WHERE endpoint_id = $1)",
+                        &[&id],
+                    )
+                    .await?
+                    .get(0);
+                if !has {
+                    let secret = generate_secret().map_err(|e| DbError::Other(e.to_string()))?;
+                    c.execute(
+                        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
+                        &[&id, &secret],
+                    )
+                    .await?;
+                    out.generated_secret = true;
+                }
+            }
+        }
+        out.upserted.push((name, id));
+    }
+    let set: Vec<String> = env.urls.iter().map(|(v, _)| format!("env:{v}")).collect();
+    out.disabled = c
+        .execute(
+            "UPDATE webhooks.endpoints SET enabled = false, updated_at = now(),
+                    disabled_reason = 'env: ' || substr(name, 5) || ' is not set'
+              WHERE name LIKE 'env:%' AND enabled AND NOT (name = ANY ($1))",
+            &[&set],
+        )
+        .await?;
+    Ok(out)
+}

@@ -1,0 +1,117 @@
+//! The wake-up: one dedicated connection LISTENing on `webhooks`, driven
+//! by hand (`poll_message`), never a pooled one. A notification is a hint;
+//! the loops also poll. Reconnects with backoff, and every (re)connect
+//! wakes everyone to scan, since notifications sent meanwhile are lost.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+/// Signals raised by the listener.
+#[derive(Default)]
+pub struct Signals {
+    /// New events may be committed.
+    pub events: Notify,
+    /// Endpoints or secrets changed.
+    pub config: Notify,
+    /// Deliveries were re-queued (operator retry, endpoint resumed).
+    pub retry: Notify,
+    pub connected: AtomicBool,
+    pub reconnects: AtomicU64,
+}
+
+impl Signals {
+    fn all(&self) {
+        self.events.notify_one();
+        self.config.notify_one();
+        self.retry.notify_one();
+    }
+}
+
+/// Runs until `shutdown`. `application_name` lets other replicas see that
+/// this replica's listener is alive.
+pub async fn run(
+    mut config: tokio_postgres::Config,
+    replica: Arc<str>,
+    signals: Arc<Signals>,
+    shutdown: CancellationToken,
+) {
+    config.application_name(format!("pgwebhooks listen {replica}"));
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    while !shutdown.is_cancelled() {
+        match listen_once(&config, &signals, &shutdown, &mut first).await {
+            Ok(()) if shutdown.is_cancelled() => return,
+            Ok(()) => signals.connected.store(false, Ordering::Release),
+            Err(error) => {
+                signals.connected.store(false, Ordering::Release);
+                tracing::warn!(%error, retry_in = ?backoff, "LISTEN connection lost");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    signals: &Signals,
+    shutdown: &CancellationToken,
+    first: &mut bool,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(Ok(n.payload().to_owned()));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    let result = async {
+        client.batch_execute("LISTEN webhooks").await?;
+        signals.connected.store(true, Ordering::Release);
+        if !*first {
+            signals.reconnects.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("LISTEN connection re-established; scanning");
+        }
+        *first = false;
+        signals.all();
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Ok(payload)) => match payload.as_str() {
+                        "config" => signals.config.notify_one(),
+                        "retry" => signals.retry.notify_one(),
+                        _ => signals.events.notify_one(),
+                    },
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        // The driver ended without an error: the server closed the connection.
+                        client.batch_execute("SELECT 1").await?;
+                        return Ok(false);
+                    }
+                },
+                _ = shutdown.cancelled() => return Ok(true),
+            }
+        }
+    }
+    .await;
+    driver.abort();
+    result.map(|_shutdown| ())
+}

@@ -1,0 +1,219 @@
+//! `pgwebhooks run`: wires the stages together and owns shutdown.
+//!
+//! The same [`Sidecar::start`] runs in production and in the tests.
+//! Stages: listen (wake-ups), fan-out and retry claims, per-endpoint lanes,
+//! the recorder, config reloads and rescue. On shutdown: stop claiming,
+//! release queued jobs, let in-flight attempts finish within the grace
+//! period (then abandon and release them), write every outcome, leave.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::claim::{self, ClaimConfig, Claimer};
+use crate::db::{self, DbError};
+use crate::deliver::{DeliverConfig, Deliverer};
+use crate::dispatch::{DispatchConfig, Dispatcher, Shared};
+use crate::env_endpoints::{self, EnvEndpoints};
+use crate::listen::{self, Signals};
+use crate::record;
+
+/// Everything `run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct SidecarConfig {
+    pub database: tokio_postgres::Config,
+    /// This replica's name (claims and attempts record it).
+    pub replica: String,
+    pub pool_size: usize,
+    pub deliver: DeliverConfig,
+    pub dispatch: DispatchConfig,
+    pub claim: ClaimConfig,
+    /// How long in-flight attempts may run on after a shutdown signal.
+    pub shutdown_grace: Duration,
+    pub env_endpoints: EnvEndpoints,
+}
+
+impl SidecarConfig {
+    pub fn new(database: tokio_postgres::Config) -> SidecarConfig {
+        SidecarConfig {
+            database,
+            replica: default_replica_name(),
+            pool_size: 8,
+            deliver: DeliverConfig::default(),
+            dispatch: DispatchConfig::default(),
+            claim: ClaimConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            env_endpoints: EnvEndpoints::default(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>-<random>`: unique across restarts and replicas.
+pub fn default_replica_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgwebhooks".into());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("the database schema is not migrated to this version: run `pgwebhooks migrate` first")]
+    NotMigrated,
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    pub claimer: Arc<Claimer>,
+    pub shared: Arc<Shared>,
+    pub signals: Arc<Signals>,
+    pub pool: deadpool_postgres::Pool,
+    stages: JoinSet<&'static str>,
+    listener: tokio::task::JoinHandle<()>,
+    listen_stop: CancellationToken,
+    recorder: tokio::task::JoinHandle<()>,
+    recorder_done: CancellationToken,
+    grace: Duration,
+}
+
+impl Sidecar {
+    pub async fn start(config: SidecarConfig) -> Result<Sidecar, StartError> {
+        let pool = db::pool(config.database.clone(), config.pool_size.max(4));
+        let replica: Arc<str> = config.replica.clone().into();
+        {
+            let client = pool.get().await.map_err(DbError::from)?;
+            if !db::migrate::is_current(&client).await? {
+                return Err(StartError::NotMigrated);
+            }
+            if !config.env_endpoints.urls.is_empty() {
+                let mut client = client;
+                let tx = client.transaction().await.map_err(DbError::from)?;
+                let synced = env_endpoints::sync(&tx, &config.env_endpoints).await?;
+                tx.commit().await.map_err(DbError::from)?;
+                for (name, id) in &synced.upserted {
+                    tracing::info!(endpoint = %name, id, "endpoint from the environment");
+                }
+                if synced.generated_secret {
+                    tracing::warn!(
+                        "WEBHOOK_SECRET is not set: generated a signing secret for the environment's endpoints \
+                         (see `pgwebhooks endpoint list --show-secrets`)"
+                    );
+                }
+            }
+        }
+        let signals = Arc::new(Signals::default());
+        let (recorder, record_task) = record::channel(pool.clone(), replica.clone(), signals.clone());
+        let snapshot = {
+            let client = pool.get().await.map_err(DbError::from)?;
+            Arc::new(db::endpoints::load(&client).await?)
+        };
+        let stopping = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            deliverer: Deliverer::new(config.deliver.clone()),
+            recorder,
+            pool: pool.clone(),
+            snapshot: RwLock::new(snapshot),
+            stopping: stopping.clone(),
+            hard_stop: CancellationToken::new(),
+            in_memory: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            config: config.dispatch.clone(),
+        });
+        let dispatcher = Arc::new(Dispatcher::new(shared.clone()));
+        let claimer = Arc::new(Claimer {
+            pool: pool.clone(),
+            replica: replica.clone(),
+            dispatcher,
+            signals: signals.clone(),
+            config: config.claim.clone(),
+        });
+
+        let recorder_done = CancellationToken::new();
+        let recorder = tokio::spawn(record_task.run(recorder_done.clone(), config.shutdown_grace));
+        let listen_stop = CancellationToken::new();
+        let listener = tokio::spawn(listen::run(
+            config.database.clone(),
+            replica,
+            signals.clone(),
+            listen_stop.clone(),
+        ));
+        let mut stages = JoinSet::new();
+        let (c, s) = (claimer.clone(), stopping.clone());
+        stages.spawn(async move {
+            c.run_fanout(s).await;
+            "fan-out"
+        });
+        let (c, s) = (claimer.clone(), stopping.clone());
+        stages.spawn(async move {
+            c.run_retries(s).await;
+            "retries"
+        });
+        let (c, s) = (claimer.clone(), stopping.clone());
+        stages.spawn(async move {
+            claim::run_config(c, Duration::from_secs(30), s).await;
+            "config"
+        });
+        let (c, s) = (claimer.clone(), stopping.clone());
+        let every = (config.claim.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
+        stages.spawn(async move {
+            claim::run_rescue(c, every, s).await;
+            "rescue"
+        });
+        tracing::info!(replica = %config.replica, "sidecar started");
+        Ok(Sidecar {
+            claimer,
+            shared,
+            signals,
+            pool,
+            stages,
+            listener,
+            listen_stop,
+            recorder,
+            recorder_done,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// Runs until `shutdown` fires (or a stage stops on its own, which is
+    /// reported), then stops gracefully.
+    pub async fn run_until(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = shutdown.cancelled() => tracing::info!("shutting down"),
+            Some(stage) = self.stages.join_next() => match stage {
+                Ok(name) => tracing::error!(stage = name, "stage stopped unexpectedly; shutting down"),
+                Err(e) => tracing::error!(error = %e, "stage panicked; shutting down"),
+            },
+        }
+        self.stop().await;
+    }
+
+    /// Graceful stop.
+    pub async fn stop(mut self) {
+        self.shared.stopping.cancel();
+        while self.stages.join_next().await.is_some() {}
+        let dispatcher = self.claimer.dispatcher.clone();
+        let drain = dispatcher.drain();
+        tokio::pin!(drain);
+        if tokio::time::timeout(self.grace, &mut drain).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "in-flight attempts still running after the grace period; releasing them");
+            self.shared.hard_stop.cancel();
+            drain.await;
+        }
+        self.recorder_done.cancel();
+        let _ = (&mut self.recorder).await;
+        if let Ok(client) = self.pool.get().await {
+            let _ = db::delivery::listener_forget(&client, &self.claimer.replica).await;
+        }
+        self.listen_stop.cancel();
+        let _ = (&mut self.listener).await;
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,87 @@
+//! Running the sidecar in-process (the same `Sidecar::start` as
+//! production) and adding endpoints.
+
+use std::time::Duration;
+
+use pgwebhooks::sidecar::{Sidecar, SidecarConfig};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::TestDb;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// Test-sized settings: short timeouts, quick retries, fast polling.
+pub fn config(db: &TestDb) -> SidecarConfig {
+    let mut c = SidecarConfig::new(db.config().clone());
+    c.deliver.timeout = Duration::from_secs(2);
+    c.deliver.retry_schedule = vec![Duration::from_millis(50), Duration::from_millis(100)];
+    c.claim.lease = Duration::from_secs(10);
+    c.claim.poll_interval = Duration::from_millis(200);
+    c.shutdown_grace = Duration::from_secs(2);
+    c
+}
+
+pub struct Running {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start(config: SidecarConfig) -> Running {
+    let sidecar = Sidecar::start(config).await.expect("sidecar starts");
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(sidecar.run_until(token.clone()));
+    Running { token, handle }
+}
+
+impl Running {
+    /// Graceful stop, as on SIGTERM.
+    pub async fn stop(self) {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.handle)
+            .await
+            .expect("sidecar stops within its grace period")
+            .unwrap();
+    }
+}
+
+/// Adds an endpoint signed with [`SECRET`]; `extra` is SQL assignments for
+/// the other columns, e.g. `"make = true, rate_limit = 10"`.
+pub async fn endpoint(c: &Client, url: &str, events: &[&str], extra: &str) -> i64 {
+    let id: i64 = c
+        .query_one(
+            "INSERT INTO webhooks.endpoints (url, event_types) VALUES ($1, $2) RETURNING id",
+            &[&url, &events.iter().map(|s| s.to_string()).collect::<Vec<_>>()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if !extra.is_empty() {
+        c.execute(
+            &format!("UPDATE webhooks.endpoints SET {extra} WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+    c.execute(
+        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
+        &[&id, &SECRET],
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// Deliveries by status for one endpoint.
+pub async fn statuses(c: &Client, endpoint_id: i64) -> Vec<(String, i64)> {
+    c.query(
+        "SELECT status, count(*) FROM webhooks.deliveries WHERE endpoint_id = $1 GROUP BY 1 ORDER BY 1",
+        &[&endpoint_id],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}

@@ -131,7 +131,7 @@ impl Claimer {
         // only after all of them are (and at once when none matched).
         self.dispatcher.shared().recorder.batch(batch.id, jobs.len());
         for job in jobs {
-            self.dispatcher.offer(job);
+            self.dispatcher.offer(job).await;
         }
         Ok(counts)
     }
@@ -176,12 +176,14 @@ impl Claimer {
                 });
                 continue;
             };
-            self.dispatcher.offer(Job {
-                source,
-                event,
-                endpoint,
-                attempt: c.attempt,
-            });
+            self.dispatcher
+                .offer(Job {
+                    source,
+                    event,
+                    endpoint,
+                    attempt: c.attempt,
+                })
+                .await;
         }
         Ok(counts)
     }
@@ -269,7 +271,17 @@ impl Claimer {
         while !shutdown.is_cancelled() {
             self.wait_for_room(&shutdown).await;
             match self.retry_once().await {
-                Ok(c) if c.jobs > 0 => continue,
+                Ok(c) if c.jobs > 0 => {
+                    // Lanes are busy with what we took; claim more once they
+                    // have drained a little (a few ms), not one job at a time.
+                    tokio::select! {
+                        _ = self.dispatcher.shared().room.notified() => {}
+                        _ = tokio::time::sleep(self.config.poll_interval) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(error = %crate::record::error_chain(&error), "claiming retries failed");

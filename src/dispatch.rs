@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -27,6 +27,8 @@ pub struct DispatchConfig {
     /// Jobs queued per endpoint beyond those in flight, as a multiple of
     /// its concurrency; more go to the retry path.
     pub queue_factor: usize,
+    /// …but at least this many (a claim batch's worth).
+    pub min_queue: usize,
 }
 
 impl Default for DispatchConfig {
@@ -34,6 +36,7 @@ impl Default for DispatchConfig {
         DispatchConfig {
             max_in_flight: 64,
             queue_factor: 4,
+            min_queue: 1000,
         }
     }
 }
@@ -70,7 +73,16 @@ impl Shared {
 struct Lane {
     tx: mpsc::Sender<Job>,
     capacity: usize,
+    /// Until then, a full lane is treated as congested: jobs that do not
+    /// fit go to the retry path at once instead of waiting.
+    congested_until: Arc<Mutex<Option<Instant>>>,
 }
+
+/// How long a job may wait for room in a busy lane before the lane counts
+/// as congested.
+const ROOM_WAIT: Duration = Duration::from_millis(100);
+/// How long a lane stays marked congested.
+const CONGESTED_FOR: Duration = Duration::from_secs(1);
 
 pub struct Dispatcher {
     shared: Arc<Shared>,
@@ -91,23 +103,42 @@ impl Dispatcher {
         &self.shared
     }
 
-    /// Queues `job` on its endpoint's lane. A job the lane cannot take now
-    /// (disabled endpoint, full lane, stopping) is routed to the retry path
-    /// as a pending delivery, so nothing waits unbounded in memory.
-    pub fn offer(&self, job: Job) {
+    /// Queues `job` on its endpoint's lane, waiting briefly while a busy
+    /// lane frees a slot. A job the lane cannot take (disabled endpoint,
+    /// congested lane, stopping) is routed to the retry path as a pending
+    /// delivery, so nothing waits unbounded in memory and one stuck
+    /// endpoint never holds up the others.
+    pub async fn offer(&self, job: Job) {
         self.shared.in_memory.fetch_add(1, Ordering::AcqRel);
         if !job.endpoint.enabled || self.shared.stopping.is_cancelled() {
             let why = (!job.endpoint.enabled).then_some("endpoint disabled");
             self.shared.finish(Outcome::released(&job, why));
             return;
         }
-        let tx = self.lane(&job);
-        if let Err(e) = tx.try_send(job) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-            };
-            self.shared.finish(Outcome::released(&job, None));
+        let (tx, congested) = self.lane(&job);
+        let job = match tx.try_send(job) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                return self.shared.finish(Outcome::released(&job, None))
+            }
+            Err(mpsc::error::TrySendError::Full(job)) => job,
+        };
+        let is_congested = congested
+            .lock()
+            .expect("lane lock")
+            .is_some_and(|t| t > Instant::now());
+        if !is_congested {
+            if let Ok(Ok(permit)) = tokio::time::timeout(ROOM_WAIT, tx.reserve()).await {
+                permit.send(job);
+                return;
+            }
+            *congested.lock().expect("lane lock") = Some(Instant::now() + CONGESTED_FOR);
+            tracing::debug!(
+                endpoint_id = job.endpoint.id,
+                "lane congested; routing to the retry path"
+            );
         }
+        self.shared.finish(Outcome::released(&job, None));
     }
 
     /// Jobs endpoint `id`'s lane can take now.
@@ -124,14 +155,14 @@ impl Dispatcher {
 
     fn lane_capacity(&self, in_flight: Option<usize>) -> usize {
         let n = in_flight.unwrap_or(self.shared.config.max_in_flight).max(1);
-        n * self.shared.config.queue_factor.max(1)
+        (n * self.shared.config.queue_factor.max(1)).max(self.shared.config.min_queue)
     }
 
-    fn lane(&self, job: &Job) -> mpsc::Sender<Job> {
+    fn lane(&self, job: &Job) -> (mpsc::Sender<Job>, Arc<Mutex<Option<Instant>>>) {
         let mut lanes = self.lanes.lock().expect("lanes lock");
         let id = job.endpoint.id;
         if let Some(l) = lanes.get(&id) {
-            return l.tx.clone();
+            return (l.tx.clone(), l.congested_until.clone());
         }
         let in_flight = job
             .endpoint
@@ -143,14 +174,16 @@ impl Dispatcher {
         let shared = self.shared.clone();
         let tasks = self.tasks.clone();
         self.tasks.spawn(run_lane(id, rx, in_flight, shared, tasks));
+        let congested_until = Arc::new(Mutex::new(None));
         lanes.insert(
             id,
             Lane {
                 tx: tx.clone(),
                 capacity,
+                congested_until: congested_until.clone(),
             },
         );
-        tx
+        (tx, congested_until)
     }
 
     /// Closes every lane; resolves when all queued jobs are released and

@@ -43,7 +43,7 @@ async fn every_event_reaches_every_matching_endpoint_signed() {
         .as_secs() as i64;
     for r in got_all.iter().chain(&got_appts) {
         sign::verify(
-            &[key.clone()],
+            std::slice::from_ref(&key),
             r.header("webhook-id"),
             r.header("webhook-timestamp"),
             r.header("webhook-signature"),

@@ -5,4 +5,5 @@ mod support;
 mod capture;
 mod delivery;
 mod example_app;
+mod faults;
 mod migrate;

@@ -38,7 +38,7 @@ fn server() -> &'static Server {
 fn start_server() -> Server {
     let admin = match std::env::var("DATABASE_URL") {
         Ok(url) => Config::from_str(&url).expect("DATABASE_URL must parse"),
-        Err(_) => start_cluster(),
+        Err(_) => start_cluster(&format!("pgwebhooks-test-{}", std::process::id())).config,
     };
     let template = format!("pgwebhooks_tmpl_{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -134,8 +134,54 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn start_cluster() -> Config {
-    let dir = std::env::temp_dir().join(format!("pgwebhooks-test-{}", std::process::id()));
+/// A throwaway cluster of its own (for tests that restart Postgres).
+pub struct Cluster {
+    pub config: Config,
+    data: PathBuf,
+    opts: String,
+    log: PathBuf,
+}
+
+static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
+
+impl Cluster {
+    /// Starts a new cluster with a migrated database `app` (example included).
+    pub async fn start() -> Cluster {
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let cluster = std::thread::spawn(move || {
+            start_cluster(&format!("pgwebhooks-cluster-{}-{n}", std::process::id()))
+        })
+        .join()
+        .unwrap();
+        let admin = connect(&cluster.config).await;
+        admin.batch_execute("CREATE DATABASE app").await.unwrap();
+        let mut config = cluster.config.clone();
+        config.dbname("app");
+        let mut client = connect(&config).await;
+        pgwebhooks::db::migrate::run(&mut client, true).await.unwrap();
+        Cluster { config, ..cluster }
+    }
+
+    /// `pg_ctl restart -m <mode>` (`fast` or `immediate`).
+    pub fn restart(&self, mode: &str) {
+        let out = pg_command(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", mode, "-o", &self.opts, "-l"])
+            .arg(&self.log)
+            .args(["-w", "restart"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn start_cluster(name: &str) -> Cluster {
+    let dir = std::env::temp_dir().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     if is_root() {
@@ -179,12 +225,18 @@ fn start_cluster() -> Config {
         std::fs::read_to_string(dir.join("log")).unwrap_or_default()
     );
     spawn_watchdog(&dir, &data);
-    let mut cfg = Config::new();
-    cfg.host("127.0.0.1")
+    let mut config = Config::new();
+    config
+        .host("127.0.0.1")
         .port(port)
         .user("postgres")
         .dbname("postgres");
-    cfg
+    Cluster {
+        config,
+        data,
+        opts,
+        log: dir.join("log"),
+    }
 }
 
 /// Stops the cluster and removes its directory once this process is gone.
@@ -206,6 +258,11 @@ fn spawn_watchdog(dir: &Path, data: &Path) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn the test cluster's watchdog");
+}
+
+/// A connection for a test (its driver runs on the test's runtime).
+pub async fn connect_to(config: &Config) -> Client {
+    connect(config).await
 }
 
 async fn connect(config: &Config) -> Client {

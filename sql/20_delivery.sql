@@ -164,6 +164,7 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica
           FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
          WHERE u.attempts > 0 AND u.started_at IS NOT NULL
+        ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
         RETURNING 1
     )
     SELECT count(*)::integer FROM d

@@ -146,6 +146,7 @@ impl RecordTask {
     /// or until every sender is gone.
     pub async fn run(mut self, done: tokio_util::sync::CancellationToken, last_try: Duration) {
         let mut backoff = Duration::from_millis(50);
+        let mut failures = 0;
         loop {
             if self.buffer.is_empty() {
                 tokio::select! {
@@ -163,15 +164,37 @@ impl RecordTask {
                 }
             }
             match self.flush().await {
-                Ok(_) => backoff = Duration::from_millis(50),
-                Err(error) => {
+                Ok(_) => {
+                    backoff = Duration::from_millis(50);
+                    failures = 0;
+                }
+                Err(error) if is_transient(&error) || failures < 5 => {
                     // Keep everything; Postgres may be restarting.
-                    tracing::warn!(error = %error_chain(&error), pending = self.buffer.len(), "recording outcomes failed; retrying");
+                    failures += 1;
+                    tracing::warn!(error = %error_chain(&error), pending = self.buffer.len(),
+                        "recording outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+                Err(error) => {
+                    // Never block recording forever on one bad flush: the
+                    // leases of what it held expire and those deliveries are
+                    // attempted again (same webhook-id).
+                    tracing::error!(error = %error_chain(&error), dropped = self.buffer.len(),
+                        "recording outcomes keeps failing; their deliveries will be retried");
+                    self.buffer.clear();
+                    failures = 0;
+                }
             }
         }
+    }
+
+    /// Takes everything queued so far and writes it (one flush).
+    pub async fn run_once(&mut self) -> Result<Flushed, DbError> {
+        while let Ok(msg) = self.rx.try_recv() {
+            self.take(msg);
+        }
+        self.flush().await
     }
 
     async fn finish(mut self, last_try: Duration) {
@@ -214,19 +237,27 @@ impl RecordTask {
         if self.buffer.is_empty() && done.is_empty() {
             return Ok(Flushed::default());
         }
-        let first: Vec<&Outcome> = self
+        // A pair can be here twice (a batch taken over by this same replica
+        // while Postgres was away); keep the latest word on each.
+        let mut seen = std::collections::HashSet::new();
+        let mut first: Vec<&Outcome> = self
             .buffer
             .iter()
-            .filter(|o| matches!(o.source, Source::Batch(_)))
+            .rev()
+            .filter(|o| matches!(o.source, Source::Batch(_)) && seen.insert((o.event_id, o.endpoint_id)))
             .collect();
-        let retries: Vec<(i64, &Outcome)> = self
+        first.reverse();
+        let mut seen = std::collections::HashSet::new();
+        let mut retries: Vec<(i64, &Outcome)> = self
             .buffer
             .iter()
+            .rev()
             .filter_map(|o| match o.source {
-                Source::Retry { delivery_id, .. } => Some((delivery_id, o)),
-                Source::Batch(_) => None,
+                Source::Retry { delivery_id, .. } if seen.insert(delivery_id) => Some((delivery_id, o)),
+                _ => None,
             })
             .collect();
+        retries.reverse();
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let mut out = Flushed::default();
@@ -266,6 +297,19 @@ impl RecordTask {
             self.signals.retry.notify_one();
         }
         Ok(out)
+    }
+}
+
+/// Connection trouble (worth retrying) rather than a statement Postgres
+/// refuses (which would fail the same way again).
+fn is_transient(e: &DbError) -> bool {
+    match e {
+        DbError::Query(e) => e.as_db_error().is_none_or(|db| {
+            // 08 connection, 53 resources, 57 operator intervention (restart),
+            // 40 serialization failure or deadlock.
+            matches!(&db.code().code()[..2], "08" | "53" | "57" | "40")
+        }),
+        _ => true,
     }
 }
 

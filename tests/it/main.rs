@@ -7,3 +7,4 @@ mod delivery;
 mod example_app;
 mod faults;
 mod migrate;
+mod record;

@@ -38,7 +38,7 @@ fn server() -> &'static Server {
 fn start_server() -> Server {
     let admin = match std::env::var("DATABASE_URL") {
         Ok(url) => Config::from_str(&url).expect("DATABASE_URL must parse"),
-        Err(_) => start_cluster(&format!("pgwebhooks-test-{}", std::process::id())).config,
+        Err(_) => start_cluster(&format!("pgwebhooks-test-{}", std::process::id()), false).config,
     };
     let template = format!("pgwebhooks_tmpl_{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -148,8 +148,10 @@ impl Cluster {
     /// Starts a new cluster with a migrated database `app` (example included).
     pub async fn start() -> Cluster {
         let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        // Durable commits: an immediate restart is a crash, and the test
+        // checks that nothing committed is lost.
         let cluster = std::thread::spawn(move || {
-            start_cluster(&format!("pgwebhooks-cluster-{}-{n}", std::process::id()))
+            start_cluster(&format!("pgwebhooks-cluster-{}-{n}", std::process::id()), true)
         })
         .join()
         .unwrap();
@@ -180,7 +182,8 @@ impl Cluster {
     }
 }
 
-fn start_cluster(name: &str) -> Cluster {
+/// `durable`: synchronous commits (otherwise fast and crash-unsafe).
+fn start_cluster(name: &str, durable: bool) -> Cluster {
     let dir = std::env::temp_dir().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -206,9 +209,10 @@ fn start_cluster(name: &str) -> Cluster {
     );
     let port = free_port();
     let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={} \
          -c full_page_writes=off -c max_connections=500 -c shared_buffers=128MB",
-        dir.display()
+        dir.display(),
+        if durable { "on" } else { "off" }
     );
     let out = pg_command(&pg_bin("pg_ctl"))
         .arg("-D")

@@ -28,6 +28,13 @@ pub struct Running {
 }
 
 pub async fn start(config: SidecarConfig) -> Running {
+    // Quiet unless PGWEBHOOKS_TEST_LOG is set (e.g. PGWEBHOOKS_TEST_LOG=debug).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("PGWEBHOOKS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let sidecar = Sidecar::start(config).await.expect("sidecar starts");
     let token = CancellationToken::new();
     let handle = tokio::spawn(sidecar.run_until(token.clone()));

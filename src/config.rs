@@ -189,6 +189,24 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: std::time::Duration,
 
+    /// Address of the inbound HTTP server (callbacks, /healthz, /readyz, /metrics).
+    #[arg(long, env = "PGWEBHOOKS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: std::net::SocketAddr,
+
+    /// Shared secret callers must present (x-webhook-secret, x-make-apikey,
+    /// Authorization: Bearer, ?secret=, or a Standard Webhooks signature).
+    /// Routes may set their own in webhooks.inbound_routes.
+    #[arg(long, env = "PGWEBHOOKS_INBOUND_SECRET", hide_env_values = true)]
+    pub inbound_secret: Option<Secret>,
+
+    /// Largest callback body accepted, in bytes.
+    #[arg(long, env = "PGWEBHOOKS_INBOUND_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub inbound_max_body: usize,
+
+    /// How far a signed callback's webhook-timestamp may be from now.
+    #[arg(long, env = "PGWEBHOOKS_INBOUND_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
+    pub inbound_tolerance: std::time::Duration,
+
     /// Database connections in the pool (plus one for LISTEN).
     #[arg(long, env = "PGWEBHOOKS_POOL_SIZE", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(2..=256))]
@@ -231,6 +249,13 @@ impl RunArgs {
         c.claim.poll_interval = self.poll_interval;
         c.shutdown_grace = self.shutdown_grace;
         c.env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
+        c.inbound = Some(crate::inbound::InboundConfig {
+            listen: self.listen,
+            secret: self.inbound_secret.clone(),
+            max_body: self.inbound_max_body,
+            tolerance: self.inbound_tolerance,
+            ..Default::default()
+        });
         Ok(c)
     }
 }

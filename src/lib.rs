@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod endpoints;
 pub mod env_endpoints;
 pub mod event;
+pub mod inbound;
 pub mod listen;
 pub mod record;
 pub mod sidecar;

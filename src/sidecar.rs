@@ -18,6 +18,7 @@ use crate::db::{self, DbError};
 use crate::deliver::{DeliverConfig, Deliverer};
 use crate::dispatch::{DispatchConfig, Dispatcher, Shared};
 use crate::env_endpoints::{self, EnvEndpoints};
+use crate::inbound::{self, InboundConfig};
 use crate::listen::{self, Signals};
 use crate::record;
 
@@ -34,6 +35,8 @@ pub struct SidecarConfig {
     /// How long in-flight attempts may run on after a shutdown signal.
     pub shutdown_grace: Duration,
     pub env_endpoints: EnvEndpoints,
+    /// The inbound HTTP server; `None` runs delivery only.
+    pub inbound: Option<InboundConfig>,
 }
 
 impl SidecarConfig {
@@ -47,6 +50,7 @@ impl SidecarConfig {
             claim: ClaimConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             env_endpoints: EnvEndpoints::default(),
+            inbound: None,
         }
     }
 }
@@ -68,6 +72,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("the database schema is not migrated to this version: run `pgwebhooks migrate` first")]
     NotMigrated,
+    #[error("cannot listen on {0}")]
+    Listen(std::net::SocketAddr, #[source] std::io::Error),
 }
 
 /// A running sidecar.
@@ -82,6 +88,10 @@ pub struct Sidecar {
     recorder: tokio::task::JoinHandle<()>,
     recorder_done: CancellationToken,
     grace: Duration,
+    /// Where the inbound server listens, when it runs.
+    pub inbound_addr: Option<std::net::SocketAddr>,
+    inbound_stop: CancellationToken,
+    inbound_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -167,6 +177,21 @@ impl Sidecar {
             claim::run_rescue(c, every, s).await;
             "rescue"
         });
+        let inbound_stop = CancellationToken::new();
+        let (inbound_addr, inbound_task) = match &config.inbound {
+            Some(inbound_config) => {
+                let ready_signals = signals.clone();
+                let ready =
+                    Arc::new(move || ready_signals.connected.load(std::sync::atomic::Ordering::Acquire));
+                let router = inbound::router(pool.clone(), inbound_config.clone(), ready);
+                let (addr, task) = inbound::serve(router, inbound_config.listen, inbound_stop.clone())
+                    .await
+                    .map_err(|e| StartError::Listen(inbound_config.listen, e))?;
+                tracing::info!(%addr, "inbound server listening");
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
         tracing::info!(replica = %config.replica, "sidecar started");
         Ok(Sidecar {
             claimer,
@@ -179,6 +204,9 @@ impl Sidecar {
             recorder,
             recorder_done,
             grace: config.shutdown_grace,
+            inbound_addr,
+            inbound_stop,
+            inbound_task,
         })
     }
 
@@ -197,6 +225,10 @@ impl Sidecar {
 
     /// Graceful stop.
     pub async fn stop(mut self) {
+        self.inbound_stop.cancel();
+        if let Some(task) = self.inbound_task.take() {
+            let _ = task.await;
+        }
         self.shared.stopping.cancel();
         while self.stages.join_next().await.is_some() {}
         let dispatcher = self.claimer.dispatcher.clone();

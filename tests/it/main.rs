@@ -6,5 +6,6 @@ mod capture;
 mod delivery;
 mod example_app;
 mod faults;
+mod inbound;
 mod migrate;
 mod record;

@@ -25,6 +25,22 @@ pub fn config(db: &TestDb) -> SidecarConfig {
 pub struct Running {
     token: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
+    /// `http://127.0.0.1:<port>` of the inbound server, when configured.
+    pub base: String,
+}
+
+pub const INBOUND_SECRET: &str = "inbound-secret-for-tests";
+
+/// [`config`] plus the inbound server on a free loopback port.
+pub fn config_with_inbound(db: &TestDb) -> SidecarConfig {
+    let mut c = config(db);
+    c.inbound = Some(pgwebhooks::inbound::InboundConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        secret: Some(pgwebhooks::config::Secret::new(INBOUND_SECRET)),
+        max_body: 64 * 1024,
+        ..Default::default()
+    });
+    c
 }
 
 pub async fn start(config: SidecarConfig) -> Running {
@@ -36,9 +52,13 @@ pub async fn start(config: SidecarConfig) -> Running {
             .try_init();
     }
     let sidecar = Sidecar::start(config).await.expect("sidecar starts");
+    let base = sidecar
+        .inbound_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
     let token = CancellationToken::new();
     let handle = tokio::spawn(sidecar.run_until(token.clone()));
-    Running { token, handle }
+    Running { token, handle, base }
 }
 
 impl Running {

@@ -1,0 +1,179 @@
+//! Who may post a callback: a shared secret (in `x-webhook-secret`,
+//! `x-make-apikey`, `authorization: Bearer …` or `?secret=`) or a Standard
+//! Webhooks signature made with it. Compared in constant time.
+
+use axum::http::HeaderMap;
+
+use crate::deliver::sign::{self, SigningKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No credential was presented.
+    Missing,
+    /// A credential was presented and it is wrong (or stale).
+    Invalid,
+    /// The server has no secret for this route: nobody can be let in.
+    NotConfigured,
+}
+
+impl Denied {
+    pub fn message(self) -> &'static str {
+        match self {
+            Denied::Missing => "Unauthorized: missing secret",
+            Denied::Invalid => "Unauthorized: invalid secret",
+            Denied::NotConfigured => "Unauthorized: no inbound secret is configured",
+        }
+    }
+}
+
+/// Constant-time equality (length may leak; content does not).
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The value of `secret` in a query string, percent-decoded.
+pub fn query_secret(query: Option<&str>) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == "secret").then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks a request against `secret`. `now` is unix seconds.
+pub fn check(
+    secret: Option<&str>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance_s: i64,
+) -> Result<(), Denied> {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let bearer =
+        header("authorization").and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let query = query_secret(query);
+    let presented: Vec<&str> = [
+        header("x-webhook-secret"),
+        header("x-make-apikey"),
+        bearer,
+        query.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let signed = header("webhook-signature").is_some();
+    let Some(secret) = secret else {
+        return Err(Denied::NotConfigured);
+    };
+    if presented.is_empty() && !signed {
+        return Err(Denied::Missing);
+    }
+    if presented
+        .iter()
+        .any(|p| same(p.trim().as_bytes(), secret.as_bytes()))
+    {
+        return Ok(());
+    }
+    if signed {
+        if let Ok(key) = SigningKey::parse(secret) {
+            let ok = sign::verify(
+                &[key],
+                header("webhook-id"),
+                header("webhook-timestamp"),
+                header("webhook-signature"),
+                body,
+                now,
+                tolerance_s,
+            );
+            if ok.is_ok() {
+                return Ok(());
+            }
+        }
+    }
+    Err(Denied::Invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn every_carrier_and_constant_time_compare() {
+        let s = Some("s3cret-value");
+        let ok = |h: HeaderMap, q: Option<&str>| check(s, &h, q, b"{}", 0, 300);
+        assert_eq!(ok(headers(&[("x-webhook-secret", "s3cret-value")]), None), Ok(()));
+        assert_eq!(ok(headers(&[("x-make-apikey", "s3cret-value")]), None), Ok(()));
+        assert_eq!(
+            ok(headers(&[("authorization", "Bearer s3cret-value")]), None),
+            Ok(())
+        );
+        assert_eq!(ok(HeaderMap::new(), Some("a=1&secret=s3cret-value")), Ok(()));
+        assert_eq!(ok(HeaderMap::new(), Some("secret=s3cret%2Dvalue")), Ok(()));
+        assert_eq!(
+            ok(headers(&[("x-webhook-secret", "s3cret-valuf")]), None),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(ok(HeaderMap::new(), None), Err(Denied::Missing));
+        assert_eq!(
+            check(None, &headers(&[("x-webhook-secret", "x")]), None, b"", 0, 1),
+            Err(Denied::NotConfigured)
+        );
+        assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn standard_webhooks_signature_with_tolerance() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let key = SigningKey::parse(secret).unwrap();
+        let sig = key.sign("msg_1", 1000, b"{\"a\":1}");
+        let h = headers(&[
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", "1000"),
+            ("webhook-signature", &sig),
+        ]);
+        assert_eq!(check(Some(secret), &h, None, b"{\"a\":1}", 1100, 300), Ok(()));
+        assert_eq!(
+            check(Some(secret), &h, None, b"{\"a\":2}", 1100, 300),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            check(Some(secret), &h, None, b"{\"a\":1}", 5000, 300),
+            Err(Denied::Invalid),
+            "replayed late"
+        );
+    }
+}

@@ -4,6 +4,7 @@ mod support;
 
 mod capture;
 mod delivery;
+mod endpoints;
 mod example_app;
 mod faults;
 mod inbound;

@@ -1,0 +1,219 @@
+//! Subscriptions: the `endpoint` commands and endpoints declared in the
+//! environment.
+
+use std::process::Command;
+use std::time::Duration;
+
+use pgwebhooks::config::Secret;
+use pgwebhooks::env_endpoints::EnvEndpoints;
+
+use crate::support::sidecar;
+use crate::support::{Receiver, TestDb};
+
+fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .env_remove("PGWEBHOOKS_ENDPOINT_SECRET")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn endpoint_commands_add_list_disable_enable_rotate() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (ok, out, err) = cli(
+        &db,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            "http://127.0.0.1:9/hook",
+            "--events",
+            "appointment.*, ticket.created",
+            "--tenant",
+            "acme",
+            "--name",
+            "crm",
+            "--make",
+            "--header",
+            "x-make-apikey: k-123",
+        ],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("secret: whsec_"),
+        "a generated secret is printed: {out}"
+    );
+    let id: i64 = lines
+        .last()
+        .unwrap()
+        .parse()
+        .expect("the id alone on the last line");
+    let row = c
+        .query_one(
+            "SELECT event_types, tenant_id, make, headers->>'x-make-apikey', name FROM webhooks.endpoints WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<String>>(0), ["appointment.*", "ticket.created"]);
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("acme"));
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("k-123"));
+
+    let (ok, out, _) = cli(&db, &["endpoint", "list"]);
+    assert!(
+        ok && out.contains("crm") && out.contains("enabled") && !out.contains("whsec_"),
+        "{out}"
+    );
+    let (_, shown, _) = cli(&db, &["endpoint", "list", "--show-secrets"]);
+    assert!(shown.contains("whsec_"));
+
+    let (ok, _, _) = cli(
+        &db,
+        &["endpoint", "disable", &id.to_string(), "--reason", "maintenance"],
+    );
+    assert!(ok);
+    let (_, out, _) = cli(&db, &["endpoint", "list"]);
+    assert!(out.contains("disabled: maintenance"), "{out}");
+    assert!(cli(&db, &["endpoint", "enable", &id.to_string()]).0);
+
+    let (ok, out, _) = cli(
+        &db,
+        &["endpoint", "rotate-secret", &id.to_string(), "--overlap", "1h"],
+    );
+    assert!(ok, "{out}");
+    let active: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhooks.endpoint_secrets WHERE endpoint_id = $1 AND (expires_at IS NULL OR expires_at > now())",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(active, 2, "old and new sign during the overlap");
+
+    // Bad input: a clear error, nothing written.
+    for (args, expected) in [
+        (
+            vec!["endpoint", "add", "--url", "ftp://x/"],
+            "http:// or https://",
+        ),
+        (vec!["endpoint", "add", "--url", "not a url"], "invalid --url"),
+        (
+            vec![
+                "endpoint",
+                "add",
+                "--url",
+                "http://127.0.0.1/",
+                "--secret",
+                "short",
+            ],
+            "invalid secret",
+        ),
+        (
+            vec![
+                "endpoint",
+                "add",
+                "--url",
+                "http://127.0.0.1/",
+                "--header",
+                "no-colon",
+            ],
+            "expected 'name: value'",
+        ),
+        (
+            vec![
+                "endpoint",
+                "add",
+                "--url",
+                "http://127.0.0.1/",
+                "--signature",
+                "md5",
+            ],
+            "--signature",
+        ),
+        (vec!["endpoint", "disable", "999"], "no endpoint 999"),
+    ] {
+        let (ok, _, err) = cli(&db, &args);
+        assert!(!ok && err.contains(expected), "{args:?}: {err}");
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.endpoints", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn endpoints_from_the_environment_route_event_groups() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (mut appts, mut fallback) = (Receiver::ok().await, Receiver::ok().await);
+    let env = EnvEndpoints {
+        urls: vec![
+            ("MAKE_WEBHOOK_APPOINTMENTS_URL".into(), appts.url.clone()),
+            ("WEBHOOK_URL".into(), fallback.url.clone()),
+        ],
+        secret: Some(Secret::new(sidecar::SECRET)),
+    };
+    let mut config = sidecar::config(&db);
+    config.env_endpoints = env.clone();
+    let s = sidecar::start(config.clone()).await;
+    c.batch_execute(
+        "SELECT webhooks.emit('appointment.created', '{}');
+         SELECT webhooks.emit('ticket.created', '{}');",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        appts.next(Duration::from_secs(20)).await.json()["type"],
+        "appointment.created"
+    );
+    assert_eq!(
+        fallback.next(Duration::from_secs(20)).await.json()["type"],
+        "ticket.created"
+    );
+    s.stop().await;
+
+    // Starting again (as every replica does) changes nothing; an unset
+    // variable disables its endpoint, keeping its backlog.
+    let s = sidecar::start(config.clone()).await;
+    s.stop().await;
+    config.env_endpoints.urls.truncate(1);
+    let s = sidecar::start(config).await;
+    s.stop().await;
+    let rows: Vec<(String, bool)> = c
+        .query("SELECT name, enabled FROM webhooks.endpoints ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("env:MAKE_WEBHOOK_APPOINTMENTS_URL".to_owned(), true),
+            ("env:WEBHOOK_URL".to_owned(), false)
+        ]
+    );
+    let secrets: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.endpoint_secrets", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(secrets, 2, "one secret each, not one per start");
+    assert!(
+        appts.drain().is_empty() && fallback.drain().is_empty(),
+        "no duplicates across restarts"
+    );
+}

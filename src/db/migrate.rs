@@ -20,8 +20,13 @@ pub const SQL_FILES: &[(&str, &str)] = &[
 ];
 
 /// The example app (schema `app`), installed by `migrate --example`.
-pub const EXAMPLE_FILES: &[(&str, &str)] =
-    &[("sql/example/app.sql", include_str!("../../sql/example/app.sql"))];
+pub const EXAMPLE_FILES: &[(&str, &str)] = &[
+    ("sql/example/app.sql", include_str!("../../sql/example/app.sql")),
+    (
+        "sql/example/inbound.sql",
+        include_str!("../../sql/example/inbound.sql"),
+    ),
+];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs.
 const MIGRATE_LOCK: i64 = 0x7067_7768_6f6f_6b73; // "pgwhooks"

@@ -320,3 +320,56 @@ async fn writes_made_by_a_callback_are_not_echoed_to_make() {
     s.stop().await;
     assert!(make.drain().is_empty());
 }
+
+/// Whether a Python tool is on this machine; `.ci/run` installs them and
+/// sets PGWEBHOOKS_REQUIRE_PY_TOOLS, so there a missing tool fails the test.
+pub fn python_tool(check: &[&str], install: &str) -> bool {
+    let present = std::process::Command::new(check[0])
+        .args(&check[1..])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var_os("PGWEBHOOKS_REQUIRE_PY_TOOLS").is_none(),
+            "required here: pip install {install}"
+        );
+        eprintln!("skipped: pip install {install} to run this test");
+    }
+    present
+}
+
+#[tokio::test]
+async fn schemathesis_finds_no_server_error_or_schema_violation() {
+    if !python_tool(&["schemathesis", "--version"], "schemathesis") {
+        return;
+    }
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    notes_route(&c).await;
+    // Reference data the example app's handlers can use.
+    c.batch_execute(
+        "INSERT INTO app.users (email, name) VALUES ('ada@example.com', 'Ada');
+         INSERT INTO app.courses (title, access_days) VALUES ('Rust 101', 365);",
+    )
+    .await
+    .unwrap();
+    let s = sidecar::start(sidecar::config_with_inbound(&db)).await;
+    let out = tokio::process::Command::new("schemathesis")
+        .args(["run", &format!("{}/openapi.json", s.base), "--checks"])
+        .arg("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth")
+        .args(["--header", &format!("x-webhook-secret: {INBOUND_SECRET}")])
+        .args(["--max-examples", "25", "--seed", "7", "--request-timeout", "10", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    s.stop().await;
+    // It ran every operation of the document (not zero by a wrong URL).
+    assert!(report.contains("Tested: 10"), "unexpected report:\n{report}");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -6,6 +6,7 @@ mod capture;
 mod delivery;
 mod endpoints;
 mod example_app;
+mod example_routes;
 mod faults;
 mod inbound;
 mod migrate;

@@ -160,8 +160,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
         RETURNING d.id, d.event_id, d.endpoint_id
     ), a AS (
         INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                                       response_excerpt, replica)
-        SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica
+                                       response_excerpt, replica, endpoint_id)
+        SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
           FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
          WHERE u.attempts > 0 AND u.started_at IS NOT NULL
         ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
@@ -252,11 +252,11 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                claimed_by = NULL, lease_until = NULL, updated_at = now
           FROM u
          WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
-        RETURNING d.id
+        RETURNING d.id, d.endpoint_id
     ), a AS (
         INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                                       response_excerpt, replica)
-        SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica
+                                       response_excerpt, replica, endpoint_id)
+        SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
           FROM u JOIN d ON d.id = u.id
          WHERE u.started_at IS NOT NULL
         ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
@@ -303,11 +303,14 @@ $$;
 CREATE OR REPLACE FUNCTION webhooks.endpoint_resume(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    UPDATE webhooks.endpoints e SET enabled = true, disabled_reason = NULL, updated_at = now()
+    UPDATE webhooks.endpoints e SET enabled = true, disabled_reason = NULL, breaker_opened_at = NULL, updated_at = now()
      WHERE e.id = endpoint_resume.id;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    -- Resumed: what waited out a backoff goes now.
+    UPDATE webhooks.deliveries d SET next_attempt_at = now()
+     WHERE d.endpoint_id = endpoint_resume.id AND d.status = 'pending' AND d.next_attempt_at > now();
     PERFORM pg_notify('webhooks', 'retry');
     RETURN true;
 END

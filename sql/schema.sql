@@ -99,6 +99,8 @@ CREATE TABLE webhooks.endpoints (
     disabled_reason  text,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Set when the circuit breaker paused the endpoint (it resumes only those).
+    breaker_opened_at timestamptz,
     CONSTRAINT endpoints_pkey PRIMARY KEY (id),
     CONSTRAINT endpoints_name_key UNIQUE (name),
     CONSTRAINT endpoints_url_check CHECK (url ~* '^https?://'),
@@ -167,6 +169,10 @@ CREATE TABLE webhooks.deliveries (
 CREATE INDEX deliveries_due_idx ON webhooks.deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
 -- The rescue of expired leases.
 CREATE INDEX deliveries_leased_idx ON webhooks.deliveries (lease_until) WHERE status = 'delivering';
+-- Dead letters and failures, until someone handles them.
+CREATE INDEX deliveries_dead_idx ON webhooks.deliveries (updated_at) WHERE status IN ('failed', 'dead');
+-- Delivered rows, oldest first, for retention.
+CREATE INDEX deliveries_updated_brin ON webhooks.deliveries USING brin (updated_at);
 
 -- One row per HTTP attempt.
 CREATE TABLE webhooks.attempts (
@@ -178,8 +184,11 @@ CREATE TABLE webhooks.attempts (
     error            text,
     response_excerpt text,
     replica          text,
+    endpoint_id      bigint,
     CONSTRAINT attempts_pkey PRIMARY KEY (delivery_id, attempt)
 );
+CREATE INDEX attempts_started_brin ON webhooks.attempts USING brin (started_at);
+CREATE INDEX attempts_endpoint_idx ON webhooks.attempts (endpoint_id, started_at);
 
 CREATE TABLE webhooks.inbound_routes (
     route              text        NOT NULL,
@@ -214,3 +223,11 @@ CREATE TABLE webhooks.inbound (
     CONSTRAINT inbound_status_check CHECK (status IN ('applied', 'rejected'))
 );
 CREATE INDEX inbound_received_brin ON webhooks.inbound USING brin (received_at);
+
+-- A queue churns: vacuum the hot tables early and often, in small steps.
+ALTER TABLE webhooks.deliveries SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02,
+                                     autovacuum_vacuum_cost_delay = 1, fillfactor = 90);
+ALTER TABLE webhooks.events SET (autovacuum_vacuum_insert_scale_factor = 0.05, autovacuum_analyze_scale_factor = 0.05);
+ALTER TABLE webhooks.attempts SET (autovacuum_vacuum_insert_scale_factor = 0.05);
+ALTER TABLE webhooks.fanout_batches SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 200);
+ALTER TABLE webhooks.fanout_cursor SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 500);

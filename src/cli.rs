@@ -259,3 +259,118 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn age(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".into(),
+        Some(s) => humantime::format_duration(Duration::from_secs(s.max(0.0) as u64)).to_string(),
+    }
+}
+
+/// `pgwebhooks status`.
+pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
+    let client = pool(args).await?;
+    let s = db::ops::status(&client).await.context("reading the status")?;
+    println!(
+        "backlog: {} waiting (oldest {}), {} not yet fanned out; dead letters: {}; NOTIFY queue {:.1}% used",
+        s.waiting,
+        age(s.oldest_seconds),
+        s.not_fanned_out,
+        s.dead_letters,
+        s.notification_queue_usage * 100.0
+    );
+    println!();
+    println!(
+        "{:>4}  {:<40}  {:<12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>7}",
+        "id", "endpoint", "state", "pending", "dead", "1h tries", "success", "p95 ms"
+    );
+    for e in &s.endpoints {
+        let mut name = e.endpoint.clone();
+        if name.len() > 40 {
+            name = format!("{}…", name.chars().take(39).collect::<String>());
+        }
+        println!(
+            "{:>4}  {:<40}  {:<12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>7}",
+            e.id,
+            name,
+            e.state,
+            e.pending,
+            e.dead,
+            e.attempts_1h,
+            e.success_rate.map_or("-".into(), |r| format!("{r:.1}%")),
+            e.p95_ms.map_or("-".into(), |p| format!("{p:.0}")),
+        );
+        if let Some(reason) = &e.reason {
+            println!("      {reason}");
+        }
+    }
+    if s.endpoints.is_empty() {
+        println!("(no endpoints: events are recorded and wait for one)");
+    }
+    if s.dead_letters > 0 {
+        println!(
+            "\n{} dead letter(s): `pgwebhooks retry --dead` re-queues them",
+            s.dead_letters
+        );
+    }
+    Ok(())
+}
+
+/// `pgwebhooks retry`.
+pub async fn retry(
+    args: &DatabaseArgs,
+    ids: &[i64],
+    dead: bool,
+    endpoint: Option<i64>,
+) -> anyhow::Result<()> {
+    let client = pool(args).await?;
+    if !ids.is_empty() {
+        let done = db::ops::retry(&client, ids).await?;
+        for id in ids.iter().filter(|id| !done.contains(id)) {
+            eprintln!("delivery {id}: not re-queued (no such delivery, already delivered, or in flight)");
+        }
+        println!("re-queued {} of {} deliveries", done.len(), ids.len());
+        if done.len() < ids.len() {
+            bail!("some deliveries were not re-queued");
+        }
+    } else if dead || endpoint.is_some() {
+        let n = db::ops::retry_dead(&client, endpoint).await?;
+        println!("re-queued {n} failed or dead deliveries");
+    } else {
+        bail!("name delivery ids, or pass --dead (all failed and dead) or --endpoint <id>");
+    }
+    Ok(())
+}
+
+/// `pgwebhooks resend`.
+pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&str>) -> anyhow::Result<()> {
+    let client = pool(args).await?;
+    let id = db::ops::resend(&client, table, row, event)
+        .await
+        .map_err(db_message)?;
+    println!("emitted a new event for {table} row {row}");
+    println!("{id}");
+    Ok(())
+}
+
+/// `pgwebhooks replay`.
+pub async fn replay(args: &DatabaseArgs, endpoint: i64, since: &str) -> anyhow::Result<()> {
+    let client = pool(args).await?;
+    let n = db::ops::replay(&client, endpoint, since)
+        .await
+        .map_err(db_message)?;
+    println!("re-queued {n} past event(s) for endpoint {endpoint} (original ids)");
+    Ok(())
+}
+
+/// The database's own message for errors an operator caused (bad table
+/// name, bad time), instead of a bare "db error".
+fn db_message(e: db::DbError) -> anyhow::Error {
+    match &e {
+        db::DbError::Query(q) => match q.as_db_error() {
+            Some(d) => anyhow::anyhow!("{}", d.message()),
+            None => e.into(),
+        },
+        _ => e.into(),
+    }
+}

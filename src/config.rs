@@ -207,10 +207,40 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_INBOUND_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
     pub inbound_tolerance: std::time::Duration,
 
+    /// Keep delivered events, deliveries, attempts and applied callbacks
+    /// this long ("off" keeps everything; dead letters always stay).
+    #[arg(long, env = "PGWEBHOOKS_RETENTION", default_value = "7d", value_parser = parse_retention)]
+    pub retention: Retention,
+
+    /// Circuit breaker: pause an endpoint after this many retryable
+    /// failures in a row…
+    #[arg(long, env = "PGWEBHOOKS_BREAKER_FAILURES", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_failures: u32,
+
+    /// …spanning at least this long; then probe it this often until it answers.
+    #[arg(long, env = "PGWEBHOOKS_BREAKER_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub breaker_window: std::time::Duration,
+
+    /// How often an endpoint paused by the breaker is probed.
+    #[arg(long, env = "PGWEBHOOKS_BREAKER_PROBE", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_probe: std::time::Duration,
+
     /// Database connections in the pool (plus one for LISTEN).
     #[arg(long, env = "PGWEBHOOKS_POOL_SIZE", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(2..=256))]
     pub pool_size: u32,
+}
+
+/// How long to keep delivered history.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention(pub Option<std::time::Duration>);
+
+fn parse_retention(s: &str) -> Result<Retention, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(Retention(None));
+    }
+    parse_duration(s).map(|d| Retention(Some(d)))
 }
 
 /// A parsed retry schedule.
@@ -249,6 +279,10 @@ impl RunArgs {
         c.claim.poll_interval = self.poll_interval;
         c.shutdown_grace = self.shutdown_grace;
         c.env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
+        c.maintain.retention = self.retention.0;
+        c.maintain.breaker_probe = self.breaker_probe;
+        c.dispatch.breaker_failures = self.breaker_failures;
+        c.dispatch.breaker_window = self.breaker_window;
         c.inbound = Some(crate::inbound::InboundConfig {
             listen: self.listen,
             secret: self.inbound_secret.clone(),

@@ -29,6 +29,11 @@ pub struct DispatchConfig {
     pub queue_factor: usize,
     /// …but at least this many (a claim batch's worth).
     pub min_queue: usize,
+    /// The circuit breaker: pause an endpoint after this many retryable
+    /// failures in a row…
+    pub breaker_failures: u32,
+    /// …spanning at least this long (a burst is not an outage).
+    pub breaker_window: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -37,6 +42,8 @@ impl Default for DispatchConfig {
             max_in_flight: 64,
             queue_factor: 4,
             min_queue: 1000,
+            breaker_failures: 20,
+            breaker_window: Duration::from_secs(60),
         }
     }
 }
@@ -56,11 +63,37 @@ pub struct Shared {
     /// Woken whenever `in_memory` drops.
     pub room: Notify,
     pub config: DispatchConfig,
+    /// Consecutive retryable failures per endpoint: (count, first at).
+    pub streaks: Mutex<HashMap<i64, (u32, Instant)>>,
 }
 
 impl Shared {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().expect("snapshot lock").clone()
+    }
+
+    /// Feeds the circuit breaker; true when this outcome trips it.
+    fn breaker_trips(&self, endpoint_id: i64, outcome: &Outcome) -> bool {
+        let mut streaks = self.streaks.lock().expect("streaks lock");
+        let retryable_failure = outcome.attempt.is_some()
+            && matches!(
+                outcome.status,
+                crate::record::Status::Pending | crate::record::Status::Dead
+            );
+        if outcome.status == crate::record::Status::Delivered {
+            streaks.remove(&endpoint_id);
+            return false;
+        }
+        if !retryable_failure {
+            return false;
+        }
+        let streak = streaks.entry(endpoint_id).or_insert((0, Instant::now()));
+        streak.0 += 1;
+        if streak.0 >= self.config.breaker_failures && streak.1.elapsed() >= self.config.breaker_window {
+            streaks.remove(&endpoint_id);
+            return true;
+        }
+        false
     }
 
     fn finish(&self, outcome: Outcome) {
@@ -270,6 +303,8 @@ async fn run_lane(
                 Some((outcome, effect)) => {
                     if let SideEffect::PauseEndpoint(reason) = effect {
                         pause_endpoint(&shared2.pool, endpoint_id, &reason).await;
+                    } else if shared2.breaker_trips(endpoint_id, &outcome) {
+                        trip(&shared2, endpoint_id, &outcome).await;
                     }
                     tracing::debug!(event_id = %job.event.id, endpoint_id, attempt = job.attempt,
                         status = ?outcome.status, code = ?outcome.code, "attempt");
@@ -301,5 +336,30 @@ async fn pause_endpoint(pool: &Pool, id: i64, reason: &str) {
     match result {
         Ok(_) => tracing::warn!(endpoint_id = id, reason, "endpoint paused"),
         Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause endpoint"),
+    }
+}
+
+async fn trip(shared: &Shared, id: i64, outcome: &Outcome) {
+    let reason = format!(
+        "circuit open: {} failed attempts in a row over at least {:?} (last: {}); probing until it answers",
+        shared.config.breaker_failures,
+        shared.config.breaker_window,
+        outcome.error.as_deref().unwrap_or("no answer")
+    );
+    let result = match shared.pool.get().await {
+        Ok(c) => db::delivery::endpoint_trip(&c, id, &reason).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(true) => {
+            crate::telemetry::breaker_trip(id);
+            tracing::warn!(
+                endpoint_id = id,
+                reason,
+                "circuit breaker paused the endpoint; its deliveries wait"
+            );
+        }
+        Ok(false) => {}
+        Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause a failing endpoint"),
     }
 }

@@ -16,5 +16,7 @@ pub mod env_endpoints;
 pub mod event;
 pub mod inbound;
 pub mod listen;
+pub mod maintain;
 pub mod record;
 pub mod sidecar;
+pub mod telemetry;

@@ -58,6 +58,46 @@ enum Command {
     /// Manage subscriptions without SQL.
     #[command(subcommand)]
     Endpoint(cli::EndpointCommand),
+    /// Backlog, oldest pending age, per-endpoint health, dead letters.
+    Status {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Re-queue failed or dead deliveries (a fresh retry schedule each).
+    Retry {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// Delivery ids.
+        ids: Vec<i64>,
+        /// Every failed and dead delivery.
+        #[arg(long, conflicts_with = "ids")]
+        dead: bool,
+        /// Every failed and dead delivery of this endpoint.
+        #[arg(long, conflicts_with = "ids")]
+        endpoint: Option<i64>,
+    },
+    /// Emit a fresh event (new id) for an existing row, e.g. `resend app.appointments 42`.
+    Resend {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// The table (schema-qualified).
+        table: String,
+        /// The row's primary key.
+        row_id: String,
+        /// The event type to send (default: the row's latest).
+        #[arg(long)]
+        event: Option<String>,
+    },
+    /// Re-deliver past events to one endpoint, with their original ids.
+    Replay {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[arg(long)]
+        endpoint: i64,
+        /// A timestamp (2024-05-01 10:00Z) or a relative time ("1 hour ago").
+        #[arg(long)]
+        since: String,
+    },
 }
 
 const ENV_ENDPOINTS_HELP: &str = "\
@@ -154,6 +194,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             cli::endpoint(cmd).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { db } => cli::status(&db).await.map(|_| ExitCode::SUCCESS),
+        Command::Retry {
+            db,
+            ids,
+            dead,
+            endpoint,
+        } => cli::retry(&db, &ids, dead, endpoint)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Resend {
+            db,
+            table,
+            row_id,
+            event,
+        } => cli::resend(&db, &table, &row_id, event.as_deref())
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Replay { db, endpoint, since } => cli::replay(&db, endpoint, &since)
+            .await
+            .map(|_| ExitCode::SUCCESS),
     }
 }
 

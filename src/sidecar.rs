@@ -20,6 +20,7 @@ use crate::dispatch::{DispatchConfig, Dispatcher, Shared};
 use crate::env_endpoints::{self, EnvEndpoints};
 use crate::inbound::{self, InboundConfig};
 use crate::listen::{self, Signals};
+use crate::maintain::{MaintainConfig, Maintainer};
 use crate::record;
 
 /// Everything `run` needs, validated.
@@ -37,6 +38,7 @@ pub struct SidecarConfig {
     pub env_endpoints: EnvEndpoints,
     /// The inbound HTTP server; `None` runs delivery only.
     pub inbound: Option<InboundConfig>,
+    pub maintain: MaintainConfig,
 }
 
 impl SidecarConfig {
@@ -51,6 +53,7 @@ impl SidecarConfig {
             shutdown_grace: Duration::from_secs(10),
             env_endpoints: EnvEndpoints::default(),
             inbound: None,
+            maintain: MaintainConfig::default(),
         }
     }
 }
@@ -120,7 +123,9 @@ impl Sidecar {
             }
         }
         let signals = Arc::new(Signals::default());
-        let (recorder, record_task) = record::channel(pool.clone(), replica.clone(), signals.clone());
+        crate::telemetry::install();
+        let (recorder, mut record_task) = record::channel(pool.clone(), replica.clone(), signals.clone());
+        record_task.observe(Arc::new(crate::telemetry::outcome));
         let snapshot = {
             let client = pool.get().await.map_err(DbError::from)?;
             Arc::new(db::endpoints::load(&client).await?)
@@ -136,6 +141,7 @@ impl Sidecar {
             in_memory: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
             config: config.dispatch.clone(),
+            streaks: std::sync::Mutex::new(std::collections::HashMap::new()),
         });
         let dispatcher = Arc::new(Dispatcher::new(shared.clone()));
         let claimer = Arc::new(Claimer {
@@ -176,6 +182,14 @@ impl Sidecar {
         stages.spawn(async move {
             claim::run_rescue(c, every, s).await;
             "rescue"
+        });
+        let (m, s) = (
+            Maintainer::new(claimer.clone(), config.maintain.clone()),
+            stopping.clone(),
+        );
+        stages.spawn(async move {
+            m.run(s).await;
+            "maintenance"
         });
         let inbound_stop = CancellationToken::new();
         let (inbound_addr, inbound_task) = match &config.inbound {

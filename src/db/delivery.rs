@@ -217,8 +217,57 @@ pub async fn delivery_claim(
     let rows = c
         .query(&st, &[&replica, &endpoint_ids, &rooms, &secs(lease)])
         .await?;
-    Ok(rows
-        .iter()
+    Ok(claimed_from(&rows))
+}
+
+/// `webhooks.delivery_claim_probe`: one pending delivery of a paused endpoint.
+pub async fn delivery_claim_probe(
+    c: &impl GenericClient,
+    replica: &str,
+    endpoint_id: i64,
+    lease: Duration,
+) -> Result<Vec<Claimed>, DbError> {
+    let rows = c
+        .query(
+            "SELECT delivery_id, endpoint_id, attempt, budget_used,
+                    event_id, event_type, tenant_id, origin, occurred_at, payload, previous
+               FROM webhooks.delivery_claim_probe($1, $2, make_interval(secs => $3))",
+            &[&replica, &endpoint_id, &secs(lease)],
+        )
+        .await?;
+    Ok(claimed_from(&rows))
+}
+
+/// `webhooks.endpoint_trip`: the breaker pauses an endpoint.
+pub async fn endpoint_trip(c: &impl GenericClient, endpoint_id: i64, reason: &str) -> Result<bool, DbError> {
+    let r = c
+        .query_opt("SELECT webhooks.endpoint_trip($1, $2)", &[&endpoint_id, &reason])
+        .await?;
+    Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
+}
+
+/// `webhooks.endpoint_close_breaker`: a probe succeeded.
+pub async fn endpoint_close_breaker(c: &impl GenericClient, endpoint_id: i64) -> Result<bool, DbError> {
+    Ok(
+        c.query_one("SELECT webhooks.endpoint_close_breaker($1)", &[&endpoint_id])
+            .await?
+            .get(0),
+    )
+}
+
+/// Endpoints the breaker has paused.
+pub async fn breaker_open(c: &impl GenericClient) -> Result<Vec<i64>, DbError> {
+    let rows = c
+        .query(
+            "SELECT id FROM webhooks.endpoints WHERE NOT enabled AND breaker_opened_at IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<Claimed> {
+    rows.iter()
         .map(|r| Claimed {
             delivery_id: r.get(0),
             endpoint_id: r.get(1),
@@ -226,7 +275,7 @@ pub async fn delivery_claim(
             used: r.get(3),
             event: r.get::<_, Option<String>>(5).map(|_| event_from(r, 4)),
         })
-        .collect())
+        .collect()
 }
 
 /// `webhooks.delivery_next_due`: when the next retry is due, if any.

@@ -17,6 +17,10 @@ pub const SQL_FILES: &[(&str, &str)] = &[
     ("sql/10_capture.sql", include_str!("../../sql/10_capture.sql")),
     ("sql/20_delivery.sql", include_str!("../../sql/20_delivery.sql")),
     ("sql/30_inbound.sql", include_str!("../../sql/30_inbound.sql")),
+    (
+        "sql/40_operations.sql",
+        include_str!("../../sql/40_operations.sql"),
+    ),
 ];
 
 /// The example app (schema `app`), installed by `migrate --example`.

@@ -6,6 +6,7 @@
 pub mod delivery;
 pub mod endpoints;
 pub mod migrate;
+pub mod ops;
 
 use std::str::FromStr;
 

@@ -1,7 +1,8 @@
 //! The inbound HTTP server: Make.com (or anyone holding the secret) posts
 //! callbacks; each is authenticated before its body is parsed, recorded
 //! once and applied by its route's stored function (`webhooks.inbound_apply`,
-//! one transaction). Also `/healthz`, `/readyz` and the OpenAPI document.
+//! one transaction). Also `/healthz`, `/readyz`, `/metrics` and the OpenAPI
+//! document.
 
 pub mod auth;
 
@@ -80,6 +81,15 @@ pub fn router(pool: Pool, config: InboundConfig, ready: Arc<dyn Fn() -> bool + S
         .route(
             "/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    crate::telemetry::render(),
+                )
+            }),
         )
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)

@@ -10,4 +10,5 @@ mod example_routes;
 mod faults;
 mod inbound;
 mod migrate;
+mod operations;
 mod record;

@@ -50,6 +50,9 @@ async fn catalog(c: &Client, schema: &str) -> Vec<String> {
            FROM pg_constraint WHERE connamespace = $1::text::regnamespace
             AND conrelid <> coalesce(to_regclass($1::text || '.refinery_schema_history'), 0)
          UNION ALL
+         SELECT 'options ' || c.relname || ' ' || c.reloptions::text FROM pg_class c
+          WHERE c.relnamespace = $1::text::regnamespace AND c.reloptions IS NOT NULL
+         UNION ALL
          SELECT 'function ' || p.oid::regprocedure || ' ' || md5(p.prosrc) FROM pg_proc p
           WHERE p.pronamespace = $1::text::regnamespace
          UNION ALL

@@ -1,0 +1,152 @@
+//! Operator statements: status, retry, replay, resend, retention.
+
+use deadpool_postgres::GenericClient;
+
+use super::DbError;
+
+/// One line of `pgwebhooks status` per endpoint.
+#[derive(Debug)]
+pub struct Health {
+    pub id: i64,
+    pub endpoint: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub attempts_1h: i64,
+    pub success_rate: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub pending: i64,
+    pub dead: i64,
+}
+
+/// The whole-system summary.
+#[derive(Debug)]
+pub struct Status {
+    pub not_fanned_out: i64,
+    pub waiting: i64,
+    pub oldest_seconds: Option<f64>,
+    pub dead_letters: i64,
+    pub notification_queue_usage: f64,
+    pub endpoints: Vec<Health>,
+}
+
+pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
+    let top = c
+        .query_one(
+            "SELECT coalesce(sum(pending) FILTER (WHERE endpoint_id IS NULL), 0)::bigint,
+                    coalesce(sum(pending + delivering), 0)::bigint,
+                    extract(epoch FROM max(oldest_age))::float8,
+                    (SELECT count(*) FROM webhooks.deliveries WHERE status IN ('dead', 'failed')),
+                    pg_notification_queue_usage()
+               FROM webhooks.backlog",
+            &[],
+        )
+        .await?;
+    let rows = c
+        .query(
+            "SELECT endpoint_id, endpoint, state, disabled_reason, attempts_1h, success_rate_pct::float8,
+                    p95_latency_ms::float8, pending, dead
+               FROM webhooks.endpoint_health ORDER BY endpoint_id",
+            &[],
+        )
+        .await?;
+    Ok(Status {
+        not_fanned_out: top.get(0),
+        waiting: top.get(1),
+        oldest_seconds: top.get(2),
+        dead_letters: top.get(3),
+        notification_queue_usage: top.get(4),
+        endpoints: rows
+            .iter()
+            .map(|r| Health {
+                id: r.get(0),
+                endpoint: r.get(1),
+                state: r.get(2),
+                reason: r.get(3),
+                attempts_1h: r.get(4),
+                success_rate: r.get(5),
+                p95_ms: r.get(6),
+                pending: r.get(7),
+                dead: r.get(8),
+            })
+            .collect(),
+    })
+}
+
+/// Re-queues these deliveries; returns the ids that were re-queued.
+pub async fn retry(c: &impl GenericClient, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    let rows = c.query("SELECT webhooks.delivery_retry($1)", &[&ids]).await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Re-queues every failed or dead delivery (of one endpoint, or all).
+pub async fn retry_dead(c: &impl GenericClient, endpoint_id: Option<i64>) -> Result<i32, DbError> {
+    Ok(
+        c.query_one("SELECT webhooks.delivery_retry_dead($1)", &[&endpoint_id])
+            .await?
+            .get(0),
+    )
+}
+
+/// Re-delivers the endpoint's events since `since` (a timestamp, or a
+/// relative form such as `1 hour ago`). Returns how many.
+pub async fn replay(c: &impl GenericClient, endpoint_id: i64, since: &str) -> Result<i32, DbError> {
+    Ok(c
+        .query_one(
+            "SELECT webhooks.replay($1, CASE WHEN $2 ~* '\\s*ago\\s*$'
+                                             THEN now() - regexp_replace($2, '\\s*ago\\s*$', '', 'i')::interval
+                                             ELSE $2::timestamptz END)",
+            &[&endpoint_id, &since],
+        )
+        .await?
+        .get(0))
+}
+
+/// Emits a fresh event for an existing row; returns its id.
+pub async fn resend(
+    c: &impl GenericClient,
+    table: &str,
+    row_key: &str,
+    event: Option<&str>,
+) -> Result<uuid::Uuid, DbError> {
+    Ok(c.query_one(
+        "SELECT webhooks.resend($1::text::regclass, $2, $3)",
+        &[&table, &row_key, &event],
+    )
+    .await?
+    .get(0))
+}
+
+/// Rows removed by one retention pass.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub attempts: i64,
+    pub deliveries: i64,
+    pub events: i64,
+    pub inbound: i64,
+}
+
+impl Removed {
+    pub fn total(&self) -> i64 {
+        self.attempts + self.deliveries + self.events + self.inbound
+    }
+}
+
+/// One small retention step (`webhooks.retention_run`).
+pub async fn retention_step(
+    c: &impl GenericClient,
+    keep: std::time::Duration,
+    batch: i32,
+) -> Result<Removed, DbError> {
+    let r = c
+        .query_one(
+            "SELECT attempts, deliveries, events, inbound FROM webhooks.retention_run(make_interval(secs => $1), $2)",
+            &[&keep.as_secs_f64(), &batch],
+        )
+        .await?;
+    Ok(Removed {
+        attempts: r.get(0),
+        deliveries: r.get(1),
+        events: r.get(2),
+        inbound: r.get(3),
+    })
+}

@@ -1,0 +1,309 @@
+//! What operators do: status, retry, resend, replay, pause and resume,
+//! retention while the sidecar runs, the circuit breaker, metrics.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::Command;
+
+use crate::support::sidecar::{self, endpoint, statuses};
+use crate::support::{wait, Receiver, Reply, TestDb};
+
+const T: Duration = Duration::from_secs(20);
+
+/// Runs a command without blocking the runtime: the in-process sidecar
+/// shares this thread, and a blocked thread with an open transaction would
+/// deadlock a command that waits on it.
+async fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .args(args)
+        .env("DATABASE_URL", db.url())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &tokio_postgres::Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test]
+async fn status_and_a_dead_letter_retried_from_the_command_line() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let mut r = Receiver::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::ok()
+        } else {
+            Reply::status(500)
+        }
+    })
+    .await;
+    let id = endpoint(&c, &r.url, &["*"], "").await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    c.execute("SELECT webhooks.emit('order.created', '{\"n\": 1}')", &[])
+        .await
+        .unwrap();
+    r.take(3, T).await; // three attempts, then dead
+    wait::until("a dead letter", T, || async {
+        (statuses(&c, id).await == [("dead".into(), 1)]).then_some(())
+    })
+    .await;
+
+    let (ok, out, err) = cli(&db, &["status"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("dead letters: 1") && out.contains("pgwebhooks retry --dead"),
+        "{out}"
+    );
+    let dead: i64 = one(&c, "SELECT count(*) FROM webhooks.dead_letters").await;
+    assert_eq!(dead, 1);
+    let failures: i64 = one(
+        &c,
+        "SELECT count(*) FROM webhooks.failures WHERE status_code = 500",
+    )
+    .await;
+    assert_eq!(failures, 3);
+
+    up.store(true, Ordering::SeqCst);
+    let (ok, out, _) = cli(&db, &["retry", "--dead"]).await;
+    assert!(ok && out.contains("re-queued 1"), "{out}");
+    r.next(T).await;
+    wait::until("delivered after the retry", T, || async {
+        (statuses(&c, id).await == [("delivered".into(), 1)]).then_some(())
+    })
+    .await;
+    let (ok, _, err) = cli(&db, &["retry", "424242"]).await;
+    assert!(!ok && err.contains("delivery 424242: not re-queued"), "{err}");
+    let health: String = one(&c, "SELECT state FROM webhooks.endpoint_health").await;
+    assert_eq!(health, "enabled");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resend_is_a_new_event_and_replay_sends_the_originals() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public_tasks (id bigint PRIMARY KEY, title text, token text);
+         SELECT webhooks.watch('public_tasks', 'task', '{\"exclude\": [\"token\"]}');
+         INSERT INTO public_tasks VALUES (7, 'first', 'secret-token');",
+    )
+    .await
+    .unwrap();
+    let mut a = Receiver::ok().await;
+    let mut b = Receiver::ok().await;
+    endpoint(&c, &a.url, &["*"], "").await;
+    let e_b = endpoint(&c, &b.url, &["*"], "").await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    let original = a.next(T).await;
+    b.next(T).await;
+
+    // resend: a fresh event for the row as it is now.
+    c.execute("UPDATE public_tasks SET title = 'renamed' WHERE id = 7", &[])
+        .await
+        .unwrap();
+    a.next(T).await;
+    b.next(T).await;
+    let (ok, out, err) = cli(&db, &["resend", "public_tasks", "7", "--event", "task.created"]).await;
+    assert!(ok, "{err}");
+    let new_id = out.lines().last().unwrap().to_owned();
+    let resent = a.next(T).await;
+    assert_eq!(resent.webhook_id(), new_id);
+    assert_ne!(resent.webhook_id(), original.webhook_id());
+    assert_eq!(resent.json()["type"], "task.created");
+    assert_eq!(resent.json()["data"]["title"], "renamed");
+    assert!(
+        resent.json()["data"].get("token").is_none(),
+        "excluded columns stay out"
+    );
+    b.next(T).await;
+
+    // replay: the past events again, to one endpoint, with their original ids.
+    let (ok, out, err) = cli(
+        &db,
+        &["replay", "--endpoint", &e_b.to_string(), "--since", "1 hour ago"],
+    )
+    .await;
+    assert!(ok && out.contains("re-queued 3"), "{out}{err}");
+    let replayed: HashSet<String> = b.take(3, T).await.iter().map(|r| r.webhook_id()).collect();
+    let all: HashSet<String> = c
+        .query("SELECT event_id::text FROM webhooks.events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(replayed, all);
+    s.stop().await;
+    assert!(a.drain().is_empty(), "the replay went to one endpoint only");
+
+    let (ok, _, err) = cli(&db, &["resend", "no_such_table", "1"]).await;
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "replay",
+            "--endpoint",
+            &e_b.to_string(),
+            "--since",
+            "yesterday-ish",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("invalid input syntax"), "{err}");
+}
+
+#[tokio::test]
+async fn a_disabled_endpoint_gets_nothing_then_catches_up() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut r = Receiver::ok().await;
+    let id = endpoint(&c, &r.url, &["*"], "").await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    assert!(cli(&db, &["endpoint", "disable", &id.to_string()]).await.0);
+    c.execute(
+        "SELECT webhooks.emit('x', jsonb_build_object('n', g)) FROM generate_series(1, 20) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait::until("the backlog waits", T, || async {
+        (statuses(&c, id).await == [("pending".into(), 20)]).then_some(())
+    })
+    .await;
+    assert_eq!(r.drain().len(), 0);
+    assert!(cli(&db, &["endpoint", "enable", &id.to_string()]).await.0);
+    r.take(20, T).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn retention_removes_only_delivered_history_while_running() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut ok = Receiver::ok().await;
+    let mut gone = Receiver::start(|_| Reply::status(400)).await;
+    endpoint(&c, &ok.url, &["kept.*", "old.*"], "").await;
+    let bad = endpoint(&c, &gone.url, &["kept.*"], "").await;
+    let mut config = sidecar::config(&db);
+    config.maintain.retention = Some(Duration::from_millis(500));
+    config.maintain.retention_every = Duration::from_millis(100);
+    config.maintain.tick = Duration::from_millis(100);
+    let s = sidecar::start(config).await;
+    c.execute(
+        "SELECT webhooks.emit('old.done', jsonb_build_object('n', g)) FROM generate_series(1, 50) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.execute("SELECT webhooks.emit('kept.failed', '{}')", &[])
+        .await
+        .unwrap();
+    ok.take(51, T).await;
+    gone.next(T).await;
+    wait::until("delivered history removed", T, || async {
+        let old: i64 = one(&c, "SELECT count(*) FROM webhooks.events WHERE event_type = 'old.done'").await;
+        let attempts: i64 = one(&c, "SELECT count(*) FROM webhooks.attempts a JOIN webhooks.deliveries d ON d.id = a.delivery_id AND d.status = 'delivered'").await;
+        (old == 0 && attempts == 0).then_some(())
+    })
+    .await;
+    // The failed delivery (a dead letter) and its event stay until handled.
+    assert_eq!(statuses(&c, bad).await, [("failed".into(), 1)]);
+    let kept: i64 = one(
+        &c,
+        "SELECT count(*) FROM webhooks.events WHERE event_type = 'kept.failed'",
+    )
+    .await;
+    assert_eq!(kept, 1);
+    // New events keep flowing while retention runs.
+    c.execute("SELECT webhooks.emit('old.more', '{}')", &[])
+        .await
+        .unwrap();
+    ok.next(T).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_breaker_pauses_a_failing_endpoint_and_resumes_it() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let mut r = Receiver::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::ok()
+        } else {
+            Reply::status(503)
+        }
+    })
+    .await;
+    let id = endpoint(&c, &r.url, &["*"], "").await;
+    let mut config = sidecar::config_with_inbound(&db);
+    config.deliver.retry_schedule = vec![Duration::from_secs(3600)];
+    config.dispatch.breaker_failures = 5;
+    config.dispatch.breaker_window = Duration::ZERO;
+    config.maintain.breaker_probe = Duration::from_millis(200);
+    config.maintain.tick = Duration::from_millis(100);
+    let s = sidecar::start(config).await;
+    c.execute(
+        "SELECT webhooks.emit('x', jsonb_build_object('n', g)) FROM generate_series(1, 10) g",
+        &[],
+    )
+    .await
+    .unwrap();
+    wait::until("circuit open", T, || async {
+        let state: String = one(&c, "SELECT state FROM webhooks.endpoint_health").await;
+        (state == "circuit open").then_some(())
+    })
+    .await;
+    let reason: String = c
+        .query_one(
+            "SELECT disabled_reason FROM webhooks.endpoints WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.starts_with("circuit open"), "{reason}");
+    let metrics = reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "pgwebhooks_deliveries_total",
+        "pgwebhooks_attempt_duration_seconds",
+        "pgwebhooks_breaker_trips_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    }
+    up.store(true, Ordering::SeqCst);
+    wait::until("resumed and drained", T, || async {
+        (statuses(&c, id).await == [("delivered".into(), 10)]).then_some(())
+    })
+    .await;
+    let enabled: bool = c
+        .query_one("SELECT enabled FROM webhooks.endpoints WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(enabled);
+    s.stop().await;
+    let ids: HashSet<String> = r
+        .drain()
+        .iter()
+        .filter(|x| x.n >= 5)
+        .map(|x| x.webhook_id())
+        .collect();
+    assert!(ids.len() <= 10);
+}

@@ -9,6 +9,7 @@
 pub mod claim;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod deliver;
 pub mod dispatch;
 pub mod endpoints;
@@ -16,6 +17,7 @@ pub mod env_endpoints;
 pub mod event;
 pub mod inbound;
 pub mod listen;
+pub mod localpg;
 pub mod maintain;
 pub mod record;
 pub mod sidecar;

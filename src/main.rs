@@ -58,6 +58,15 @@ enum Command {
     /// Manage subscriptions without SQL.
     #[command(subcommand)]
     Endpoint(cli::EndpointCommand),
+    /// The whole loop on an embedded default: a throwaway local Postgres,
+    /// the example app, a receiver that verifies signatures, traffic, a
+    /// callback, and a live view (Ctrl-C stops and removes everything).
+    Demo {
+        /// Run once, print what was seen, exit 0 only if every webhook
+        /// arrived verified and the callback was applied.
+        #[arg(long)]
+        check: bool,
+    },
     /// Backlog, oldest pending age, per-endpoint health, dead letters.
     Status {
         #[command(flatten)]
@@ -123,7 +132,9 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo's own output is the view: only problems are logged by default.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "warn,deadpool=error" } else { "info" };
+    init_tracing(cli.log_format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,11 +164,11 @@ fn config_file_from_args() -> Option<PathBuf> {
     std::env::var_os("PGWEBHOOKS_CONFIG").map(PathBuf::from)
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PGWEBHOOKS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -193,6 +204,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Endpoint(cmd) => {
             cli::endpoint(cmd).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { check } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_on_shutdown(shutdown.clone()));
+            let passed = pgwebhooks::demo::run(check, shutdown).await?;
+            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Status { db } => cli::status(&db).await.map(|_| ExitCode::SUCCESS),
         Command::Retry {

@@ -9,8 +9,8 @@
 pub mod claim;
 pub mod config;
 pub mod db;
-pub mod demo;
 pub mod deliver;
+pub mod demo;
 pub mod dispatch;
 pub mod endpoints;
 pub mod env_endpoints;

@@ -26,11 +26,16 @@ pub struct LocalPg {
     pub port: u16,
     data: PathBuf,
     pg_ctl: PathBuf,
+    opts: String,
 }
 
 fn find(name: &'static str) -> Result<PathBuf, LocalPgError> {
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).find(|p| p.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_default();
     if let Some(p) = on_path {
         return Ok(p);
@@ -47,7 +52,9 @@ fn find(name: &'static str) -> Result<PathBuf, LocalPgError> {
 }
 
 fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 fn command(bin: &Path) -> Command {
@@ -78,7 +85,8 @@ impl LocalPg {
     pub fn start(name: &str, settings: &[&str]) -> Result<LocalPg, LocalPgError> {
         let initdb = find("initdb")?;
         let pg_ctl = find("pg_ctl")?;
-        let dir = std::env::temp_dir().join(format!("{name}-{}-{:04x}", std::process::id(), fastrand::u16(..)));
+        let dir =
+            std::env::temp_dir().join(format!("{name}-{}-{:04x}", std::process::id(), fastrand::u16(..)));
         std::fs::create_dir_all(&dir)?;
         if is_root() {
             let mut chown = Command::new("chown");
@@ -87,19 +95,42 @@ impl LocalPg {
         }
         let data = dir.join("data");
         let mut c = command(&initdb);
-        c.arg("-D").arg(&data).args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
+        c.arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
         run("initdb", c)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
         for s in settings {
             opts.push_str(&format!(" -c {s}"));
         }
-        let pg = LocalPg { dir, port, data, pg_ctl };
+        let pg = LocalPg {
+            dir,
+            port,
+            data,
+            pg_ctl,
+            opts,
+        };
         pg.watchdog();
         let mut c = command(&pg.pg_ctl);
-        c.arg("-D").arg(&pg.data).args(["-o", &opts, "-l"]).arg(pg.dir.join("log")).args(["-w", "start"]);
+        c.arg("-D")
+            .arg(&pg.data)
+            .args(["-o", &pg.opts, "-l"])
+            .arg(pg.dir.join("log"))
+            .args(["-w", "start"]);
         run("pg_ctl start", c)?;
         Ok(pg)
+    }
+
+    /// `pg_ctl restart -m <mode>` (`smart`, `fast` or `immediate`).
+    pub fn restart(&self, mode: &str) -> Result<(), LocalPgError> {
+        let mut c = command(&self.pg_ctl);
+        c.arg("-D")
+            .arg(&self.data)
+            .args(["-m", mode, "-o", &self.opts, "-l"])
+            .arg(self.dir.join("log"));
+        c.args(["-w", "restart"]);
+        run("pg_ctl restart", c)
     }
 
     /// Connection settings for database `db` as the `postgres` superuser.

@@ -133,7 +133,11 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // The demo's own output is the view: only problems are logged by default.
-    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "warn,deadpool=error" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "warn,deadpool=error"
+    } else {
+        "info"
+    };
     init_tracing(cli.log_format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -209,7 +213,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_on_shutdown(shutdown.clone()));
             let passed = pgwebhooks::demo::run(check, shutdown).await?;
-            Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status { db } => cli::status(&db).await.map(|_| ExitCode::SUCCESS),
         Command::Retry {

@@ -66,22 +66,40 @@ impl Tally {
 }
 
 fn line(a: &Arrival) -> String {
-    let mark = if !a.verified { "✗ BAD SIGNATURE" } else if a.answered == 503 { "↻ 503 (will retry)" } else { "✓ verified" };
-    let retry = if a.attempt > 1 { format!(" attempt {}", a.attempt) } else { String::new() };
+    let mark = if !a.verified {
+        "✗ BAD SIGNATURE"
+    } else if a.answered == 503 {
+        "↻ 503 (will retry)"
+    } else {
+        "✓ verified"
+    };
+    let retry = if a.attempt > 1 {
+        format!(" attempt {}", a.attempt)
+    } else {
+        String::new()
+    };
     format!("  {:<32} {:>7.1} ms  {mark}{retry}", a.event_type, a.latency_ms)
 }
 
 /// Runs the demo; returns whether `--check` passed (always true otherwise).
 pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoError> {
     println!("▶ starting a throwaway PostgreSQL (deleted on exit)…");
-    let pg = tokio::task::spawn_blocking(|| LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"]))
-        .await
-        .map_err(other)??;
+    let pg = tokio::task::spawn_blocking(|| {
+        LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"])
+    })
+    .await
+    .map_err(other)??;
     let admin = db::connect(&pg.config("postgres")).await?;
-    admin.batch_execute("CREATE DATABASE demo").await.map_err(db::DbError::from)?;
+    admin
+        .batch_execute("CREATE DATABASE demo")
+        .await
+        .map_err(db::DbError::from)?;
     let mut client = db::connect(&pg.config("demo")).await?;
     db::migrate::run(&mut client, true).await?;
-    println!("▶ migrated; example app installed (schema app)            DATABASE_URL={}", pg.url("demo"));
+    println!(
+        "▶ migrated; example app installed (schema app)            DATABASE_URL={}",
+        pg.url("demo")
+    );
 
     let secret = generate_secret().map_err(other)?;
     let mut rx = receiver::start(&secret).await.map_err(other)?;
@@ -99,12 +117,19 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
         },
     )
     .await?;
-    println!("▶ receiver on {} verifies every signature (endpoint {endpoint})", rx.url);
+    println!(
+        "▶ receiver on {} verifies every signature (endpoint {endpoint})",
+        rx.url
+    );
 
     let inbound_secret = generate_secret().map_err(other)?;
     let mut config = SidecarConfig::new(pg.config("demo"));
     config.replica = "demo".into();
-    config.deliver.retry_schedule = vec![Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(5)];
+    config.deliver.retry_schedule = vec![
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    ];
     config.claim.poll_interval = Duration::from_millis(250);
     config.shutdown_grace = Duration::from_secs(3);
     config.inbound = Some(crate::inbound::InboundConfig {
@@ -123,7 +148,11 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
     let passed = loop {
         round += 1;
         let expected = traffic::round(&client, round).await?;
-        println!("round {round}: the app wrote {} rows that emit {} events", expected.writes, expected.events.len());
+        println!(
+            "round {round}: the app wrote {} rows that emit {} events",
+            expected.writes,
+            expected.events.len()
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while !expected.events.iter().all(|id| tally.ids.contains(id)) && Instant::now() < deadline {
             tokio::select! {
@@ -134,7 +163,10 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
         }
         let delivered = expected.events.iter().all(|id| tally.ids.contains(id));
         let callback = traffic::callback(&client, &base, &inbound_secret, expected.appointment).await?;
-        println!("  callback POST /api/webhooks/make/appointments → {}", callback.describe());
+        println!(
+            "  callback POST /api/webhooks/make/appointments → {}",
+            callback.describe()
+        );
         summary(&tally, delivered, &callback);
         let ok = delivered && tally.unverified == 0 && callback.applied && callback.not_echoed;
         if check || shutdown.is_cancelled() {
@@ -150,13 +182,18 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
     let _ = running.await;
     drop(client);
     drop(admin);
-    tokio::task::spawn_blocking(move || drop(pg)).await.map_err(other)?;
+    tokio::task::spawn_blocking(move || drop(pg))
+        .await
+        .map_err(other)?;
     println!("\n▶ stopped; the throwaway database is gone");
     Ok(passed)
 }
 
 fn summary(t: &Tally, delivered: bool, cb: &traffic::Callback) {
-    println!("\n  {:<32} {:>6} {:>9} {:>8} {:>10}", "event", "sent", "verified", "retries", "p50 ms");
+    println!(
+        "\n  {:<32} {:>6} {:>9} {:>8} {:>10}",
+        "event", "sent", "verified", "retries", "p50 ms"
+    );
     for (ty, (sent, verified, retries, lat)) in &t.by_type {
         let mut l = lat.clone();
         l.sort_by(|a, b| a.total_cmp(b));

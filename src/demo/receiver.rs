@@ -47,7 +47,9 @@ pub async fn start(secret: &str) -> std::io::Result<DemoReceiver> {
         let (tx, state, key) = (tx.clone(), state.clone(), key.clone());
         async move {
             let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
             let verified = sign::verify(
                 std::slice::from_ref(&key),
                 h("webhook-id"),
@@ -59,7 +61,9 @@ pub async fn start(secret: &str) -> std::io::Result<DemoReceiver> {
             )
             .is_ok();
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let occurred = json["timestamp"].as_str().and_then(|t| humantime::parse_rfc3339(t).ok());
+            let occurred = json["timestamp"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok());
             let latency_ms = occurred
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
@@ -74,7 +78,13 @@ pub async fn start(secret: &str) -> std::io::Result<DemoReceiver> {
                 }
                 (attempt, attempt == 1 && s.count % 5 == 0)
             };
-            let answered = if !verified { 401 } else if fail { 503 } else { 200 };
+            let answered = if !verified {
+                401
+            } else if fail {
+                503
+            } else {
+                200
+            };
             let _ = tx.send(Arrival {
                 webhook_id: id,
                 event_type: json["type"].as_str().unwrap_or("?").to_owned(),

@@ -17,8 +17,12 @@ pub struct Expected {
 
 /// One round of a learning platform's day.
 pub async fn round(c: &Client, n: u32) -> Result<Expected, DbError> {
-    let before: Vec<String> =
-        c.query("SELECT event_id::text FROM webhooks.events", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let before: Vec<String> = c
+        .query("SELECT event_id::text FROM webhooks.events", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let student: i64 = c
         .query_one(
             "INSERT INTO app.users (email, name, phone) VALUES ($1, $2, '0912345678') RETURNING id",
@@ -68,8 +72,11 @@ pub async fn round(c: &Client, n: u32) -> Result<Expected, DbError> {
         )
         .await?
         .get(0);
-    c.execute("UPDATE app.support_tickets SET status = 'in_progress', status_changed_by = $2 WHERE id = $1", &[&ticket, &teacher])
-        .await?;
+    c.execute(
+        "UPDATE app.support_tickets SET status = 'in_progress', status_changed_by = $2 WHERE id = $1",
+        &[&ticket, &teacher],
+    )
+    .await?;
     c.execute(
         "INSERT INTO app.ticket_replies (ticket_id, author_id, author_role, message) VALUES ($1, $2, 'admin', 'Looking into it.')",
         &[&ticket, &teacher],
@@ -113,8 +120,16 @@ impl Callback {
         format!(
             "HTTP {} — appointment {}; its own event {}",
             self.status,
-            if self.applied { "confirmed in the database" } else { "NOT updated" },
-            if self.not_echoed { "not echoed back to Make (origin inbound/appointments)" } else { "was echoed back" }
+            if self.applied {
+                "confirmed in the database"
+            } else {
+                "NOT updated"
+            },
+            if self.not_echoed {
+                "not echoed back to Make (origin inbound/appointments)"
+            } else {
+                "was echoed back"
+            }
         )
     }
 }
@@ -136,7 +151,12 @@ pub async fn callback(c: &Client, base: &str, secret: &str, appointment: i64) ->
         Err(_) => 0,
     };
     let applied = status == 200
-        && c.query_one("SELECT status = 'confirmed' FROM app.appointments WHERE id = $1", &[&appointment]).await?.get::<_, bool>(0);
+        && c.query_one(
+            "SELECT status = 'confirmed' FROM app.appointments WHERE id = $1",
+            &[&appointment],
+        )
+        .await?
+        .get::<_, bool>(0);
     // Wait until fan-out has passed the callback's own event, then look
     // for a delivery of it.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -157,5 +177,9 @@ pub async fn callback(c: &Client, base: &str, secret: &str, appointment: i64) ->
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    Ok(Callback { status, applied, not_echoed })
+    Ok(Callback {
+        status,
+        applied,
+        not_echoed,
+    })
 }

@@ -8,13 +8,12 @@
 //! once (with the example app); every test gets its own clone, dropped when
 //! the test's `TestDb` is dropped.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use pgwebhooks::localpg::LocalPg;
 use tokio_postgres::{Client, Config, NoTls};
 
 struct Server {
@@ -38,7 +37,12 @@ fn server() -> &'static Server {
 fn start_server() -> Server {
     let admin = match std::env::var("DATABASE_URL") {
         Ok(url) => Config::from_str(&url).expect("DATABASE_URL must parse"),
-        Err(_) => start_cluster(&format!("pgwebhooks-test-{}", std::process::id()), false).config,
+        Err(_) => {
+            let pg = start_cluster("pgwebhooks-test", false);
+            let config = pg.config("postgres");
+            std::mem::forget(pg); // lives as long as the test process; its watchdog cleans up
+            config
+        }
     };
     let template = format!("pgwebhooks_tmpl_{}", std::process::id());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -87,181 +91,53 @@ async fn drop_stale_databases(admin: &Client) {
     }
 }
 
-fn pg_bin(name: &str) -> PathBuf {
-    if let Some(found) = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-    {
-        return found;
-    }
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin").join(name))
-        .filter(|p| p.is_file())
-        .collect();
-    versions.sort();
-    versions.pop().unwrap_or_else(|| {
-        panic!("PostgreSQL server binary `{name}` not found: install postgresql (Debian: apt-get install postgresql) or set DATABASE_URL")
-    })
-}
-
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false)
-}
-
-/// Runs a server binary, as `postgres` when we are root (Postgres refuses root).
-fn pg_command(bin: &Path) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bin);
-        c
+/// The server binaries' cluster for the whole test run (never dropped:
+/// its watchdog stops and deletes it when the test process exits).
+fn start_cluster(name: &str, durable: bool) -> LocalPg {
+    let commit = if durable {
+        "synchronous_commit=on"
     } else {
-        Command::new(bin)
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        "synchronous_commit=off"
+    };
+    LocalPg::start(
+        name,
+        &[
+            "fsync=off",
+            commit,
+            "full_page_writes=off",
+            "max_connections=500",
+            "shared_buffers=128MB",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("starting the test PostgreSQL: {e}"))
 }
 
 /// A throwaway cluster of its own (for tests that restart Postgres).
 pub struct Cluster {
     pub config: Config,
-    data: PathBuf,
-    opts: String,
-    log: PathBuf,
+    pg: LocalPg,
 }
-
-static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
 
 impl Cluster {
     /// Starts a new cluster with a migrated database `app` (example included).
     pub async fn start() -> Cluster {
-        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         // Durable commits: an immediate restart is a crash, and the test
         // checks that nothing committed is lost.
-        let cluster = std::thread::spawn(move || {
-            start_cluster(&format!("pgwebhooks-cluster-{}-{n}", std::process::id()), true)
-        })
-        .join()
-        .unwrap();
-        let admin = connect(&cluster.config).await;
+        let pg = std::thread::spawn(|| start_cluster("pgwebhooks-cluster", true))
+            .join()
+            .unwrap();
+        let admin = connect(&pg.config("postgres")).await;
         admin.batch_execute("CREATE DATABASE app").await.unwrap();
-        let mut config = cluster.config.clone();
-        config.dbname("app");
+        let config = pg.config("app");
         let mut client = connect(&config).await;
         pgwebhooks::db::migrate::run(&mut client, true).await.unwrap();
-        Cluster { config, ..cluster }
+        Cluster { config, pg }
     }
 
     /// `pg_ctl restart -m <mode>` (`fast` or `immediate`).
     pub fn restart(&self, mode: &str) {
-        let out = pg_command(&pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", mode, "-o", &self.opts, "-l"])
-            .arg(&self.log)
-            .args(["-w", "restart"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl restart: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.pg.restart(mode).unwrap_or_else(|e| panic!("{e}"));
     }
-}
-
-/// `durable`: synchronous commits (otherwise fast and crash-unsafe).
-fn start_cluster(name: &str, durable: bool) -> Cluster {
-    let dir = std::env::temp_dir().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    if is_root() {
-        let ok = Command::new("chown")
-            .arg("postgres:")
-            .arg(&dir)
-            .status()
-            .map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "chown {} to postgres", dir.display());
-    }
-    let data = dir.join("data");
-    let out = pg_command(&pg_bin("initdb"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"])
-        .output()
-        .expect("run initdb");
-    assert!(
-        out.status.success(),
-        "initdb failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let port = free_port();
-    let opts = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit={} \
-         -c full_page_writes=off -c max_connections=500 -c shared_buffers=128MB",
-        dir.display(),
-        if durable { "on" } else { "off" }
-    );
-    let out = pg_command(&pg_bin("pg_ctl"))
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &opts, "-l"])
-        .arg(dir.join("log"))
-        .args(["-w", "start"])
-        .output()
-        .expect("run pg_ctl");
-    assert!(
-        out.status.success(),
-        "pg_ctl start failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.join("log")).unwrap_or_default()
-    );
-    spawn_watchdog(&dir, &data);
-    let mut config = Config::new();
-    config
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .dbname("postgres");
-    Cluster {
-        config,
-        data,
-        opts,
-        log: dir.join("log"),
-    }
-}
-
-/// Stops the cluster and removes its directory once this process is gone.
-#[expect(clippy::zombie_processes, reason = "the watchdog must outlive this process")]
-fn spawn_watchdog(dir: &Path, data: &Path) {
-    let pg_ctl = pg_bin("pg_ctl");
-    let as_pg = if is_root() { "runuser -u postgres -- " } else { "" };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.2; done; {as_pg}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
-        pid = std::process::id(),
-        pg_ctl = pg_ctl.display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    Command::new("setsid")
-        .args(["sh", "-c", &script])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the test cluster's watchdog");
 }
 
 /// A connection for a test (its driver runs on the test's runtime).

@@ -130,6 +130,10 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*)::integer FROM d
 $$;
 
+-- (The signature before V4 added `ordered`.)
+DROP FUNCTION IF EXISTS webhooks.delivery_insert(text, uuid[], bigint[], text[], integer[], timestamptz[], integer[],
+                                                 text[], timestamptz[], double precision[], text[], timestamptz);
+
 -- Record first attempts (and deliveries routed straight to the retry path:
 -- attempts = 0, no attempt row). One call per flush, any number of rows.
 -- A row that already exists (a rescued batch delivered twice) is left alone.
@@ -145,17 +149,27 @@ CREATE OR REPLACE FUNCTION webhooks.delivery_insert(
     started_ats      timestamptz[],
     durations_ms     double precision[],
     excerpts         text[],
+    ordered          boolean[] DEFAULT NULL,
     now              timestamptz DEFAULT clock_timestamp()
 ) RETURNS integer
 LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH u AS (
         SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
-                             status_codes, errors, started_ats, durations_ms, excerpts)
-                   AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt)
+                             status_codes, errors, started_ats, durations_ms, excerpts,
+                             coalesce(ordered, array_fill(false, ARRAY[cardinality(event_ids)])))
+                   AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt,
+                        ordered)
     ), d AS (
         INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, attempts, next_attempt_at,
-                                              last_status, last_error, created_at, updated_at)
-        SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now FROM u
+                                              last_status, last_error, created_at, updated_at,
+                                              aggregate, event_txid, event_seq)
+        SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now,
+               -- Only ordered endpoints look their event up (CASE evaluates lazily).
+               CASE WHEN u.ordered THEN (SELECT coalesce(e.source_table, '') || ':' || coalesce(e.row_key, e.event_id::text)
+                                           FROM webhooks.events e WHERE e.event_id = u.event_id) END,
+               CASE WHEN u.ordered THEN (SELECT e.txid FROM webhooks.events e WHERE e.event_id = u.event_id) END,
+               CASE WHEN u.ordered THEN (SELECT e.seq FROM webhooks.events e WHERE e.event_id = u.event_id) END
+          FROM u
         ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
         RETURNING d.id, d.event_id, d.endpoint_id
     ), a AS (
@@ -199,6 +213,13 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
           CROSS JOIN LATERAL (
               SELECT d.id FROM webhooks.deliveries d
                WHERE d.status = 'pending' AND d.endpoint_id = r.endpoint_id AND d.next_attempt_at <= now
+                 -- An ordered endpoint takes only the head of each row's
+                 -- events, and nothing of a row with a delivery in flight.
+                 AND (NOT ep.ordered OR d.aggregate IS NULL OR NOT EXISTS (
+                         SELECT 1 FROM webhooks.deliveries o
+                          WHERE o.endpoint_id = d.endpoint_id AND o.aggregate = d.aggregate
+                            AND o.status IN ('pending', 'delivering') AND o.id <> d.id
+                            AND (o.status = 'delivering' OR (o.event_txid, o.event_seq) < (d.event_txid, d.event_seq))))
                ORDER BY d.next_attempt_at
                LIMIT r.room
                FOR UPDATE OF d SKIP LOCKED) p

@@ -101,6 +101,8 @@ CREATE TABLE webhooks.endpoints (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- Set when the circuit breaker paused the endpoint (it resumes only those).
     breaker_opened_at timestamptz,
+    -- Deliver each row's events in order (see deliveries.aggregate).
+    ordered          boolean     NOT NULL DEFAULT false,
     CONSTRAINT endpoints_pkey PRIMARY KEY (id),
     CONSTRAINT endpoints_name_key UNIQUE (name),
     CONSTRAINT endpoints_url_check CHECK (url ~* '^https?://'),
@@ -160,6 +162,11 @@ CREATE TABLE webhooks.deliveries (
     last_error      text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- For ordered endpoints: the row (source table:row key) and the event's
+    -- position, so a row's later event waits for its earlier ones.
+    aggregate       text,
+    event_txid      xid8,
+    event_seq       bigint,
     CONSTRAINT deliveries_pkey PRIMARY KEY (id),
     CONSTRAINT deliveries_event_endpoint_key UNIQUE (event_id, endpoint_id),
     CONSTRAINT deliveries_status_check
@@ -169,6 +176,9 @@ CREATE TABLE webhooks.deliveries (
 CREATE INDEX deliveries_due_idx ON webhooks.deliveries (endpoint_id, next_attempt_at) WHERE status = 'pending';
 -- The rescue of expired leases.
 CREATE INDEX deliveries_leased_idx ON webhooks.deliveries (lease_until) WHERE status = 'delivering';
+-- The ordered claim: the head of each aggregate.
+CREATE INDEX deliveries_aggregate_idx ON webhooks.deliveries (endpoint_id, aggregate, event_txid, event_seq)
+    WHERE aggregate IS NOT NULL AND status IN ('pending', 'delivering');
 -- Dead letters and failures, until someone handles them.
 CREATE INDEX deliveries_dead_idx ON webhooks.deliveries (updated_at) WHERE status IN ('failed', 'dead');
 -- Delivered rows, oldest first, for retention.

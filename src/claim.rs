@@ -173,6 +173,7 @@ impl Claimer {
                     code: None,
                     error: Some("the event or the endpoint no longer exists".into()),
                     attempt: None,
+                    ordered: false,
                 });
                 continue;
             };

@@ -60,6 +60,10 @@ pub enum EndpointCommand {
         /// Requests per 10 s, shared by every replica.
         #[arg(long)]
         rate_limit: Option<i32>,
+        /// Deliver each row's events in order (a later event waits until the
+        /// earlier one is delivered or dead).
+        #[arg(long)]
+        ordered: bool,
     },
     /// List subscriptions (secrets hidden unless --show-secrets).
     List {
@@ -135,6 +139,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             timeout,
             max_in_flight,
             rate_limit,
+            ordered,
         } => {
             check_url(&url)?;
             let event_types = split_patterns(&[events]);
@@ -176,6 +181,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                     timeout_ms: timeout.map(|t| t.as_millis().clamp(1, i32::MAX as u128) as i32),
                     max_in_flight,
                     rate_limit,
+                    ordered,
                 },
             )
             .await

@@ -148,6 +148,12 @@ impl Dispatcher {
             self.shared.finish(Outcome::released(&job, why));
             return;
         }
+        // An ordered endpoint's first attempts go through the retry path,
+        // whose claim takes only the oldest undelivered event of each row.
+        if job.endpoint.ordered && matches!(job.source, crate::event::Source::Batch(_)) {
+            self.shared.finish(Outcome::released(&job, None));
+            return;
+        }
         let (tx, congested) = self.lane(&job);
         let job = match tx.try_send(job) {
             Ok(()) => return,

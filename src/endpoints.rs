@@ -53,6 +53,8 @@ pub struct Endpoint {
     pub rate: Option<(u32, Duration)>,
     /// The Make.com rules apply (opted in, or a `hook.*.make.com` URL).
     pub make: bool,
+    /// Each row's events reach this endpoint in order (via the retry path).
+    pub ordered: bool,
     pub enabled: bool,
     /// Signing keys, newest first, with their expiry.
     pub keys: Vec<(SigningKey, Option<SystemTime>)>,
@@ -185,6 +187,7 @@ mod tests {
             retry_schedule: None,
             rate: None,
             make: false,
+            ordered: false,
             enabled: true,
             keys: vec![],
         }

@@ -48,6 +48,8 @@ pub struct Outcome {
     pub error: Option<String>,
     /// `None` when no request was sent (released, routed to the retry path).
     pub attempt: Option<AttemptInfo>,
+    /// The endpoint delivers each row's events in order.
+    pub ordered: bool,
 }
 
 impl Outcome {
@@ -65,6 +67,7 @@ impl Outcome {
             code: None,
             error: why.map(str::to_owned),
             attempt: None,
+            ordered: job.endpoint.ordered,
         }
     }
 }

@@ -121,14 +121,15 @@ pub async fn delivery_insert(
     outcomes: &[&Outcome],
 ) -> Result<i32, DbError> {
     let mut cols = Columns::default();
-    let (mut events, mut endpoints): (Vec<Uuid>, Vec<i64>) = (Vec::new(), Vec::new());
+    let (mut events, mut endpoints, mut ordered): (Vec<Uuid>, Vec<i64>, Vec<bool>) = Default::default();
     for o in outcomes {
         events.push(o.event_id);
         endpoints.push(o.endpoint_id);
+        ordered.push(o.ordered);
         cols.push(o);
     }
     let st = c
-        .prepare_cached("SELECT webhooks.delivery_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        .prepare_cached("SELECT webhooks.delivery_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
         .await?;
     let row = c
         .query_one(
@@ -145,6 +146,7 @@ pub async fn delivery_insert(
                 &cols.started,
                 &cols.durations,
                 &cols.excerpts,
+                &ordered,
             ],
         )
         .await?;

@@ -21,7 +21,8 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
                     ARRAY(SELECT s.secret FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
                            AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret),
                     ARRAY(SELECT s.expires_at FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
-                           AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret)
+                           AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret),
+                    e.ordered
                FROM webhooks.config_version v LEFT JOIN webhooks.endpoints e ON true
               ORDER BY e.id",
             &[],
@@ -84,6 +85,7 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
             }),
             rate: rate.map(|n| (n as u32, Duration::from_secs_f64(window.max(0.001)))),
             enabled: r.get(17),
+            ordered: r.get(20),
             keys,
         });
     }
@@ -106,6 +108,7 @@ pub struct NewEndpoint {
     pub timeout_ms: Option<i32>,
     pub max_in_flight: Option<i32>,
     pub rate_limit: Option<i32>,
+    pub ordered: bool,
 }
 
 /// Inserts the endpoint and its secret; returns its id.
@@ -114,8 +117,9 @@ pub async fn add(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i
     let id: i64 = tx
         .query_one(
             "INSERT INTO webhooks.endpoints (url, name, event_types, tenant_id, make, headers, ignore_origins,
-                                             signature_styles, masked_fields, timeout_ms, max_in_flight, rate_limit)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+                                             signature_styles, masked_fields, timeout_ms, max_in_flight, rate_limit,
+                                             ordered)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
             &[
                 &e.url,
                 &e.name,
@@ -129,6 +133,7 @@ pub async fn add(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i
                 &e.timeout_ms,
                 &e.max_in_flight,
                 &e.rate_limit,
+                &e.ordered,
             ],
         )
         .await?

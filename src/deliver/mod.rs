@@ -74,6 +74,7 @@ impl Deliverer {
             code: None,
             error: None,
             attempt: None,
+            ordered: endpoint.ordered,
         };
         if endpoint.make && body.len() > MAKE_MAX_BODY {
             outcome.attempts = job.attempt - 1;

@@ -307,3 +307,68 @@ async fn the_breaker_pauses_a_failing_endpoint_and_resumes_it() {
         .collect();
     assert!(ids.len() <= 10);
 }
+
+#[tokio::test]
+async fn an_ordered_endpoint_gets_each_rows_events_in_order_under_retries() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public_orders (id int PRIMARY KEY, step int NOT NULL);
+         SELECT webhooks.watch('public_orders', 'order');",
+    )
+    .await
+    .unwrap();
+    // The first attempt of order 1's first event fails: its later events must wait.
+    let mut r = Receiver::start(|x| {
+        let body = x.json();
+        if body["data"]["id"] == 1 && body["data"]["step"] == 0 && body["type"] == "order.created" && x.n < 2
+        {
+            Reply::status(503)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let id = endpoint(&c, &r.url, &["*"], "ordered = true").await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    c.batch_execute(
+        "INSERT INTO public_orders VALUES (1, 0), (2, 0);
+         UPDATE public_orders SET step = 1;
+         UPDATE public_orders SET step = 2;
+         UPDATE public_orders SET step = 3 WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    let got = r.take(8, T).await; // 7 events + 1 failed attempt
+    let order_of = |row: i64| -> Vec<i64> {
+        got.iter()
+            .filter(|x| x.json()["data"]["id"] == row && (x.n >= 2 || row != 1))
+            .map(|x| x.json()["data"]["step"].as_i64().unwrap())
+            .collect()
+    };
+    let steps_1: Vec<i64> = got
+        .iter()
+        .filter(|x| x.json()["data"]["id"] == 1)
+        .map(|x| x.json()["data"]["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        steps_1,
+        [0, 0, 1, 2],
+        "order 1: the failed first event, its retry, then the rest"
+    );
+    assert_eq!(order_of(2), [0, 1, 2, 3], "order 2 in order");
+    // Order 2 was not held up by order 1's retry.
+    let first_retry = got
+        .iter()
+        .position(|x| x.json()["data"]["id"] == 1 && x.n >= 1)
+        .unwrap();
+    assert!(
+        got[..first_retry].iter().any(|x| x.json()["data"]["id"] == 2),
+        "other rows flow meanwhile"
+    );
+    wait::until("all delivered", T, || async {
+        (statuses(&c, id).await == [("delivered".into(), 7)]).then_some(())
+    })
+    .await;
+    s.stop().await;
+}

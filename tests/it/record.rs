@@ -25,6 +25,7 @@ fn delivered(event_id: uuid::Uuid, endpoint_id: i64, batch: i64) -> Outcome {
             duration_ms: 1.0,
             excerpt: None,
         }),
+        ordered: false,
     }
 }
 

@@ -323,3 +323,54 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- Keep capture right when a watched table changes shape. After any ALTER
+-- TABLE of a watched table, its capture is regenerated from the stored
+-- options; if the options now name a column that is gone (renamed or
+-- dropped), watch() raises and the ALTER TABLE fails with that message
+-- — capture never silently stops excluding a secret or emitting status
+-- events. Call watch() with new options first, then alter.
+CREATE OR REPLACE FUNCTION webhooks.on_alter_table() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w record;
+BEGIN
+    FOR w IN SELECT DISTINCT x.target, x.entity, x.options
+               FROM pg_event_trigger_ddl_commands() c
+               JOIN webhooks.watched x ON x.target = c.objid
+              WHERE c.classid = 'pg_class'::regclass LOOP
+        PERFORM webhooks.watch(w.target, w.entity, w.options);
+    END LOOP;
+END
+$$;
+
+-- A dropped watched table: forget it and its generated functions.
+CREATE OR REPLACE FUNCTION webhooks.on_drop_table() RETURNS event_trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    o  record;
+    op text;
+BEGIN
+    FOR o IN SELECT d.objid FROM pg_event_trigger_dropped_objects() d WHERE d.object_type = 'table' LOOP
+        DELETE FROM webhooks.watched w WHERE w.target::oid = o.objid;
+        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
+            EXECUTE format('DROP FUNCTION IF EXISTS webhooks.%I()', 'capture_' || o.objid || '_' || op);
+        END LOOP;
+    END LOOP;
+END
+$$;
+
+-- Event triggers need a superuser; without one, capture still works and
+-- the docs say to call webhooks.rewatch() after altering a watched table.
+DO $$
+BEGIN
+    DROP EVENT TRIGGER IF EXISTS webhooks_alter_table;
+    CREATE EVENT TRIGGER webhooks_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+        EXECUTE FUNCTION webhooks.on_alter_table();
+    DROP EVENT TRIGGER IF EXISTS webhooks_drop_table;
+    CREATE EVENT TRIGGER webhooks_drop_table ON sql_drop WHEN TAG IN ('DROP TABLE')
+        EXECUTE FUNCTION webhooks.on_drop_table();
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'pgwebhooks: not a superuser, so no event triggers: after ALTER TABLE on a watched table, run SELECT webhooks.rewatch()';
+END
+$$;

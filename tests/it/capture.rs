@@ -352,3 +352,48 @@ async fn bulk_insert_emits_every_event_and_one_notification_only_when_idle() {
         .get(0);
     assert_eq!(count, 10_100);
 }
+
+#[tokio::test]
+async fn capture_survives_alter_table_and_refuses_silent_breakage() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute(
+        "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"status_column\": \"status\", \"exclude\": [\"api_token\"]}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // Add, rename (the key too), drop unrelated columns: capture keeps working.
+    c.batch_execute(
+        "ALTER TABLE crm.tickets ADD COLUMN channel text DEFAULT 'email';
+         ALTER TABLE crm.tickets RENAME COLUMN id TO ticket_id;
+         ALTER TABLE crm.tickets DROP COLUMN notes;
+         INSERT INTO crm.tickets (title, api_token) VALUES ('after', 'tok');
+         UPDATE crm.tickets SET status = 'CLOSED';",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(types(&ev), ["ticket.created", "ticket.closed"]);
+    assert_eq!(ev[0].payload["channel"], "email");
+    assert_eq!(ev[0].row_key.as_deref(), Some("1"));
+    assert!(ev[0].payload.get("api_token").is_none());
+
+    // Renaming a column the options name would silently stop excluding it:
+    // the ALTER fails instead, saying why.
+    let err = c
+        .batch_execute("ALTER TABLE crm.tickets RENAME COLUMN api_token TO token")
+        .await
+        .unwrap_err();
+    let msg = err.as_db_error().unwrap().message().to_owned();
+    assert!(msg.contains("\"exclude\" names column \"api_token\""), "{msg}");
+    // Dropping the table forgets it.
+    c.batch_execute("DROP TABLE crm.tickets").await.unwrap();
+    let watched: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.watched", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, 0);
+}

@@ -33,6 +33,7 @@ impl Cluster {
             }
         }
         let data = dir.join("data");
+        spawn_watchdog(&dir, &data)?;
         let out = pg_command(&pg_bin("initdb")?)
             .arg("-D")
             .arg(&data)
@@ -57,7 +58,6 @@ impl Cluster {
             data: data.clone(),
             running: false,
         };
-        spawn_watchdog(&dir, &data)?;
         let out = pg_command(&pg_bin("pg_ctl")?)
             .arg("-D")
             .arg(&data)
@@ -79,13 +79,22 @@ impl Cluster {
 
     pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1").port(self.port).user("postgres").dbname(dbname);
+        c.host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname(dbname);
         c
     }
 
     /// The `DATABASE_URL` the sidecar gets.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{DB}", self.port)
+    }
+
+    /// The postmaster's pid: its CPU time (children included) is Postgres's.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
     }
 
     /// Sidecar processes still running; the watchdog kills these.
@@ -159,7 +168,6 @@ fn pg_command(bin: &Path) -> Command {
 
 /// Once this process is gone, however it ended: kills the sidecars it left
 /// running (by the pids it recorded), stops the cluster, deletes the directory.
-#[expect(clippy::zombie_processes, reason = "the watchdog must outlive this process")]
 fn spawn_watchdog(dir: &Path, data: &Path) -> Result<(), String> {
     let pg_ctl = pg_bin("pg_ctl")?;
     let as_pg = if is_root() { "runuser -u postgres -- " } else { "" };

@@ -47,7 +47,13 @@ impl Stats {
         for shard in &self.arrivals {
             shard.lock().unwrap().clear();
         }
-        for c in [&self.requests, &self.unique, &self.duplicates, &self.without_id, &self.first_ns] {
+        for c in [
+            &self.requests,
+            &self.unique,
+            &self.duplicates,
+            &self.without_id,
+            &self.first_ns,
+        ] {
             c.store(0, Relaxed);
         }
     }
@@ -161,8 +167,11 @@ async fn hook(State(s): State<Arc<Stats>>, headers: HeaderMap, body: Bytes) -> S
             s.without_id.fetch_add(1, Relaxed);
         }
     }
-    if n % VERIFY_EVERY == 0 {
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    if n.is_multiple_of(VERIFY_EVERY) {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
         let result = sign::verify(
             &s.keys,
             header("webhook-id"),

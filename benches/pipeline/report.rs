@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use super::{Drain, Lost, Overhead};
+use super::bench::{Churn, Drain, Latency, Overhead, Side, Soak};
+use super::Lost;
 
 /// The keys, in order, with their targets.
 const KEYS: &[(&str, &str, Goal)] = &[
@@ -23,7 +24,11 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("rss_mb", "≤ 64", Goal::AtMost(64.0)),
     // performance.md says "bounded: autovacuum keeps up"; 10k is this
     // benchmark's reading of it (a few autovacuum thresholds' worth).
-    ("dead_tuples_after_soak", "bounded (≤ 10,000)", Goal::AtMost(10_000.0)),
+    (
+        "dead_tuples_after_soak",
+        "bounded (≤ 10,000)",
+        Goal::AtMost(10_000.0),
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -50,12 +55,7 @@ impl Report {
         say(format!(
             "machine: {} cores, load average {}",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
-            std::fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
+            load_average()
         ));
         Report {
             quick,
@@ -66,7 +66,7 @@ impl Report {
     }
 
     pub fn heading(&mut self, what: &str) {
-        say(format!("\n== {what}"));
+        say(format!("\n== {what}   [load average {}]", load_average()));
     }
 
     pub fn note(&mut self, line: String) {
@@ -108,18 +108,39 @@ impl Report {
     }
 
     pub fn overhead(&mut self, key: &str, o: &Overhead) {
-        let unit = if o.rows > o.watched.transactions { "statements" } else { "tx" };
-        self.note(format!(
-            "unwatched {:.0} {unit}/s ({} in {:.1} s), watched {:.0} {unit}/s ({} in {:.1} s): {key} {:.3}",
-            o.plain.per_s(),
-            o.plain.transactions,
-            o.plain.secs,
-            o.watched.per_s(),
-            o.watched.transactions,
-            o.watched.secs,
-            o.ratio()
-        ));
         let rows = o.rows.max(1);
+        let unit = if o.rows > o.watched.rate.transactions {
+            "statements"
+        } else {
+            "tx"
+        };
+        let per_tx = |side: &Side| {
+            let n = side.rate.transactions.max(1) as f64;
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3 / n;
+            let c = &side.cpu;
+            format!(
+                "{:.0} {unit}/s ({} in {:.1} s); per {unit}: {:.2} xids, {:.0} WAL bytes, CPU ms: \
+                 Postgres {:.3}, sidecar {:.3}, bench process {:.3}, other {:.3} (machine {:.0}% busy)",
+                side.rate.per_s(),
+                side.rate.transactions,
+                side.rate.secs,
+                side.xids as f64 / n,
+                side.wal_bytes as f64 / n,
+                ms(c.postgres),
+                ms(c.sidecar),
+                ms(c.bench),
+                ms(c.other()),
+                100.0 * c.machine.as_secs_f64() / side.rate.secs / cores()
+            )
+        };
+        self.note(format!("unwatched:                 {}", per_tx(&o.plain)));
+        self.note(format!("watched, sidecar running:  {}", per_tx(&o.watched)));
+        self.note(format!("watched, sidecar stopped:  {}", per_tx(&o.capture_only)));
+        self.note(format!(
+            "{key} {:.3}; capture alone (sidecar stopped) {:.3}",
+            o.ratio(),
+            o.capture_only.rate.per_s() / o.plain.rate.per_s()
+        ));
         let mut line = format!(
             "{} events captured; {} ({:.0}%) delivered while the inserts ran",
             o.rows,
@@ -127,26 +148,97 @@ impl Report {
             100.0 * o.during as f64 / rows as f64
         );
         match o.catch_up {
-            Some(d) => line.push_str(&format!(", the rest {:.2} s later (all delivered)", d.as_secs_f64())),
+            Some(d) => line.push_str(&format!(
+                ", the rest {:.2} s later (all delivered)",
+                d.as_secs_f64()
+            )),
             None => line.push_str(" (the rest not awaited)"),
         }
+        line.push_str(&format!(
+            "; the sidecar stopped {:.2} s after SIGTERM",
+            o.stop.as_secs_f64()
+        ));
         self.note(line);
+        self.churn(o.rows, &o.churn);
     }
 
     pub fn drain(&mut self, label: &str, d: &Drain) {
         self.note(format!(
-            "{label}: {} events drained in {:.2} s = {:.0}/s (first receipt → all recorded); \
-             start-up {:.0} ms; backlog committed in {:.1} s",
+            "{label}: {} events in {:.2} s = {:.0}/s (first receipt → all recorded); \
+             {} duplicates; backlog committed in {:.1} s",
             d.events,
             d.secs,
             d.per_s,
-            d.startup.as_secs_f64() * 1e3,
+            d.duplicates,
             d.fill.as_secs_f64()
         ));
         self.note(format!(
-            "CPU per delivery: sidecar {:.3} ms, whole machine {:.3} ms; sidecar peak RSS {:.1} MiB",
-            d.sidecar_cpu_ms, d.machine_cpu_ms, d.rss_mb
+            "start-up: LISTEN connected {:.0} ms, first receipt {:.0} ms after spawn",
+            d.connected.as_secs_f64() * 1e3,
+            d.startup.as_secs_f64() * 1e3,
         ));
+        let ms = |x: std::time::Duration| x.as_secs_f64() * 1e3 / d.events.max(1) as f64;
+        self.note(format!(
+            "per delivery: CPU ms Postgres {:.3}, sidecar {:.3}, bench process {:.3}, other {:.3}; \
+             {:.0} WAL bytes; sidecar peak RSS {:.1} MiB",
+            ms(d.cpu.postgres),
+            ms(d.cpu.sidecar),
+            ms(d.cpu.bench),
+            ms(d.cpu.other()),
+            d.wal_bytes as f64 / d.events.max(1) as f64,
+            d.rss_mb
+        ));
+        self.note(format!(
+            "during the drain: {} checkpoints; {} autovacuum and {} autoanalyze runs on webhooks tables",
+            d.checkpoints, d.autovacuums, d.autoanalyzes
+        ));
+        self.churn(d.events, &d.churn);
+    }
+
+    fn churn(&mut self, events: u64, c: &Churn) {
+        self.note(format!(
+            "sidecar bookkeeping: {} fan-out batches ({:.1} events each), {} idle-flag writes \
+             (~{} idle waits, during which every writer NOTIFYs)",
+            c.batches,
+            events as f64 / c.batches.max(1) as f64,
+            c.idle_flag_writes,
+            c.idle_flag_writes / 2
+        ));
+    }
+
+    pub fn latency(&mut self, l: &Latency) {
+        let pcts: Vec<String> = l
+            .percentiles
+            .iter()
+            .map(|(p, ms)| format!("p{p} {ms:.2}"))
+            .collect();
+        self.note(format!("{} events, ms: {}", l.events, pcts.join(", ")));
+        self.note(format!(
+            "{} receipts before the commit returned (counted as 0 ms); the generator's worst lag {:.1} ms",
+            l.before_commit_return,
+            l.max_lag.as_secs_f64() * 1e3
+        ));
+        self.churn(l.events as u64, &l.churn);
+    }
+
+    pub fn soak(&mut self, s: &Soak) {
+        self.note(format!("{} events (emit()) delivered", s.events));
+        for (label, w) in [("first fifth", &s.first), ("last fifth ", &s.last)] {
+            self.note(format!(
+                "{label}: commit → receipt p50 {:.2} ms, p99 {:.2} ms; Postgres CPU {:.3} ms per event",
+                w.p50, w.p99, w.postgres_cpu_ms
+            ));
+        }
+        if let Some((rows, ms)) = s.probe {
+            self.note(format!(
+                "webhooks.fanout_probe() (run by the sidecar at every idle wait) took {ms:.1} ms \
+                 with {rows} events in the outbox and none pending"
+            ));
+        }
+        self.note("tables with dead tuples (dead, live, autovacuum runs):".into());
+        for (t, dead, live, vacuums) in s.tables.iter().filter(|t| t.1 > 0) {
+            self.note(format!("  webhooks.{t:<16} {dead:>8} {live:>9} {vacuums:>3}"));
+        }
     }
 
     /// Quotes the sidecars' warnings and the server's errors.
@@ -158,18 +250,32 @@ impl Report {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("sidecar-") && name.ends_with(".log") {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let replica = name.trim_start_matches("sidecar-").trim_end_matches(".log").to_owned();
-                sidecar.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| format!("{replica}: {l}")));
+                let replica = name
+                    .trim_start_matches("sidecar-")
+                    .trim_end_matches(".log")
+                    .to_owned();
+                sidecar.extend(
+                    text.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| format!("{replica}: {l}")),
+                );
             }
         }
         let server: Vec<String> = std::fs::read_to_string(dir.join("postgres.log"))
             .unwrap_or_default()
             .lines()
-            .filter(|l| ["ERROR:", "FATAL:", "PANIC:", "WARNING:"].iter().any(|k| l.contains(k)))
+            .filter(|l| {
+                ["ERROR:", "FATAL:", "PANIC:", "WARNING:"]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
             .map(str::to_owned)
             .collect();
         self.heading("logs");
-        self.note(format!("sidecar log lines at PGWEBHOOKS_LOG=warn: {}", sidecar.len()));
+        self.note(format!(
+            "sidecar log lines at PGWEBHOOKS_LOG=warn: {}",
+            sidecar.len()
+        ));
         for l in sidecar.iter().take(12) {
             self.note(format!("  {}", truncate(l, 300)));
         }
@@ -184,7 +290,11 @@ impl Report {
         let mut out = String::new();
         out.push_str(&format!(
             "\n{:<27} {:>12}  {:<20} {}\n",
-            if self.quick { "scenario (QUICK)" } else { "scenario" },
+            if self.quick {
+                "scenario (QUICK)"
+            } else {
+                "scenario"
+            },
             "figure",
             "target",
             "met?"
@@ -213,12 +323,15 @@ impl Report {
         let fields: Vec<String> = KEYS
             .iter()
             .map(|(key, _, _)| {
-                let v = self.values.get(key).map_or("null".to_owned(), |v| format_value(key, *v));
+                let v = self
+                    .values
+                    .get(key)
+                    .map_or("null".to_owned(), |v| format_value(key, *v));
                 format!("\"{key}\": {v}")
             })
             .collect();
         let json = format!("{{{}}}", fields.join(", "));
-        debug_assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok());
         out.push_str(&json);
         out.push('\n');
         let mut stdout = std::io::stdout().lock();
@@ -250,6 +363,19 @@ fn truncate(s: &str, max: usize) -> &str {
         Some((i, _)) => &s[..i],
         None => s,
     }
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn say(line: String) {

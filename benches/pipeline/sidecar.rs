@@ -7,14 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::Res;
+use super::{Lost, Res};
 
 pub struct Sidecar {
     child: tokio::process::Child,
     pub pid: u32,
     pub replica: String,
     pids_file: PathBuf,
-    pub started: Instant,
 }
 
 impl Sidecar {
@@ -54,14 +53,15 @@ impl Sidecar {
             pid,
             replica: replica.to_owned(),
             pids_file: pids_file.to_owned(),
-            started: Instant::now(),
         })
     }
 
     /// Errors if the process has exited.
     pub fn check_alive(&mut self) -> Res<()> {
         match self.child.try_wait()? {
-            Some(status) => Err(format!("sidecar {} exited unexpectedly ({status})", self.replica).into()),
+            Some(status) => {
+                Err(Lost(format!("sidecar {} exited unexpectedly ({status})", self.replica)).into())
+            }
             None => Ok(()),
         }
     }
@@ -73,13 +73,16 @@ impl Sidecar {
         loop {
             self.check_alive()?;
             let row = db
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
                 .await?;
             if row.get::<_, i64>(0) > 0 {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("sidecar {} not connected after 30 s", self.replica).into());
+                return Err(Lost(format!("sidecar {} not connected after 30 s", self.replica)).into());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -111,12 +114,20 @@ impl Sidecar {
                 let _ = self.child.start_kill();
                 let _ = self.child.wait().await;
                 self.forget_pid();
-                return Err(format!("sidecar {} did not stop within 30 s of SIGTERM", self.replica).into());
+                return Err(Lost(format!(
+                    "sidecar {} did not stop within 30 s of SIGTERM",
+                    self.replica
+                ))
+                .into());
             }
         };
         self.forget_pid();
         if !status.success() {
-            return Err(format!("sidecar {} exited with {status}", self.replica).into());
+            return Err(Lost(format!(
+                "sidecar {} exited with {status} after SIGTERM",
+                self.replica
+            ))
+            .into());
         }
         Ok(t.elapsed())
     }
@@ -156,21 +167,50 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// The fields of /proc/<pid>/stat after the command name: [0] is the
+/// state, [1] the parent, [11..=14] utime, stime, cutime, cstime in ticks.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn ticks(fields: &[String], range: std::ops::RangeInclusive<usize>) -> Option<f64> {
+    range.map(|i| fields.get(i)?.parse::<f64>().ok()).sum()
+}
+
 /// utime + stime of a process.
 pub fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at state.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(Duration::from_secs_f64(ticks / clock_ticks()))
+    let t = ticks(&stat_fields(pid)?, 11..=12)?;
+    Some(Duration::from_secs_f64(t / clock_ticks()))
+}
+
+/// CPU time of a PostgreSQL cluster: the postmaster, its live children,
+/// and (through the postmaster's cutime and cstime) every child that exited.
+pub fn postgres_cpu(postmaster: u32) -> Option<Duration> {
+    let mut t = ticks(&stat_fields(postmaster)?, 11..=14)?;
+    let parent = postmaster.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        match stat_fields(pid) {
+            Some(f) if f.get(1) == Some(&parent) => t += ticks(&f, 11..=12).unwrap_or(0.0),
+            _ => {}
+        }
+    }
+    Some(Duration::from_secs_f64(t / clock_ticks()))
 }
 
 /// Busy CPU time of the whole machine (all cores), from /proc/stat.
 pub fn machine_busy() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0.0);
     Some(Duration::from_secs_f64(busy / clock_ticks()))

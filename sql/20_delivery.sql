@@ -124,10 +124,16 @@ $$;
 -- A batch is done when every delivery in it is recorded. Only the lease
 -- holder may delete it; returns how many were deleted.
 CREATE OR REPLACE FUNCTION webhooks.batch_complete(replica text, ids bigint[]) RETURNS integer
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    WITH d AS (DELETE FROM webhooks.fanout_batches b
-                WHERE b.id = ANY (ids) AND b.claimed_by = replica RETURNING 1)
-    SELECT count(*)::integer FROM d
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+        WITH d AS (DELETE FROM webhooks.fanout_batches b
+                    WHERE b.id = ANY (ids) AND b.claimed_by = replica RETURNING 1)
+        SELECT count(*)::integer INTO n FROM d;
+        RETURN n;
+END
 $$;
 
 -- (The signature before V4 added `ordered`.)
@@ -152,36 +158,42 @@ CREATE OR REPLACE FUNCTION webhooks.delivery_insert(
     ordered          boolean[] DEFAULT NULL,
     now              timestamptz DEFAULT clock_timestamp()
 ) RETURNS integer
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    WITH u AS (
-        SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
-                             status_codes, errors, started_ats, durations_ms, excerpts,
-                             coalesce(ordered, array_fill(false, ARRAY[cardinality(event_ids)])))
-                   AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt,
-                        ordered)
-    ), d AS (
-        INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, attempts, next_attempt_at,
-                                              last_status, last_error, created_at, updated_at,
-                                              aggregate, event_txid, event_seq)
-        SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now,
-               -- Only ordered endpoints look their event up (CASE evaluates lazily).
-               CASE WHEN u.ordered THEN (SELECT coalesce(e.source_table, '') || ':' || coalesce(e.row_key, e.event_id::text)
-                                           FROM webhooks.events e WHERE e.event_id = u.event_id) END,
-               CASE WHEN u.ordered THEN (SELECT e.txid FROM webhooks.events e WHERE e.event_id = u.event_id) END,
-               CASE WHEN u.ordered THEN (SELECT e.seq FROM webhooks.events e WHERE e.event_id = u.event_id) END
-          FROM u
-        ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
-        RETURNING d.id, d.event_id, d.endpoint_id
-    ), a AS (
-        INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                                       response_excerpt, replica, endpoint_id)
-        SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
-          FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
-         WHERE u.attempts > 0 AND u.started_at IS NOT NULL
-        ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM d
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+        WITH u AS (
+            SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
+                                 status_codes, errors, started_ats, durations_ms, excerpts,
+                                 coalesce(ordered, array_fill(false, ARRAY[cardinality(event_ids)])))
+                       AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt,
+                            ordered)
+        ), d AS (
+            INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, attempts, next_attempt_at,
+                                                  last_status, last_error, created_at, updated_at,
+                                                  aggregate, event_txid, event_seq)
+            SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now,
+                   -- Only ordered endpoints look their event up (CASE evaluates lazily).
+                   CASE WHEN u.ordered THEN (SELECT coalesce(e.source_table, '') || ':' || coalesce(e.row_key, e.event_id::text)
+                                               FROM webhooks.events e WHERE e.event_id = u.event_id) END,
+                   CASE WHEN u.ordered THEN (SELECT e.txid FROM webhooks.events e WHERE e.event_id = u.event_id) END,
+                   CASE WHEN u.ordered THEN (SELECT e.seq FROM webhooks.events e WHERE e.event_id = u.event_id) END
+              FROM u
+            ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
+            RETURNING d.id, d.event_id, d.endpoint_id
+        ), a AS (
+            INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                                           response_excerpt, replica, endpoint_id)
+            SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
+              FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
+             WHERE u.attempts > 0 AND u.started_at IS NOT NULL
+            ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
+            RETURNING 1
+        )
+        SELECT count(*)::integer INTO n FROM d;
+        RETURN n;
+END
 $$;
 
 -- Claim due retries, at most rooms[i] for endpoint endpoint_ids[i] (what the
@@ -205,33 +217,37 @@ CREATE OR REPLACE FUNCTION webhooks.delivery_claim(
     payload     text,
     previous    text
 )
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    WITH picked AS (
-        SELECT p.id
-          FROM unnest(endpoint_ids, rooms) AS r(endpoint_id, room)
-          JOIN webhooks.endpoints ep ON ep.id = r.endpoint_id AND ep.enabled
-          CROSS JOIN LATERAL (
-              SELECT d.id FROM webhooks.deliveries d
-               WHERE d.status = 'pending' AND d.endpoint_id = r.endpoint_id AND d.next_attempt_at <= now
-                 -- An ordered endpoint takes only the head of each row's
-                 -- events, and nothing of a row with a delivery in flight.
-                 AND (NOT ep.ordered OR d.aggregate IS NULL OR NOT EXISTS (
-                         SELECT 1 FROM webhooks.deliveries o
-                          WHERE o.endpoint_id = d.endpoint_id AND o.aggregate = d.aggregate
-                            AND o.status IN ('pending', 'delivering') AND o.id <> d.id
-                            AND (o.status = 'delivering' OR (o.event_txid, o.event_seq) < (d.event_txid, d.event_seq))))
-               ORDER BY d.next_attempt_at
-               LIMIT r.room
-               FOR UPDATE OF d SKIP LOCKED) p
-    ), claimed AS (
-        UPDATE webhooks.deliveries d
-           SET status = 'delivering', claimed_by = replica, lease_until = now + lease, updated_at = now
-          FROM picked WHERE d.id = picked.id
-        RETURNING d.id, d.endpoint_id, d.attempts + 1 AS attempt, d.attempts - d.attempts_base AS used, d.event_id
-    )
-    SELECT c.id, c.endpoint_id, c.attempt, c.used, c.event_id, e.event_type, e.tenant_id, e.origin,
-           e.occurred_at, e.payload::text, e.previous::text
-      FROM claimed c LEFT JOIN webhooks.events e ON e.event_id = c.event_id
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+        WITH picked AS (
+            SELECT p.id
+              FROM unnest(endpoint_ids, rooms) AS r(endpoint_id, room)
+              JOIN webhooks.endpoints ep ON ep.id = r.endpoint_id AND ep.enabled
+              CROSS JOIN LATERAL (
+                  SELECT d.id FROM webhooks.deliveries d
+                   WHERE d.status = 'pending' AND d.endpoint_id = r.endpoint_id AND d.next_attempt_at <= now
+                     -- An ordered endpoint takes only the head of each row's
+                     -- events, and nothing of a row with a delivery in flight.
+                     AND (NOT ep.ordered OR d.aggregate IS NULL OR NOT EXISTS (
+                             SELECT 1 FROM webhooks.deliveries o
+                              WHERE o.endpoint_id = d.endpoint_id AND o.aggregate = d.aggregate
+                                AND o.status IN ('pending', 'delivering') AND o.id <> d.id
+                                AND (o.status = 'delivering' OR (o.event_txid, o.event_seq) < (d.event_txid, d.event_seq))))
+                   ORDER BY d.next_attempt_at
+                   LIMIT r.room
+                   FOR UPDATE OF d SKIP LOCKED) p
+        ), claimed AS (
+            UPDATE webhooks.deliveries d
+               SET status = 'delivering', claimed_by = replica, lease_until = now + lease, updated_at = now
+              FROM picked WHERE d.id = picked.id
+            RETURNING d.id, d.endpoint_id, d.attempts + 1 AS attempt, d.attempts - d.attempts_base AS used, d.event_id
+        )
+        SELECT c.id, c.endpoint_id, c.attempt, c.used, c.event_id, e.event_type, e.tenant_id, e.origin,
+               e.occurred_at, e.payload::text, e.previous::text
+          FROM claimed c LEFT JOIN webhooks.events e ON e.event_id = c.event_id;
+END
 $$;
 
 -- When the next retry of any enabled endpoint is due (NULL: none pending).
@@ -260,30 +276,36 @@ CREATE OR REPLACE FUNCTION webhooks.delivery_record(
     excerpts         text[],
     now              timestamptz DEFAULT clock_timestamp()
 ) RETURNS integer
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    WITH u AS (
-        SELECT * FROM unnest(ids, statuses, attempt_counts, next_attempt_ats, status_codes, errors,
-                             started_ats, durations_ms, excerpts)
-                   AS u(id, status, attempts, next_at, code, error, started_at, duration, excerpt)
-    ), d AS (
-        UPDATE webhooks.deliveries d
-           SET status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
-               last_status = coalesce(u.code, CASE WHEN u.started_at IS NULL THEN d.last_status END),
-               last_error = CASE WHEN u.started_at IS NULL THEN coalesce(u.error, d.last_error) ELSE u.error END,
-               claimed_by = NULL, lease_until = NULL, updated_at = now
-          FROM u
-         WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
-        RETURNING d.id, d.endpoint_id
-    ), a AS (
-        INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                                       response_excerpt, replica, endpoint_id)
-        SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
-          FROM u JOIN d ON d.id = u.id
-         WHERE u.started_at IS NOT NULL
-        ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
-        RETURNING 1
-    )
-    SELECT count(*)::integer FROM d
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+        WITH u AS (
+            SELECT * FROM unnest(ids, statuses, attempt_counts, next_attempt_ats, status_codes, errors,
+                                 started_ats, durations_ms, excerpts)
+                       AS u(id, status, attempts, next_at, code, error, started_at, duration, excerpt)
+        ), d AS (
+            UPDATE webhooks.deliveries d
+               SET status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
+                   last_status = coalesce(u.code, CASE WHEN u.started_at IS NULL THEN d.last_status END),
+                   last_error = CASE WHEN u.started_at IS NULL THEN coalesce(u.error, d.last_error) ELSE u.error END,
+                   claimed_by = NULL, lease_until = NULL, updated_at = now
+              FROM u
+             WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
+            RETURNING d.id, d.endpoint_id
+        ), a AS (
+            INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                                           response_excerpt, replica, endpoint_id)
+            SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
+              FROM u JOIN d ON d.id = u.id
+             WHERE u.started_at IS NOT NULL
+            ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
+            RETURNING 1
+        )
+        SELECT count(*)::integer INTO n FROM d;
+        RETURN n;
+END
 $$;
 
 -- Leases that ran out (a replica died mid-attempt): back to pending.
@@ -373,9 +395,12 @@ $$;
 -- A listener says whether it is idle (waiting on LISTEN). Writers NOTIFY
 -- only while some listener is idle.
 CREATE OR REPLACE FUNCTION webhooks.listener_set(replica text, idle boolean) RETURNS void
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO webhooks.listeners AS l (replica, idle, updated_at) VALUES (replica, idle, now())
-    ON CONFLICT ON CONSTRAINT listeners_pkey DO UPDATE SET idle = excluded.idle, updated_at = excluded.updated_at
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+        INSERT INTO webhooks.listeners AS l (replica, idle, updated_at) VALUES (replica, idle, now())
+        ON CONFLICT ON CONSTRAINT listeners_pkey DO UPDATE SET idle = excluded.idle, updated_at = excluded.updated_at;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION webhooks.listener_forget(replica text) RETURNS void
@@ -403,10 +428,17 @@ $$;
 CREATE OR REPLACE FUNCTION webhooks.fanout_probe(
     OUT has_work boolean, OUT horizon bigint, OUT xmax bigint
 )
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT 1 FROM webhooks.events e, webhooks.fanout_cursor c
-                    WHERE (e.txid, e.seq) > (c.txid, c.seq)
-                      AND e.txid < pg_snapshot_xmin(pg_current_snapshot())),
-           pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-           pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur_txid xid8;
+    cur_seq  bigint;
+    snap     pg_snapshot := pg_current_snapshot();
+BEGIN
+    -- Constants, not a join: the comparison is then an index condition.
+    SELECT c.txid, c.seq INTO cur_txid, cur_seq FROM webhooks.fanout_cursor c;
+    has_work := EXISTS (SELECT 1 FROM webhooks.events e
+                         WHERE (e.txid, e.seq) > (cur_txid, cur_seq) AND e.txid < pg_snapshot_xmin(snap));
+    horizon := pg_snapshot_xmin(snap)::text::bigint;
+    xmax := pg_snapshot_xmax(snap)::text::bigint;
+END
 $$;

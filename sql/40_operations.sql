@@ -23,12 +23,24 @@ $$;
 
 -- What is waiting, per endpoint; plus a row (endpoint_id NULL) for events
 -- not yet handed to any replica.
+-- Events past the fan-out cursor (read first, so the scan uses the index).
+CREATE OR REPLACE FUNCTION webhooks.fanout_pending(OUT events bigint, OUT oldest timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cur_txid xid8;
+    cur_seq  bigint;
+BEGIN
+    SELECT c.txid, c.seq INTO cur_txid, cur_seq FROM webhooks.fanout_cursor c;
+    SELECT count(*), min(e.occurred_at) INTO events, oldest
+      FROM webhooks.events e WHERE (e.txid, e.seq) > (cur_txid, cur_seq);
+END
+$$;
+
 CREATE OR REPLACE VIEW webhooks.backlog AS
     SELECT NULL::bigint AS endpoint_id, '(not yet fanned out)'::text AS endpoint, NULL::boolean AS enabled,
-           count(*) AS pending, 0::bigint AS delivering,
-           now() - min(e.occurred_at) AS oldest_age, NULL::timestamptz AS next_attempt_at
-      FROM webhooks.events e, webhooks.fanout_cursor c
-     WHERE (e.txid, e.seq) > (c.txid, c.seq)
+           f.events AS pending, 0::bigint AS delivering,
+           now() - f.oldest AS oldest_age, NULL::timestamptz AS next_attempt_at
+      FROM webhooks.fanout_pending() f
     UNION ALL
     SELECT ep.id, coalesce(ep.name, ep.url), ep.enabled,
            count(d.id) FILTER (WHERE d.status = 'pending'),
@@ -187,7 +199,9 @@ CREATE OR REPLACE FUNCTION webhooks.retention_run(keep interval, batch integer D
 RETURNS TABLE (attempts bigint, deliveries bigint, events bigint, inbound bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    cutoff timestamptz := now - keep;
+    cutoff   timestamptz := now - keep;
+    cur_txid xid8;
+    cur_seq  bigint;
 BEGIN
     WITH old AS (
         SELECT d.id FROM webhooks.deliveries d
@@ -200,9 +214,10 @@ BEGIN
     )
     SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM d) INTO attempts, deliveries;
 
+    SELECT c.txid, c.seq INTO cur_txid, cur_seq FROM webhooks.fanout_cursor c;
     WITH old AS (
-        SELECT e.event_id FROM webhooks.events e, webhooks.fanout_cursor c
-         WHERE e.occurred_at < cutoff AND (e.txid, e.seq) <= (c.txid, c.seq)
+        SELECT e.event_id FROM webhooks.events e
+         WHERE e.occurred_at < cutoff AND (e.txid, e.seq) <= (cur_txid, cur_seq)
            AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries d WHERE d.event_id = e.event_id)
            AND NOT EXISTS (SELECT 1 FROM webhooks.fanout_batches b
                             WHERE (e.txid, e.seq) > (b.from_txid, b.from_seq)

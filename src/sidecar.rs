@@ -98,7 +98,8 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub async fn start(config: SidecarConfig) -> Result<Sidecar, StartError> {
+    pub async fn start(mut config: SidecarConfig) -> Result<Sidecar, StartError> {
+        config.database = db::tuned(config.database);
         let pool = db::pool(config.database.clone(), config.pool_size.max(4));
         let replica: Arc<str> = config.replica.clone().into();
         {

@@ -285,6 +285,14 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
         s.dead_letters,
         s.notification_queue_usage * 100.0
     );
+    if let Some((pid, secs, state)) = &s.holding_back {
+        println!(
+            "warning: write transaction of backend {pid} ({state}) has been open for {}: \
+             events committed after it started wait until it ends \
+             (SELECT pg_terminate_backend({pid}) ends it; idle_in_transaction_session_timeout prevents it)",
+            age(Some(*secs))
+        );
+    }
     println!();
     println!(
         "{:>4}  {:<40}  {:<12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>7}",

@@ -27,6 +27,10 @@ pub struct Status {
     pub dead_letters: i64,
     pub notification_queue_usage: f64,
     pub endpoints: Vec<Health>,
+    /// The oldest write transaction open for over 10 s (it holds fan-out
+    /// back: events are handed out once every older writer has ended):
+    /// (pid, seconds open, state).
+    pub holding_back: Option<(i32, f64, String)>,
 }
 
 pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
@@ -49,7 +53,18 @@ pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
             &[],
         )
         .await?;
+    let holding_back = c
+        .query_opt(
+            "SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
+               FROM pg_stat_activity
+              WHERE backend_xid IS NOT NULL AND xact_start < now() - interval '10 seconds'
+              ORDER BY xact_start LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1), r.get(2)));
     Ok(Status {
+        holding_back,
         not_fanned_out: top.get(0),
         waiting: top.get(1),
         oldest_seconds: top.get(2),

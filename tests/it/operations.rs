@@ -372,3 +372,25 @@ async fn an_ordered_endpoint_gets_each_rows_events_in_order_under_retries() {
     .await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn status_names_a_write_transaction_that_holds_fan_out_back() {
+    let db = TestDb::new().await;
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT webhooks.emit('held', '{}')", &[])
+        .await
+        .unwrap();
+    wait::until(
+        "status to name the open transaction",
+        Duration::from_secs(40),
+        || async {
+            let (ok, out, _) = cli(&db, &["status"]).await;
+            (ok && out.contains("warning: write transaction")).then_some(())
+        },
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    let (ok, out, _) = cli(&db, &["status"]).await;
+    assert!(ok && !out.contains("warning: write transaction"), "{out}");
+}

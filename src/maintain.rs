@@ -126,7 +126,7 @@ impl Maintainer {
     }
 
     /// Tries one pending delivery of a paused endpoint; resumes it if the
-    /// endpoint answers 2xx (or has nothing waiting).
+    /// endpoint answers 2xx.
     async fn probe(&self, endpoint_id: i64) -> Result<bool, DbError> {
         let shared = self.claimer.dispatcher.shared();
         let client = self.claimer.pool.get().await?;
@@ -138,7 +138,10 @@ impl Maintainer {
         )
         .await?;
         let ok = match claimed.into_iter().next() {
-            None => true,
+            // Nothing to try yet (its failed attempts may not be recorded):
+            // stay open. New events for the endpoint wait as pending, so
+            // the next probe has one.
+            None => false,
             Some(c) => {
                 let snapshot = self.claimer.snapshot_at(None).await?;
                 let (Some(event), Some(endpoint)) = (c.event, snapshot.get(endpoint_id).cloned()) else {

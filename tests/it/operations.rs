@@ -2,8 +2,7 @@
 //! retention while the sidecar runs, the circuit breaker, metrics.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -37,16 +36,7 @@ async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &tokio_postgres::Client,
 async fn status_and_a_dead_letter_retried_from_the_command_line() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let mut r = Receiver::start(move |_| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::ok()
-        } else {
-            Reply::status(500)
-        }
-    })
-    .await;
+    let (mut r, up) = Receiver::down_until_switched(500).await;
     let id = endpoint(&c, &r.url, &["*"], "").await;
     let s = sidecar::start(sidecar::config(&db)).await;
     c.execute("SELECT webhooks.emit('order.created', '{\"n\": 1}')", &[])
@@ -236,16 +226,7 @@ async fn retention_removes_only_delivered_history_while_running() {
 async fn the_breaker_pauses_a_failing_endpoint_and_resumes_it() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let mut r = Receiver::start(move |_| {
-        if flag.load(Ordering::SeqCst) {
-            Reply::ok()
-        } else {
-            Reply::status(503)
-        }
-    })
-    .await;
+    let (mut r, up) = Receiver::down_until_switched(503).await;
     let id = endpoint(&c, &r.url, &["*"], "").await;
     let mut config = sidecar::config_with_inbound(&db);
     config.deliver.retry_schedule = vec![Duration::from_secs(3600)];
@@ -274,19 +255,22 @@ async fn the_breaker_pauses_a_failing_endpoint_and_resumes_it() {
         .unwrap()
         .get(0);
     assert!(reason.starts_with("circuit open"), "{reason}");
-    let metrics = reqwest::get(format!("{}/metrics", s.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for name in [
+    // Outcomes reach /metrics once the recorder has written them.
+    let names = [
         "pgwebhooks_deliveries_total",
         "pgwebhooks_attempt_duration_seconds",
         "pgwebhooks_breaker_trips_total",
-    ] {
-        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
-    }
+    ];
+    wait::until("the metrics", T, || async {
+        let metrics = reqwest::get(format!("{}/metrics", s.base))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        names.iter().all(|n| metrics.contains(n)).then_some(())
+    })
+    .await;
     up.store(true, Ordering::SeqCst);
     wait::until("resumed and drained", T, || async {
         (statuses(&c, id).await == [("delivered".into(), 10)]).then_some(())

@@ -105,7 +105,6 @@ impl Shared {
 
 struct Lane {
     tx: mpsc::Sender<Job>,
-    capacity: usize,
     /// Until then, a full lane is treated as congested: jobs that do not
     /// fit go to the retry path at once instead of waiting.
     congested_until: Arc<Mutex<Option<Instant>>>,
@@ -218,7 +217,6 @@ impl Dispatcher {
             id,
             Lane {
                 tx: tx.clone(),
-                capacity,
                 congested_until: congested_until.clone(),
             },
         );
@@ -231,16 +229,6 @@ impl Dispatcher {
         self.lanes.lock().expect("lanes lock").clear();
         self.tasks.close();
         self.tasks.wait().await;
-    }
-
-    /// Total queue capacity across lanes (for sizing claims).
-    pub fn total_capacity(&self) -> usize {
-        self.lanes
-            .lock()
-            .expect("lanes lock")
-            .values()
-            .map(|l| l.capacity)
-            .sum()
     }
 }
 

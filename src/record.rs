@@ -226,17 +226,20 @@ impl RecordTask {
 
     /// Writes the buffer in one transaction; keeps it on failure.
     pub async fn flush(&mut self) -> Result<Flushed, DbError> {
-        let done: Vec<i64> = {
-            let mut left = self.batches.clone();
-            for o in &self.buffer {
-                if let Source::Batch(id) = o.source {
-                    if let Some(n) = left.get_mut(&id) {
-                        *n = n.saturating_sub(1);
-                    }
-                }
+        // How many of each batch's jobs this flush records; a batch whose
+        // remaining count this covers is complete once the flush commits.
+        let mut recorded: HashMap<i64, usize> = HashMap::new();
+        for o in &self.buffer {
+            if let Source::Batch(id) = o.source {
+                *recorded.entry(id).or_default() += 1;
             }
-            left.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect()
-        };
+        }
+        let done: Vec<i64> = self
+            .batches
+            .iter()
+            .filter(|(id, left)| **left <= recorded.get(id).copied().unwrap_or(0))
+            .map(|(id, _)| *id)
+            .collect();
         if self.buffer.is_empty() && done.is_empty() {
             return Ok(Flushed::default());
         }
@@ -285,11 +288,9 @@ impl RecordTask {
         if let Some(observer) = &self.observer {
             self.buffer.iter().for_each(|o| observer(o));
         }
-        for o in &self.buffer {
-            if let Source::Batch(id) = o.source {
-                if let Some(n) = self.batches.get_mut(&id) {
-                    *n = n.saturating_sub(1);
-                }
+        for (id, n) in recorded {
+            if let Some(left) = self.batches.get_mut(&id) {
+                *left = left.saturating_sub(n);
             }
         }
         for id in &done {

@@ -120,6 +120,22 @@ impl Receiver {
         Receiver { url, rx, count, task }
     }
 
+    /// A receiver that answers `status` until the returned switch is set,
+    /// then 200 (an endpoint that is down and comes back).
+    pub async fn down_until_switched(status: u16) -> (Receiver, Arc<std::sync::atomic::AtomicBool>) {
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = up.clone();
+        let r = Self::start(move |_| {
+            if flag.load(Ordering::SeqCst) {
+                Reply::ok()
+            } else {
+                Reply::status(status)
+            }
+        })
+        .await;
+        (r, up)
+    }
+
     /// Requests received so far.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::SeqCst)

@@ -258,9 +258,10 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    -- It answers again: what waited out a backoff goes now.
-    UPDATE webhooks.deliveries d SET next_attempt_at = now()
-     WHERE d.endpoint_id = endpoint_close_breaker.id AND d.status = 'pending' AND d.next_attempt_at > now();
+    -- It answers again: its backlog goes now, each with a fresh retry
+    -- budget (attempts made while it was down do not count).
+    UPDATE webhooks.deliveries d SET next_attempt_at = least(d.next_attempt_at, now()), attempts_base = d.attempts
+     WHERE d.endpoint_id = endpoint_close_breaker.id AND d.status = 'pending';
     PERFORM pg_notify('webhooks', 'retry');
     RETURN true;
 END

@@ -156,8 +156,14 @@ impl Maintainer {
                     endpoint,
                     attempt: c.attempt,
                 };
-                let (outcome, _) = shared.deliverer.attempt(&job).await;
+                let (mut outcome, _) = shared.deliverer.attempt(&job).await;
                 let ok = outcome.status == Status::Delivered;
+                // A probe while the circuit is open never gives a delivery up:
+                // it waits for the endpoint like the rest of its backlog.
+                if outcome.status == Status::Dead {
+                    outcome.status = Status::Pending;
+                    outcome.next_attempt_at = Some(std::time::SystemTime::now());
+                }
                 shared.recorder.record(outcome);
                 ok
             }

@@ -3,7 +3,11 @@
 
 -- Record and apply one callback. Returns the HTTP status to answer with
 -- (200 applied, 200 duplicate with the first result, 404 no such route,
--- 422 rejected by the handler) and the JSON to answer.
+-- 422 rejected by the handler) and the JSON to answer. A handler rejects
+-- with SQLSTATE 'WH422'; a data error, a violated constraint or a value too
+-- big for the app's schema (e.g. a string over an index's size limit) in
+-- its writes is the payload's fault too: 422, never a 500, and none of the
+-- handler's writes stay.
 -- A duplicate of an applied callback is not applied again; a duplicate of
 -- a rejected one is tried again (the data may have been fixed meanwhile).
 -- Concurrent duplicates wait on the unique key: one applies, the others
@@ -54,7 +58,7 @@ BEGIN
     BEGIN
         EXECUTE format('SELECT %s($1)', r.handler) INTO outcome USING payload;
     EXCEPTION
-        WHEN SQLSTATE 'WH422' OR data_exception OR integrity_constraint_violation THEN
+        WHEN SQLSTATE 'WH422' OR data_exception OR integrity_constraint_violation OR program_limit_exceeded THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
             UPDATE webhooks.inbound i SET status = 'rejected', error = msg WHERE i.id = rec_id;
             PERFORM set_config('webhooks.origin', '', true);

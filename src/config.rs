@@ -207,6 +207,20 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_INBOUND_TOLERANCE", default_value = "5m", value_parser = parse_duration)]
     pub inbound_tolerance: std::time::Duration,
 
+    /// How long a client may take to send a callback's request head, and
+    /// then its body: a slower one is cut off (408, or the connection
+    /// closed) and nothing is applied. Idle keep-alive connections are
+    /// closed after it too.
+    #[arg(long, env = "PGWEBHOOKS_INBOUND_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub inbound_read_timeout: std::time::Duration,
+
+    /// Inbound connections served at once; more wait in the listen backlog.
+    /// Bounds what unauthenticated clients can hold: at most this many
+    /// bodies of PGWEBHOOKS_INBOUND_MAX_BODY.
+    #[arg(long, env = "PGWEBHOOKS_INBOUND_MAX_CONNECTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub inbound_max_connections: u32,
+
     /// Keep delivered events, deliveries, attempts and applied callbacks
     /// this long ("off" keeps everything; dead letters always stay).
     #[arg(long, env = "PGWEBHOOKS_RETENTION", default_value = "7d", value_parser = parse_retention)]
@@ -266,6 +280,11 @@ impl RunArgs {
                 self.lease, self.timeout
             )));
         }
+        if self.inbound_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "PGWEBHOOKS_INBOUND_READ_TIMEOUT must be longer than 0".into(),
+            ));
+        }
         let mut c = crate::sidecar::SidecarConfig::new(self.db.connection()?);
         if let Some(r) = &self.replica {
             c.replica = r.clone();
@@ -288,6 +307,8 @@ impl RunArgs {
             secret: self.inbound_secret.clone(),
             max_body: self.inbound_max_body,
             tolerance: self.inbound_tolerance,
+            read_timeout: self.inbound_read_timeout,
+            max_connections: self.inbound_max_connections as usize,
             ..Default::default()
         });
         Ok(c)

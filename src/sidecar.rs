@@ -199,7 +199,7 @@ impl Sidecar {
                 let ready =
                     Arc::new(move || ready_signals.connected.load(std::sync::atomic::Ordering::Acquire));
                 let router = inbound::router(pool.clone(), inbound_config.clone(), ready);
-                let (addr, task) = inbound::serve(router, inbound_config.listen, inbound_stop.clone())
+                let (addr, task) = inbound::serve(router, inbound_config, inbound_stop.clone())
                     .await
                     .map_err(|e| StartError::Listen(inbound_config.listen, e))?;
                 tracing::info!(%addr, "inbound server listening");

@@ -134,7 +134,8 @@ pub fn verify(
         return Err(VerifyError::Missing);
     };
     let ts: i64 = ts.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-    if (now - ts).abs() > tolerance_s {
+    // abs_diff: any i64 may come in, and `now - ts` can overflow.
+    if now.abs_diff(ts) > tolerance_s.unsigned_abs() {
         return Err(VerifyError::Stale);
     }
     let ok = sig
@@ -216,6 +217,21 @@ mod tests {
             ),
             Err(VerifyError::Stale)
         );
+        // Timestamps at the ends of i64 are stale, not an overflow.
+        for ts in [i64::MIN, i64::MAX] {
+            let header = signature_header(std::slice::from_ref(&b), "id1", ts, b"{}");
+            let ts = ts.to_string();
+            let got = verify(
+                std::slice::from_ref(&b),
+                Some("id1"),
+                Some(&ts),
+                Some(&header),
+                b"{}",
+                100,
+                300,
+            );
+            assert_eq!(got, Err(VerifyError::Stale));
+        }
         assert_eq!(
             verify(&[b], None, Some("100"), Some(&header), b"{}", 100, 300),
             Err(VerifyError::Missing)

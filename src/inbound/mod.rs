@@ -2,17 +2,20 @@
 //! callbacks; each is authenticated before its body is parsed, recorded
 //! once and applied by its route's stored function (`webhooks.inbound_apply`,
 //! one transaction). Also `/healthz`, `/readyz`, `/metrics` and the OpenAPI
-//! document.
+//! document. Connections and their limits live in `server.rs`.
 
 pub mod auth;
+mod server;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,6 +25,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 use crate::db;
+
+pub use server::{serve, MAX_HEAD};
 
 /// The routes of the learning platform, served under `/api/webhooks/make/`.
 pub const MAKE_ROUTES: &[&str] = &[
@@ -47,6 +52,11 @@ pub struct InboundConfig {
     pub max_body: usize,
     /// How far a signed callback's timestamp may be from now.
     pub tolerance: Duration,
+    /// How long a client may take to send a request's head, and then its
+    /// body (408); idle keep-alive connections are closed after it too.
+    pub read_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// How long a callback may take to apply before we answer 503.
     pub apply_timeout: Duration,
 }
@@ -58,6 +68,8 @@ impl Default for InboundConfig {
             secret: None,
             max_body: 1024 * 1024,
             tolerance: Duration::from_secs(300),
+            read_timeout: Duration::from_secs(10),
+            max_connections: 256,
             apply_timeout: Duration::from_secs(30),
         }
     }
@@ -91,6 +103,7 @@ pub fn router(pool: Pool, config: InboundConfig, ready: Arc<dyn Fn() -> bool + S
                 )
             }),
         )
+        .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -142,6 +155,18 @@ async fn route_settings(
         .map(|r| (r.get(0), r.get(1))))
 }
 
+/// Whether `route` could name a route at all (`inbound_routes` holds
+/// `^[a-z0-9][a-z0-9_-]*$`); anything else, such as a name that is not
+/// UTF-8 or holds a NUL, is unknown without asking Postgres.
+fn plausible_route(route: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    route.bytes().next().is_some_and(allowed) && route.bytes().all(|b| allowed(b) || b == b'_' || b == b'-')
+}
+
+/// Keys longer than this are kept as their SHA-256 (a unique index entry
+/// has a size limit, and a key need not be readable to be unique).
+pub const MAX_KEY: usize = 200;
+
 /// The callback's identity: its `webhook-id` / `Idempotency-Key`, else the
 /// route's declared payload fields, else the body's SHA-256.
 pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, body: &[u8]) -> String {
@@ -151,8 +176,15 @@ pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, 
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.trim().is_empty())
     };
+    let bounded = |kind: &str, key: &str| {
+        if key.len() <= MAX_KEY {
+            format!("{kind}:{key}")
+        } else {
+            format!("{kind}-sha256:{}", sha256_hex(key.as_bytes()))
+        }
+    };
     if let Some(k) = header("webhook-id").or_else(|| header("idempotency-key")) {
-        return format!("id:{}", k.trim());
+        return bounded("id", k.trim());
     }
     if !fields.is_empty() {
         let values: Option<Vec<String>> = fields
@@ -164,23 +196,62 @@ pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, 
             })
             .collect();
         if let Some(values) = values {
-            return format!("fields:{}", values.join("|"));
+            return bounded("fields", &values.join("|"));
         }
     }
-    let digest = Sha256::digest(body);
-    format!(
-        "sha256:{}",
-        digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256:{}", sha256_hex(body))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a callback's body was not read.
+enum BodyError {
+    TooLarge,
+    TooSlow,
+    Broken,
+}
+
+/// The body, up to `max` bytes, within `patience`: a client that trickles
+/// or stalls is cut off, and no database connection is held meanwhile.
+async fn read_body(mut body: Body, max: usize, patience: Duration) -> Result<Bytes, BodyError> {
+    let read = async {
+        let mut buf = Vec::with_capacity(body.size_hint().lower().min(max as u64) as usize);
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+                continue; // trailers
+            };
+            if buf.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(Bytes::from(buf))
+    };
+    tokio::time::timeout(patience, read)
+        .await
+        .unwrap_or(Err(BodyError::TooSlow))
 }
 
 async fn callback(
     State(state): State<Arc<AppState>>,
-    Path(route): Path<String>,
+    route: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let route = match route {
+        Ok(Path(route)) if plausible_route(&route) => route,
+        _ => return failure(StatusCode::NOT_FOUND, "unknown route"),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.config.max_body as u64) {
+        return failure(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    }
     let settings = match route_settings(&state.pool, &route).await {
         Ok(Some(s)) => s,
         Ok(None) => return failure(StatusCode::NOT_FOUND, "unknown route"),
@@ -189,9 +260,14 @@ async fn callback(
             return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         }
     };
-    let body: Bytes = match axum::body::to_bytes(body, state.config.max_body).await {
+    let body = match read_body(body, state.config.max_body, state.config.read_timeout).await {
         Ok(b) => b,
-        Err(_) => return failure(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        Err(BodyError::TooLarge) => return failure(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        Err(BodyError::TooSlow) => {
+            tracing::info!(route, "inbound callback refused: the body did not arrive in time");
+            return failure(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time");
+        }
+        Err(BodyError::Broken) => return failure(StatusCode::BAD_REQUEST, "the body could not be read"),
     };
     let secret = settings
         .0
@@ -219,17 +295,20 @@ async fn callback(
         }
         return failure(StatusCode::UNAUTHORIZED, denied.message());
     }
+    // serde_json checks the JSON (UTF-8, at most 128 levels deep, numbers
+    // within f64 range); Postgres gets the text as sent, so no number is
+    // rounded on the way.
     let payload: Value = match serde_json::from_slice(&body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => return failure(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
         Err(e) => return failure(StatusCode::BAD_REQUEST, &format!("malformed JSON: {e}")),
     };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return failure(StatusCode::BAD_REQUEST, "malformed JSON: not UTF-8");
+    };
     let key = idempotency_key(&headers, &settings.1, &payload, &body);
-    let applied = tokio::time::timeout(
-        state.config.apply_timeout,
-        apply(&state.pool, &route, &key, &payload),
-    )
-    .await;
+    let applied =
+        tokio::time::timeout(state.config.apply_timeout, apply(&state.pool, &route, &key, text)).await;
     match applied {
         Ok(Ok((status, body))) => {
             let inbound_id = body.get("inboundId").and_then(Value::as_i64);
@@ -239,7 +318,10 @@ async fn callback(
                 body,
             )
         }
-        Ok(Err(db::DbError::Query(e))) if e.code().is_some_and(|c| c.code().starts_with("22")) => {
+        Ok(Err(db::DbError::Query(e)))
+            if e.code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("54")) =>
+        {
             // e.g. a \u0000 in a string: valid JSON that Postgres cannot store.
             let msg = e
                 .as_db_error()
@@ -264,31 +346,12 @@ async fn callback(
     }
 }
 
-async fn apply(pool: &Pool, route: &str, key: &str, payload: &Value) -> Result<(i32, Value), db::DbError> {
+/// Records and applies the callback; `payload` is the body's JSON text.
+async fn apply(pool: &Pool, route: &str, key: &str, payload: &str) -> Result<(i32, Value), db::DbError> {
     let client = pool.get().await?;
     let st = client
-        .prepare_cached("SELECT http_status, body FROM webhooks.inbound_apply($1, $2, $3)")
+        .prepare_cached("SELECT http_status, body FROM webhooks.inbound_apply($1, $2, $3::text::jsonb)")
         .await?;
-    let row = client.query_one(&st, &[&route, &key, payload]).await?;
+    let row = client.query_one(&st, &[&route, &key, &payload]).await?;
     Ok((row.get(0), row.get(1)))
-}
-
-/// Binds `config.listen` and serves until `shutdown`; returns the bound
-/// address at once.
-pub async fn serve(
-    router: Router,
-    listen: SocketAddr,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let handle = tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "inbound server stopped");
-        }
-    });
-    Ok((addr, handle))
 }

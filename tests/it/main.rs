@@ -9,6 +9,7 @@ mod example_app;
 mod example_routes;
 mod faults;
 mod inbound;
+mod inbound_corpus;
 mod migrate;
 mod operations;
 mod record;

@@ -102,6 +102,7 @@ SETS: list[dict[str, Any]] = [
         "values": {
             "replicaCount": 2,
             "secrets": {"create": False, "existingSecret": "pgwebhooks-credentials"},
+            "allowPrivateTargets": True,
             "serviceMonitor": {"enabled": True},
             "podDisruptionBudget": {"enabled": True},
         },
@@ -126,6 +127,9 @@ SCHEMA_REJECTS: list[tuple[str, dict[str, Any]]] = [
     ("unknown secret key", {"secrets": {"values": {"DATABASE_URI": "postgres://a@b/c"}}}),
     ("Make URL that is not a URL", {"secrets": {"values": {"MAKE_WEBHOOK_ERRORS_URL": "hook.make.com"}}}),
     ("shutdownGraceSeconds 0", {"shutdownGraceSeconds": 0}),
+    ("reserved config key (PGWEBHOOKS_ALLOW_PRIVATE_TARGETS)",
+     {"config": {"PGWEBHOOKS_ALLOW_PRIVATE_TARGETS": "true"}}),
+    ("allowPrivateTargets not a boolean", {"allowPrivateTargets": "true"}),
 ]
 # Values the templates must refuse with a message naming the setting: (description, values, part).
 RENDER_REJECTS: list[tuple[str, dict[str, Any], str]] = [
@@ -313,6 +317,9 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     c.check(env.get("PGWEBHOOKS_REPLICA", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             == "metadata.name", f"[{name}] PGWEBHOOKS_REPLICA from the pod name")
     c.check(env.get("PGWEBHOOKS_LISTEN", {}).get("value") == "0.0.0.0:8080", f"[{name}] PGWEBHOOKS_LISTEN")
+    allow = "true" if merged["allowPrivateTargets"] else "false"
+    c.check(env.get("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", {}).get("value") == allow,
+            f"[{name}] PGWEBHOOKS_ALLOW_PRIVATE_TARGETS = {allow} from allowPrivateTargets")
     grace = duration_seconds(env.get("PGWEBHOOKS_SHUTDOWN_GRACE", {}).get("value", "0s"))
     tgps = pod.get("terminationGracePeriodSeconds", 30)
     pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)

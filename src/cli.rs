@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use pgwebhooks::config::{parse_duration, DatabaseArgs};
+use pgwebhooks::config::{parse_duration, DatabaseArgs, TargetArgs};
 use pgwebhooks::db;
 use pgwebhooks::db::endpoints::NewEndpoint;
 use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
+use pgwebhooks::deliver::target::{self, TargetError};
 use pgwebhooks::endpoints::split_patterns;
 
 #[derive(Debug, Subcommand)]
@@ -18,7 +19,9 @@ pub enum EndpointCommand {
     Add {
         #[command(flatten)]
         db: DatabaseArgs,
-        /// Where to POST (http or https).
+        /// Where to POST (http or https, no user:password@). Its host must
+        /// not be, or resolve to, a private address unless
+        /// --allow-private-targets.
         #[arg(long)]
         url: String,
         /// Event types, comma-separated, `*` wildcards.
@@ -64,6 +67,8 @@ pub enum EndpointCommand {
         /// earlier one is delivered or dead).
         #[arg(long)]
         ordered: bool,
+        #[command(flatten)]
+        targets: TargetArgs,
     },
     /// List subscriptions (secrets hidden unless --show-secrets).
     List {
@@ -104,12 +109,26 @@ async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> 
     pool.get().await.context("connecting to the database")
 }
 
+/// The URL's form (never echoed: it may hold a credential).
 fn check_url(url: &str) -> anyhow::Result<()> {
-    let parsed = reqwest::Url::parse(url).with_context(|| format!("invalid --url {url:?}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        bail!("--url must be an http:// or https:// URL with a host, got {url:?}");
-    }
+    target::parse(url).map_err(|e| anyhow::anyhow!("invalid --url: {e}"))?;
     Ok(())
+}
+
+/// Resolves the URL's host and refuses a private target unless allowed. A
+/// host that does not resolve now is only a warning: the sidecar checks
+/// the addresses at every delivery.
+async fn check_target(url: &str, allow_private: bool) -> anyhow::Result<()> {
+    match target::check_resolved(url, allow_private).await {
+        Ok(_) => Ok(()),
+        Err(TargetError::Unresolved { host, source }) => {
+            eprintln!(
+                "warning: cannot resolve {host} now ({source}); its addresses are checked at every delivery"
+            );
+            Ok(())
+        }
+        Err(e) => bail!("endpoint not added: {e}"),
+    }
 }
 
 fn secret_or_new(secret: Option<String>) -> anyhow::Result<(String, bool)> {
@@ -140,6 +159,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             max_in_flight,
             rate_limit,
             ordered,
+            targets,
         } => {
             check_url(&url)?;
             let event_types = split_patterns(&[events]);
@@ -164,6 +184,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 bail!("--signature {bad:?}: use standard, sha256-hex or secret-header");
             }
             let (secret, generated) = secret_or_new(secret)?;
+            check_target(&url, targets.allow_private_targets).await?;
             let mut client = pool(&args).await?;
             let id = db::endpoints::add(
                 &mut client,

@@ -61,6 +61,19 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Which addresses endpoints may point at (`run` and `endpoint add`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct TargetArgs {
+    /// Allow endpoints on private, loopback, link-local, CGNAT and other
+    /// non-public addresses. By default a URL that is, or resolves to, such
+    /// an address is refused, when added and at every delivery; cloud
+    /// metadata addresses are refused even with this set. For tests, demos
+    /// and receivers inside your own network.
+    #[arg(long, env = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_private_targets: bool,
+}
+
 impl DatabaseArgs {
     /// The parsed connection settings, or a clear error saying what to set.
     pub fn connection(&self) -> Result<tokio_postgres::Config, ConfigError> {
@@ -244,6 +257,9 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_POOL_SIZE", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(2..=256))]
     pub pool_size: u32,
+
+    #[command(flatten)]
+    pub targets: TargetArgs,
 }
 
 /// How long to keep delivered history.
@@ -292,12 +308,17 @@ impl RunArgs {
         c.pool_size = self.pool_size as usize;
         c.deliver.retry_schedule = self.retry_schedule.0.clone();
         c.deliver.timeout = self.timeout;
+        c.deliver.allow_private_targets = self.targets.allow_private_targets;
         c.dispatch.max_in_flight = self.max_in_flight as usize;
         c.claim.batch_size = self.batch_size;
         c.claim.lease = self.lease;
         c.claim.poll_interval = self.poll_interval;
         c.shutdown_grace = self.shutdown_grace;
-        c.env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
+        let env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
+        env_endpoints
+            .check(self.targets.allow_private_targets)
+            .map_err(ConfigError::Invalid)?;
+        c.env_endpoints = env_endpoints;
         c.maintain.retention = self.retention.0;
         c.maintain.breaker_probe = self.breaker_probe;
         c.dispatch.breaker_failures = self.breaker_failures;

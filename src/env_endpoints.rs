@@ -1,7 +1,8 @@
 //! Endpoints declared in the environment (`MAKE_WEBHOOK_*_URL`,
 //! `WEBHOOK_URL`, `MAKE_WEBHOOK_ADMIN_URL`, `WEBHOOK_SECRET`), the way the
-//! learning platform configures its Make.com scenarios. Synced into
-//! `webhooks.endpoints` at start-up, idempotently, under an advisory lock.
+//! learning platform configures its Make.com scenarios. Checked like any
+//! endpoint URL (`deliver::target`), then synced into `webhooks.endpoints`
+//! at start-up, idempotently, under an advisory lock.
 
 use deadpool_postgres::GenericClient;
 
@@ -47,6 +48,18 @@ impl EnvEndpoints {
                 .filter(|s| !s.is_empty())
                 .map(crate::config::Secret::new),
         }
+    }
+}
+
+impl EnvEndpoints {
+    /// Checks each URL's form and, for an IP-literal host, its address (host
+    /// names are checked as they resolve, at every delivery). The message
+    /// names the variable, never the URL (a Make.com URL is a credential).
+    pub fn check(&self, allow_private: bool) -> Result<(), String> {
+        for (var, url) in &self.urls {
+            crate::deliver::target::check(url, allow_private).map_err(|e| format!("{var}: {e}"))?;
+        }
+        Ok(())
     }
 }
 

@@ -38,6 +38,8 @@ impl Sidecar {
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_LOG", "warn")
             .env("PGWEBHOOKS_REPLICA", replica)
+            // The receiver is on 127.0.0.1.
+            .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

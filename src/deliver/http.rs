@@ -1,19 +1,21 @@
 //! The HTTP side of an attempt: one shared client with keep-alive, no
-//! redirects, bounded timeouts, and at most `excerpt` bytes of the answer
-//! read.
+//! redirects, bounded timeouts, at most `excerpt` bytes of the answer
+//! read, and only allowed targets connected to (`target`: the URL is
+//! checked before sending, every DNS answer as it is used).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
 use super::retry::parse_retry_after;
-use super::sign;
+use super::{sign, target};
 use crate::endpoints::Endpoint;
 
 pub const USER_AGENT_VALUE: &str = concat!("pgwebhooks/", env!("CARGO_PKG_VERSION"));
 
 pub struct Http {
     client: reqwest::Client,
+    allow_private: bool,
 }
 
 /// What came back.
@@ -24,18 +26,18 @@ pub struct Sent {
     pub excerpt: String,
     pub retry_after: Option<Duration>,
     pub duration: Duration,
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Not sent: the URL is malformed or its target refused (`error` says
+    /// why). Retrying will not help.
+    pub refused: bool,
 }
 
 impl Http {
-    pub fn new() -> Http {
+    /// `allow_private`: private, loopback and link-local targets are allowed
+    /// (metadata services never are).
+    pub fn new(allow_private: bool) -> Http {
         install_crypto_provider();
         let client = reqwest::Client::builder()
+            .dns_resolver(target::Resolver::new(allow_private))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
@@ -43,7 +45,10 @@ impl Http {
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client");
-        Http { client }
+        Http {
+            client,
+            allow_private,
+        }
     }
 
     /// Signs and sends `body` to `endpoint`.
@@ -58,6 +63,16 @@ impl Http {
     ) -> Sent {
         let started = Instant::now();
         let mut sent = Sent::default();
+        // Endpoints may be inserted with SQL: check every URL here too.
+        let url = match target::check(&endpoint.url, self.allow_private) {
+            Ok(url) => url,
+            Err(e) => {
+                sent.error = Some(e.to_string());
+                sent.refused = true;
+                sent.duration = started.elapsed();
+                return sent;
+            }
+        };
         let headers = match headers(msg_id, endpoint, body, now) {
             Ok(h) => h,
             Err(e) => {
@@ -67,7 +82,7 @@ impl Http {
         };
         let request = self
             .client
-            .post(&endpoint.url)
+            .post(url)
             .headers(headers)
             .body(body.to_vec())
             .timeout(timeout);
@@ -99,7 +114,13 @@ impl Http {
                 }
                 sent.excerpt = String::from_utf8_lossy(&bytes).into_owned();
             }
-            Err(e) => sent.error = Some(describe(e.without_url(), timeout)),
+            Err(e) => match target::find_refused(&e) {
+                Some(refused) => {
+                    sent.error = Some(refused.to_string());
+                    sent.refused = true;
+                }
+                None => sent.error = Some(describe(e.without_url(), timeout)),
+            },
         }
         sent.duration = started.elapsed();
         sent

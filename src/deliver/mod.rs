@@ -1,12 +1,14 @@
 //! Delivering one job: sign, send, and decide what happens next.
 //!
-//! `sign` and `retry` are pure; `http` does the I/O. [`Deliverer::attempt`]
-//! turns a job into an [`Outcome`] and never touches the database.
+//! `sign`, `retry` and `target` (which addresses may be sent to) are pure;
+//! `http` does the I/O. [`Deliverer::attempt`] turns a job into an
+//! [`Outcome`] and never touches the database.
 
 pub mod body;
 pub mod http;
 pub mod retry;
 pub mod sign;
+pub mod target;
 
 use std::time::{Duration, SystemTime};
 
@@ -22,8 +24,11 @@ pub struct DeliverConfig {
     pub retry_schedule: Vec<Duration>,
     /// Per-attempt timeout (connect + send + response head).
     pub timeout: Duration,
-    /// Bytes of the response body kept on the attempt row.
+    /// Bytes of the response body kept on the attempt row (no more is read).
     pub excerpt_bytes: usize,
+    /// Send to private, loopback and link-local addresses too
+    /// (`PGWEBHOOKS_ALLOW_PRIVATE_TARGETS`); cloud metadata never.
+    pub allow_private_targets: bool,
 }
 
 impl Default for DeliverConfig {
@@ -32,6 +37,7 @@ impl Default for DeliverConfig {
             retry_schedule: retry::parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("valid default"),
             timeout: Duration::from_secs(10),
             excerpt_bytes: 1024,
+            allow_private_targets: false,
         }
     }
 }
@@ -55,7 +61,7 @@ pub struct Deliverer {
 impl Deliverer {
     pub fn new(config: DeliverConfig) -> Deliverer {
         Deliverer {
-            http: http::Http::new(),
+            http: http::Http::new(config.allow_private_targets),
             config,
         }
     }
@@ -104,7 +110,12 @@ impl Deliverer {
             duration_ms: sent.duration.as_secs_f64() * 1000.0,
             excerpt: Some(sent.excerpt.clone()).filter(|e| !e.is_empty()),
         });
-        let class = retry::classify(sent.status, &sent.excerpt, endpoint.make);
+        // A refused target stays refused: failed at once, retryable by hand.
+        let class = if sent.refused {
+            Class::Fatal
+        } else {
+            retry::classify(sent.status, &sent.excerpt, endpoint.make)
+        };
         let used = match job.source {
             crate::event::Source::Batch(_) => 1,
             crate::event::Source::Retry { used, .. } => used + 1,

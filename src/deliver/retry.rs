@@ -10,7 +10,8 @@ pub enum Class {
     /// 408, 425, 429, 5xx, timeouts, connection errors (and Make's
     /// `400 Queue is full`): try again later.
     Retryable,
-    /// Any other answer: retrying will not help.
+    /// Any other answer, or a refused target (`target`): retrying will
+    /// not help.
     Fatal,
     /// Make.com's 410: no scenario is listening; pause the endpoint.
     Gone,

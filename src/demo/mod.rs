@@ -132,6 +132,8 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
     ];
     config.claim.poll_interval = Duration::from_millis(250);
     config.shutdown_grace = Duration::from_secs(3);
+    // The demo's receiver is on 127.0.0.1.
+    config.deliver.allow_private_targets = true;
     config.inbound = Some(crate::inbound::InboundConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         secret: Some(crate::config::Secret::new(inbound_secret.clone())),

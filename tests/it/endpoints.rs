@@ -44,6 +44,7 @@ async fn endpoint_commands_add_list_disable_enable_rotate() {
             "--make",
             "--header",
             "x-make-apikey: k-123",
+            "--allow-private-targets",
         ],
     );
     assert!(ok, "{err}");

@@ -18,6 +18,7 @@ fn spawn_sidecar(url: &str) -> Child {
         .env("PGWEBHOOKS_LEASE", "5s")
         .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
         .env("PGWEBHOOKS_RETRY_SCHEDULE", "100ms,200ms,400ms")
+        .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
         .env("PGWEBHOOKS_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -110,6 +111,7 @@ async fn postgres_restarts_are_survived_without_restarting_the_sidecar() {
     config.claim.poll_interval = Duration::from_millis(200);
     config.deliver.timeout = Duration::from_secs(2);
     config.claim.lease = Duration::from_secs(10);
+    config.deliver.allow_private_targets = true;
     let running = sidecar::start(config).await;
     let mut seen = HashSet::new();
     for (round, mode) in ["fast", "immediate", "fast", "none"].iter().enumerate() {

@@ -12,4 +12,5 @@ mod inbound;
 mod inbound_corpus;
 mod migrate;
 mod operations;
+mod outgoing;
 mod record;

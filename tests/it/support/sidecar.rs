@@ -19,6 +19,8 @@ pub fn config(db: &TestDb) -> SidecarConfig {
     c.claim.lease = Duration::from_secs(10);
     c.claim.poll_interval = Duration::from_millis(200);
     c.shutdown_grace = Duration::from_secs(2);
+    // Every receiver of the tests is on 127.0.0.1.
+    c.deliver.allow_private_targets = true;
     c
 }
 

@@ -1,0 +1,599 @@
+//! Outgoing safety: which URLs and addresses a webhook may be sent to.
+//!
+//! An endpoint URL is `http` or `https`, has a host and carries no
+//! credentials. Unless private targets are allowed
+//! (`PGWEBHOOKS_ALLOW_PRIVATE_TARGETS`), an address that is loopback,
+//! private, link-local, shared (CGNAT), unspecified, documentation or
+//! reserved is refused — whether the URL names it literally or a host name
+//! resolves (or re-resolves: DNS rebinding) to it. Cloud metadata services
+//! and multicast/broadcast addresses are refused even then. The checks are
+//! pure functions of the address; [`Resolver`] applies them to every DNS
+//! answer the HTTP client uses, so what was checked is what is connected to.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use reqwest::Url;
+
+/// The setting that allows private targets, as error messages name it.
+pub const ALLOW_SETTING: &str = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS=true (--allow-private-targets)";
+
+/// Why an address is not an ordinary public one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Loopback,
+    Private,
+    LinkLocal,
+    /// 100.64.0.0/10, carrier-grade NAT.
+    Shared,
+    Unspecified,
+    /// Documentation and benchmarking ranges.
+    Documentation,
+    Reserved,
+    /// Never allowed: cloud metadata services hand out credentials.
+    Metadata,
+    /// Never allowed: not a unicast address.
+    Multicast,
+    Broadcast,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Loopback => "a loopback address",
+            Kind::Private => "a private address",
+            Kind::LinkLocal => "a link-local address",
+            Kind::Shared => "a shared (carrier-grade NAT) address",
+            Kind::Unspecified => "an unspecified address",
+            Kind::Documentation => "a documentation/benchmarking address",
+            Kind::Reserved => "a reserved address",
+            Kind::Metadata => "a cloud metadata address",
+            Kind::Multicast => "a multicast address",
+            Kind::Broadcast => "the broadcast address",
+        }
+    }
+
+    /// Allowed when private targets are.
+    pub fn allowed_when_private(self) -> bool {
+        !matches!(self, Kind::Metadata | Kind::Multicast | Kind::Broadcast)
+    }
+}
+
+/// A target refused for what it is or resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The host name, when the URL named one.
+    pub name: Option<String>,
+    /// The address, when one was refused (a metadata host name has none).
+    pub ip: Option<IpAddr>,
+    pub kind: Kind,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = self.kind.describe();
+        match (&self.name, self.ip) {
+            (Some(name), Some(ip)) => write!(f, "refused: {name} resolves to {ip}, {what}")?,
+            (None, Some(ip)) => write!(f, "refused: {ip} is {what}")?,
+            (Some(name), None) => write!(f, "refused: {name} is {what}")?,
+            (None, None) => write!(f, "refused: {what}")?,
+        }
+        if self.kind.allowed_when_private() {
+            write!(f, "; set {ALLOW_SETTING} to allow private targets")
+        } else {
+            f.write_str("; never allowed as a webhook target")
+        }
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Why an endpoint URL cannot be used. Messages never repeat the URL (a
+/// Make.com URL is a credential), only its host.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Only [`check_resolved`]: the host did not resolve (checked again at
+    /// every delivery).
+    #[error("cannot resolve {host}: {source}")]
+    Unresolved {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parses an endpoint URL and checks its form: `http` or `https`, a host,
+/// no `user:password@`.
+pub fn parse(url: &str) -> Result<Url, TargetError> {
+    let parsed = Url::parse(url.trim()).map_err(|e| TargetError::Invalid(format!("not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(TargetError::Invalid(format!(
+            "the URL must be http:// or https:// (not {}://)",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(TargetError::Invalid("the URL has no host".into()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(TargetError::Invalid(
+            "the URL carries credentials (user:password@); send them in a header instead \
+             (--header 'authorization: Basic …')"
+                .into(),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// What a URL's host is.
+enum Host<'a> {
+    Ip(IpAddr),
+    Name(&'a str),
+}
+
+fn host(url: &Url) -> Option<Host<'_>> {
+    let h = url.host_str()?;
+    // The URL parser normalises IPv4 forms (2130706433, 0x7f.1) to dotted
+    // quads and brackets IPv6 literals.
+    if let Some(v6) = h.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        return v6.parse().ok().map(|ip| Host::Ip(IpAddr::V6(ip)));
+    }
+    Some(match h.parse::<Ipv4Addr>() {
+        Ok(ip) => Host::Ip(IpAddr::V4(ip)),
+        Err(_) => Host::Name(h),
+    })
+}
+
+/// Everything that can be checked without DNS: the form, an IP-literal
+/// host, and metadata host names. Host names are checked as they resolve
+/// ([`Resolver`], [`check_resolved`]).
+pub fn check(url: &str, allow_private: bool) -> Result<Url, TargetError> {
+    let parsed = parse(url)?;
+    match host(&parsed) {
+        Some(Host::Ip(ip)) => check_ip(ip, allow_private).map_err(|kind| Refused {
+            name: None,
+            ip: Some(ip),
+            kind,
+        })?,
+        Some(Host::Name(name)) => check_name(name)?,
+        None => return Err(TargetError::Invalid("the URL has no host".into())),
+    }
+    Ok(parsed)
+}
+
+/// Host names of cloud metadata services (the addresses are refused too).
+const METADATA_NAMES: &[&str] = &[
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "instance-data",
+    "instance-data.ec2.internal",
+];
+
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Refuses metadata service names, before any lookup.
+pub fn check_name(name: &str) -> Result<(), Refused> {
+    let n = normalize(name);
+    if METADATA_NAMES.contains(&n.as_str()) {
+        return Err(Refused {
+            name: Some(n),
+            ip: None,
+            kind: Kind::Metadata,
+        });
+    }
+    Ok(())
+}
+
+/// Is this address allowed? `Err` says what it is.
+pub fn check_ip(ip: IpAddr, allow_private: bool) -> Result<(), Kind> {
+    match classify(ip) {
+        None => Ok(()),
+        Some(kind) if allow_private && kind.allowed_when_private() => Ok(()),
+        Some(kind) => Err(kind),
+    }
+}
+
+/// What an address is; `None` for an ordinary public address. An IPv6
+/// address embedding an IPv4 one (mapped, NAT64, 6to4) is what its IPv4
+/// address is.
+pub fn classify(ip: IpAddr) -> Option<Kind> {
+    match ip {
+        IpAddr::V4(v4) => classify_v4(v4),
+        IpAddr::V6(v6) => classify_v6(v6),
+    }
+}
+
+/// Addresses of metadata services: AWS/GCP/Azure/OpenStack/Oracle
+/// (169.254.169.254), AWS ECS task credentials (169.254.170.2), Alibaba
+/// (100.100.100.200), Azure's WireServer (168.63.129.16).
+const METADATA_V4: &[[u8; 4]] = &[
+    [169, 254, 169, 254],
+    [169, 254, 170, 2],
+    [100, 100, 100, 200],
+    [168, 63, 129, 16],
+];
+
+fn classify_v4(ip: Ipv4Addr) -> Option<Kind> {
+    let o = ip.octets();
+    if METADATA_V4.contains(&o) {
+        return Some(Kind::Metadata);
+    }
+    Some(match o {
+        [0, ..] => Kind::Unspecified,
+        [127, ..] => Kind::Loopback,
+        [10, ..] | [172, 16..=31, ..] | [192, 168, ..] => Kind::Private,
+        [169, 254, ..] => Kind::LinkLocal,
+        [100, 64..=127, ..] => Kind::Shared,
+        [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] | [198, 18..=19, ..] => Kind::Documentation,
+        [192, 0, 0, _] | [192, 88, 99, _] => Kind::Reserved,
+        [255, 255, 255, 255] => Kind::Broadcast,
+        [224..=239, ..] => Kind::Multicast,
+        [240..=255, ..] => Kind::Reserved,
+        _ => return None,
+    })
+}
+
+fn classify_v6(ip: Ipv6Addr) -> Option<Kind> {
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return classify_v4(v4);
+    }
+    let s = ip.segments();
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
+    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        return Some(Kind::Metadata);
+    }
+    Some(match s {
+        [0, 0, 0, 0, 0, 0, 0, 0] => Kind::Unspecified,
+        [0, 0, 0, 0, 0, 0, 0, 1] => Kind::Loopback,
+        // IPv4-compatible (deprecated) and IPv4-translated (SIIT).
+        [0, 0, 0, 0, 0, 0, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Kind::Reserved,
+        // NAT64 (well-known prefix) and 6to4 carry an IPv4 address.
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => return classify_v4(embedded(hi, lo)),
+        [0x2002, hi, lo, ..] => return classify_v4(embedded(hi, lo)),
+        [0x100, 0, 0, 0, ..] => Kind::Reserved,
+        [0x2001, 0xdb8, ..] | [0x3fff, 0..=0x0fff, ..] | [0x2001, 0x2, 0, ..] => Kind::Documentation,
+        [0x2001, 0..=0x1ff, ..] => Kind::Reserved,
+        [0xfc00..=0xfdff, ..] => Kind::Private,
+        [0xfe80..=0xfebf, ..] => Kind::LinkLocal,
+        [0xfec0..=0xfeff, ..] => Kind::Private,
+        [0xff00..=0xffff, ..] => Kind::Multicast,
+        _ => return None,
+    })
+}
+
+/// Keeps the allowed addresses of `name`'s DNS answer; refuses when none
+/// is left, naming the first refused address.
+pub fn filter(
+    name: &str,
+    addrs: impl IntoIterator<Item = SocketAddr>,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, Refused> {
+    let mut first_refused = None;
+    let allowed: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|a| match check_ip(a.ip(), allow_private) {
+            Ok(()) => true,
+            Err(kind) => {
+                first_refused.get_or_insert((a.ip(), kind));
+                false
+            }
+        })
+        .collect();
+    match first_refused {
+        Some((ip, kind)) if allowed.is_empty() => Err(Refused {
+            name: Some(normalize(name)),
+            ip: Some(ip),
+            kind,
+        }),
+        _ => Ok(allowed),
+    }
+}
+
+/// [`check`], then resolves a host name and applies [`filter`]: what
+/// `pgwebhooks endpoint add` runs.
+pub async fn check_resolved(url: &str, allow_private: bool) -> Result<Url, TargetError> {
+    let parsed = check(url, allow_private)?;
+    if let Some(Host::Name(name)) = host(&parsed) {
+        let addrs = tokio::net::lookup_host((name, 0))
+            .await
+            .map_err(|source| TargetError::Unresolved {
+                host: name.to_owned(),
+                source,
+            })?;
+        filter(name, addrs, allow_private)?;
+    }
+    Ok(parsed)
+}
+
+/// The HTTP client's DNS resolver: resolves through tokio (the system
+/// resolver) and drops refused addresses, so a name that resolves — now or
+/// after a rebinding — to a refused address is never connected to. The
+/// hosts of configured HTTP proxies (`HTTPS_PROXY`…) are the operator's
+/// choice and are not filtered.
+pub struct Resolver {
+    allow_private: bool,
+    proxies: Vec<String>,
+}
+
+impl Resolver {
+    pub fn new(allow_private: bool) -> Resolver {
+        Resolver {
+            allow_private,
+            proxies: proxy_hosts(),
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let name = name.as_str().to_owned();
+        let unfiltered = self.proxies.contains(&normalize(&name));
+        Box::pin(resolve_checked(name, unfiltered, self.allow_private))
+    }
+}
+
+async fn resolve_checked(
+    name: String,
+    unfiltered: bool,
+    allow_private: bool,
+) -> Result<reqwest::dns::Addrs, Box<dyn std::error::Error + Send + Sync>> {
+    if unfiltered {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+        return Ok(Box::new(addrs.into_iter()));
+    }
+    check_name(&name)?;
+    let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
+    Ok(Box::new(filter(&name, addrs, allow_private)?.into_iter()))
+}
+
+/// Hosts of the proxies reqwest takes from the environment.
+fn proxy_hosts() -> Vec<String> {
+    [
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .filter_map(|v| std::env::var(v).ok())
+    .filter(|v| !v.trim().is_empty())
+    .filter_map(|v| {
+        let v = v.trim();
+        Url::parse(v)
+            .ok()
+            .filter(|u| u.host_str().is_some())
+            .or_else(|| Url::parse(&format!("http://{v}")).ok())
+    })
+    .filter_map(|u| u.host_str().map(normalize))
+    .collect()
+}
+
+/// The refusal somewhere in an error's chain (the resolver's, wrapped by
+/// the HTTP client).
+pub fn find_refused<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<Refused>() {
+            return Some(r);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Kind::*;
+
+    #[test]
+    fn addresses() {
+        let cases: &[(&str, Option<Kind>)] = &[
+            ("8.8.8.8", None),
+            ("93.184.215.14", None),
+            ("172.15.255.255", None),
+            ("172.32.0.1", None),
+            ("100.63.255.255", None),
+            ("100.128.0.1", None),
+            ("223.255.255.255", None),
+            ("127.0.0.1", Some(Loopback)),
+            ("127.255.1.2", Some(Loopback)),
+            ("10.0.0.1", Some(Private)),
+            ("172.16.0.1", Some(Private)),
+            ("172.31.255.254", Some(Private)),
+            ("192.168.1.1", Some(Private)),
+            ("169.254.0.1", Some(LinkLocal)),
+            ("169.254.169.254", Some(Metadata)),
+            ("169.254.170.2", Some(Metadata)),
+            ("100.100.100.200", Some(Metadata)),
+            ("168.63.129.16", Some(Metadata)),
+            ("100.64.0.1", Some(Shared)),
+            ("100.127.255.255", Some(Shared)),
+            ("0.0.0.0", Some(Unspecified)),
+            ("0.1.2.3", Some(Unspecified)),
+            ("192.0.2.1", Some(Documentation)),
+            ("198.51.100.7", Some(Documentation)),
+            ("203.0.113.9", Some(Documentation)),
+            ("198.18.0.1", Some(Documentation)),
+            ("198.19.255.255", Some(Documentation)),
+            ("192.0.0.8", Some(Reserved)),
+            ("240.0.0.1", Some(Reserved)),
+            ("224.0.0.1", Some(Multicast)),
+            ("239.255.255.250", Some(Multicast)),
+            ("255.255.255.255", Some(Broadcast)),
+            ("2606:4700::1111", None),
+            ("2a00:1450:4001:80b::200e", None),
+            ("::", Some(Unspecified)),
+            ("::1", Some(Loopback)),
+            ("::ffff:10.0.0.1", Some(Private)),
+            ("::ffff:127.0.0.1", Some(Loopback)),
+            ("::ffff:169.254.169.254", Some(Metadata)),
+            ("::ffff:8.8.8.8", None),
+            ("::127.0.0.1", Some(Reserved)),
+            ("::ffff:0:a00:1", Some(Reserved)),
+            ("64:ff9b::a9fe:a9fe", Some(Metadata)),
+            ("64:ff9b::c0a8:101", Some(Private)),
+            ("64:ff9b::808:808", None),
+            ("2002:7f00:1::", Some(Loopback)),
+            ("2002:a00:1::1", Some(Private)),
+            ("2002:808:808::1", None),
+            ("fc00::1", Some(Private)),
+            ("fd12:3456::1", Some(Private)),
+            ("fd00:ec2::254", Some(Metadata)),
+            ("fe80::1", Some(LinkLocal)),
+            ("febf::1", Some(LinkLocal)),
+            ("fec0::1", Some(Private)),
+            ("ff02::1", Some(Multicast)),
+            ("2001:db8::1", Some(Documentation)),
+            ("3fff::1", Some(Documentation)),
+            ("2001:2::1", Some(Documentation)),
+            ("2001::1", Some(Reserved)),
+            ("100::1", Some(Reserved)),
+        ];
+        for (ip, kind) in cases {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(classify(parsed), *kind, "{ip}");
+        }
+    }
+
+    #[test]
+    fn the_setting_allows_private_but_never_metadata_or_multicast() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(check_ip(ip("8.8.8.8"), false), Ok(()));
+        assert_eq!(check_ip(ip("127.0.0.1"), false), Err(Loopback));
+        for allowed in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "::1",
+            "fe80::1",
+            "100.64.0.1",
+            "169.254.1.1",
+        ] {
+            assert_eq!(check_ip(ip(allowed), true), Ok(()), "{allowed}");
+        }
+        for refused in ["169.254.169.254", "fd00:ec2::254", "224.0.0.1", "255.255.255.255"] {
+            assert!(check_ip(ip(refused), true).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn url_form() {
+        for ok in [
+            "http://example.com/hook",
+            "https://hook.eu1.make.com/abc?x=1",
+            "HTTPS://Example.COM:8443/",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("ftp://example.com/", "http:// or https://"),
+            ("file:///etc/passwd", "http:// or https://"),
+            ("not a url", "not a URL"),
+            ("http://", "not a URL"),
+            ("https://user:pass@example.com/", "credentials"),
+            ("https://token@example.com/", "credentials"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+            assert!(
+                !e.contains("pass@") && !e.contains("token@"),
+                "never repeats credentials: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn literal_hosts_and_metadata_names() {
+        let refused = |url: &str, allow: bool| match check(url, allow) {
+            Err(TargetError::Refused(r)) => Some(r),
+            Ok(_) => None,
+            Err(e) => panic!("{url}: {e}"),
+        };
+        assert!(refused("https://example.com/", false).is_none());
+        assert!(refused("https://8.8.8.8/", false).is_none());
+        let r = refused("http://169.254.169.254/latest/meta-data/", false).unwrap();
+        assert_eq!(r.kind, Metadata);
+        assert_eq!(
+            r.to_string(),
+            "refused: 169.254.169.254 is a cloud metadata address; never allowed as a webhook target"
+        );
+        let r = refused("http://10.0.0.5:8080/hook", false).unwrap();
+        assert_eq!(
+            r.to_string(),
+            format!("refused: 10.0.0.5 is a private address; set {ALLOW_SETTING} to allow private targets")
+        );
+        assert!(refused("http://10.0.0.5:8080/hook", true).is_none());
+        // Other spellings of loopback, normalised by the URL parser.
+        for url in [
+            "http://2130706433/",
+            "http://0x7f.1/",
+            "http://127.1/",
+            "http://[::1]:80/",
+            "http://[::ffff:127.0.0.1]/",
+        ] {
+            assert_eq!(refused(url, false).map(|r| r.kind), Some(Loopback), "{url}");
+        }
+        assert_eq!(
+            refused("http://[::ffff:a00:1]/", false).map(|r| r.kind),
+            Some(Private)
+        );
+        for url in [
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://METADATA.google.internal./",
+            "http://metadata/",
+        ] {
+            let r = refused(url, true).unwrap();
+            assert_eq!(r.kind, Metadata, "{url}");
+            assert!(r.to_string().starts_with("refused: metadata"), "{r}");
+        }
+    }
+
+    #[test]
+    fn resolved_answers_keep_only_allowed_addresses() {
+        let sa = |s: &str| SocketAddr::new(s.parse().unwrap(), 0);
+        let mixed = [sa("10.0.0.1"), sa("93.184.215.14")];
+        assert_eq!(
+            filter("mixed.example", mixed, false),
+            Ok(vec![sa("93.184.215.14")])
+        );
+        let r = filter("Rebound.Example.", [sa("127.0.0.1"), sa("::1")], false).unwrap_err();
+        assert_eq!(
+            r.to_string(),
+            format!(
+                "refused: rebound.example resolves to 127.0.0.1, a loopback address; set {ALLOW_SETTING} \
+                 to allow private targets"
+            )
+        );
+        assert_eq!(filter("x", [sa("127.0.0.1")], true), Ok(vec![sa("127.0.0.1")]));
+        assert!(filter("x", [sa("169.254.169.254")], true).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_localhost_unless_allowed() {
+        use reqwest::dns::Resolve;
+        let err = Resolver::new(false)
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("refused");
+        let refused = find_refused(&*err).expect("a Refused in the chain");
+        assert_eq!(refused.kind, Loopback);
+        let addrs: Vec<SocketAddr> = Resolver::new(true)
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+        assert!(check_resolved("http://localhost:9/", false).await.is_err());
+        assert!(check_resolved("http://localhost:9/", true).await.is_ok());
+    }
+}

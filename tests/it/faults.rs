@@ -10,10 +10,30 @@ use crate::support::db::Cluster;
 use crate::support::sidecar::{self, endpoint, SECRET};
 use crate::support::{wait, Receiver, Reply, TestDb};
 
-fn spawn_sidecar(url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+/// A `pgwebhooks run` process, killed when dropped (a failed wait must not
+/// leave it running).
+struct Sidecar(Child);
+
+impl Sidecar {
+    /// SIGKILL, and reap it.
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_sidecar(url: &str) -> Sidecar {
+    let child = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
         .arg("run")
         .env("DATABASE_URL", url)
+        .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_TIMEOUT", "1s")
         .env("PGWEBHOOKS_LEASE", "5s")
         .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
@@ -24,7 +44,8 @@ fn spawn_sidecar(url: &str) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("spawn pgwebhooks run")
+        .expect("spawn pgwebhooks run");
+    Sidecar(child)
 }
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
@@ -54,8 +75,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         },
     )
     .await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill();
     let before = r.count();
     assert!(before < 3000, "killed mid-stream ({before} delivered)");
 
@@ -89,8 +109,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         },
     )
     .await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     // Duplicates are possible (at least once) but carry the same webhook-id,
     // so the distinct count is exact.
     assert_eq!(seen.len(), 3000);

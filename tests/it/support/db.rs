@@ -134,6 +134,12 @@ impl Cluster {
         Cluster { config, pg }
     }
 
+    /// A `postgres://` URL of the `app` database, for processes.
+    #[allow(dead_code)] // used by tests/fault_injection.rs
+    pub fn url(&self) -> String {
+        self.pg.url("app")
+    }
+
     /// `pg_ctl restart -m <mode>` (`fast` or `immediate`).
     pub fn restart(&self, mode: &str) {
         self.pg.restart(mode).unwrap_or_else(|e| panic!("{e}"));

@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench pipeline              # full run, ~12 minutes
 //! cargo bench --bench pipeline -- --quick   # scaled down for CI, ~1.5 minutes
+//! cargo bench --bench pipeline -- --only trigger,latency   # just those scenarios
 //! ```
 //!
 //! It needs the PostgreSQL server binaries (PATH or
@@ -198,6 +199,10 @@ async fn run(b: &mut Bench, r: &mut Report) {
         ),
     ];
     for (key, stmt, clients, what) in ratios {
+        if !wanted(key) {
+            r.skip(key, "not selected by --only");
+            continue;
+        }
         r.heading(&format!("{key}: {what}, {secs} s per side"));
         // Waiting for a bulk run's backlog would take minutes; the drain
         // scenarios check delivery.
@@ -214,101 +219,129 @@ async fn run(b: &mut Bench, r: &mut Report) {
         }
     }
 
-    r.heading(&format!("drain_per_s: {drain_n} committed events, one sidecar"));
-    let one = match b.drain(drain_n, 1).await {
-        Ok(d) => {
-            r.drain("one sidecar", &d);
-            r.set("drain_per_s", d.per_s);
-            match plain_8c {
-                Some(p) => r.set("drain_vs_insert_rate", d.per_s / p),
-                None => r.skip("drain_vs_insert_rate", "the 8-client insert rate is missing"),
+    let one = if !wanted("drain_per_s") && !wanted("replicas_2_over_1") {
+        r.skip("drain_per_s", "not selected by --only");
+        r.skip("drain_vs_insert_rate", "not selected by --only");
+        None
+    } else {
+        r.heading(&format!("drain_per_s: {drain_n} committed events, one sidecar"));
+        match b.drain(drain_n, 1).await {
+            Ok(d) => {
+                r.drain("one sidecar", &d);
+                r.set("drain_per_s", d.per_s);
+                match plain_8c {
+                    Some(p) => r.set("drain_vs_insert_rate", d.per_s / p),
+                    None => r.skip("drain_vs_insert_rate", "the 8-client insert rate is missing"),
+                }
+                Some(d.per_s)
             }
-            Some(d.per_s)
-        }
-        Err(e) => {
-            r.fail_or_skip("drain_per_s", e);
-            r.skip("drain_vs_insert_rate", "the drain did not complete");
-            None
+            Err(e) => {
+                r.fail_or_skip("drain_per_s", e);
+                r.skip("drain_vs_insert_rate", "the drain did not complete");
+                None
+            }
         }
     };
 
-    r.heading("http_ceiling_per_s: the receiver alone under plain HTTP load");
-    match b.ceiling().await {
-        Ok(c) => {
-            r.note(format!("load generator: {}", c.tool));
-            r.set("http_ceiling_per_s", c.per_s);
-        }
-        Err(e) => r.skip("http_ceiling_per_s", &e.to_string()),
-    }
-
-    r.heading(&format!(
-        "latency: commit → receipt, {lrate} emit()/s offered for {lsecs} s"
-    ));
-    match b.latency().await {
-        Ok(l) => {
-            r.latency(&l);
-            r.set("latency_p50_ms", l.p50);
-            r.set("latency_p99_ms", l.p99);
-        }
-        Err(e) => {
-            r.fail_or_skip("latency_p50_ms", e);
-            r.skip("latency_p99_ms", "the latency run did not complete");
+    if !wanted("http_ceiling_per_s") {
+        r.skip("http_ceiling_per_s", "not selected by --only");
+    } else {
+        r.heading("http_ceiling_per_s: the receiver alone under plain HTTP load");
+        match b.ceiling().await {
+            Ok(c) => {
+                r.note(format!("load generator: {}", c.tool));
+                r.set("http_ceiling_per_s", c.per_s);
+            }
+            Err(e) => r.skip("http_ceiling_per_s", &e.to_string()),
         }
     }
 
-    r.heading(&format!(
-        "backlog_1m_ratio: {large} pending ÷ {small} pending; rss_mb"
-    ));
-    let small_rate = match b.drain(small, 1).await {
-        Ok(d) => {
-            r.drain("small backlog", &d);
-            Some(d.per_s)
-        }
-        Err(e) => {
-            r.fail_or_skip("backlog_1m_ratio", e);
-            None
-        }
-    };
-    match b.drain(large, 1).await {
-        Ok(d) => {
-            r.drain("large backlog", &d);
-            r.set("rss_mb", d.rss_mb);
-            match small_rate {
-                Some(s) => r.set("backlog_1m_ratio", d.per_s / s),
-                None => r.skip("backlog_1m_ratio", "the small drain did not complete"),
+    if !wanted("latency_p50_ms") && !wanted("latency_p99_ms") {
+        r.skip("latency_p50_ms", "not selected by --only");
+        r.skip("latency_p99_ms", "not selected by --only");
+    } else {
+        r.heading(&format!(
+            "latency: commit → receipt, {lrate} emit()/s offered for {lsecs} s"
+        ));
+        match b.latency().await {
+            Ok(l) => {
+                r.latency(&l);
+                r.set("latency_p50_ms", l.p50);
+                r.set("latency_p99_ms", l.p99);
+            }
+            Err(e) => {
+                r.fail_or_skip("latency_p50_ms", e);
+                r.skip("latency_p99_ms", "the latency run did not complete");
             }
         }
-        Err(e) => {
-            r.skip("rss_mb", "the large drain did not complete");
-            if small_rate.is_some() {
+    }
+
+    if !wanted("backlog_1m_ratio") && !wanted("rss_mb") {
+        r.skip("backlog_1m_ratio", "not selected by --only");
+        r.skip("rss_mb", "not selected by --only");
+    } else {
+        r.heading(&format!(
+            "backlog_1m_ratio: {large} pending ÷ {small} pending; rss_mb"
+        ));
+        let small_rate = match b.drain(small, 1).await {
+            Ok(d) => {
+                r.drain("small backlog", &d);
+                Some(d.per_s)
+            }
+            Err(e) => {
                 r.fail_or_skip("backlog_1m_ratio", e);
+                None
+            }
+        };
+        match b.drain(large, 1).await {
+            Ok(d) => {
+                r.drain("large backlog", &d);
+                r.set("rss_mb", d.rss_mb);
+                match small_rate {
+                    Some(s) => r.set("backlog_1m_ratio", d.per_s / s),
+                    None => r.skip("backlog_1m_ratio", "the small drain did not complete"),
+                }
+            }
+            Err(e) => {
+                r.skip("rss_mb", "the large drain did not complete");
+                if small_rate.is_some() {
+                    r.fail_or_skip("backlog_1m_ratio", e);
+                }
             }
         }
     }
 
-    r.heading(&format!(
-        "replicas_2_over_1: {drain_n} committed events, two sidecars"
-    ));
-    match b.drain(drain_n, 2).await {
-        Ok(d) => {
-            r.drain("two sidecars", &d);
-            match one {
-                Some(one) => r.set("replicas_2_over_1", d.per_s / one),
-                None => r.skip("replicas_2_over_1", "the one-sidecar drain did not complete"),
+    if !wanted("replicas_2_over_1") {
+        r.skip("replicas_2_over_1", "not selected by --only");
+    } else {
+        r.heading(&format!(
+            "replicas_2_over_1: {drain_n} committed events, two sidecars"
+        ));
+        match b.drain(drain_n, 2).await {
+            Ok(d) => {
+                r.drain("two sidecars", &d);
+                match one {
+                    Some(one) => r.set("replicas_2_over_1", d.per_s / one),
+                    None => r.skip("replicas_2_over_1", "the one-sidecar drain did not complete"),
+                }
             }
+            Err(e) => r.fail_or_skip("replicas_2_over_1", e),
         }
-        Err(e) => r.fail_or_skip("replicas_2_over_1", e),
     }
 
-    r.heading(&format!(
-        "dead_tuples_after_soak: {srate} emit()/s for {ssecs} s, read {swait} s later"
-    ));
-    match b.soak().await {
-        Ok(s) => {
-            r.soak(&s);
-            r.set("dead_tuples_after_soak", s.dead as f64);
+    if !wanted("dead_tuples_after_soak") {
+        r.skip("dead_tuples_after_soak", "not selected by --only");
+    } else {
+        r.heading(&format!(
+            "dead_tuples_after_soak: {srate} emit()/s for {ssecs} s, read {swait} s later"
+        ));
+        match b.soak().await {
+            Ok(s) => {
+                r.soak(&s);
+                r.set("dead_tuples_after_soak", s.dead as f64);
+            }
+            Err(e) => r.fail_or_skip("dead_tuples_after_soak", e),
         }
-        Err(e) => r.fail_or_skip("dead_tuples_after_soak", e),
     }
 
     let stats = &b.receiver.stats;
@@ -320,8 +353,26 @@ async fn run(b: &mut Bench, r: &mut Report) {
     if bad > 0 {
         let examples = stats.bad_examples.lock().unwrap().join("; ");
         r.failure(format!("{bad} bad signatures, e.g. {examples}"));
-    } else if verified == 0 {
+    } else if verified == 0 && std::env::args().all(|a| a != "--only") {
         r.failure("no signature was ever verified".into());
+    }
+}
+
+/// Whether `--only a,b` (JSON keys or their prefixes) selects scenario `key`;
+/// without `--only`, every scenario runs. For working on one figure: the
+/// closing notes quote full runs.
+fn wanted(key: &str) -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--only") {
+        None => true,
+        Some(i) => args
+            .get(i + 1)
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .any(|p| !p.is_empty() && key.starts_with(p))
+            })
+            .unwrap_or(false),
     }
 }
 

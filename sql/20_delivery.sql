@@ -6,6 +6,18 @@
 --   first attempts: batch_claim -> (HTTP) -> delivery_insert + batch_complete
 --   retries:        delivery_claim -> (HTTP) -> delivery_record
 -- No function here is ever called with a transaction open across HTTP.
+--
+-- The sidecar's bookkeeping (claims, outcomes) commits asynchronously:
+-- batch_claim, batch_rescue, batch_complete, delivery_insert, delivery_claim
+-- and delivery_record set synchronous_commit = off for their transaction
+-- (set_config(..., true), so only that transaction). A commit is visible to
+-- every session at once either way; what changes is that it does not wait
+-- for its WAL flush, so it no longer competes with the app's commits for
+-- the disk. A Postgres crash can lose the last moments of bookkeeping
+-- (at most 3 x wal_writer_delay), always as a consistent prefix; the effect
+-- is a delivery made again with the same webhook-id, never a lost event:
+-- events are committed by the app's own transaction, and inbound callbacks
+-- (inbound_apply) commit synchronously before they are answered.
 
 -- Subscriptions changed: bump the version (transactionally) and tell the
 -- replicas to reload.
@@ -55,6 +67,7 @@ DECLARE
     bid       bigint;
     ver       bigint;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
     SELECT c.txid, c.seq INTO cur_txid, cur_seq FROM webhooks.fanout_cursor c FOR UPDATE;
     horizon := pg_snapshot_xmin(pg_current_snapshot());
     SELECT p.txid, p.seq INTO last_txid, last_seq
@@ -103,6 +116,7 @@ DECLARE
     b   webhooks.fanout_batches;
     ver bigint;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
     UPDATE webhooks.fanout_batches fb SET claimed_by = replica, lease_until = now + lease
      WHERE fb.id = (SELECT x.id FROM webhooks.fanout_batches x WHERE x.lease_until < now
                      ORDER BY x.id LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -129,6 +143,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
         WITH d AS (DELETE FROM webhooks.fanout_batches b
                     WHERE b.id = ANY (ids) AND b.claimed_by = replica RETURNING 1)
         SELECT count(*)::integer INTO n FROM d;
@@ -163,6 +178,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
         WITH u AS (
             SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
                                  status_codes, errors, started_ats, durations_ms, excerpts,
@@ -220,6 +236,7 @@ CREATE OR REPLACE FUNCTION webhooks.delivery_claim(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
     RETURN QUERY
         WITH picked AS (
             SELECT p.id
@@ -281,6 +298,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
         WITH u AS (
             SELECT * FROM unnest(ids, statuses, attempt_counts, next_attempt_ats, status_codes, errors,
                                  started_ats, durations_ms, excerpts)

@@ -27,7 +27,17 @@ pub struct ClaimConfig {
     pub poll_interval: Duration,
     /// Jobs held in memory before claiming pauses.
     pub max_in_memory: usize,
+    /// Longest pause before claiming again while events arrive faster than
+    /// [`LINGER_FROM_PER_S`]: bigger batches for the same database work.
+    /// Zero claims as soon as the previous batch is handed over.
+    pub linger: Duration,
 }
+
+/// Below this arrival rate (events/s) the fan-out loop never lingers: each
+/// event goes out as soon as it can (latency first).
+pub const LINGER_FROM_PER_S: f64 = 2000.0;
+/// The batch a linger aims for.
+const LINGER_TARGET_EVENTS: f64 = 256.0;
 
 impl Default for ClaimConfig {
     fn default() -> Self {
@@ -36,6 +46,7 @@ impl Default for ClaimConfig {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_in_memory: 4000,
+            linger: Duration::from_millis(8),
         }
     }
 }
@@ -203,14 +214,27 @@ impl Claimer {
     }
 
     /// The fan-out loop: claim while there is work; otherwise announce
-    /// idleness and wait for a notification or the poll interval.
+    /// idleness and wait for a notification or the poll interval. Under a
+    /// steady stream faster than [`LINGER_FROM_PER_S`] it pauses briefly
+    /// between partial batches ([`Pace`]).
     pub async fn run_fanout(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(50);
+        let mut pace = Pace::new(self.config.linger, self.config.batch_size as usize);
         while !shutdown.is_cancelled() {
             self.wait_for_room(&shutdown).await;
             match self.fanout_once().await {
-                Ok(c) if c.events > 0 => backoff = Duration::from_millis(50),
+                Ok(c) if c.events > 0 => {
+                    backoff = Duration::from_millis(50);
+                    let linger = pace.claimed(c.events, Instant::now());
+                    if !linger.is_zero() {
+                        tokio::select! {
+                            _ = tokio::time::sleep(linger) => {}
+                            _ = shutdown.cancelled() => {}
+                        }
+                    }
+                }
                 Ok(_) => {
+                    pace.idle();
                     if let Err(error) = self.idle(&shutdown).await {
                         tracing::warn!(%error, "idle wait failed");
                         self.pause(&shutdown, &mut backoff).await;
@@ -306,6 +330,64 @@ impl Claimer {
     }
 }
 
+/// How long to wait before the next claim, from the rate events arrive at.
+///
+/// Each fan-out batch costs a few milliseconds of database work whatever its
+/// size, so a stream of tiny batches (a busy app's commits, claimed as fast
+/// as they come) costs the app several times what the same events cost in
+/// batches of hundreds. When events arrive faster than
+/// [`LINGER_FROM_PER_S`], the loop waits up to `max` between partial batches
+/// (the time for about [`LINGER_TARGET_EVENTS`] to arrive): latency grows by
+/// at most `max` under that load, and not at all below it. A full batch
+/// (a backlog) never waits.
+#[derive(Debug)]
+pub struct Pace {
+    max: Duration,
+    full: usize,
+    last: Option<Instant>,
+    /// Smoothed arrival rate, events/s.
+    rate: f64,
+}
+
+impl Pace {
+    pub fn new(max: Duration, full: usize) -> Pace {
+        Pace {
+            max,
+            full,
+            last: None,
+            rate: 0.0,
+        }
+    }
+
+    /// A batch of `events` was claimed at `now`; returns the pause before
+    /// the next claim.
+    pub fn claimed(&mut self, events: usize, now: Instant) -> Duration {
+        let Some(last) = self.last.replace(now) else {
+            return Duration::ZERO;
+        };
+        if events >= self.full || self.max.is_zero() {
+            return Duration::ZERO;
+        }
+        let dt = now.duration_since(last).as_secs_f64().max(1e-4);
+        let rate = events as f64 / dt;
+        self.rate = if self.rate == 0.0 {
+            rate
+        } else {
+            0.7 * self.rate + 0.3 * rate
+        };
+        if self.rate < LINGER_FROM_PER_S {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(LINGER_TARGET_EVENTS / self.rate).min(self.max)
+    }
+
+    /// The loop found nothing: the stream paused, start measuring afresh.
+    pub fn idle(&mut self) {
+        self.last = None;
+        self.rate = 0.0;
+    }
+}
+
 /// Keeps the subscriptions current: reloads on a `config` notification, and
 /// every `every` in case one was missed.
 pub async fn run_config(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
@@ -359,5 +441,56 @@ impl Claimer {
             self.signals.retry.notify_one();
         }
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(pace: &mut Pace, events: usize, every: Duration, times: usize) -> Duration {
+        let start = Instant::now();
+        let mut out = Duration::ZERO;
+        for i in 0..times {
+            out = pace.claimed(events, start + every * i as u32);
+        }
+        out
+    }
+
+    #[test]
+    fn a_slow_stream_is_never_held_back() {
+        let mut pace = Pace::new(Duration::from_millis(8), 500);
+        // 3 events every 3 ms: 1,000 events/s.
+        assert_eq!(run(&mut pace, 3, Duration::from_millis(3), 50), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_fast_stream_waits_for_bigger_batches_but_never_longer_than_the_limit() {
+        let mut pace = Pace::new(Duration::from_millis(8), 500);
+        // 12 events every 2 ms: 6,000 events/s; 256 of them take ~43 ms.
+        assert_eq!(
+            run(&mut pace, 12, Duration::from_millis(2), 50),
+            Duration::from_millis(8)
+        );
+        // 100,000 events/s: 256 arrive in ~2.6 ms.
+        let mut pace = Pace::new(Duration::from_millis(8), 500);
+        let d = run(&mut pace, 100, Duration::from_millis(1), 50);
+        assert!(
+            d > Duration::from_millis(2) && d < Duration::from_millis(3),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn full_batches_and_a_zero_limit_never_wait_and_idleness_resets() {
+        let mut pace = Pace::new(Duration::from_millis(8), 500);
+        assert_eq!(run(&mut pace, 500, Duration::from_millis(2), 20), Duration::ZERO);
+        let mut off = Pace::new(Duration::ZERO, 500);
+        assert_eq!(run(&mut off, 12, Duration::from_millis(2), 20), Duration::ZERO);
+        let mut pace = Pace::new(Duration::from_millis(8), 500);
+        assert!(!run(&mut pace, 12, Duration::from_millis(2), 20).is_zero());
+        pace.idle();
+        // The first batch after a pause never waits.
+        assert_eq!(pace.claimed(12, Instant::now()), Duration::ZERO);
     }
 }

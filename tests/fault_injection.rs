@@ -413,8 +413,6 @@ struct Written {
     /// Order ids whose INSERT was acknowledged by COMMIT.
     acked_ids: Vec<i64>,
     errors: u64,
-    /// The first error, to show when nothing could be written.
-    first_error: Option<String>,
 }
 
 /// One app connection: single-row orders, some 20-row INSERTs, and status
@@ -426,6 +424,7 @@ async fn writer(
     seed: u64,
     events: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    last_error: Arc<Mutex<Option<String>>>,
 ) -> Written {
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut out = Written::default();
@@ -440,10 +439,7 @@ async fn writer(
                 Ok(c) => client = Some(c),
                 Err(e) => {
                     out.errors += 1;
-                    if out.first_error.is_none() {
-                        eprintln!("  writer {seed}: first error: {e}");
-                        out.first_error = Some(e.to_string());
-                    }
+                    *last_error.lock().unwrap() = Some(format!("{e:?}"));
                     continue;
                 }
             }
@@ -479,10 +475,7 @@ async fn writer(
         };
         if let Err(e) = result {
             out.errors += 1;
-            if out.first_error.is_none() {
-                eprintln!("  writer {seed}: first error: {e:?}");
-                out.first_error = Some(format!("{e:?}"));
-            }
+            *last_error.lock().unwrap() = Some(format!("{e:?}"));
             client = None;
         }
     }
@@ -646,6 +639,8 @@ async fn run(opts: Opts) {
 
     let events = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // The writers' latest error: shown while nothing could be written.
+    let last_error = Arc::new(Mutex::new(None::<String>));
     let per_writer = opts.rate_per_s as f64 / opts.writers as f64;
     let writers: Vec<_> = (0..opts.writers)
         .map(|i| {
@@ -655,6 +650,7 @@ async fn run(opts: Opts) {
                 opts.seed.wrapping_add(i as u64 + 1),
                 events.clone(),
                 stop.clone(),
+                last_error.clone(),
             ))
         })
         .collect();
@@ -685,11 +681,16 @@ async fn run(opts: Opts) {
         }
         let done: u32 = injector.done.values().sum();
         if done.is_multiple_of(10) {
+            let written = events.load(Ordering::SeqCst);
             println!(
-                "  {:>5.1}s  {done} faults, {} events written",
+                "  {:>5.1}s  {done} faults, {written} events written",
                 started.elapsed().as_secs_f64(),
-                events.load(Ordering::SeqCst)
             );
+            if written == 0 {
+                if let Some(e) = last_error.lock().unwrap().as_ref() {
+                    println!("  nothing written yet; the writers' latest error: {e}");
+                }
+            }
         }
     }
     let faults_over = started.elapsed();

@@ -443,10 +443,15 @@ $$;
 -- After a listener marks itself idle: is there work it would miss, and has
 -- every transaction that could have seen it busy ended? (horizon >= the
 -- xmax taken right after the idle flag committed.)
+-- Planned afresh at every call (force_custom_plan): the sidecar calls it at
+-- every idle wait, and after five calls plpgsql may keep a generic plan,
+-- which for "past the cursor" is a sequential scan of the whole outbox
+-- (its cost then grows with the history; the cursor values make the custom
+-- plan an index scan that finds nothing at once).
 CREATE OR REPLACE FUNCTION webhooks.fanout_probe(
     OUT has_work boolean, OUT horizon bigint, OUT xmax bigint
 )
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     cur_txid xid8;
     cur_seq  bigint;

@@ -23,9 +23,11 @@ $$;
 
 -- What is waiting, per endpoint; plus a row (endpoint_id NULL) for events
 -- not yet handed to any replica.
--- Events past the fan-out cursor (read first, so the scan uses the index).
+-- Events past the fan-out cursor (read first, so the scan uses the index;
+-- planned at every call, as fanout_probe is: a generic plan scans the
+-- whole outbox, and the sidecar's gauges call this every few seconds).
 CREATE OR REPLACE FUNCTION webhooks.fanout_pending(OUT events bigint, OUT oldest timestamptz)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     cur_txid xid8;
     cur_seq  bigint;

@@ -333,3 +333,52 @@ async fn two_sidecars_deliver_5000_events_without_duplicates() {
         "{by_replica:?}"
     );
 }
+
+/// The sidecar calls `fanout_probe()` at every idle wait and the backlog's
+/// `fanout_pending()` for its gauges, thousands of times per session. After
+/// five calls Postgres may switch a plpgsql statement to a generic plan,
+/// which for "events past the cursor" was a sequential scan of the whole
+/// outbox: each idle wait then cost time in proportion to the history (the
+/// benchmark's soak: p50 2.5 ms → 20.6 ms over 300,000 events). Both must
+/// keep reading the index however often they are called.
+#[tokio::test]
+async fn the_idle_probe_and_the_backlog_count_never_scan_the_outbox() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    emit(&c, 5000, "history.kept").await;
+    c.batch_execute(
+        "ANALYZE webhooks.events;
+         UPDATE webhooks.fanout_cursor SET (txid, seq) =
+             (SELECT txid, seq FROM webhooks.events ORDER BY txid DESC, seq DESC LIMIT 1);",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    for _ in 0..12 {
+        let has_work: bool = c
+            .query_one("SELECT has_work FROM webhooks.fanout_probe()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!has_work);
+        let pending: i64 = c
+            .query_one("SELECT events FROM webhooks.fanout_pending()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pending, 0);
+    }
+    // This transaction's own scans of the outbox.
+    let (seq_scans, idx_scans): (i64, i64) = c
+        .query_one(
+            "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables
+              WHERE relid = 'webhooks.events'::regclass",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(seq_scans, 0, "sequential scans of webhooks.events");
+    assert!(idx_scans >= 24, "{idx_scans} index scans");
+}

@@ -3,7 +3,7 @@
 //! (`performance.md`).
 //!
 //! ```sh
-//! cargo bench --bench pipeline              # full run, ~12 minutes
+//! cargo bench --bench pipeline              # full run, ~10 minutes
 //! cargo bench --bench pipeline -- --quick   # scaled down for CI, ~1.5 minutes
 //! cargo bench --bench pipeline -- --only trigger,latency   # just those scenarios
 //! ```

@@ -6,6 +6,7 @@
 //! cargo bench --bench pipeline              # full run, ~10 minutes
 //! cargo bench --bench pipeline -- --quick   # scaled down for CI, ~1.5 minutes
 //! cargo bench --bench pipeline -- --only trigger,latency   # just those scenarios
+//! cargo bench --bench pipeline -- --only trigger --sidecar-env PGWEBHOOKS_BATCH_LINGER=0   # A/B a setting
 //! ```
 //!
 //! It needs the PostgreSQL server binaries (PATH or

@@ -41,6 +41,7 @@ impl Sidecar {
             // The receiver is on 127.0.0.1.
             .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
             .env("NO_COLOR", "1")
+            .envs(extra_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file))
@@ -216,4 +217,19 @@ pub fn machine_busy() -> Option<Duration> {
     // user nice system idle iowait irq softirq steal
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0.0);
     Some(Duration::from_secs_f64(busy / clock_ticks()))
+}
+
+/// `--sidecar-env KEY=VALUE` (repeatable): settings for the sidecar under
+/// test, for comparing one against another (e.g.
+/// `--sidecar-env PGWEBHOOKS_BATCH_LINGER=0`). The figures the README and
+/// closing notes quote come from runs without it.
+fn extra_env() -> Vec<(String, String)> {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .filter(|w| w[0] == "--sidecar-env")
+        .map(|w| match w[1].split_once('=') {
+            Some((k, v)) if !k.is_empty() => (k.to_owned(), v.to_owned()),
+            _ => panic!("--sidecar-env needs KEY=VALUE, got {:?}", w[1]),
+        })
+        .collect()
 }

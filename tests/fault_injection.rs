@@ -30,7 +30,6 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pgwebhooks::deliver::sign::{self, SigningKey};
 use support::db::Cluster;
-use support::sidecar::{endpoint, SECRET};
+use support::sidecar::{self, endpoint, Process, SECRET};
 use tokio_postgres::Client;
 
 /// The sidecar's per-attempt timeout; slow answers take longer than this.
@@ -312,7 +311,7 @@ async fn answer(state: &ReceiverState, path: &str, headers: &HeaderMap, body: &[
 struct Replica {
     name: String,
     listen: SocketAddr,
-    child: Child,
+    child: Process,
     /// Times this program killed and restarted it.
     restarts: u32,
 }
@@ -324,18 +323,15 @@ struct Replicas {
 }
 
 impl Replicas {
-    fn spawn(&self, name: &str, listen: SocketAddr) -> Child {
+    fn spawn(&self, name: &str, listen: SocketAddr) -> Process {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{name}.log")))
             .expect("replica log file");
-        Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
-            .arg("run")
-            .env("DATABASE_URL", &self.url)
+        let child = sidecar::run_command(&self.url)
             .env("PGWEBHOOKS_REPLICA", name)
             .env("PGWEBHOOKS_LISTEN", listen.to_string())
-            .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
             .env("PGWEBHOOKS_TIMEOUT", format!("{}ms", TIMEOUT.as_millis()))
             .env("PGWEBHOOKS_LEASE", "5s")
             .env("PGWEBHOOKS_POLL_INTERVAL", "500ms")
@@ -346,13 +342,12 @@ impl Replicas {
             )
             .env("PGWEBHOOKS_BREAKER_PROBE", "2s")
             .env("PGWEBHOOKS_SHUTDOWN_GRACE", "2s")
-            .env("PGWEBHOOKS_LOG", "warn")
             .env("PGWEBHOOKS_LOG_FORMAT", "text")
-            .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("spawn pgwebhooks run")
+            .expect("spawn pgwebhooks run");
+        Process(child)
     }
 
     fn start(url: String, logs: PathBuf, n: usize) -> Replicas {
@@ -379,22 +374,13 @@ impl Replicas {
     /// happen inside the process.
     fn check_alive(&mut self) {
         for r in &mut self.all {
-            if let Some(status) = r.child.try_wait().unwrap() {
+            if let Some(status) = r.child.0.try_wait().unwrap() {
                 panic!(
                     "replica {} exited by itself ({status}); see {}",
                     r.name,
                     self.logs.join(format!("{}.log", r.name)).display()
                 );
             }
-        }
-    }
-}
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for r in &mut self.all {
-            let _ = r.child.kill();
-            let _ = r.child.wait();
         }
     }
 }
@@ -532,8 +518,7 @@ impl Injector {
             Fault::Kill => {
                 let i = self.rng.usize(..self.replicas.all.len());
                 let r = &mut self.replicas.all[i];
-                r.child.kill().unwrap(); // SIGKILL
-                r.child.wait().unwrap();
+                r.child.kill(); // SIGKILL
                 tokio::time::sleep(hold).await; // the fault's duration: a replica down for a while
                 let (name, listen) = (r.name.clone(), r.listen);
                 let child = self.replicas.spawn(&name, listen);

@@ -3,49 +3,25 @@
 //! attempts in flight.
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::db::Cluster;
-use crate::support::sidecar::{self, endpoint, SECRET};
+use crate::support::sidecar::{self, endpoint, Process, SECRET};
 use crate::support::{wait, Receiver, Reply, TestDb};
 
-/// A `pgwebhooks run` process, killed when dropped (a failed wait must not
-/// leave it running).
-struct Sidecar(Child);
-
-impl Sidecar {
-    /// SIGKILL, and reap it.
-    fn kill(&mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_sidecar(url: &str) -> Sidecar {
-    let child = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
-        .arg("run")
-        .env("DATABASE_URL", url)
+fn spawn_sidecar(url: &str) -> Process {
+    let child = sidecar::run_command(url)
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_TIMEOUT", "1s")
         .env("PGWEBHOOKS_LEASE", "5s")
         .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
         .env("PGWEBHOOKS_RETRY_SCHEDULE", "100ms,200ms,400ms")
-        .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
-        .env("PGWEBHOOKS_LOG", "warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn pgwebhooks run");
-    Sidecar(child)
+    Process(child)
 }
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {

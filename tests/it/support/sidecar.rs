@@ -1,6 +1,7 @@
 //! Running the sidecar in-process (the same `Sidecar::start` as
-//! production) and adding endpoints.
+//! production) or as a `pgwebhooks run` process, and adding endpoints.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use pgwebhooks::sidecar::{Sidecar, SidecarConfig};
@@ -113,4 +114,35 @@ pub async fn statuses(c: &Client, endpoint_id: i64) -> Vec<(String, i64)> {
     .iter()
     .map(|r| (r.get(0), r.get(1)))
     .collect()
+}
+
+/// `pgwebhooks run` against `url` with what every process test shares
+/// (receivers on loopback, warnings only); the caller adds its settings.
+pub fn run_command(url: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"));
+    cmd.arg("run")
+        .env("DATABASE_URL", url)
+        .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
+        .env("PGWEBHOOKS_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A sidecar process, killed when dropped (a failed wait must not leave
+/// it running).
+pub struct Process(pub Child);
+
+impl Process {
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -1,8 +1,43 @@
 -- Capture: how app writes become rows in webhooks.events.
 --
 -- Applied by `pgwebhooks migrate` after the migrations, every time (every
--- statement here is idempotent). Functions are SECURITY DEFINER with a fixed
--- search_path so the app's role needs no grant on schema webhooks.
+-- statement here is idempotent).
+--
+-- Who runs what (the README's "Roles and grants" says the same for users):
+-- * webhooks.capture() is the one trigger function every watched table
+--   calls. It is SECURITY DEFINER, owned by webhooks_capture: a NOLOGIN role
+--   that can insert into webhooks.events, read the idle flag and nothing
+--   else. Whatever the table's owner can make capture run (a cast to json on
+--   a type it owns, a payload function) runs with those rights only, never
+--   with the migrate role's.
+-- * Nothing is generated per table: a table's options travel as the
+--   trigger's arguments (string literals in pg_trigger), so no table, column
+--   or option name is ever spliced into code.
+-- * watch() runs with the caller's rights and only the table's owner (or a
+--   member of that role) may call it; webhooks_app holds the grants it needs.
+
+-- The roles. Creating them needs CREATEROLE (or a superuser) once; after
+-- that, migrate needs only to be a member of webhooks_capture.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'webhooks_capture') THEN
+        CREATE ROLE webhooks_capture NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'webhooks_app') THEN
+        CREATE ROLE webhooks_app NOLOGIN;
+    END IF;
+    IF NOT pg_has_role(current_user, 'webhooks_capture', 'MEMBER') THEN
+        EXECUTE format('GRANT webhooks_capture TO %I', current_user);
+    END IF;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE EXCEPTION 'pgwebhooks: role % cannot create or grant the roles webhooks_capture and webhooks_app', current_user
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = format('Run once as a superuser: CREATE ROLE webhooks_capture NOLOGIN; CREATE ROLE webhooks_app NOLOGIN; GRANT webhooks_capture TO %I;', current_user);
+END
+$$;
+GRANT USAGE ON SCHEMA webhooks TO webhooks_capture, webhooks_app;
+GRANT INSERT ON webhooks.events TO webhooks_capture;
+GRANT SELECT ON webhooks.listeners TO webhooks_capture;
 
 -- Wake an idle sidecar. Listeners set webhooks.listeners.idle just before
 -- they wait on LISTEN; while every listener is busy, writers skip the NOTIFY
@@ -17,16 +52,43 @@ BEGIN
 END
 $$;
 
+-- An origin claimed by the setting webhooks.origin, if this transaction
+-- really is applying that callback: webhooks.inbound_apply() records the
+-- callback (row webhooks.inbound_id) in this same transaction before it sets
+-- the origin. Any session can SET webhooks.origin; only the sidecar's
+-- inbound path can also have written that row, so a forged origin is
+-- ignored (NULL: the write counts as the app's own).
+CREATE OR REPLACE FUNCTION webhooks.origin_verified(claimed text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rec text := current_setting('webhooks.inbound_id', true);
+BEGIN
+    IF claimed IS NULL OR claimed = '' OR rec IS NULL OR rec !~ '^[0-9]{1,18}$' THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT 'inbound/' || i.route FROM webhooks.inbound i
+             WHERE i.id = rec::bigint AND 'inbound/' || i.route = claimed
+               AND i.xmin::text::bigint = pg_current_xact_id()::text::numeric % 4294967296);
+END
+$$;
+
 -- The origin of writes in this transaction: NULL for the app's own writes,
 -- 'inbound/<route>' for writes made while applying a callback.
 CREATE OR REPLACE FUNCTION webhooks.current_origin() RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT nullif(current_setting('webhooks.origin', true), '')
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claimed text := current_setting('webhooks.origin', true);
+BEGIN
+    IF claimed IS NULL OR claimed = '' THEN
+        RETURN NULL;
+    END IF;
+    RETURN webhooks.origin_verified(claimed);
+END
 $$;
 
 -- Emit one event from the app's own code (a trigger, a procedure, a
 -- statement). watch() is the fast path for whole tables; emit() is for
--- events that need joins or custom shapes.
+-- events that need joins or custom shapes. Granted to webhooks_app only.
 CREATE OR REPLACE FUNCTION webhooks.emit(
     event_type   text,
     payload      jsonb,
@@ -86,8 +148,8 @@ BEGIN
     IF opts ? 'ops' THEN
         IF jsonb_typeof(opts->'ops') <> 'array' OR jsonb_array_length(opts->'ops') = 0
            OR EXISTS (SELECT 1 FROM jsonb_array_elements(opts->'ops') o
-                      WHERE jsonb_typeof(o) <> 'string' OR o #>> '{}' NOT IN ('insert', 'update', 'delete')) THEN
-            RAISE EXCEPTION 'webhooks.watch: "ops" must be a non-empty array of "insert", "update", "delete"'
+                      WHERE jsonb_typeof(o) <> 'string' OR o #>> '{}' NOT IN ('insert', 'update', 'delete', 'truncate')) THEN
+            RAISE EXCEPTION 'webhooks.watch: "ops" must be a non-empty array of "insert", "update", "delete", "truncate"'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END IF;
@@ -127,9 +189,9 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         FOR k IN SELECT jsonb_object_keys(opts->'names') LOOP
-            IF k NOT IN ('insert', 'update', 'delete', 'status') THEN
+            IF k NOT IN ('insert', 'update', 'delete', 'status', 'truncate') THEN
                 RAISE EXCEPTION 'webhooks.watch: unknown key "%" in "names"', k USING ERRCODE = 'invalid_parameter_value',
-                    HINT = 'Keys are insert, update, delete, status.';
+                    HINT = 'Keys are insert, update, delete, status, truncate.';
             END IF;
             IF jsonb_typeof(opts->'names'->k) <> 'string'
                OR opts->'names'->>k !~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$' THEN
@@ -146,40 +208,214 @@ BEGIN
 END
 $$;
 
--- Attach capture to a table. Calling it again replaces the options.
--- Generates one trigger function per operation, specialised to the table
--- (names, excluded columns, key columns baked in), run FOR EACH STATEMENT
--- over transition tables: a 10,000-row INSERT is one INSERT ... SELECT.
+-- The capture trigger of every watched table, FOR EACH STATEMENT over
+-- transition tables: a 10,000-row INSERT is one INSERT ... SELECT. Its
+-- arguments are the table's options, written by watch() (webhooks.watched
+-- reads them back):
+--   0 entity          1 options (json, as given)  2 attribute numbers (json)
+--   3 created type    4 updated type              5 deleted type
+--   6 status type ('' = <entity>.<new value>)     7 tenant column ('' none)
+--   8 excluded columns (text[])                   9 key columns (text[])
+--  10 status column ('' none)  11 update filter columns (text[], '' = any)
+--  12 truncated type
+-- PL/pgSQL compiles a trigger function once per trigger, so every table
+-- gets its own cached plans. An UPDATE pairs old and new rows by key; a row
+-- whose key changed has no partner and is emitted as deleted (old key) and
+-- created (new key), so no change is ever skipped.
+CREATE OR REPLACE FUNCTION webhooks.capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
+DECLARE
+    tcol  text    := nullif(TG_ARGV[7], '');
+    excl  text[]  := TG_ARGV[8];
+    keys  text[]  := TG_ARGV[9];
+    k1    text    := keys[1];
+    multi boolean := cardinality(keys) > 1;
+    src   text    := quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME);
+    org   text    := nullif(current_setting('webhooks.origin', true), '');
+    scol  text;
+    cols  text[];
+BEGIN
+    IF org IS NOT NULL THEN
+        org := webhooks.origin_verified(org);
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
+        SELECT TG_ARGV[3], s.j ->> tcol, org, src,
+               CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                       FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+                    ELSE s.j ->> k1 END,
+               s.j - excl
+          FROM (SELECT to_jsonb(r) AS j FROM new_rows r) s;
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
+        SELECT TG_ARGV[5], s.j ->> tcol, org, src,
+               CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                       FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+                    ELSE s.j ->> k1 END,
+               s.j - excl
+          FROM (SELECT to_jsonb(r) AS j FROM old_rows r) s;
+    ELSIF TG_OP = 'UPDATE' THEN
+        scol := nullif(TG_ARGV[10], '');
+        cols := nullif(TG_ARGV[11], '')::text[];
+        INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
+        SELECT CASE WHEN x.oj IS NULL THEN TG_ARGV[3]
+                    WHEN x.j IS NULL THEN TG_ARGV[5]
+                    WHEN scol IS NOT NULL AND x.c ? scol
+                        THEN coalesce(nullif(TG_ARGV[6], ''),
+                                      TG_ARGV[0] || '.' || nullif(regexp_replace(lower(x.j ->> scol), '[^a-z0-9_.:-]+', '_', 'g'), ''),
+                                      TG_ARGV[4])
+                    ELSE TG_ARGV[4] END,
+               coalesce(x.j, x.oj) ->> tcol, org, src, x.k, coalesce(x.j, x.oj) - excl, x.c - excl
+          FROM (SELECT n.j, o.j AS oj, coalesce(n.k, o.k) AS k,
+                       CASE WHEN n.j IS NOT NULL AND o.j IS NOT NULL THEN
+                           (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.j) e
+                             WHERE n.j -> e.key IS DISTINCT FROM e.value) END AS c
+                  FROM (SELECT s.j, CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                                            FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+                                         ELSE s.j ->> k1 END AS k
+                          FROM (SELECT to_jsonb(r) AS j FROM new_rows r) s) n
+                  FULL JOIN
+                       (SELECT s.j, CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                                            FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+                                         ELSE s.j ->> k1 END AS k
+                          FROM (SELECT to_jsonb(r) AS j FROM old_rows r) s) o
+                    ON o.k = n.k
+                OFFSET 0) x
+         WHERE x.j IS NULL OR x.oj IS NULL
+            OR CASE WHEN cols IS NULL THEN x.c IS NOT NULL
+                    ELSE x.c ?| cols OR (scol IS NOT NULL AND x.c ? scol) END;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
+        VALUES (TG_ARGV[12], NULL, org, src, NULL, '{}'::jsonb);
+    END IF;
+    IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+        PERFORM pg_notify('webhooks', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- A row as the payload it would be captured as, computed with
+-- webhooks_capture's rights (for resend: a cast the table's owner defined
+-- never runs with the caller's rights).
+CREATE OR REPLACE FUNCTION webhooks.row_payload(r anyelement) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT to_jsonb(r)
+$$;
+
+-- Ownership and EXECUTE: capture code belongs to the role that can do
+-- nothing else; migrate is a member of it, so it can still replace them.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOREACH f IN ARRAY ARRAY['webhooks.capture()'::regprocedure, 'webhooks.row_payload(anyelement)'::regprocedure] LOOP
+        IF (SELECT proowner FROM pg_proc WHERE oid = f) <> 'webhooks_capture'::regrole THEN
+            -- Changing an owner needs the new owner to be able to create in
+            -- the schema: granted for this statement only.
+            GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
+            EXECUTE format('ALTER FUNCTION %s OWNER TO webhooks_capture', f);
+            REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
+        END IF;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION webhooks.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.row_payload(anyelement) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.wake() FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.origin_verified(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.capture() TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.wake() TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.origin_verified(text) TO webhooks_capture, webhooks_app;
+
+-- The arguments of a trigger (pg_trigger.tgargs: NUL-terminated strings).
+CREATE OR REPLACE FUNCTION webhooks.trigger_args(args bytea) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    out text[] := '{}';
+    p   integer;
+BEGIN
+    LOOP
+        p := position('\x00'::bytea IN args);
+        EXIT WHEN p = 0;
+        out := out || convert_from(substring(args FROM 1 FOR p - 1), 'UTF8');
+        args := substring(args FROM p + 1);
+    END LOOP;
+    RETURN out;
+END
+$$;
+
+-- Which tables are captured, and how: read from the capture triggers
+-- themselves, so it can never disagree with what runs.
+CREATE OR REPLACE VIEW webhooks.watched AS
+SELECT DISTINCT ON (t.tgrelid) t.tgrelid::regclass AS target, a[1] AS entity, a[2]::jsonb AS options,
+       a[3]::jsonb AS attnums
+  FROM pg_trigger t CROSS JOIN LATERAL webhooks.trigger_args(t.tgargs) a
+ WHERE t.tgfoid = 'webhooks.capture()'::regprocedure
+ ORDER BY t.tgrelid, t.oid;
+
+-- Drop a table's capture triggers (internal): ours by function, whatever
+-- their names, and those of pgwebhooks versions that generated code.
+CREATE OR REPLACE FUNCTION webhooks.unwatch_triggers(target regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT tgname FROM pg_trigger
+              WHERE tgrelid = target AND NOT tgisinternal
+                AND (tgfoid = 'webhooks.capture()'::regprocedure
+                     OR tgname IN ('webhooks_capture_insert', 'webhooks_capture_update', 'webhooks_capture_delete'))
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, target);
+    END LOOP;
+END
+$$;
+
+-- Only the table's owner (or a member of the owning role, a superuser
+-- included) may change what its writes emit.
+CREATE OR REPLACE FUNCTION webhooks.watch_check_owner(target regclass, what text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner oid;
+BEGIN
+    SELECT c.relowner INTO owner FROM pg_class c WHERE c.oid = target;
+    IF NOT pg_has_role(current_user, owner, 'USAGE') THEN
+        RAISE EXCEPTION 'webhooks.%: only the owner of % (role %) may change its capture; % is not a member of it',
+                        what, target, owner::regrole, current_user
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Call it as the table''s owner (SET ROLE to it), or have a superuser call it.';
+    END IF;
+END
+$$;
+
+-- Attach capture to a table. Calling it again replaces the options. Runs
+-- with the caller's rights: the table's owner (which needs the role
+-- webhooks_app, for the EXECUTE on webhooks.capture()) or a superuser.
 CREATE OR REPLACE FUNCTION webhooks.watch(target regclass, entity text, options jsonb DEFAULT '{}') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    rel      record;
     opts     jsonb;
     ops      text[];
-    relkind  "char";
     pk       text[];
-    tbl      text := target::text;
-    fn       text;
-    key_expr text;
-    key_join text;
-    excl     text;
-    tenant   text;
-    origin   text := 'webhooks.current_origin()';
-    wake     text := 'IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN PERFORM pg_notify(''webhooks'', ''''); END IF;';
-    evname   text;
-    changed  text;
-    body     text;
-    op       text;
+    nums     jsonb;
+    args     text;
+    names    jsonb;
 BEGIN
-    SELECT c.relkind INTO relkind FROM pg_class c WHERE c.oid = target;
-    IF relkind NOT IN ('r', 'p') THEN
+    SELECT c.relkind, c.relnamespace INTO rel FROM pg_class c WHERE c.oid = target;
+    IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'webhooks.watch: % is not a table', target USING ERRCODE = 'wrong_object_type';
     END IF;
-    IF target::oid IN (SELECT c.oid FROM pg_class c WHERE c.relnamespace = 'webhooks'::regnamespace) THEN
+    IF rel.relnamespace = 'webhooks'::regnamespace THEN
         RAISE EXCEPTION 'webhooks.watch: % belongs to pgwebhooks itself', target USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM webhooks.watch_check_owner(target, 'watch');
     opts := webhooks.watch_options(target, entity, options);
+    names := coalesce(opts->'names', '{}');
     ops := CASE WHEN opts ? 'ops' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'ops'))
-                ELSE ARRAY['insert', 'update', 'delete'] END;
+                ELSE ARRAY['insert', 'update', 'delete', 'truncate'] END;
 
     SELECT array_agg(a.attname::text ORDER BY k.ord) INTO pk
       FROM pg_index i
@@ -192,185 +428,206 @@ BEGIN
                   HINT = 'Add a primary key, or watch only inserts and deletes: {"ops": ["insert", "delete"]}.';
     END IF;
 
-    -- Pieces shared by the generated functions; r is the row.
-    key_expr := CASE
-        WHEN pk IS NULL THEN 'NULL::text'
-        WHEN cardinality(pk) = 1 THEN format('r.%I::text', pk[1])
-        ELSE format('jsonb_build_array(%s)::text', (SELECT string_agg(format('r.%I', c), ', ') FROM unnest(pk) c))
-    END;
-    key_join := (SELECT string_agg(format('o.%I = r.%I', c, c), ' AND ') FROM unnest(pk) c);
-    excl := CASE WHEN opts ? 'exclude' AND jsonb_array_length(opts->'exclude') > 0
-                 THEN format(' - %L::text[]', ARRAY(SELECT jsonb_array_elements_text(opts->'exclude')))
-                 ELSE '' END;
-    tenant := CASE WHEN opts ? 'tenant_column' THEN format('j->>%L', opts->>'tenant_column') ELSE 'NULL::text' END;
-    fn := 'capture_' || target::oid;
+    -- The columns the options name, by attribute number, so that renaming
+    -- a column later (webhooks.on_ddl) keeps its meaning: an excluded column
+    -- stays excluded under its new name.
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+               'exclude', (SELECT jsonb_agg(a.attnum) FROM pg_attribute a
+                            WHERE a.attrelid = target AND a.attname::text IN (SELECT jsonb_array_elements_text(opts->'exclude'))),
+               'columns', (SELECT jsonb_agg(a.attnum) FROM pg_attribute a
+                            WHERE a.attrelid = target AND a.attname::text IN (SELECT jsonb_array_elements_text(opts->'columns'))),
+               'status_column', (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = target AND a.attname::text = opts->>'status_column'),
+               'tenant_column', (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = target AND a.attname::text = opts->>'tenant_column')))
+      INTO nums;
+
+    -- Every argument is a quoted literal: nothing here becomes code.
+    args := concat_ws(', ',
+        quote_literal(entity), quote_literal(opts::text), quote_literal(nums::text),
+        quote_literal(coalesce(names->>'insert', entity || '.created')),
+        quote_literal(coalesce(names->>'update', entity || '.updated')),
+        quote_literal(coalesce(names->>'delete', entity || '.deleted')),
+        quote_literal(coalesce(names->>'status', '')),
+        quote_literal(coalesce(opts->>'tenant_column', '')),
+        quote_literal(ARRAY(SELECT jsonb_array_elements_text(coalesce(opts->'exclude', '[]')))::text),
+        quote_literal(coalesce(pk, '{}')::text),
+        quote_literal(coalesce(opts->>'status_column', '')),
+        quote_literal(CASE WHEN opts ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'columns'))::text ELSE '' END),
+        quote_literal(coalesce(names->>'truncate', entity || '.truncated')));
 
     PERFORM webhooks.unwatch_triggers(target);
-
     IF 'insert' = ANY (ops) THEN
-        evname := coalesce(opts->'names'->>'insert', entity || '.created');
-        body := format($f$
-    INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
-    SELECT %L, %s, %s, %L, k, j%s
-      FROM (SELECT to_jsonb(r) AS j, %s AS k FROM new_rows r) s;
-    %s$f$, evname, tenant, origin, tbl, excl, key_expr, wake);
-        PERFORM webhooks.define_capture(fn || '_insert', body, tbl);
         EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.%I()', target, fn || '_insert');
+                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
     END IF;
-
-    IF 'delete' = ANY (ops) THEN
-        evname := coalesce(opts->'names'->>'delete', entity || '.deleted');
-        body := format($f$
-    INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
-    SELECT %L, %s, %s, %L, k, j%s
-      FROM (SELECT to_jsonb(r) AS j, %s AS k FROM old_rows r) s;
-    %s$f$, evname, tenant, origin, tbl, excl, key_expr, wake);
-        PERFORM webhooks.define_capture(fn || '_delete', body, tbl);
-        EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.%I()', target, fn || '_delete');
-    END IF;
-
     IF 'update' = ANY (ops) THEN
-        -- Which changes emit: any column, or only the listed ones (a status
-        -- change always emits when a status_column is set).
-        changed := 'c IS NOT NULL';
-        IF opts ? 'columns' THEN
-            changed := format('c ?| %L::text[]', ARRAY(SELECT jsonb_array_elements_text(opts->'columns')));
-            IF opts ? 'status_column' THEN
-                changed := changed || format(' OR c ? %L', opts->>'status_column');
-            END IF;
-        END IF;
-        evname := format('%L', coalesce(opts->'names'->>'update', entity || '.updated'));
-        IF opts ? 'status_column' THEN
-            evname := format('CASE WHEN c ? %1$L THEN %2$s ELSE %3$s END', opts->>'status_column',
-                CASE WHEN opts->'names' ? 'status' THEN format('%L', opts->'names'->>'status')
-                     ELSE format('coalesce(%L || lower(j->>%L), %s)', entity || '.', opts->>'status_column', evname) END,
-                evname);
-        END IF;
-        body := format($f$
-    INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
-    SELECT %s, %s, %s, %L, k, j%s, c%s
-      FROM (SELECT n.j, n.k,
-                   (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(n.oj) e
-                     WHERE n.j -> e.key IS DISTINCT FROM e.value) AS c
-              FROM (SELECT to_jsonb(r) AS j, to_jsonb(o) AS oj, %s AS k
-                      FROM new_rows r JOIN old_rows o ON %s
-                    OFFSET 0) n) s
-     WHERE %s;
-    %s$f$, evname, tenant, origin, tbl, excl, excl, key_expr, key_join, changed, wake);
-        PERFORM webhooks.define_capture(fn || '_update', body, tbl);
         EXECUTE format('CREATE TRIGGER webhooks_capture_update AFTER UPDATE ON %s '
                        'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.%I()', target, fn || '_update');
+                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
     END IF;
-
-    INSERT INTO webhooks.watched AS w (target, entity, options)
-    VALUES (target, entity, opts)
-    ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE SET entity = excluded.entity, options = excluded.options, updated_at = now();
-END
-$$;
-
--- Create one generated capture function (internal to watch()).
-CREATE OR REPLACE FUNCTION webhooks.define_capture(name text, body text, tbl text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $def$
-BEGIN
-    EXECUTE format($f$CREATE OR REPLACE FUNCTION webhooks.%I() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $body$
--- Generated by webhooks.watch(%L); call watch() again to change it.
-BEGIN%s
-    RETURN NULL;
-END
-$body$$f$, name, tbl, body);
-END
-$def$;
-
--- Drop the capture triggers and their functions (internal).
-CREATE OR REPLACE FUNCTION webhooks.unwatch_triggers(target regclass) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
-DECLARE
-    op text;
-BEGIN
-    FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'webhooks_capture_' || op, target);
-        EXECUTE format('DROP FUNCTION IF EXISTS webhooks.%I()', 'capture_' || target::oid || '_' || op);
-    END LOOP;
+    IF 'delete' = ANY (ops) THEN
+        EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
+    END IF;
+    IF 'truncate' = ANY (ops) THEN
+        EXECUTE format('CREATE TRIGGER webhooks_capture_truncate AFTER TRUNCATE ON %s '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
+    END IF;
 END
 $$;
 
 -- Stop capturing a table. Events already written stay in the outbox.
 CREATE OR REPLACE FUNCTION webhooks.unwatch(target regclass) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was boolean;
 BEGIN
+    PERFORM webhooks.watch_check_owner(target, 'unwatch');
+    was := EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = target AND t.tgfoid = 'webhooks.capture()'::regprocedure);
     PERFORM webhooks.unwatch_triggers(target);
-    DELETE FROM webhooks.watched w WHERE w.target = unwatch.target;
-    RETURN FOUND;
+    RETURN was;
 END
 $$;
 
--- Regenerate the capture of every watched table (run by `migrate`, so
--- watched tables always run the current version's generated code).
+-- A watched table's options with the names its columns have now (found by
+-- attribute number): renamed columns keep their role; an excluded column
+-- stays excluded under its old name too (fail closed); a status or tenant
+-- column that is gone is an error, since capture would silently change.
+CREATE OR REPLACE FUNCTION webhooks.watch_options_now(target regclass) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w    record;
+    opts jsonb;
+    k    text;
+    col  text;
+BEGIN
+    SELECT * INTO w FROM webhooks.watched x WHERE x.target = watch_options_now.target;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    opts := w.options;
+    IF opts ? 'exclude' THEN
+        opts := jsonb_set(opts, '{exclude}', (
+            SELECT coalesce(jsonb_agg(DISTINCT n), '[]') FROM (
+                SELECT a.attname::text AS n FROM pg_attribute a
+                 WHERE a.attrelid = target AND NOT a.attisdropped
+                   AND a.attnum IN (SELECT jsonb_array_elements_text(coalesce(w.attnums->'exclude', '[]'))::smallint)
+                UNION
+                SELECT e FROM jsonb_array_elements_text(w.options->'exclude') e
+                 WHERE EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = target AND NOT a.attisdropped
+                                                              AND a.attname::text = e)) x));
+    END IF;
+    IF opts ? 'columns' THEN
+        opts := jsonb_set(opts, '{columns}', (
+            SELECT coalesce(jsonb_agg(a.attname::text ORDER BY a.attnum), '[]') FROM pg_attribute a
+             WHERE a.attrelid = target AND NOT a.attisdropped
+               AND a.attnum IN (SELECT jsonb_array_elements_text(coalesce(w.attnums->'columns', '[]'))::smallint)));
+        IF jsonb_array_length(opts->'columns') = 0 THEN
+            RAISE EXCEPTION 'webhooks.watch: every column named in "columns" of % is gone', target
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'Call webhooks.watch() with new options first, then alter the table.';
+        END IF;
+    END IF;
+    FOREACH k IN ARRAY ARRAY['status_column', 'tenant_column'] LOOP
+        IF opts ? k THEN
+            SELECT a.attname::text INTO col FROM pg_attribute a
+             WHERE a.attrelid = target AND NOT a.attisdropped AND a.attnum = (w.attnums->>k)::smallint;
+            IF col IS NULL THEN
+                RAISE EXCEPTION 'webhooks.watch: "%" names column "%", which % does not have any more', k, opts->>k, target
+                    USING ERRCODE = 'undefined_column',
+                          HINT = 'Call webhooks.watch() with new options first, then alter the table.';
+            END IF;
+            opts := jsonb_set(opts, ARRAY[k], to_jsonb(col));
+        END IF;
+    END LOOP;
+    RETURN opts;
+END
+$$;
+
+-- Refresh the capture of the watched tables the caller owns (all of them
+-- for a superuser) after their columns changed, where no event trigger does
+-- it (migrate run without a superuser).
 CREATE OR REPLACE FUNCTION webhooks.rewatch() RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w record;
     n integer := 0;
 BEGIN
-    FOR w IN SELECT target, entity, options FROM webhooks.watched ORDER BY target::oid LOOP
-        PERFORM webhooks.watch(w.target, w.entity, w.options);
+    FOR w IN SELECT x.target, x.entity FROM webhooks.watched x JOIN pg_class c ON c.oid = x.target
+              WHERE pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY x.target::oid LOOP
+        PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target));
         n := n + 1;
     END LOOP;
     RETURN n;
 END
 $$;
 
--- Keep capture right when a watched table changes shape. After any ALTER
--- TABLE of a watched table, its capture is regenerated from the stored
--- options; if the options now name a column that is gone (renamed or
--- dropped), watch() raises and the ALTER TABLE fails with that message
--- — capture never silently stops excluding a secret or emitting status
--- events. Call watch() with new options first, then alter.
-CREATE OR REPLACE FUNCTION webhooks.on_alter_table() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- After any DDL on a watched table (ALTER TABLE, but also ALTER VIEW ...
+-- RENAME COLUMN and ALTER INDEX ... RENAME, which Postgres accepts on a
+-- table), refresh its capture from the stored options by attribute number.
+-- Every other DDL returns at once, having read nothing but the catalog: a
+-- role with no rights on schema webhooks alters and drops its tables as
+-- before. SECURITY DEFINER (owned by the superuser who installed the event
+-- trigger) so that a table's owner needs no grant either; what it runs is
+-- only watch(), which builds no code from names.
+CREATE OR REPLACE FUNCTION webhooks.on_ddl() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    w record;
+    t oid;
 BEGIN
-    FOR w IN SELECT DISTINCT x.target, x.entity, x.options
-               FROM pg_event_trigger_ddl_commands() c
-               JOIN webhooks.watched x ON x.target = c.objid
-              WHERE c.classid = 'pg_class'::regclass LOOP
-        PERFORM webhooks.watch(w.target, w.entity, w.options);
+    IF current_setting('webhooks.in_on_ddl', true) = 'on' THEN
+        RETURN;
+    END IF;
+    FOR t IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+              WHERE c.classid = 'pg_class'::regclass
+                AND EXISTS (SELECT 1 FROM pg_trigger g
+                             WHERE g.tgrelid = c.objid AND g.tgfoid = 'webhooks.capture()'::regprocedure)
+    LOOP
+        PERFORM set_config('webhooks.in_on_ddl', 'on', true);
+        PERFORM webhooks.watch(t::regclass, w.entity, webhooks.watch_options_now(t::regclass))
+           FROM webhooks.watched w WHERE w.target = t::regclass;
+        PERFORM set_config('webhooks.in_on_ddl', 'off', true);
     END LOOP;
 END
 $$;
-
--- A dropped watched table: forget it and its generated functions.
-CREATE OR REPLACE FUNCTION webhooks.on_drop_table() RETURNS event_trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    o  record;
-    op text;
-BEGIN
-    FOR o IN SELECT d.objid FROM pg_event_trigger_dropped_objects() d WHERE d.object_type = 'table' LOOP
-        DELETE FROM webhooks.watched w WHERE w.target::oid = o.objid;
-        FOREACH op IN ARRAY ARRAY['insert', 'update', 'delete'] LOOP
-            EXECUTE format('DROP FUNCTION IF EXISTS webhooks.%I()', 'capture_' || o.objid || '_' || op);
-        END LOOP;
-    END LOOP;
-END
-$$;
+REVOKE ALL ON FUNCTION webhooks.on_ddl() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.watch(regclass, text, jsonb) TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.unwatch(regclass) TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.rewatch() TO webhooks_app;
+GRANT SELECT ON webhooks.watched TO webhooks_app;
 
 -- Event triggers need a superuser; without one, capture still works and
 -- the docs say to call webhooks.rewatch() after altering a watched table.
 DO $$
 BEGIN
     DROP EVENT TRIGGER IF EXISTS webhooks_alter_table;
-    CREATE EVENT TRIGGER webhooks_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
-        EXECUTE FUNCTION webhooks.on_alter_table();
     DROP EVENT TRIGGER IF EXISTS webhooks_drop_table;
-    CREATE EVENT TRIGGER webhooks_drop_table ON sql_drop WHEN TAG IN ('DROP TABLE')
-        EXECUTE FUNCTION webhooks.on_drop_table();
+    DROP EVENT TRIGGER IF EXISTS webhooks_ddl;
+    CREATE EVENT TRIGGER webhooks_ddl ON ddl_command_end EXECUTE FUNCTION webhooks.on_ddl();
 EXCEPTION WHEN insufficient_privilege THEN
-    RAISE NOTICE 'pgwebhooks: not a superuser, so no event triggers: after ALTER TABLE on a watched table, run SELECT webhooks.rewatch()';
+    RAISE NOTICE 'pgwebhooks: not a superuser, so no event trigger: after altering a watched table, its owner runs SELECT webhooks.rewatch()';
+END
+$$;
+DROP FUNCTION IF EXISTS webhooks.on_alter_table();
+DROP FUNCTION IF EXISTS webhooks.on_drop_table();
+DROP FUNCTION IF EXISTS webhooks.define_capture(text, text, text);
+
+-- From versions that generated a function per table (and kept the options
+-- in a table, renamed to watched_v4 by migration V5): move every watched
+-- table to webhooks.capture() and drop the generated code.
+DO $$
+DECLARE
+    w record;
+    f regprocedure;
+BEGIN
+    IF to_regclass('webhooks.watched_v4') IS NOT NULL THEN
+        FOR w IN EXECUTE 'SELECT target, entity, options FROM webhooks.watched_v4 ORDER BY target::oid' LOOP
+            PERFORM webhooks.watch(w.target, w.entity, w.options);
+        END LOOP;
+        DROP TABLE webhooks.watched_v4;
+    END IF;
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname ~ '^capture_[0-9]+_(insert|update|delete)$' LOOP
+        EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
 END
 $$;

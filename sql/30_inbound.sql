@@ -54,6 +54,9 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The origin of the handler's writes; webhooks.origin_verified() accepts
+    -- it only with this transaction's own inbound record.
+    PERFORM set_config('webhooks.inbound_id', rec_id::text, true);
     PERFORM set_config('webhooks.origin', 'inbound/' || route, true);
     BEGIN
         EXECUTE format('SELECT %s($1)', r.handler) INTO outcome USING payload;

@@ -172,7 +172,10 @@ BEGIN
             RAISE EXCEPTION 'webhooks.resend: % needs a single-column primary key', target
                 USING ERRCODE = 'feature_not_supported';
         END IF;
-        EXECUTE format('SELECT to_jsonb(t) FROM %s t WHERE t.%I::text = $1', target, pk[1]) INTO row_j USING row_key;
+        -- The key is read by the column type's input function, and the row
+        -- becomes JSON with webhooks_capture's rights (row_payload), as in
+        -- capture itself: nothing the table's owner defined runs as the caller.
+        EXECUTE format('SELECT webhooks.row_payload(t) FROM %s t WHERE t.%I = %L', target, pk[1], row_key) INTO row_j;
         IF row_j IS NULL THEN
             RAISE EXCEPTION 'webhooks.resend: % has no row %', target, row_key USING ERRCODE = 'no_data_found';
         END IF;

@@ -56,15 +56,8 @@ CREATE TABLE webhooks.fanout_batches (
     CONSTRAINT fanout_batches_pkey PRIMARY KEY (id)
 );
 
--- Which tables are captured, and how (webhooks.watch()).
-CREATE TABLE webhooks.watched (
-    target     regclass    NOT NULL,
-    entity     text        NOT NULL,
-    options    jsonb       NOT NULL DEFAULT '{}',
-    created_at timestamptz NOT NULL DEFAULT now(),
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT watched_pkey PRIMARY KEY (target)
-);
+-- Which tables are captured, and how: the view webhooks.watched
+-- (sql/10_capture.sql) reads it from the capture triggers themselves.
 
 -- Listeners announce here when they are idle and waiting on LISTEN, so
 -- writers send a NOTIFY only then (a NOTIFY per transaction serialises all

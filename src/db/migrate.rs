@@ -104,8 +104,6 @@ async fn run_locked(client: &mut Client, example: bool) -> Result<MigrateReport,
             .map_err(|source| MigrateError::Sql { file, source })?;
         sql_files += 1;
     }
-    // Regenerate capture for watched tables, so they run this version's code.
-    tx.batch_execute("SELECT webhooks.rewatch()").await?;
     tx.commit().await?;
     Ok(MigrateReport { applied, sql_files })
 }

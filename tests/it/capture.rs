@@ -195,16 +195,28 @@ async fn rolled_back_writes_emit_nothing_and_origin_is_recorded() {
     tx.rollback().await.unwrap();
     assert_eq!(events(&c).await, []);
 
+    // The origin counts only with this transaction's own inbound record, as
+    // webhooks.inbound_apply() writes it; a bare SET is ignored (any session
+    // can set it).
     let tx = c.transaction().await.unwrap();
-    tx.execute(
-        "SELECT set_config('webhooks.origin', 'inbound/support-tickets', true)",
-        &[],
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO webhooks.inbound (route, idempotency_key, status, payload)
+             VALUES ('support-tickets', 'k1', 'applied', '{}') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tx.execute("SELECT set_config('webhooks.inbound_id', $1, true)", &[&id.to_string()])
+        .await
+        .unwrap();
+    tx.batch_execute(
+        "SELECT set_config('webhooks.origin', 'inbound/support-tickets', true);
+         INSERT INTO crm.tickets (title) VALUES ('from make')",
     )
     .await
     .unwrap();
-    tx.execute("INSERT INTO crm.tickets (title) VALUES ('from make')", &[])
-        .await
-        .unwrap();
     tx.commit().await.unwrap();
     c.execute("INSERT INTO crm.tickets (title) VALUES ('from the app')", &[])
         .await
@@ -212,6 +224,47 @@ async fn rolled_back_writes_emit_nothing_and_origin_is_recorded() {
     let ev = events(&c).await;
     assert_eq!(ev[0].origin.as_deref(), Some("inbound/support-tickets"));
     assert_eq!(ev[1].origin, None, "the origin setting is transaction-local");
+
+    // Forged: the setting alone; another transaction's record; another route.
+    let old_id: i64 = c
+        .query_one("SELECT id FROM webhooks.inbound", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for forged in [
+        "SELECT set_config('webhooks.origin', 'inbound/payments', true)".to_owned(),
+        format!(
+            "SELECT set_config('webhooks.origin', 'inbound/support-tickets', true), \
+                    set_config('webhooks.inbound_id', '{old_id}', true)"
+        ),
+        // A record of this transaction, but for another route.
+        "INSERT INTO webhooks.inbound (route, idempotency_key, status, payload)
+             VALUES ('support-tickets', 'k2', 'applied', '{}');
+         SELECT set_config('webhooks.origin', 'inbound/payments', true),
+                set_config('webhooks.inbound_id', currval('webhooks.inbound_id_seq')::text, true)"
+            .to_owned(),
+    ] {
+        let tx = c.transaction().await.unwrap();
+        tx.batch_execute(&forged).await.unwrap();
+        tx.batch_execute(
+            "INSERT INTO crm.tickets (title) VALUES ('forged');
+             SELECT webhooks.emit('ticket.note', '{}')",
+        )
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let forged: Vec<Option<String>> = c
+        .query(
+            "SELECT origin FROM webhooks.events WHERE payload->>'title' = 'forged' OR event_type = 'ticket.note'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(forged, vec![None; 6], "a forged origin is never recorded");
 }
 
 #[tokio::test]
@@ -380,14 +433,32 @@ async fn capture_survives_alter_table_and_refuses_silent_breakage() {
     assert_eq!(ev[0].row_key.as_deref(), Some("1"));
     assert!(ev[0].payload.get("api_token").is_none());
 
-    // Renaming a column the options name would silently stop excluding it:
-    // the ALTER fails instead, saying why.
+    // Renaming an excluded column keeps it excluded (options follow columns
+    // by attribute number), by ALTER TABLE and by the ALTER VIEW spelling.
+    c.batch_execute(
+        "ALTER TABLE crm.tickets RENAME COLUMN api_token TO token;
+         INSERT INTO crm.tickets (title, token) VALUES ('renamed', 'secret-1');
+         ALTER VIEW crm.tickets RENAME COLUMN token TO tok;
+         INSERT INTO crm.tickets (title, tok) VALUES ('renamed again', 'secret-2');",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    assert_eq!(ev.len(), 4);
+    for e in &ev[2..] {
+        assert!(
+            !e.payload.to_string().contains("secret-"),
+            "excluded column leaked: {}",
+            e.payload
+        );
+    }
+    // Dropping the status column the options name is refused, saying why.
     let err = c
-        .batch_execute("ALTER TABLE crm.tickets RENAME COLUMN api_token TO token")
+        .batch_execute("ALTER TABLE crm.tickets DROP COLUMN status")
         .await
         .unwrap_err();
     let msg = err.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("\"exclude\" names column \"api_token\""), "{msg}");
+    assert!(msg.contains("\"status_column\" names column \"status\""), "{msg}");
     // Dropping the table forgets it.
     c.batch_execute("DROP TABLE crm.tickets").await.unwrap();
     let watched: i64 = c

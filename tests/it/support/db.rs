@@ -202,6 +202,20 @@ impl TestDb {
         &self.config
     }
 
+    /// A connection as another role (the test cluster trusts local logins).
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn client_as(&self, role: &str) -> Client {
+        let mut config = self.config.clone();
+        config.user(role);
+        connect(&config).await
+    }
+
+    /// This test's database name, unique in the cluster (for role names).
+    #[allow(dead_code)]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A `postgres://` URL for processes started by the test.
     pub fn url(&self) -> String {
         let host = match &self.config.get_hosts()[0] {

@@ -875,6 +875,13 @@ REVOKE EXECUTE ON FUNCTION
     app.inbound_errors(jsonb), app.inbound_support_tickets(jsonb),
     app.inbound_cohort_enrollments(jsonb), app.inbound_cohort_messages(jsonb)
 FROM PUBLIC;
+-- The sidecar's role (sql/50_roles.sql) calls them, and nothing else of app.
+GRANT USAGE ON SCHEMA app TO webhooks_sidecar;
+GRANT EXECUTE ON FUNCTION
+    app.inbound_payments(jsonb), app.inbound_messages(jsonb), app.inbound_appointments(jsonb),
+    app.inbound_errors(jsonb), app.inbound_support_tickets(jsonb),
+    app.inbound_cohort_enrollments(jsonb), app.inbound_cohort_messages(jsonb)
+TO webhooks_sidecar;
 
 -- Re-registered on every run; a per-route secret set since is kept.
 SELECT webhooks.inbound_route_set(v.route, v.handler::regproc, v.fields, r.secret, v.description)

@@ -21,6 +21,7 @@ pub const SQL_FILES: &[(&str, &str)] = &[
         "sql/40_operations.sql",
         include_str!("../../sql/40_operations.sql"),
     ),
+    ("sql/50_roles.sql", include_str!("../../sql/50_roles.sql")),
 ];
 
 /// The example app (schema `app`), installed by `migrate --example`.

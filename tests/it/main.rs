@@ -3,6 +3,7 @@
 mod support;
 
 mod capture;
+mod capture_security;
 mod delivery;
 mod endpoints;
 mod example_app;
@@ -14,3 +15,4 @@ mod migrate;
 mod operations;
 mod outgoing;
 mod record;
+mod roles;

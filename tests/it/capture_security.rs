@@ -1,0 +1,378 @@
+//! Capture as an attacker would try it: a table's owner (the app's role, or
+//! whoever has an SQL injection in the app) must never gain rights through
+//! capture, and installing pgwebhooks must not break anyone's DDL.
+//! Security audit C1, C2, H1, M1, M2, L7, I8.
+
+use serde_json::Value;
+use tokio_postgres::Client;
+
+use crate::support::TestDb;
+
+/// A login role owning schema `shop` in this test's database, member of
+/// webhooks_app when `app` is true.
+async fn owner(db: &TestDb, admin: &Client, app: bool) -> (String, Client) {
+    let role = format!("{}_owner", db.name());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; CREATE SCHEMA shop AUTHORIZATION {role};{}",
+            if app {
+                format!(" GRANT webhooks_app TO {role};")
+            } else {
+                String::new()
+            }
+        ))
+        .await
+        .unwrap();
+    let client = db.client_as(&role).await;
+    (role, client)
+}
+
+async fn is_superuser(admin: &Client, role: &str) -> bool {
+    admin
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A function that makes its caller's role superuser when it runs with a
+/// superuser's rights, and says which role it ran as.
+const PWN: &str = "CREATE FUNCTION shop.pwn() RETURNS text LANGUAGE plpgsql AS $$
+    BEGIN
+        IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            EXECUTE format('ALTER ROLE %I SUPERUSER', session_user);
+        END IF;
+        RETURN current_user::text;
+    END $$";
+
+async fn events(c: &Client) -> Vec<(String, Option<String>, Option<String>, Value)> {
+    c.query(
+        "SELECT event_type, source_table, row_key, payload FROM webhooks.events ORDER BY txid, seq",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+#[tokio::test]
+async fn hostile_table_names_never_become_code() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let (role, shop) = owner(&db, &admin, true).await;
+    shop.batch_execute(PWN).await.unwrap();
+    shop.batch_execute(
+        "CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric, status text);
+         CREATE TABLE shop.notes (id bigint PRIMARY KEY, body text);
+         SELECT webhooks.watch('shop.orders', 'order', '{\"status_column\": \"status\"}');",
+    )
+    .await
+    .unwrap();
+    admin
+        .batch_execute("SELECT webhooks.watch('shop.notes', 'note')")
+        .await
+        .unwrap();
+
+    // The renames of the audit: a newline that ends a comment, a dollar
+    // quote that ends a body; by ALTER INDEX (no ALTER TABLE tag) and by
+    // ALTER TABLE (the event trigger regenerates as a superuser).
+    let newline = "orders\nDECLARE z text:=shop.pwn();--";
+    let dollar = "\nBEGIN END$body$;ALTER ROLE x SUPERUSER;SELECT $body$";
+    shop.batch_execute(&format!(
+        "ALTER INDEX shop.orders RENAME TO \"{newline}\";
+         ALTER TABLE shop.notes RENAME TO \"{dollar}\";
+         ALTER TABLE shop.\"{newline}\" ADD COLUMN \"a$$b'c\nd\" text;
+         ALTER TABLE shop.\"{newline}\" RENAME COLUMN status TO \"st$body$\nx\";"
+    ))
+    .await
+    .unwrap();
+    // The operator's routine deploy, as a superuser, and a full refresh.
+    let mut migrator = db.client().await;
+    pgwebhooks::db::migrate::run(&mut migrator, true)
+        .await
+        .unwrap();
+    admin
+        .batch_execute("SELECT webhooks.rewatch()")
+        .await
+        .unwrap();
+    shop.batch_execute(&format!(
+        "INSERT INTO shop.\"{newline}\" (id, total, \"st$body$\nx\") VALUES (1, 10, 'new');
+         UPDATE shop.\"{newline}\" SET \"st$body$\nx\" = 'PAID' WHERE id = 1;
+         INSERT INTO shop.\"{dollar}\" VALUES (1, 'hello');"
+    ))
+    .await
+    .unwrap();
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO shop.\"{newline}\" (id, total) VALUES (2, 20)"
+        ))
+        .await
+        .unwrap();
+
+    assert!(!is_superuser(&admin, &role).await, "{role} became superuser");
+    let ev = events(&admin).await;
+    let types: Vec<&str> = ev.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(types, ["order.created", "order.paid", "note.created", "order.created"]);
+    let quoted = |name: &str| format!("shop.\"{name}\"");
+    assert_eq!(ev[0].1.as_deref(), Some(quoted(newline).as_str()));
+    assert_eq!(ev[2].1.as_deref(), Some(quoted(dollar).as_str()));
+    assert_eq!(ev[1].3["st$body$\nx"], "PAID");
+    // No function of ours was generated from a name.
+    let generated: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'webhooks'::regnamespace
+                AND (prosrc LIKE '%shop%' OR proname LIKE 'capture\\_%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(generated, 0);
+}
+
+#[tokio::test]
+async fn a_cast_to_json_runs_with_no_rights() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let (role, shop) = owner(&db, &admin, false).await;
+    // The audit's C2, plus a try at SET ROLE and at the signing secrets.
+    shop.batch_execute(
+        "CREATE TYPE shop.item_state AS ENUM ('new', 'sold');
+         CREATE TABLE shop.items (id bigint PRIMARY KEY, state shop.item_state NOT NULL DEFAULT 'new');
+         CREATE FUNCTION shop.state_json(shop.item_state) RETURNS json LANGUAGE plpgsql AS $$
+         DECLARE
+             seen text := current_user::text;
+         BEGIN
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE format('ALTER ROLE %I SUPERUSER', session_user);
+             END IF;
+             BEGIN
+                 PERFORM 1 FROM webhooks.endpoint_secrets;
+                 seen := seen || ' read secrets';
+             EXCEPTION WHEN insufficient_privilege THEN
+                 seen := seen || ' no secrets';
+             END;
+             BEGIN
+                 EXECUTE 'SET ROLE postgres';
+                 seen := seen || ' set role';
+             EXCEPTION WHEN OTHERS THEN
+                 seen := seen || ' no set role';
+             END;
+             RETURN to_json(seen);
+         END $$;
+         CREATE CAST (shop.item_state AS json) WITH FUNCTION shop.state_json(shop.item_state);",
+    )
+    .await
+    .unwrap();
+    admin
+        .batch_execute("SELECT webhooks.watch('shop.items', 'item')")
+        .await
+        .unwrap();
+    // The owner writes; so does a superuser (its session would let a
+    // function SET ROLE to anything); and a superuser resends the row.
+    shop.batch_execute("INSERT INTO shop.items VALUES (1)")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "INSERT INTO shop.items VALUES (2);
+             SELECT webhooks.resend('shop.items', '1');",
+        )
+        .await
+        .unwrap();
+    assert!(!is_superuser(&admin, &role).await, "{role} became superuser");
+    let ev = events(&admin).await;
+    assert_eq!(ev.len(), 3);
+    for (_, _, _, payload) in &ev {
+        assert_eq!(
+            payload["state"], "webhooks_capture no secrets no set role",
+            "the cast ran with more than capture's rights: {payload}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn roles_without_rights_on_webhooks_keep_their_ddl() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    // A role with no grant at all on schema webhooks.
+    let other = format!("{}_other", db.name());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {other} LOGIN; CREATE SCHEMA other_s AUTHORIZATION {other};
+             GRANT TEMPORARY ON DATABASE {} TO {other};",
+            db.name()
+        ))
+        .await
+        .unwrap();
+    let o = db.client_as(&other).await;
+    o.batch_execute(
+        "CREATE TABLE other_s.t (id int PRIMARY KEY, v text);
+         ALTER TABLE other_s.t ADD COLUMN w int;
+         ALTER TABLE other_s.t RENAME TO t2;
+         DROP TABLE other_s.t2;
+         CREATE TEMP TABLE tt (a int);
+         ALTER TABLE tt ADD COLUMN b int;
+         DROP TABLE tt;",
+    )
+    .await
+    .unwrap();
+
+    // The owner of a watched table, without rights on webhooks either: the
+    // table was watched for it by a superuser.
+    let (role, shop) = owner(&db, &admin, false).await;
+    shop.batch_execute(
+        "CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric, api_token text)",
+    )
+    .await
+    .unwrap();
+    admin
+        .batch_execute(
+            "SELECT webhooks.watch('shop.orders', 'order', '{\"exclude\": [\"api_token\"]}')",
+        )
+        .await
+        .unwrap();
+    shop.batch_execute(
+        "INSERT INTO shop.orders VALUES (1, 10, 'secret-a');
+         ALTER TABLE shop.orders ADD COLUMN note text;
+         ALTER TABLE shop.orders RENAME COLUMN api_token TO token;
+         ALTER TABLE shop.orders RENAME TO purchases;
+         ALTER TABLE shop.purchases RENAME COLUMN id TO purchase_id;
+         INSERT INTO shop.purchases VALUES (2, 20, 'secret-b', 'n');
+         CREATE INDEX ON shop.purchases (total);
+         ALTER TABLE shop.purchases DROP COLUMN note;",
+    )
+    .await
+    .unwrap();
+    let ev = events(&admin).await;
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1].1.as_deref(), Some("shop.purchases"));
+    assert_eq!(ev[1].2.as_deref(), Some("2"), "the renamed key still keys events");
+    assert!(!ev[1].3.to_string().contains("secret-"), "{}", ev[1].3);
+    shop.batch_execute("DROP TABLE shop.purchases")
+        .await
+        .unwrap();
+    let watched: i64 = admin
+        .query_one("SELECT count(*) FROM webhooks.watched", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, 0, "a dropped table is no longer watched");
+    assert!(!is_superuser(&admin, &role).await);
+    assert!(!is_superuser(&admin, &other).await);
+}
+
+#[tokio::test]
+async fn only_a_tables_owner_may_watch_it_and_only_webhooks_app_may_emit() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let (_, shop) = owner(&db, &admin, true).await;
+    shop.batch_execute(
+        "CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric);
+         GRANT USAGE ON SCHEMA shop TO PUBLIC; GRANT SELECT, INSERT ON shop.orders TO PUBLIC;",
+    )
+    .await
+    .unwrap();
+    let intruder = format!("{}_intruder", db.name());
+    let plain = format!("{}_plain", db.name());
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {intruder} LOGIN IN ROLE webhooks_app; CREATE ROLE {plain} LOGIN;
+             CREATE SCHEMA plain_s AUTHORIZATION {plain}; GRANT USAGE ON SCHEMA webhooks TO {plain};"
+        ))
+        .await
+        .unwrap();
+    let i = db.client_as(&intruder).await;
+    for sql in [
+        "SELECT webhooks.watch('shop.orders', 'order')",
+        "SELECT webhooks.unwatch('shop.orders')",
+    ] {
+        let err = i.batch_execute(sql).await.unwrap_err();
+        let e = err.as_db_error().unwrap();
+        assert_eq!(e.code().code(), "42501", "{sql}: {e}");
+        assert!(e.message().contains("only the owner of shop.orders"), "{e}");
+    }
+    // The owner may; then the intruder's writes are captured like anyone's.
+    shop.batch_execute("SELECT webhooks.watch('shop.orders', 'order')")
+        .await
+        .unwrap();
+    i.batch_execute("INSERT INTO shop.orders VALUES (1, 1)")
+        .await
+        .unwrap();
+    let err = i
+        .batch_execute("SELECT webhooks.unwatch('shop.orders')")
+        .await
+        .unwrap_err();
+    assert_eq!(err.as_db_error().unwrap().code().code(), "42501");
+
+    // Without webhooks_app: no emit, no attaching capture to one's own table
+    // to forge events.
+    let p = db.client_as(&plain).await;
+    for sql in [
+        "SELECT webhooks.emit('payment.success', '{\"forged\": true}', 'tenant-b')",
+        "CREATE TABLE plain_s.t (id int PRIMARY KEY);
+         CREATE TRIGGER x AFTER INSERT ON plain_s.t FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture('payment', '{}')",
+        "SELECT webhooks.wake()",
+    ] {
+        let err = p.batch_execute(sql).await.unwrap_err();
+        assert_eq!(
+            err.as_db_error().unwrap().code().code(),
+            "42501",
+            "{sql}: {err}"
+        );
+    }
+    let ev = events(&admin).await;
+    assert_eq!(ev.len(), 1);
+}
+
+#[tokio::test]
+async fn key_changes_and_truncate_are_captured() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE SCHEMA bank;
+         CREATE TABLE bank.acct (id int PRIMARY KEY, owner text, balance int);
+         CREATE TABLE bank.pairs (a int, b text, v int, PRIMARY KEY (a, b));
+         SELECT webhooks.watch('bank.acct', 'acct');
+         SELECT webhooks.watch('bank.pairs', 'pair', '{\"names\": {\"truncate\": \"pairs_cleared\"}}');
+         INSERT INTO bank.acct VALUES (1, 'alice', 10), (2, 'bob', 20);
+         UPDATE bank.acct SET id = 101, balance = 0 WHERE id = 1;
+         UPDATE bank.acct SET balance = balance + 1;
+         TRUNCATE bank.acct;
+         INSERT INTO bank.pairs VALUES (1, 'x', 1);
+         UPDATE bank.pairs SET b = 'y';
+         TRUNCATE bank.pairs;",
+    )
+    .await
+    .unwrap();
+    let ev = events(&c).await;
+    // Within one statement the order of rows is the join's: compare sorted.
+    let mut got: Vec<(&str, Option<&str>)> = ev.iter().map(|e| (e.0.as_str(), e.2.as_deref())).collect();
+    got.sort();
+    let mut want = vec![
+            ("acct.created", Some("1")),
+            ("acct.created", Some("2")),
+            ("acct.deleted", Some("1")),
+            ("acct.created", Some("101")),
+            ("acct.updated", Some("2")),
+            ("acct.updated", Some("101")),
+            ("acct.truncated", None),
+            ("pair.created", Some("[1, \"x\"]")),
+            ("pair.deleted", Some("[1, \"x\"]")),
+            ("pair.created", Some("[1, \"y\"]")),
+            ("pairs_cleared", None),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    // The deleted half carries the old row, the created half the new one.
+    let find = |t: &str, k: &str| {
+        ev.iter()
+            .find(|e| e.0 == t && e.2.as_deref() == Some(k))
+            .map(|e| e.3.clone())
+            .unwrap()
+    };
+    assert_eq!(find("acct.deleted", "1")["balance"], 10);
+    assert_eq!(find("acct.created", "101")["balance"], 0);
+}

@@ -62,6 +62,7 @@ SECRET_KEYS = [
 # rendered object but the Secret.
 FULL_SECRETS = {
     "DATABASE_URL": "postgres://ci_user:ci-db-pass-7f3a@db.apps.svc:5432/app",
+    "MIGRATE_DATABASE_URL": "postgres://ci_owner:ci-owner-pass-91c2@db.apps.svc:5432/app",
     "PGWEBHOOKS_INBOUND_SECRET": "ci-inbound-secret-4b1d9e",
     "MAKE_WEBHOOK_APPOINTMENTS_URL": "https://hook.eu1.make.com/ci-appointments-token",
     "MAKE_WEBHOOK_PAYMENTS_URL": "https://hook.eu1.make.com/ci-payments-token",
@@ -89,7 +90,7 @@ SETS: list[dict[str, Any]] = [
             "ingress": {"enabled": True, "className": "nginx", "host": "hooks.example.com",
                         "tlsSecretName": "hooks-example-com-tls",
                         "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"}},
-            "secrets": {"values": dict(FULL_SECRETS)},
+            "secrets": {"values": dict(FULL_SECRETS), "migrateDatabaseUrlKey": "MIGRATE_DATABASE_URL"},
             "migrations": {"installExample": True},
             "extraEnv": [{"name": "PGSSLMODE", "value": "require"}],
         },
@@ -377,6 +378,13 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
                 f"[{name}] Job --example follows migrations.installExample")
         check_security(c, f"[{name}] Job", jpod, jc)
         check_env(c, f"[{name}] Job", jc)
+        jdb = next(e for e in jc.get("env", []) if e["name"] == "DATABASE_URL")["valueFrom"]["secretKeyRef"]
+        want_key = merged["secrets"]["migrateDatabaseUrlKey"] or merged["secrets"]["databaseUrlKey"]
+        c.check(jdb.get("key") == want_key, f"[{name}] Job's DATABASE_URL from key {want_key} (the migrate role's)")
+        c.check(not any(e["name"] == "MIGRATE_DATABASE_URL" or
+                        e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "MIGRATE_DATABASE_URL"
+                        for e in main.get("env", [])),
+                f"[{name}] the sidecar never gets the migrate role's URL")
         extra = [e["name"] for e in jc.get("env", []) if e["name"] in SECRET_KEYS[1:]]
         c.check(not extra, f"[{name}] Job gets no credential but DATABASE_URL (found {extra})")
         c.check(jc.get("securityContext") == main.get("securityContext")

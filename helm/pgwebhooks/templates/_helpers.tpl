@@ -97,6 +97,15 @@ MAKE_WEBHOOK_ADMIN_URL
       key: {{ .Values.secrets.databaseUrlKey }}
 {{- end }}
 
+{{/* The migration Job's DATABASE_URL: the migrate role's, when a key is named. */}}
+{{- define "pgwebhooks.migrateDatabaseUrlEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (include "pgwebhooks.secretName" .) .Values.secrets.databaseUrlSecret }}
+      key: {{ default .Values.secrets.databaseUrlKey .Values.secrets.migrateDatabaseUrlKey }}
+{{- end }}
+
 {{/*
 The other credentials (the sidecar only; `migrate` needs none of them). With an
 existing Secret each is an optional reference (a missing key means "not set");

@@ -134,3 +134,80 @@ async fn cli_migrate_with_example_then_again() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("DATABASE_URL is not set"));
 }
+
+/// A database from before V5 (generated per-table capture functions, options
+/// in a table) is moved to webhooks.capture() by `migrate`: the generated
+/// code is gone, the options kept, and events pending in the outbox stay.
+#[tokio::test]
+async fn migrate_moves_generated_capture_to_the_capture_function() {
+    let db = TestDb::empty().await;
+    let mut c = db.client().await;
+    migrate::run(&mut c, false).await.unwrap();
+    // What a V4 install looked like for one watched table, rebuilt by hand:
+    // its options table, a generated SECURITY DEFINER function and trigger.
+    c.batch_execute(
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric, secret text);
+         CREATE TABLE webhooks.watched_v4 (target regclass PRIMARY KEY, entity text NOT NULL,
+                                           options jsonb NOT NULL DEFAULT '{}');
+         INSERT INTO webhooks.watched_v4 VALUES ('shop.orders', 'order', '{\"exclude\": [\"secret\"]}');",
+    )
+    .await
+    .unwrap();
+    let oid: u32 = c
+        .query_one("SELECT 'shop.orders'::regclass::oid", &[])
+        .await
+        .unwrap()
+        .get(0);
+    c.batch_execute(&format!(
+        "CREATE FUNCTION webhooks.capture_{oid}_insert() RETURNS trigger LANGUAGE plpgsql
+             SECURITY DEFINER AS $f$ BEGIN
+               INSERT INTO webhooks.events (event_type, payload) VALUES ('legacy', '{{}}');
+               RETURN NULL; END $f$;
+         CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON shop.orders
+             FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture_{oid}_insert();
+         INSERT INTO shop.orders VALUES (1, 10, 's1');"
+    ))
+    .await
+    .unwrap();
+
+    migrate::run(&mut c, false).await.unwrap();
+    c.batch_execute("INSERT INTO shop.orders VALUES (2, 20, 's2')")
+        .await
+        .unwrap();
+    let events: Vec<(String, Option<serde_json::Value>)> = c
+        .query(
+            "SELECT event_type, payload FROM webhooks.events ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].0, "legacy", "the pending event is kept");
+    assert_eq!(events[1].0, "order.created");
+    assert!(events[1].1.as_ref().unwrap().get("secret").is_none());
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'webhooks'::regnamespace
+                AND proname ~ '^capture_[0-9]+_' ",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "generated functions dropped");
+    assert!(c
+        .query_opt("SELECT 1 FROM pg_class WHERE oid = to_regclass('webhooks.watched_v4')", &[])
+        .await
+        .unwrap()
+        .is_none());
+    let watched: String = c
+        .query_one("SELECT options::text FROM webhooks.watched", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, r#"{"exclude": ["secret"]}"#);
+}

@@ -195,12 +195,21 @@ async fn every_catalogue_event_once_with_its_fields() {
         .await
         .unwrap();
     let tx = c.transaction().await.unwrap();
-    tx.batch_execute(
-        "SELECT set_config('webhooks.origin', 'inbound/appointments', true);
-         UPDATE app.appointments SET status = 'cancelled', cancel_reason = 'Student unavailable' WHERE id = 2;",
-    )
-    .await
-    .unwrap();
+    // Through the sidecar's own path (webhooks.inbound_apply), which records
+    // the callback and so vouches for the origin.
+    let (status,): (i32,) = {
+        let row = tx
+            .query_one(
+                "SELECT http_status FROM webhooks.inbound_apply('appointments', 'cancel-2',
+                    '{\"eventType\": \"appointment.cancelled\", \"appointmentId\": 2,
+                      \"status\": \"cancelled\", \"reason\": \"Student unavailable\"}')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0),)
+    };
+    assert_eq!(status, 200);
     tx.commit().await.unwrap();
     let tx = c.transaction().await.unwrap();
     tx.batch_execute("UPDATE app.appointments SET status = 'confirmed' WHERE id = 2")

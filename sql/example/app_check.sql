@@ -57,10 +57,10 @@ INSERT INTO app.appointments (user_id, course_id, scheduled_at) VALUES (:student
 RETURNING id AS appt2_id \gset
 -- (that insert emitted appointment.created too; skip it in the listing)
 SELECT max(seq) AS skip_seq FROM webhooks.events \gset
-BEGIN;
-SELECT set_config('webhooks.origin', 'inbound/appointments', true) \g /dev/null
-UPDATE app.appointments SET status = 'cancelled', cancel_reason = 'Student unavailable' WHERE id = :appt2_id;
-COMMIT;
+-- (through webhooks.inbound_apply, the sidecar's path, which vouches for the origin)
+SELECT http_status FROM webhooks.inbound_apply('appointments', 'check-cancel',
+    jsonb_build_object('eventType', 'appointment.cancelled', 'appointmentId', :appt2_id,
+                       'status', 'cancelled', 'reason', 'Student unavailable')) \g /dev/null
 -- no event: rolled back
 BEGIN;
 UPDATE app.appointments SET status = 'confirmed' WHERE id = :appt2_id;

@@ -707,3 +707,11 @@ DROP TRIGGER IF EXISTS app_emit_insert ON app.error_logs;
 CREATE TRIGGER app_emit_insert AFTER INSERT ON app.error_logs
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION app.error_logs_emit_insert();
+
+-- Trigger functions need no EXECUTE to fire; nobody may attach them to a
+-- table of their own to forge the app's events (security audit I8).
+REVOKE EXECUTE ON FUNCTION
+    app.appointments_emit_insert(), app.appointments_emit_update(), app.enrollments_emit_insert(),
+    app.messages_emit_insert(), app.cohort_messages_emit_insert(), app.support_tickets_emit_insert(),
+    app.support_tickets_emit_update(), app.ticket_replies_emit_insert(), app.error_logs_emit_insert()
+FROM PUBLIC;

@@ -14,3 +14,5 @@ mod migrate;
 mod operations;
 mod outgoing;
 mod record;
+mod timeouts;
+mod tls;

@@ -38,7 +38,10 @@ impl std::str::FromStr for Secret {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Postgres connection URL (postgres://user:pass@host:port/db) or
-    /// key=value string.
+    /// key=value string. TLS as in libpq: sslmode=disable, prefer (the
+    /// default), require, verify-ca or verify-full, with sslrootcert=FILE
+    /// (or system), sslcert=FILE and sslkey=FILE (or PGSSLMODE,
+    /// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY); connect_timeout defaults to 10 s.
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 }

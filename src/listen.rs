@@ -49,7 +49,7 @@ pub async fn run(
             Ok(()) => signals.connected.store(false, Ordering::Release),
             Err(error) => {
                 signals.connected.store(false, Ordering::Release);
-                let error = error_chain(&error);
+                let error = crate::record::error_chain(&error);
                 tracing::warn!(%error, retry_in = ?backoff, "LISTEN connection lost");
             }
         }
@@ -115,16 +115,4 @@ async fn listen_once(
     .await;
     driver.abort();
     result.map(|_shutdown| ()).map_err(crate::db::DbError::from)
-}
-
-/// The error and its causes, `a: b: c` (the connect error's cause is the reason).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
 }

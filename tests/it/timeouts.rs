@@ -30,7 +30,7 @@ async fn exhausted_pool_fails_after_its_wait_timeout() {
     );
     assert!(error.to_string().contains("no connection became free"), "{error}");
     drop(held);
-    pool.get().await.expect("free again once returned");
+    let _again = pool.get().await.expect("free again once returned");
 }
 
 /// A server that accepts connections and never says a word.

@@ -38,7 +38,10 @@ impl std::str::FromStr for Secret {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
     /// Postgres connection URL (postgres://user:pass@host:port/db) or
-    /// key=value string.
+    /// key=value string. TLS as in libpq: sslmode=disable, prefer (the
+    /// default), require, verify-ca or verify-full, with sslrootcert=FILE
+    /// (or system), sslcert=FILE and sslkey=FILE (or PGSSLMODE,
+    /// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY); connect_timeout defaults to 10 s.
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 }
@@ -76,13 +79,17 @@ pub struct TargetArgs {
 
 impl DatabaseArgs {
     /// The parsed connection settings, or a clear error saying what to set.
-    pub fn connection(&self) -> Result<tokio_postgres::Config, ConfigError> {
+    pub fn connection(&self) -> Result<crate::db::DbConfig, ConfigError> {
         let url = self
             .database_url
             .as_ref()
             .ok_or(ConfigError::MissingDatabaseUrl)?;
-        // The driver's message never includes the URL, so it is safe to show.
-        crate::db::parse_url(url.expose()).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
+        // Neither the driver's messages nor ours include the URL, so they are safe to show.
+        crate::db::parse_url(url.expose()).map_err(|e| match e {
+            crate::db::DbError::Url(e) => ConfigError::DatabaseUrl(e.to_string()),
+            crate::db::DbError::Syntax(e) => ConfigError::DatabaseUrl(e),
+            other => ConfigError::Invalid(other.to_string()),
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 /// Signals raised by the listener.
@@ -35,12 +35,12 @@ impl Signals {
 /// Runs until `shutdown`. `application_name` lets other replicas see that
 /// this replica's listener is alive.
 pub async fn run(
-    mut config: tokio_postgres::Config,
+    mut config: crate::db::DbConfig,
     replica: Arc<str>,
     signals: Arc<Signals>,
     shutdown: CancellationToken,
 ) {
-    config.application_name(format!("pgwebhooks listen {replica}"));
+    config.pg.application_name(format!("pgwebhooks listen {replica}"));
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     while !shutdown.is_cancelled() {
@@ -49,6 +49,7 @@ pub async fn run(
             Ok(()) => signals.connected.store(false, Ordering::Release),
             Err(error) => {
                 signals.connected.store(false, Ordering::Release);
+                let error = crate::record::error_chain(&error);
                 tracing::warn!(%error, retry_in = ?backoff, "LISTEN connection lost");
             }
         }
@@ -61,12 +62,12 @@ pub async fn run(
 }
 
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    config: &crate::db::DbConfig,
     signals: &Signals,
     shutdown: &CancellationToken,
     first: &mut bool,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<(), crate::db::DbError> {
+    let (client, mut connection) = config.connect_raw().await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
         loop {
@@ -113,5 +114,5 @@ async fn listen_once(
     }
     .await;
     driver.abort();
-    result.map(|_shutdown| ())
+    result.map(|_shutdown| ()).map_err(crate::db::DbError::from)
 }

@@ -83,6 +83,17 @@ impl LocalPg {
     /// Creates and starts a cluster in a new temporary directory.
     /// `settings` are extra `-c name=value` server settings.
     pub fn start(name: &str, settings: &[&str]) -> Result<LocalPg, LocalPgError> {
+        Self::start_with(name, settings, |_| Ok(()))
+    }
+
+    /// [`LocalPg::start`], calling `prepare` with the data directory after
+    /// `initdb` and before the server starts (to write certificates or a
+    /// `pg_hba.conf`; relative paths in `settings` are relative to it).
+    pub fn start_with(
+        name: &str,
+        settings: &[&str],
+        prepare: impl FnOnce(&Path) -> Result<(), LocalPgError>,
+    ) -> Result<LocalPg, LocalPgError> {
         let initdb = find("initdb")?;
         let pg_ctl = find("pg_ctl")?;
         let dir =
@@ -99,6 +110,7 @@ impl LocalPg {
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]);
         run("initdb", c)?;
+        prepare(&data)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display());
         for s in settings {

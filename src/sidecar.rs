@@ -26,7 +26,7 @@ use crate::record;
 /// Everything `run` needs, validated.
 #[derive(Debug, Clone)]
 pub struct SidecarConfig {
-    pub database: tokio_postgres::Config,
+    pub database: db::DbConfig,
     /// This replica's name (claims and attempts record it).
     pub replica: String,
     pub pool_size: usize,
@@ -42,9 +42,9 @@ pub struct SidecarConfig {
 }
 
 impl SidecarConfig {
-    pub fn new(database: tokio_postgres::Config) -> SidecarConfig {
+    pub fn new(database: impl Into<db::DbConfig>) -> SidecarConfig {
         SidecarConfig {
-            database,
+            database: database.into(),
             replica: default_replica_name(),
             pool_size: 8,
             deliver: DeliverConfig::default(),
@@ -99,7 +99,7 @@ pub struct Sidecar {
 
 impl Sidecar {
     pub async fn start(mut config: SidecarConfig) -> Result<Sidecar, StartError> {
-        config.database = db::tuned(config.database);
+        config.database.pg = db::tuned(config.database.pg);
         let pool = db::pool(config.database.clone(), config.pool_size.max(4));
         let replica: Arc<str> = config.replica.clone().into();
         {

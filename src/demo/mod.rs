@@ -89,12 +89,12 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
     })
     .await
     .map_err(other)??;
-    let admin = db::connect(&pg.config("postgres")).await?;
+    let admin = db::connect(&pg.config("postgres").into()).await?;
     admin
         .batch_execute("CREATE DATABASE demo")
         .await
         .map_err(db::DbError::from)?;
-    let mut client = db::connect(&pg.config("demo")).await?;
+    let mut client = db::connect(&pg.config("demo").into()).await?;
     db::migrate::run(&mut client, true).await?;
     println!(
         "▶ migrated; example app installed (schema app)            DATABASE_URL={}",

@@ -16,3 +16,5 @@ mod operations;
 mod outgoing;
 mod record;
 mod roles;
+mod timeouts;
+mod tls;

@@ -1,0 +1,456 @@
+//! TLS to Postgres: a cluster of its own with `ssl=on`, a throwaway CA
+//! (made with `openssl`), and a `pg_hba.conf` under which the role `tls_app`
+//! may only log in over TLS (with a password) and `tls_cert` only with a
+//! client certificate.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pgwebhooks::db::{self, DbConfig};
+use pgwebhooks::localpg::{LocalPg, LocalPgError};
+
+use crate::support::sidecar::{run_command, Process};
+use crate::support::wait;
+
+const PASSWORD: &str = "tls-Pa55word-never-printed";
+
+struct TlsCluster {
+    port: u16,
+    /// The CA that signed the server certificate.
+    ca: PathBuf,
+    /// Another CA, which signed nothing the server shows.
+    other_ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+static CLUSTER: OnceLock<Option<TlsCluster>> = OnceLock::new();
+
+fn openssl_missing() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true)
+}
+
+/// The shared TLS cluster, or `None` (with a note) when `openssl` is
+/// missing. `.ci/run` installs it and sets PGWEBHOOKS_REQUIRE_OPENSSL, so
+/// there a missing `openssl` fails the tests instead.
+fn cluster() -> Option<&'static TlsCluster> {
+    CLUSTER
+        .get_or_init(|| {
+            if openssl_missing() {
+                assert!(
+                    std::env::var_os("PGWEBHOOKS_REQUIRE_OPENSSL").is_none(),
+                    "required here: `openssl` on PATH (apt-get install openssl)"
+                );
+                eprintln!("SKIPPED: TLS tests need `openssl` on PATH (apt-get install openssl)");
+                return None;
+            }
+            Some(std::thread::spawn(start).join().expect("TLS cluster start-up"))
+        })
+        .as_ref()
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), LocalPgError> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(LocalPgError::Step {
+            step: "openssl",
+            detail: format!("{args:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        })
+    }
+}
+
+fn is_root() -> bool {
+    std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0
+}
+
+/// A CA (`{name}.pem`, `{name}.key`).
+fn make_ca(dir: &Path, name: &str) -> Result<(), LocalPgError> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=pgwebhooks test {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )
+}
+
+/// A leaf certificate `{name}.crt`/`{name}.key` signed by `ca.pem`.
+fn make_leaf(dir: &Path, name: &str, cn: &str, ext: &str) -> Result<(), LocalPgError> {
+    std::fs::write(dir.join(format!("{name}.ext")), ext)?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    )
+}
+
+fn start() -> TlsCluster {
+    let pg = LocalPg::start_with(
+        "pgwebhooks-tls",
+        &[
+            "fsync=off",
+            "ssl=on",
+            "ssl_cert_file=server.crt",
+            "ssl_key_file=server.key",
+            "ssl_ca_file=ca.pem",
+        ],
+        |data| {
+            let dir = data.parent().expect("the cluster directory");
+            make_ca(dir, "ca")?;
+            make_ca(dir, "other")?;
+            make_leaf(
+                dir,
+                "server",
+                "localhost",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            )?;
+            make_leaf(
+                dir,
+                "client",
+                "tls_cert",
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+            )?;
+            for f in ["server.crt", "server.key", "ca.pem"] {
+                std::fs::copy(dir.join(f), data.join(f))?;
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local   all all                   trust\n\
+                 hostssl all tls_app  127.0.0.1/32 scram-sha-256\n\
+                 host    all tls_app  127.0.0.1/32 reject\n\
+                 hostssl all tls_cert 127.0.0.1/32 cert\n\
+                 host    all tls_cert 127.0.0.1/32 reject\n\
+                 host    all all      127.0.0.1/32 trust\n",
+            )?;
+            std::fs::set_permissions(data.join("server.key"), std::fs::Permissions::from_mode(0o600))?;
+            if is_root() {
+                let mut chown = Command::new("chown");
+                chown.arg("postgres:");
+                for f in ["server.crt", "server.key", "ca.pem", "pg_hba.conf"] {
+                    chown.arg(data.join(f));
+                }
+                let status = chown.status()?;
+                assert!(status.success(), "chown the server's TLS files to postgres");
+            }
+            Ok(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("starting the TLS test PostgreSQL: {e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin = db::connect(&pg.config("postgres").into()).await.unwrap();
+        for sql in [
+            format!("CREATE ROLE tls_app LOGIN SUPERUSER PASSWORD '{PASSWORD}'"),
+            "CREATE ROLE tls_cert LOGIN".to_owned(),
+            "CREATE DATABASE app OWNER tls_app".to_owned(),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+    });
+    let dir = pg.dir.clone();
+    let port = pg.port;
+    std::mem::forget(pg); // lives as long as the test process; its watchdog cleans up
+    TlsCluster {
+        port,
+        ca: dir.join("ca.pem"),
+        other_ca: dir.join("other.pem"),
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+/// `/a b/c` → `%2Fa%20b%2Fc`, for a path in a URL query.
+fn encode(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.display().to_string().bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl TlsCluster {
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://tls_app:{PASSWORD}@{host}:{}/app?{query}", self.port)
+    }
+
+    fn verify_full_url(&self) -> String {
+        self.url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={}", encode(&self.ca)),
+        )
+    }
+}
+
+/// Parses without the environment (no `PGSSL*`, no `~/.postgresql`).
+fn parse(url: &str) -> DbConfig {
+    db::parse_url_with_env(url, &|_| None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(!out.contains(PASSWORD), "an error printed the password: {out}");
+    out
+}
+
+/// Whether this connection's own session is encrypted.
+async fn session_is_tls(config: &DbConfig) -> Result<bool, String> {
+    let client = db::connect(config).await.map_err(|e| chain(&e))?;
+    let row = client
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap();
+    Ok(row.get(0))
+}
+
+fn pgwebhooks(args: &[&str], url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run pgwebhooks")
+}
+
+#[tokio::test]
+async fn verify_full_migrate_and_run_are_all_tls() {
+    let Some(cluster) = cluster() else { return };
+    let url = cluster.verify_full_url();
+    let out = pgwebhooks(&["migrate"], &url);
+    assert!(
+        out.status.success(),
+        "migrate over verify-full: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let child = run_command(&url)
+        .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn pgwebhooks run");
+    let _sidecar = Process(child);
+
+    let admin = db::connect(&parse(&cluster.url("127.0.0.1", "sslmode=require")))
+        .await
+        .unwrap();
+    let sessions: Vec<(String, bool)> = wait::until(
+        "the sidecar's pool and LISTEN sessions",
+        Duration::from_secs(30),
+        || {
+            let admin = &admin;
+            async move {
+                let rows = admin
+                    .query(
+                        "SELECT a.application_name, coalesce(s.ssl, false)
+                           FROM pg_stat_activity a LEFT JOIN pg_stat_ssl s USING (pid)
+                          WHERE a.application_name LIKE 'pgwebhooks%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                let sessions: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                let listen = sessions
+                    .iter()
+                    .any(|(name, _)| name.starts_with("pgwebhooks listen"));
+                (listen && sessions.len() >= 2).then_some(sessions)
+            }
+        },
+    )
+    .await;
+    assert!(
+        sessions.iter().all(|(_, ssl)| *ssl),
+        "every sidecar session uses TLS: {sessions:?}"
+    );
+}
+
+#[tokio::test]
+async fn require_and_prefer_encrypt_without_roots() {
+    let Some(cluster) = cluster() else { return };
+    for query in ["sslmode=require", "sslmode=prefer", "application_name=x"] {
+        let config = parse(&cluster.url("127.0.0.1", query));
+        assert_eq!(session_is_tls(&config).await, Ok(true), "{query}");
+    }
+    // The key=value form, with verify-ca: the chain is checked, the name is not.
+    let kv = format!(
+        "host=not-in-the-cert.example hostaddr=127.0.0.1 port={} user=tls_app password='{PASSWORD}' \
+         dbname=app sslmode=verify-ca sslrootcert='{}'",
+        cluster.port,
+        cluster.ca.display()
+    );
+    assert_eq!(
+        session_is_tls(&parse(&kv)).await,
+        Ok(true),
+        "verify-ca ignores the host name"
+    );
+    // A client certificate is the only way in for tls_cert.
+    let cert = format!(
+        "postgres://tls_cert@localhost:{}/app?sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        cluster.port,
+        encode(&cluster.ca),
+        encode(&cluster.client_cert),
+        encode(&cluster.client_key)
+    );
+    assert_eq!(
+        session_is_tls(&parse(&cert)).await,
+        Ok(true),
+        "client certificate"
+    );
+    let no_cert = format!(
+        "postgres://tls_cert@localhost:{}/app?sslmode=require",
+        cluster.port
+    );
+    let e = session_is_tls(&parse(&no_cert)).await.unwrap_err();
+    assert!(e.contains("requires a valid client certificate"), "{e}");
+}
+
+#[tokio::test]
+async fn verification_failures_are_clear() {
+    let Some(cluster) = cluster() else { return };
+    let kv = |mode: &str, ca: &Path| {
+        format!(
+            "host=not-in-the-cert.example hostaddr=127.0.0.1 port={} user=tls_app password='{PASSWORD}' \
+             dbname=app sslmode={mode} sslrootcert='{}'",
+            cluster.port,
+            ca.display()
+        )
+    };
+    let e = session_is_tls(&parse(&kv("verify-full", &cluster.ca)))
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("certificate verify failed for host not-in-the-cert.example (sslmode=verify-full)"),
+        "{e}"
+    );
+    let other = cluster.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={}", encode(&cluster.other_ca)),
+    );
+    let e = session_is_tls(&parse(&other)).await.unwrap_err();
+    assert!(
+        e.contains("certificate verify failed for host localhost (sslmode=verify-full)"),
+        "{e}"
+    );
+    assert!(e.contains("UnknownIssuer"), "{e}");
+    // As in libpq, require with root certificates checks the chain.
+    let e = session_is_tls(&parse(&kv("require", &cluster.other_ca)))
+        .await
+        .unwrap_err();
+    assert!(e.contains("certificate verify failed"), "{e}");
+
+    // The CLI says the same, without the password.
+    let bad_host = format!(
+        "postgres://tls_app:{PASSWORD}@localhost:{}/app?sslmode=verify-full&sslrootcert={}",
+        cluster.port,
+        encode(&cluster.other_ca)
+    );
+    for (url, expected) in [
+        (bad_host, "certificate verify failed for host localhost"),
+        (
+            cluster.url(
+                "localhost",
+                "sslmode=verify-full&sslrootcert=%2Fnonexistent%2Fca.pem",
+            ),
+            "sslrootcert /nonexistent/ca.pem: no such file",
+        ),
+        (
+            cluster.url("localhost", "sslmode=verify-everything"),
+            "invalid sslmode \"verify-everything\"",
+        ),
+    ] {
+        let out = pgwebhooks(&["status"], &url);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}");
+        assert!(stderr.contains(expected), "expected {expected:?} in: {stderr}");
+        assert!(!stderr.contains(PASSWORD), "the password was printed: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn disable_is_refused_for_a_tls_only_role() {
+    let Some(cluster) = cluster() else { return };
+    let e = session_is_tls(&parse(&cluster.url("127.0.0.1", "sslmode=disable")))
+        .await
+        .unwrap_err();
+    assert!(e.contains("pg_hba.conf") && e.contains("no encryption"), "{e}");
+}

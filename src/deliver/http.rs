@@ -220,26 +220,7 @@ mod tests {
         let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
         // The proxy is configured (for https, say) on host `localhost`.
         let http = Http::with_proxy_hosts(false, vec!["LocalHost.".into()]);
-        let endpoint = Endpoint {
-            id: 1,
-            name: None,
-            url: format!("http://localhost:{port}/hook"),
-            event_types: vec!["*".into()],
-            exclude_types: vec![],
-            tenant_id: None,
-            ignore_origins: vec![],
-            styles: Default::default(),
-            headers: vec![],
-            masked_fields: vec![],
-            timeout: None,
-            max_in_flight: None,
-            retry_schedule: None,
-            rate: None,
-            make: false,
-            ordered: false,
-            enabled: true,
-            keys: vec![],
-        };
+        let endpoint = Endpoint::test(1, &format!("http://localhost:{port}/hook"));
         let sent = http
             .send(
                 "msg_1",

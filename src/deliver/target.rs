@@ -131,6 +131,28 @@ pub fn parse(url: &str) -> Result<Url, TargetError> {
     Ok(parsed)
 }
 
+/// The URL as it may be shown where secrets are hidden: scheme, host and
+/// port, with the path and query (a Make.com URL's token, an API key in a
+/// query) and any `user:password@` replaced: `https://hook.eu1.make.com/…`.
+/// The SQL function `webhooks.url_redact` says the same.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url
+        .split_once("://")
+        .filter(|(scheme, _)| !scheme.contains([':', '/', '?', '#']))
+    else {
+        return "…".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let tail = if tail.is_empty() || tail == "/" {
+        tail
+    } else {
+        "/…"
+    };
+    format!("{scheme}://{host}{tail}")
+}
+
 /// What a URL's host is.
 enum Host<'a> {
     Ip(IpAddr),
@@ -565,6 +587,30 @@ mod tests {
             "64:ff9b:1::a9fe:aa17",
         ] {
             assert!(check_ip(ip(refused), true).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn redacted_urls_keep_only_scheme_host_and_port() {
+        for (url, shown) in [
+            (
+                "https://hook.eu1.make.com/abcSECRETTOKENxyz",
+                "https://hook.eu1.make.com/…",
+            ),
+            (
+                "https://example.com:8443/hook?key=SECRET",
+                "https://example.com:8443/…",
+            ),
+            ("https://example.com?key=SECRET", "https://example.com/…"),
+            ("https://example.com#SECRET", "https://example.com/…"),
+            ("http://user:SECRET@example.com/x", "http://example.com/…"),
+            ("http://a@b@example.com", "http://example.com"),
+            ("http://[::1]:8080/", "http://[::1]:8080/"),
+            ("https://example.com", "https://example.com"),
+            ("no scheme SECRET", "…"),
+            ("a/b://SECRET", "…"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
         }
     }
 

@@ -196,6 +196,8 @@ BEGIN
                    CASE WHEN u.ordered THEN (SELECT e.txid FROM webhooks.events e WHERE e.event_id = u.event_id) END,
                    CASE WHEN u.ordered THEN (SELECT e.seq FROM webhooks.events e WHERE e.event_id = u.event_id) END
               FROM u
+             -- An endpoint deleted meanwhile takes its deliveries with it.
+             WHERE EXISTS (SELECT 1 FROM webhooks.endpoints ep WHERE ep.id = u.endpoint_id)
             ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
             RETURNING d.id, d.event_id, d.endpoint_id
         ), a AS (
@@ -279,7 +281,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE ep.enabled
 $$;
 
--- Record the outcome of claimed retries, only where the lease is still ours.
+-- Record the outcome of claimed retries. The delivery's state changes only
+-- where the lease is still ours; the attempt row is written either way (the
+-- request really was sent), unless another replica already recorded an
+-- attempt under the same number. Returns the deliveries updated.
 CREATE OR REPLACE FUNCTION webhooks.delivery_record(
     replica          text,
     ids              bigint[],
@@ -315,8 +320,10 @@ BEGIN
         ), a AS (
             INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                                            response_excerpt, replica, endpoint_id)
-            SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
-              FROM u JOIN d ON d.id = u.id
+            -- The statement's snapshot: every delivery that still exists,
+            -- whether this call updates it or not.
+            SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, x.endpoint_id
+              FROM u JOIN webhooks.deliveries x ON x.id = u.id
              WHERE u.started_at IS NOT NULL
             ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
             RETURNING 1

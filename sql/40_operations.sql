@@ -7,6 +7,17 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT subject LIKE replace(replace(replace(replace(pattern, '\', '\\'), '%', '\%'), '_', '\_'), '*', '%')
 $$;
 
+-- An endpoint URL as it may be shown to anyone reading the views: scheme,
+-- host and port; the path and query (a Make.com URL's token) and any
+-- user:password@ redacted: 'https://hook.eu1.make.com/…'. (The same as
+-- deliver::target::redact in Rust.)
+CREATE OR REPLACE FUNCTION webhooks.url_redact(url text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN m IS NULL THEN '…'
+                ELSE m[1] || m[2] || CASE WHEN m[3] IN ('', '/') THEN m[3] ELSE '/…' END END
+      FROM (SELECT regexp_match(url, '^([^:/?#]*://)(?:[^/?#]*@)?([^/?#]*)(.*)$') AS m) x
+$$;
+
 -- Does endpoint ep want an event of this type, tenant and origin? (The
 -- sidecar decides the same in Rust: endpoints.rs, Endpoint::wants.)
 CREATE OR REPLACE FUNCTION webhooks.endpoint_wants(ep webhooks.endpoints, event_type text, tenant_id text, origin text)
@@ -44,7 +55,7 @@ CREATE OR REPLACE VIEW webhooks.backlog AS
            now() - f.oldest AS oldest_age, NULL::timestamptz AS next_attempt_at
       FROM webhooks.fanout_pending() f
     UNION ALL
-    SELECT ep.id, coalesce(ep.name, ep.url), ep.enabled,
+    SELECT ep.id, coalesce(ep.name, webhooks.url_redact(ep.url)), ep.enabled,
            count(d.id) FILTER (WHERE d.status = 'pending'),
            count(d.id) FILTER (WHERE d.status = 'delivering'),
            now() - min(d.created_at),
@@ -76,7 +87,7 @@ CREATE OR REPLACE VIEW webhooks.dead_letters AS
 
 -- How each endpoint is doing over the last hour.
 CREATE OR REPLACE VIEW webhooks.endpoint_health AS
-    SELECT ep.id AS endpoint_id, coalesce(ep.name, ep.url) AS endpoint,
+    SELECT ep.id AS endpoint_id, coalesce(ep.name, webhooks.url_redact(ep.url)) AS endpoint,
            CASE WHEN ep.enabled THEN 'enabled'
                 WHEN ep.breaker_opened_at IS NOT NULL THEN 'circuit open'
                 ELSE 'paused' END AS state,

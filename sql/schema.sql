@@ -162,6 +162,9 @@ CREATE TABLE webhooks.deliveries (
     event_seq       bigint,
     CONSTRAINT deliveries_pkey PRIMARY KEY (id),
     CONSTRAINT deliveries_event_endpoint_key UNIQUE (event_id, endpoint_id),
+    -- Deleting an endpoint deletes its deliveries (V7).
+    CONSTRAINT deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id)
+        REFERENCES webhooks.endpoints (id) ON DELETE CASCADE,
     CONSTRAINT deliveries_status_check
         CHECK (status IN ('pending', 'delivering', 'delivered', 'failed', 'dead'))
 );
@@ -188,7 +191,10 @@ CREATE TABLE webhooks.attempts (
     response_excerpt text,
     replica          text,
     endpoint_id      bigint,
-    CONSTRAINT attempts_pkey PRIMARY KEY (delivery_id, attempt)
+    CONSTRAINT attempts_pkey PRIMARY KEY (delivery_id, attempt),
+    -- Deleting a delivery deletes its attempts (V7).
+    CONSTRAINT attempts_delivery_id_fkey FOREIGN KEY (delivery_id)
+        REFERENCES webhooks.deliveries (id) ON DELETE CASCADE
 );
 CREATE INDEX attempts_started_brin ON webhooks.attempts USING brin (started_at);
 CREATE INDEX attempts_endpoint_idx ON webhooks.attempts (endpoint_id, started_at);

@@ -10,6 +10,7 @@ use pgwebhooks::db;
 use pgwebhooks::db::endpoints::NewEndpoint;
 use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
 use pgwebhooks::deliver::target::{self, TargetError};
+use pgwebhooks::deliver::MAX_ENDPOINT_TIMEOUT;
 use pgwebhooks::endpoints::split_patterns;
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +55,8 @@ pub enum EndpointCommand {
         /// Payload fields to mask, e.g. phone or customer.phone (repeatable).
         #[arg(long = "mask")]
         masked: Vec<String>,
-        /// Per-attempt timeout for this endpoint.
+        /// Per-attempt timeout for this endpoint (at most 5m; the sidecar
+        /// uses at most a fifth of PGWEBHOOKS_LEASE).
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
         /// Concurrent requests to this endpoint.
@@ -70,7 +72,8 @@ pub enum EndpointCommand {
         #[command(flatten)]
         targets: TargetArgs,
     },
-    /// List subscriptions (secrets hidden unless --show-secrets).
+    /// List subscriptions (secrets, and URLs' paths and queries, hidden
+    /// unless --show-secrets).
     List {
         #[command(flatten)]
         db: DatabaseArgs,
@@ -84,6 +87,12 @@ pub enum EndpointCommand {
         id: i64,
         #[arg(long, default_value = "disabled by an operator")]
         reason: String,
+    },
+    /// Delete an endpoint with its secrets, deliveries and their attempts.
+    Remove {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        id: i64,
     },
     /// Resume an endpoint; its backlog drains.
     Enable {
@@ -162,6 +171,14 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             targets,
         } => {
             check_url(&url)?;
+            if let Some(t) = timeout.filter(|t| *t > MAX_ENDPOINT_TIMEOUT) {
+                bail!(
+                    "--timeout {}: at most {} (and the sidecar uses at most a fifth of PGWEBHOOKS_LEASE, \
+                     12s by default: a longer attempt would be taken over and sent twice)",
+                    humantime::format_duration(t),
+                    humantime::format_duration(MAX_ENDPOINT_TIMEOUT)
+                );
+            }
             let event_types = split_patterns(&[events]);
             if event_types.is_empty() {
                 bail!("--events needs at least one pattern (default: *)");
@@ -231,7 +248,11 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                     "{:>4}  {}  {}  events={}  tenant={}  {}{}",
                     e.id,
                     e.name.as_deref().unwrap_or("-"),
-                    e.url,
+                    if show_secrets {
+                        e.url.clone()
+                    } else {
+                        target::redact(&e.url)
+                    },
                     e.event_types.join(","),
                     e.tenant_id.as_deref().unwrap_or("*"),
                     state,
@@ -256,6 +277,13 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 bail!("no endpoint {id}");
             }
             println!("endpoint {id} disabled; its deliveries wait until it is enabled");
+        }
+        EndpointCommand::Remove { db: args, id } => {
+            let client = pool(&args).await?;
+            let Some(deliveries) = db::endpoints::remove(&client, id).await? else {
+                bail!("no endpoint {id}");
+            };
+            println!("endpoint {id} removed, with its {deliveries} deliveries and their attempts");
         }
         EndpointCommand::Enable { db: args, id } => {
             let client = pool(&args).await?;

@@ -167,6 +167,33 @@ impl Snapshot {
 }
 
 #[cfg(test)]
+impl Endpoint {
+    /// An endpoint with every option at its default (unit tests).
+    pub(crate) fn test(id: i64, url: &str) -> Endpoint {
+        Endpoint {
+            id,
+            name: None,
+            url: url.into(),
+            event_types: vec!["*".into()],
+            exclude_types: vec![],
+            tenant_id: None,
+            ignore_origins: vec![],
+            styles: Styles::default(),
+            headers: vec![],
+            masked_fields: vec![],
+            timeout: None,
+            max_in_flight: None,
+            retry_schedule: None,
+            rate: None,
+            make: false,
+            ordered: false,
+            enabled: true,
+            keys: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -149,7 +149,6 @@ impl RecordTask {
     /// or until every sender is gone.
     pub async fn run(mut self, done: tokio_util::sync::CancellationToken, last_try: Duration) {
         let mut backoff = Duration::from_millis(50);
-        let mut failures = 0;
         loop {
             if self.buffer.is_empty() {
                 tokio::select! {
@@ -167,26 +166,17 @@ impl RecordTask {
                 }
             }
             match self.flush().await {
-                Ok(_) => {
-                    backoff = Duration::from_millis(50);
-                    failures = 0;
-                }
-                Err(error) if is_transient(&error) || failures < 5 => {
-                    // Keep everything; Postgres may be restarting.
-                    failures += 1;
+                Ok(_) => backoff = Duration::from_millis(50),
+                Err(error) => {
+                    // Keep everything: Postgres may be restarting, or be
+                    // between a migrate and its functions. Outcomes whose
+                    // own data Postgres refuses never get here (`flush`
+                    // isolates them), so nothing one receiver answers can
+                    // hold up or drop the others' outcomes.
                     tracing::warn!(error = %error_chain(&error), pending = self.buffer.len(),
                         "recording outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    // Never block recording forever on one bad flush: the
-                    // leases of what it held expire and those deliveries are
-                    // attempted again (same webhook-id).
-                    tracing::error!(error = %error_chain(&error), dropped = self.buffer.len(),
-                        "recording outcomes keeps failing; their deliveries will be retried");
-                    self.buffer.clear();
-                    failures = 0;
                 }
             }
         }
@@ -224,7 +214,11 @@ impl RecordTask {
         }
     }
 
-    /// Writes the buffer in one transaction; keeps it on failure.
+    /// Writes the buffer in one transaction; keeps it on failure. When
+    /// Postgres refuses the data of some outcomes (an SQLSTATE of class 22
+    /// or 23), they are isolated by bisection: the others are written
+    /// normally, an offending one again with placeholder texts, and only one
+    /// refused even then is given up (logged, not written).
     pub async fn flush(&mut self) -> Result<Flushed, DbError> {
         // How many of each batch's jobs this flush records; a batch whose
         // remaining count this covers is complete once the flush commits.
@@ -243,46 +237,16 @@ impl RecordTask {
         if self.buffer.is_empty() && done.is_empty() {
             return Ok(Flushed::default());
         }
-        // A pair can be here twice (a batch taken over by this same replica
-        // while Postgres was away); keep the latest word on each.
-        let mut seen = std::collections::HashSet::new();
-        let mut first: Vec<&Outcome> = self
-            .buffer
-            .iter()
-            .rev()
-            .filter(|o| matches!(o.source, Source::Batch(_)) && seen.insert((o.event_id, o.endpoint_id)))
-            .collect();
-        first.reverse();
-        let mut seen = std::collections::HashSet::new();
-        let mut retries: Vec<(i64, &Outcome)> = self
-            .buffer
-            .iter()
-            .rev()
-            .filter_map(|o| match o.source {
-                Source::Retry { delivery_id, .. } if seen.insert(delivery_id) => Some((delivery_id, o)),
-                _ => None,
-            })
-            .collect();
-        retries.reverse();
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut out = Flushed::default();
-        if !first.is_empty() {
-            out.inserted = db::delivery::delivery_insert(&tx, &self.replica, &first).await?;
-        }
-        if !retries.is_empty() {
-            out.updated = db::delivery::delivery_record(&tx, &self.replica, &retries).await?;
-            if (out.updated as usize) < retries.len() {
-                tracing::debug!(
-                    lost = retries.len() - out.updated as usize,
-                    "outcomes dropped: lease no longer ours"
-                );
+        let latest = latest_words(&self.buffer);
+        let out = match write(&self.pool, &self.replica, &latest, &done).await {
+            Ok(out) => out,
+            Err(error) if refused_data(&error) => {
+                tracing::warn!(error = %error_chain(&error), pending = latest.len(),
+                    "Postgres refused some outcomes' data; isolating them");
+                self.write_isolating(&latest, &done).await?
             }
-        }
-        if !done.is_empty() {
-            out.batches_completed = db::delivery::batch_complete(&tx, &self.replica, &done).await?;
-        }
-        tx.commit().await?;
+            Err(error) => return Err(error),
+        };
 
         let routed = self.buffer.iter().any(|o| o.status == Status::Pending);
         if let Some(observer) = &self.observer {
@@ -302,18 +266,145 @@ impl RecordTask {
         }
         Ok(out)
     }
+
+    /// Writes `outcomes` in parts, halving every part Postgres refuses,
+    /// then completes `done`. Parts already written stay written when a
+    /// later one fails for another reason (the caller keeps the buffer and
+    /// writes it all again: every statement is idempotent).
+    async fn write_isolating(&self, outcomes: &[&Outcome], done: &[i64]) -> Result<Flushed, DbError> {
+        let mut out = Flushed::default();
+        let mut add = |f: Flushed| {
+            out.inserted += f.inserted;
+            out.updated += f.updated;
+            out.batches_completed += f.batches_completed;
+        };
+        let mut parts = vec![outcomes];
+        while let Some(part) = parts.pop() {
+            let error = match write(&self.pool, &self.replica, part, &[]).await {
+                Ok(f) => {
+                    add(f);
+                    continue;
+                }
+                Err(error) if !refused_data(&error) => return Err(error),
+                Err(error) => error,
+            };
+            if part.len() > 1 {
+                let (a, b) = part.split_at(part.len() / 2);
+                parts.push(b);
+                parts.push(a);
+                continue;
+            }
+            let o = part[0];
+            let stand_in = placeholder(o);
+            match write(&self.pool, &self.replica, &[&stand_in], &[]).await {
+                Ok(f) => {
+                    tracing::warn!(endpoint_id = o.endpoint_id, event_id = %o.event_id,
+                        error = %error_chain(&error),
+                        "an outcome was recorded with placeholder texts: Postgres refused its own");
+                    add(f);
+                }
+                Err(again) if !refused_data(&again) => return Err(again),
+                Err(again) => tracing::error!(endpoint_id = o.endpoint_id, event_id = %o.event_id,
+                    status = o.status.as_str(), error = %error_chain(&again),
+                    "an outcome Postgres refuses was not recorded (the others were)"),
+            }
+        }
+        if !done.is_empty() {
+            match write(&self.pool, &self.replica, &[], done).await {
+                Ok(f) => add(f),
+                Err(error) if !refused_data(&error) => return Err(error),
+                // Left to the rescue, which skips the endpoints recorded.
+                Err(error) => tracing::error!(error = %error_chain(&error), "completing batches failed"),
+            }
+        }
+        Ok(out)
+    }
 }
 
-/// Connection trouble (worth retrying) rather than a statement Postgres
-/// refuses (which would fail the same way again).
-fn is_transient(e: &DbError) -> bool {
+/// The latest word on each delivery, in buffer order. A pair can be here
+/// twice (a batch taken over by this same replica while Postgres was away).
+fn latest_words(buffer: &[Outcome]) -> Vec<&Outcome> {
+    let mut pairs = std::collections::HashSet::new();
+    let mut retries = std::collections::HashSet::new();
+    let mut latest: Vec<&Outcome> = buffer
+        .iter()
+        .rev()
+        .filter(|o| match o.source {
+            Source::Batch(_) => pairs.insert((o.event_id, o.endpoint_id)),
+            Source::Retry { delivery_id, .. } => retries.insert(delivery_id),
+        })
+        .collect();
+    latest.reverse();
+    latest
+}
+
+/// Writes outcomes and completes batches in one transaction.
+async fn write(pool: &Pool, replica: &str, outcomes: &[&Outcome], done: &[i64]) -> Result<Flushed, DbError> {
+    let first: Vec<&Outcome> = outcomes
+        .iter()
+        .copied()
+        .filter(|o| matches!(o.source, Source::Batch(_)))
+        .collect();
+    let retries: Vec<(i64, &Outcome)> = outcomes
+        .iter()
+        .filter_map(|o| match o.source {
+            Source::Retry { delivery_id, .. } => Some((delivery_id, *o)),
+            _ => None,
+        })
+        .collect();
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let mut out = Flushed::default();
+    if !first.is_empty() {
+        out.inserted = db::delivery::delivery_insert(&tx, replica, &first).await?;
+    }
+    if !retries.is_empty() {
+        out.updated = db::delivery::delivery_record(&tx, replica, &retries).await?;
+        if (out.updated as usize) < retries.len() {
+            tracing::debug!(
+                lost = retries.len() - out.updated as usize,
+                "outcomes not applied (their attempts are recorded): lease no longer ours"
+            );
+        }
+    }
+    if !done.is_empty() {
+        out.batches_completed = db::delivery::batch_complete(&tx, replica, done).await?;
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// The outcome with its texts replaced, for when Postgres refuses them.
+fn placeholder(o: &Outcome) -> Outcome {
+    let mut p = o.clone();
+    p.error = p.error.map(|_| "(error text not recordable)".to_owned());
+    if let Some(a) = &mut p.attempt {
+        a.excerpt = a
+            .excerpt
+            .as_ref()
+            .map(|_| "(response excerpt not recordable)".to_owned());
+    }
+    p
+}
+
+/// Text as Postgres accepts it: NUL (never valid in `text`) becomes U+FFFD,
+/// as invalid UTF-8 already has (`String::from_utf8_lossy`).
+pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Postgres refused the data of a statement (class 22 data exception, 23
+/// integrity constraint violation): the same rows would fail again.
+fn refused_data(e: &DbError) -> bool {
     match e {
-        DbError::Query(e) => e.as_db_error().is_none_or(|db| {
-            // 08 connection, 53 resources, 57 operator intervention (restart),
-            // 40 serialization failure or deadlock.
-            matches!(&db.code().code()[..2], "08" | "53" | "57" | "40")
-        }),
-        _ => true,
+        DbError::Query(e) => e
+            .as_db_error()
+            .is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23")),
+        _ => false,
     }
 }
 
@@ -327,4 +418,50 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_replaces_nul_only() {
+        assert_eq!(sanitize("ok\0\0!"), "ok\u{FFFD}\u{FFFD}!");
+        assert!(matches!(
+            sanitize("plain ✓"),
+            std::borrow::Cow::Borrowed("plain ✓")
+        ));
+    }
+
+    #[test]
+    fn placeholders_keep_everything_but_the_texts() {
+        let o = Outcome {
+            source: Source::Batch(1),
+            event_id: Uuid::nil(),
+            endpoint_id: 7,
+            status: Status::Delivered,
+            attempts: 1,
+            next_attempt_at: None,
+            code: Some(200),
+            error: Some("bad".into()),
+            attempt: Some(AttemptInfo {
+                started_at: SystemTime::now(),
+                duration_ms: 1.0,
+                excerpt: Some("bad".into()),
+            }),
+            ordered: false,
+        };
+        let p = placeholder(&o);
+        assert_eq!(p.error.as_deref(), Some("(error text not recordable)"));
+        assert_eq!(
+            p.attempt.unwrap().excerpt.as_deref(),
+            Some("(response excerpt not recordable)")
+        );
+        assert_eq!((p.status, p.code, p.attempts), (Status::Delivered, Some(200), 1));
+        let mut none = o.clone();
+        none.error = None;
+        none.attempt = None;
+        let p = placeholder(&none);
+        assert!(p.error.is_none() && p.attempt.is_none());
+    }
 }

@@ -133,7 +133,13 @@ impl Sidecar {
         };
         let stopping = CancellationToken::new();
         let shared = Arc::new(Shared {
-            deliverer: Deliverer::new(config.deliver.clone()),
+            deliverer: Deliverer::new(DeliverConfig {
+                // Longer, and another replica takes the attempt over while
+                // it is in flight (the rule PGWEBHOOKS_LEASE >= 5 x
+                // PGWEBHOOKS_TIMEOUT, applied to endpoints' own timeouts).
+                max_timeout: Some(config.claim.lease / 5),
+                ..config.deliver.clone()
+            }),
             recorder,
             pool: pool.clone(),
             snapshot: RwLock::new(snapshot),

@@ -105,11 +105,19 @@ impl Columns {
         self.attempts.push(o.attempts);
         self.next_at.push(o.next_attempt_at);
         self.codes.push(o.code);
-        self.errors.push(o.error.clone());
+        self.errors.push(
+            o.error
+                .as_deref()
+                .map(|e| crate::record::sanitize(e).into_owned()),
+        );
         self.started.push(o.attempt.as_ref().map(|a| a.started_at));
         self.durations.push(o.attempt.as_ref().map(|a| a.duration_ms));
-        self.excerpts
-            .push(o.attempt.as_ref().and_then(|a| a.excerpt.clone()));
+        self.excerpts.push(
+            o.attempt
+                .as_ref()
+                .and_then(|a| a.excerpt.as_deref())
+                .map(|e| crate::record::sanitize(e).into_owned()),
+        );
     }
 }
 

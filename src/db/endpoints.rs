@@ -249,3 +249,18 @@ pub async fn rotate_secret(
     tx.commit().await?;
     Ok(true)
 }
+
+/// Deletes an endpoint; its secrets, deliveries and their attempts go with
+/// it (foreign keys, ON DELETE CASCADE). Returns how many deliveries it
+/// had, or `None` if there is no such endpoint.
+pub async fn remove(c: &impl GenericClient, id: i64) -> Result<Option<i64>, DbError> {
+    let row = c
+        .query_opt(
+            "WITH n AS (SELECT count(*) AS deliveries FROM webhooks.deliveries WHERE endpoint_id = $1),
+                  e AS (DELETE FROM webhooks.endpoints WHERE id = $1 RETURNING id)
+             SELECT n.deliveries FROM e, n",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

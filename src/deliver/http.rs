@@ -14,7 +14,12 @@ use crate::endpoints::Endpoint;
 pub const USER_AGENT_VALUE: &str = concat!("pgwebhooks/", env!("CARGO_PKG_VERSION"));
 
 pub struct Http {
+    /// With the environment's proxies; their hosts resolve unfiltered.
     client: reqwest::Client,
+    /// Without proxies, every name filtered: for URLs that name a proxy
+    /// host, so the proxies' exemption never covers a direct connection.
+    direct: reqwest::Client,
+    proxies: Vec<String>,
     allow_private: bool,
 }
 
@@ -35,18 +40,34 @@ impl Http {
     /// `allow_private`: private, loopback and link-local targets are allowed
     /// (metadata services never are).
     pub fn new(allow_private: bool) -> Http {
+        Self::with_proxy_hosts(allow_private, target::proxy_hosts())
+    }
+
+    /// [`Http::new`] with the proxy hosts given (tests; `new` reads them
+    /// from the environment).
+    pub fn with_proxy_hosts(allow_private: bool, proxies: Vec<String>) -> Http {
         install_crypto_provider();
-        let client = reqwest::Client::builder()
+        let builder = || {
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(5))
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+        };
+        let client = builder()
+            .dns_resolver(target::Resolver::for_proxies(allow_private, proxies.clone()))
+            .build()
+            .expect("HTTP client");
+        let direct = builder()
+            .no_proxy()
             .dns_resolver(target::Resolver::new(allow_private))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
             .build()
             .expect("HTTP client");
         Http {
             client,
+            direct,
+            proxies,
             allow_private,
         }
     }
@@ -80,8 +101,13 @@ impl Http {
                 return sent;
             }
         };
-        let request = self
-            .client
+        // A URL naming a proxy host goes directly, every address checked.
+        let client = if target::names_proxy(&url, &self.proxies) {
+            &self.direct
+        } else {
+            &self.client
+        };
+        let request = client
             .post(url)
             .headers(headers)
             .body(body.to_vec())
@@ -179,4 +205,45 @@ fn describe(e: reqwest::Error, timeout: Duration) -> String {
 /// reqwest is built without a default TLS crypto provider; use ring.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A URL whose host is also a proxy's host is not exempt from the
+    /// checks: only the connection to the proxy is.
+    #[tokio::test]
+    async fn a_url_naming_the_proxy_host_is_checked_like_any_other() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+        // The proxy is configured (for https, say) on host `localhost`.
+        let http = Http::with_proxy_hosts(false, vec!["LocalHost.".into()]);
+        let endpoint = Endpoint::test(1, &format!("http://localhost:{port}/hook"));
+        let sent = http
+            .send(
+                "msg_1",
+                &endpoint,
+                b"{}",
+                SystemTime::now(),
+                Duration::from_secs(2),
+                64,
+            )
+            .await;
+        assert!(sent.refused, "{sent:?}");
+        assert!(
+            sent.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("a loopback address"),
+            "{sent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !accepted.is_finished(),
+            "nothing connected to the private address"
+        );
+        accepted.abort();
+    }
 }

@@ -24,6 +24,9 @@ pub struct DeliverConfig {
     pub retry_schedule: Vec<Duration>,
     /// Per-attempt timeout (connect + send + response head).
     pub timeout: Duration,
+    /// The longest an endpoint's own timeout may be: a fifth of the lease
+    /// (set by the sidecar), so an attempt in flight is never taken over.
+    pub max_timeout: Option<Duration>,
     /// Bytes of the response body kept on the attempt row (no more is read).
     pub excerpt_bytes: usize,
     /// Send to private, loopback and link-local addresses too
@@ -36,6 +39,7 @@ impl Default for DeliverConfig {
         DeliverConfig {
             retry_schedule: retry::parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("valid default"),
             timeout: Duration::from_secs(10),
+            max_timeout: None,
             excerpt_bytes: 1024,
             allow_private_targets: false,
         }
@@ -53,9 +57,15 @@ pub enum SideEffect {
     PauseEndpoint(String),
 }
 
+/// The longest `endpoint add --timeout` (and the default lease's fifth is
+/// 12 s: a longer one needs a longer PGWEBHOOKS_LEASE to take effect).
+pub const MAX_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub struct Deliverer {
     http: http::Http,
     config: DeliverConfig,
+    /// Endpoints whose timeout was clamped, warned about once each.
+    clamped: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 impl Deliverer {
@@ -63,6 +73,28 @@ impl Deliverer {
         Deliverer {
             http: http::Http::new(config.allow_private_targets),
             config,
+            clamped: Default::default(),
+        }
+    }
+
+    /// The endpoint's timeout (or the default), at most `max_timeout`.
+    pub fn timeout_for(&self, endpoint: &crate::endpoints::Endpoint) -> Duration {
+        let wanted = endpoint.timeout.unwrap_or(self.config.timeout);
+        match self.config.max_timeout {
+            Some(max) if wanted > max => {
+                if self
+                    .clamped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(endpoint.id)
+                {
+                    tracing::warn!(endpoint_id = endpoint.id, timeout = ?wanted, used = ?max,
+                        "the endpoint's timeout is longer than a fifth of PGWEBHOOKS_LEASE; using {max:?} \
+                         (an attempt still in flight would be taken over and sent twice)");
+                }
+                max
+            }
+            _ => wanted,
         }
     }
 
@@ -90,7 +122,7 @@ impl Deliverer {
             ));
             return (outcome, SideEffect::None);
         }
-        let timeout = endpoint.timeout.unwrap_or(self.config.timeout);
+        let timeout = self.timeout_for(endpoint);
         let now = SystemTime::now();
         let sent = self
             .http
@@ -156,5 +188,28 @@ impl Deliverer {
             }
         }
         (outcome, effect)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_timeout_is_clamped_to_a_fifth_of_the_lease() {
+        let mut endpoint = crate::endpoints::Endpoint::test(1, "http://127.0.0.1:9/");
+        let d = Deliverer::new(DeliverConfig {
+            max_timeout: Some(Duration::from_secs(12)),
+            ..Default::default()
+        });
+        assert_eq!(d.timeout_for(&endpoint), Duration::from_secs(10), "the default");
+        endpoint.timeout = Some(Duration::from_secs(3));
+        assert_eq!(d.timeout_for(&endpoint), Duration::from_secs(3));
+        endpoint.timeout = Some(Duration::from_secs(24 * 86400));
+        assert_eq!(d.timeout_for(&endpoint), Duration::from_secs(12));
+        assert_eq!(d.timeout_for(&endpoint), Duration::from_secs(12));
+        assert_eq!(d.clamped.lock().unwrap().len(), 1, "warned once");
+        let unbounded = Deliverer::new(DeliverConfig::default());
+        assert_eq!(unbounded.timeout_for(&endpoint), Duration::from_secs(24 * 86400));
     }
 }

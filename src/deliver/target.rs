@@ -6,7 +6,9 @@
 //! private, link-local, shared (CGNAT), unspecified, documentation or
 //! reserved is refused — whether the URL names it literally or a host name
 //! resolves (or re-resolves: DNS rebinding) to it. Cloud metadata services
-//! and multicast/broadcast addresses are refused even then. The checks are
+//! (all of IPv4 link-local 169.254.0.0/16, fd00:ec2::/32, and the known
+//! addresses and names of other clouds) and multicast/broadcast addresses
+//! are refused even then. The checks are
 //! pure functions of the address; [`Resolver`] applies them to every DNS
 //! answer the HTTP client uses, so what was checked is what is connected to.
 
@@ -129,6 +131,28 @@ pub fn parse(url: &str) -> Result<Url, TargetError> {
     Ok(parsed)
 }
 
+/// The URL as it may be shown where secrets are hidden: scheme, host and
+/// port, with the path and query (a Make.com URL's token, an API key in a
+/// query) and any `user:password@` replaced: `https://hook.eu1.make.com/…`.
+/// The SQL function `webhooks.url_redact` says the same.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url
+        .split_once("://")
+        .filter(|(scheme, _)| !scheme.contains([':', '/', '?', '#']))
+    else {
+        return "…".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let tail = if tail.is_empty() || tail == "/" {
+        tail
+    } else {
+        "/…"
+    };
+    format!("{scheme}://{host}{tail}")
+}
+
 /// What a URL's host is.
 enum Host<'a> {
     Ip(IpAddr),
@@ -210,15 +234,12 @@ pub fn classify(ip: IpAddr) -> Option<Kind> {
     }
 }
 
-/// Addresses of metadata services: AWS/GCP/Azure/OpenStack/Oracle
-/// (169.254.169.254), AWS ECS task credentials (169.254.170.2), Alibaba
-/// (100.100.100.200), Azure's WireServer (168.63.129.16).
-const METADATA_V4: &[[u8; 4]] = &[
-    [169, 254, 169, 254],
-    [169, 254, 170, 2],
-    [100, 100, 100, 200],
-    [168, 63, 129, 16],
-];
+/// Addresses of metadata services outside 169.254.0.0/16 (all of which is
+/// treated as metadata: AWS/GCP/Azure/OpenStack/Oracle 169.254.169.254, AWS
+/// ECS 169.254.170.2, EKS Pod Identity 169.254.170.23, Tencent 169.254.0.23,
+/// the AWS DNS resolver 169.254.169.253, and whatever a cloud adds next):
+/// Alibaba (100.100.100.200), Azure's WireServer (168.63.129.16).
+const METADATA_V4: &[[u8; 4]] = &[[100, 100, 100, 200], [168, 63, 129, 16]];
 
 fn classify_v4(ip: Ipv4Addr) -> Option<Kind> {
     let o = ip.octets();
@@ -229,7 +250,8 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Kind> {
         [0, ..] => Kind::Unspecified,
         [127, ..] => Kind::Loopback,
         [10, ..] | [172, 16..=31, ..] | [192, 168, ..] => Kind::Private,
-        [169, 254, ..] => Kind::LinkLocal,
+        // IPv4 link-local is where clouds serve credentials.
+        [169, 254, ..] => Kind::Metadata,
         [100, 64..=127, ..] => Kind::Shared,
         [192, 0, 2, _] | [198, 51, 100, _] | [203, 0, 113, _] | [198, 18..=19, ..] => Kind::Documentation,
         [192, 0, 0, _] | [192, 88, 99, _] => Kind::Reserved,
@@ -246,16 +268,21 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Kind> {
     }
     let s = ip.segments();
     let embedded = |hi: u16, lo: u16| Ipv4Addr::from(((hi as u32) << 16) | lo as u32);
-    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
-        return Some(Kind::Metadata);
-    }
     Some(match s {
+        // AWS's IPv6 metadata and credential services (IMDS fd00:ec2::254,
+        // EKS Pod Identity fd00:ec2::23, DNS fd00:ec2::253, …).
+        [0xfd00, 0xec2, ..] => Kind::Metadata,
         [0, 0, 0, 0, 0, 0, 0, 0] => Kind::Unspecified,
         [0, 0, 0, 0, 0, 0, 0, 1] => Kind::Loopback,
         // IPv4-compatible (deprecated) and IPv4-translated (SIIT).
         [0, 0, 0, 0, 0, 0, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Kind::Reserved,
         // NAT64 (well-known prefix) and 6to4 carry an IPv4 address.
         [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => return classify_v4(embedded(hi, lo)),
+        // RFC 8215 local-use NAT64: the /96 form carries the IPv4 address
+        // last, like the well-known prefix; a longer form (RFC 6052 /48,
+        // /56, /64) is refused, as metadata if any reading of it is.
+        [0x64, 0xff9b, 1, 0, 0, 0, hi, lo] => return classify_v4(embedded(hi, lo)),
+        [0x64, 0xff9b, 1, ..] => return Some(local_nat64(ip)),
         [0x2002, hi, lo, ..] => return classify_v4(embedded(hi, lo)),
         [0x100, 0, 0, 0, ..] => Kind::Reserved,
         [0x2001, 0xdb8, ..] | [0x3fff, 0..=0x0fff, ..] | [0x2001, 0x2, 0, ..] => Kind::Documentation,
@@ -266,6 +293,26 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Kind> {
         [0xff00..=0xffff, ..] => Kind::Multicast,
         _ => return None,
     })
+}
+
+/// A 64:ff9b:1::/48 address not in its /96 form: the IPv4 address it embeds
+/// depends on a prefix length only the network knows (RFC 6052 2.2).
+fn local_nat64(ip: Ipv6Addr) -> Kind {
+    let b = ip.octets();
+    // The IPv4 address under a /48, /56 and /64 prefix (octet 8 is `u`).
+    let readings = [
+        [b[6], b[7], b[9], b[10]],
+        [b[7], b[9], b[10], b[11]],
+        [b[9], b[10], b[11], b[12]],
+    ];
+    if readings
+        .iter()
+        .any(|o| classify_v4(Ipv4Addr::from(*o)) == Some(Kind::Metadata))
+    {
+        Kind::Metadata
+    } else {
+        Kind::Reserved
+    }
 }
 
 /// Keeps the allowed addresses of `name`'s DNS answer; refuses when none
@@ -314,20 +361,45 @@ pub async fn check_resolved(url: &str, allow_private: bool) -> Result<Url, Targe
 
 /// The HTTP client's DNS resolver: resolves through tokio (the system
 /// resolver) and drops refused addresses, so a name that resolves — now or
-/// after a rebinding — to a refused address is never connected to. The
-/// hosts of configured HTTP proxies (`HTTPS_PROXY`…) are the operator's
-/// choice and are not filtered.
+/// after a rebinding — to a refused address is never connected to.
+///
+/// The hosts of configured HTTP proxies (`HTTPS_PROXY`…) are the operator's
+/// choice: a resolver made [`Resolver::for_proxies`] does not filter them.
+/// Such a resolver must only serve a client that never connects directly to
+/// a URL naming a proxy host: `http::Http` sends those URLs through a second
+/// client, without proxies, whose resolver ([`Resolver::new`]) filters
+/// every name. So the exemption covers only connections to the proxy.
 pub struct Resolver {
     allow_private: bool,
     proxies: Vec<String>,
 }
 
 impl Resolver {
+    /// Filters every name.
     pub fn new(allow_private: bool) -> Resolver {
         Resolver {
             allow_private,
-            proxies: proxy_hosts(),
+            proxies: Vec::new(),
         }
+    }
+
+    /// Leaves these proxy hosts unfiltered (see the type's documentation).
+    pub fn for_proxies(allow_private: bool, proxies: Vec<String>) -> Resolver {
+        Resolver {
+            allow_private,
+            proxies: proxies.iter().map(|p| normalize(p)).collect(),
+        }
+    }
+}
+
+/// Does this URL name one of these proxy hosts?
+pub fn names_proxy(url: &Url, proxies: &[String]) -> bool {
+    match host(url) {
+        Some(Host::Name(name)) => {
+            let name = normalize(name);
+            proxies.iter().any(|p| normalize(p) == name)
+        }
+        _ => false,
     }
 }
 
@@ -354,7 +426,7 @@ async fn resolve_checked(
 }
 
 /// Hosts of the proxies reqwest takes from the environment.
-fn proxy_hosts() -> Vec<String> {
+pub fn proxy_hosts() -> Vec<String> {
     [
         "HTTP_PROXY",
         "http_proxy",
@@ -411,8 +483,14 @@ mod tests {
             ("172.16.0.1", Some(Private)),
             ("172.31.255.254", Some(Private)),
             ("192.168.1.1", Some(Private)),
-            ("169.254.0.1", Some(LinkLocal)),
+            ("169.254.0.1", Some(Metadata)),
             ("169.254.169.254", Some(Metadata)),
+            ("169.254.170.23", Some(Metadata)),
+            ("169.254.0.23", Some(Metadata)),
+            ("169.254.169.253", Some(Metadata)),
+            ("169.254.255.255", Some(Metadata)),
+            ("169.253.255.255", None),
+            ("169.255.0.1", None),
             ("169.254.170.2", Some(Metadata)),
             ("100.100.100.200", Some(Metadata)),
             ("168.63.129.16", Some(Metadata)),
@@ -443,12 +521,27 @@ mod tests {
             ("64:ff9b::a9fe:a9fe", Some(Metadata)),
             ("64:ff9b::c0a8:101", Some(Private)),
             ("64:ff9b::808:808", None),
+            // RFC 8215 local-use NAT64, /96 form.
+            ("64:ff9b:1::7f00:1", Some(Loopback)),
+            ("64:ff9b:1::a9fe:a9fe", Some(Metadata)),
+            ("64:ff9b:1::a00:1", Some(Private)),
+            ("64:ff9b:1::808:808", None),
+            // Longer forms: refused; as metadata when a reading is (/48, /56, /64).
+            ("64:ff9b:1:808:8:800::", Some(Reserved)),
+            ("64:ff9b:1:a9fe:a9:fe00::", Some(Metadata)),
+            ("64:ff9b:1:a9:fe:a9fe::", Some(Metadata)),
+            ("64:ff9b:1:0:a9:fea9:fe00:0", Some(Metadata)),
+            ("64:ff9b:2::7f00:1", None),
             ("2002:7f00:1::", Some(Loopback)),
             ("2002:a00:1::1", Some(Private)),
             ("2002:808:808::1", None),
             ("fc00::1", Some(Private)),
             ("fd12:3456::1", Some(Private)),
             ("fd00:ec2::254", Some(Metadata)),
+            ("fd00:ec2::23", Some(Metadata)),
+            ("fd00:ec2::253", Some(Metadata)),
+            ("fd00:ec2:ffff::1", Some(Metadata)),
+            ("fd00:ec3::23", Some(Private)),
             ("fe80::1", Some(LinkLocal)),
             ("febf::1", Some(LinkLocal)),
             ("fec0::1", Some(Private)),
@@ -476,12 +569,48 @@ mod tests {
             "::1",
             "fe80::1",
             "100.64.0.1",
-            "169.254.1.1",
+            "fd00:ec3::1",
         ] {
             assert_eq!(check_ip(ip(allowed), true), Ok(()), "{allowed}");
         }
-        for refused in ["169.254.169.254", "fd00:ec2::254", "224.0.0.1", "255.255.255.255"] {
+        for refused in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "224.0.0.1",
+            "255.255.255.255",
+            // EKS Pod Identity, Tencent, the AWS resolver, any link-local.
+            "169.254.170.23",
+            "fd00:ec2::23",
+            "169.254.0.23",
+            "169.254.169.253",
+            "169.254.1.1",
+            "64:ff9b:1::a9fe:aa17",
+        ] {
             assert!(check_ip(ip(refused), true).is_err(), "{refused}");
+        }
+    }
+
+    #[test]
+    fn redacted_urls_keep_only_scheme_host_and_port() {
+        for (url, shown) in [
+            (
+                "https://hook.eu1.make.com/abcSECRETTOKENxyz",
+                "https://hook.eu1.make.com/…",
+            ),
+            (
+                "https://example.com:8443/hook?key=SECRET",
+                "https://example.com:8443/…",
+            ),
+            ("https://example.com?key=SECRET", "https://example.com/…"),
+            ("https://example.com#SECRET", "https://example.com/…"),
+            ("http://user:SECRET@example.com/x", "http://example.com/…"),
+            ("http://a@b@example.com", "http://example.com"),
+            ("http://[::1]:8080/", "http://[::1]:8080/"),
+            ("https://example.com", "https://example.com"),
+            ("no scheme SECRET", "…"),
+            ("a/b://SECRET", "…"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
         }
     }
 
@@ -575,6 +704,54 @@ mod tests {
         );
         assert_eq!(filter("x", [sa("127.0.0.1")], true), Ok(vec![sa("127.0.0.1")]));
         assert!(filter("x", [sa("169.254.169.254")], true).is_err());
+    }
+
+    #[test]
+    fn metadata_urls_are_refused_even_when_private_targets_are_allowed() {
+        for url in [
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/",
+            "http://169.254.0.23/",
+            "http://169.254.169.253/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+        ] {
+            match check(url, true) {
+                Err(TargetError::Refused(r)) => assert_eq!(r.kind, Metadata, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            check("http://[64:ff9b:1::7f00:1]/", false),
+            Err(TargetError::Refused(Refused { kind: Loopback, .. }))
+        ));
+        assert!(check("http://[64:ff9b:1::7f00:1]/", true).is_ok());
+    }
+
+    #[test]
+    fn only_urls_naming_a_proxy_host_are_told_apart() {
+        let proxies = vec!["Proxy.internal.".to_owned()];
+        let url = |s: &str| Url::parse(s).unwrap();
+        assert!(names_proxy(&url("http://Proxy.Internal.:8080/x"), &proxies));
+        assert!(names_proxy(&url("https://proxy.internal/"), &proxies));
+        assert!(!names_proxy(&url("https://example.com/"), &proxies));
+        assert!(!names_proxy(&url("http://10.0.0.1/"), &proxies));
+    }
+
+    #[tokio::test]
+    async fn only_a_resolver_for_proxies_leaves_their_hosts_unfiltered() {
+        use reqwest::dns::Resolve;
+        let err = Resolver::new(false)
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(find_refused(&*err).map(|r| r.kind), Some(Loopback));
+        let addrs: Vec<SocketAddr> = Resolver::for_proxies(false, vec!["LOCALHOST".into()])
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(!addrs.is_empty());
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use pgwebhooks::config::Secret;
 use pgwebhooks::env_endpoints::EnvEndpoints;
 
 use crate::support::sidecar;
-use crate::support::{Receiver, TestDb};
+use crate::support::{Receiver, Reply, TestDb};
 
 fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
@@ -217,4 +217,85 @@ async fn endpoints_from_the_environment_route_event_groups() {
         appts.drain().is_empty() && fallback.drain().is_empty(),
         "no duplicates across restarts"
     );
+}
+
+/// L4 and L8 at `endpoint add`/`list`: the URL's path and query are shown
+/// only with --show-secrets; a timeout over the hard maximum is refused.
+#[tokio::test]
+async fn endpoint_list_hides_url_paths_and_add_refuses_huge_timeouts() {
+    let db = TestDb::new().await;
+    let url = "http://127.0.0.1:9/abcSECRETTOKENxyz?key=SECRETKEY";
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            url,
+            "--allow-private-targets",
+            "--timeout",
+            "20s",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = cli(&db, &["endpoint", "list"]);
+    assert!(
+        ok && out.contains("http://127.0.0.1:9/…") && !out.contains("SECRET"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&db, &["endpoint", "list", "--show-secrets"]);
+    assert!(ok && out.contains(url), "{out}");
+
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            "http://127.0.0.1:9/",
+            "--allow-private-targets",
+            "--timeout",
+            "24days",
+        ],
+    );
+    assert!(!ok, "refused");
+    assert!(err.contains("--timeout 24days: at most 5m"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+}
+
+/// L8: an endpoint's own timeout longer than a fifth of the lease is
+/// clamped, so an attempt is never still in flight when its lease ends
+/// (another replica would send it again).
+#[tokio::test]
+async fn an_endpoint_timeout_longer_than_the_lease_allows_is_clamped() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut slow = Receiver::start(|_| Reply::ok().delay(Duration::from_secs(4))).await;
+    // 60 s, while the tests' lease is 10 s: at most 2 s is used.
+    let id = sidecar::endpoint(&c, &slow.url, &["*"], "timeout_ms = 60000").await;
+    let mut config = sidecar::config(&db);
+    config.deliver.retry_schedule = vec![];
+    let running = sidecar::start(config).await;
+    c.execute("SELECT webhooks.emit('slow.test', '{}')", &[])
+        .await
+        .unwrap();
+    slow.next(Duration::from_secs(20)).await;
+    let (status, error): (String, Option<String>) = crate::support::wait::until(
+        "the attempt recorded",
+        Duration::from_secs(20),
+        || async {
+            c.query_opt(
+                "SELECT d.status, a.error FROM webhooks.deliveries d JOIN webhooks.attempts a ON a.delivery_id = d.id
+                  WHERE d.endpoint_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1)))
+        },
+    )
+    .await;
+    assert_eq!(status, "dead");
+    assert_eq!(error.as_deref(), Some("timed out after 2s"));
+    running.stop().await;
 }

@@ -211,3 +211,50 @@ async fn migrate_moves_generated_capture_to_the_capture_function() {
         .get(0);
     assert_eq!(watched, r#"{"exclude": ["secret"]}"#);
 }
+
+/// V7 on a database where endpoints were deleted before it: the orphan
+/// deliveries and attempts go first, then the foreign keys can be added.
+#[tokio::test]
+async fn v7_removes_orphans_then_adds_the_foreign_keys() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // As before V7.
+    c.batch_execute(
+        "ALTER TABLE webhooks.attempts DROP CONSTRAINT attempts_delivery_id_fkey;
+         ALTER TABLE webhooks.deliveries DROP CONSTRAINT deliveries_endpoint_id_fkey;
+         INSERT INTO webhooks.endpoints (id, url) VALUES (1, 'http://127.0.0.1:9/');
+         SELECT webhooks.emit('x', '{}');
+         INSERT INTO webhooks.deliveries (id, event_id, endpoint_id, status)
+              SELECT 10, event_id, 1, 'delivered' FROM webhooks.events
+              UNION ALL SELECT 11, event_id, 2, 'dead' FROM webhooks.events;
+         INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms)
+              VALUES (10, 1, now(), 1), (11, 1, now(), 1), (12, 1, now(), 1);",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(include_str!("../../migrations/V7__delivery_hardening.sql"))
+        .await
+        .unwrap();
+    let left: Vec<(String, i64)> = c
+        .query(
+            "SELECT 'delivery', id FROM webhooks.deliveries UNION ALL SELECT 'attempt', delivery_id FROM webhooks.attempts
+              ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(left, [("attempt".to_owned(), 10), ("delivery".to_owned(), 10)]);
+    let orphan = c
+        .execute(
+            "INSERT INTO webhooks.deliveries (event_id, endpoint_id, status) SELECT event_id, 2, 'pending' FROM webhooks.events",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        orphan.unwrap_err().code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+}

@@ -378,3 +378,121 @@ async fn status_names_a_write_transaction_that_holds_fan_out_back() {
     let (ok, out, _) = cli(&db, &["status"]).await;
     assert!(ok && !out.contains("warning: write transaction"), "{out}");
 }
+
+/// L4: a Make.com URL is a credential. The views and `status` show
+/// endpoints without a name by scheme and host only; `webhooks.url_redact`
+/// and the CLI's redaction agree.
+#[tokio::test]
+async fn views_and_status_never_show_an_endpoints_path_or_query() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let make = endpoint(&c, "https://hook.eu1.make.com/abcSECRETTOKENxyz", &["*"], "").await;
+    let keyed = endpoint(&c, "http://127.0.0.1:9/hook?key=SECRETKEY", &["*"], "").await;
+    let named = endpoint(&c, "https://example.com/SECRETPATH", &["*"], "name = 'crm'").await;
+    let labels = |view: &'static str| {
+        let c = &c;
+        async move {
+            c.query(
+                &format!("SELECT endpoint_id, endpoint FROM webhooks.{view} WHERE endpoint_id IS NOT NULL ORDER BY 1"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+        }
+    };
+    let expected = vec![
+        (make, "https://hook.eu1.make.com/…".to_owned()),
+        (keyed, "http://127.0.0.1:9/…".to_owned()),
+        (named, "crm".to_owned()),
+    ];
+    assert_eq!(labels("backlog").await, expected);
+    assert_eq!(labels("endpoint_health").await, expected);
+    let (ok, out, err) = cli(&db, &["status"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("https://hook.eu1.make.com/…"), "{out}");
+    assert!(!out.contains("SECRET"), "{out}");
+
+    for url in [
+        "https://hook.eu1.make.com/abcSECRETTOKENxyz",
+        "https://example.com:8443/hook?key=SECRET",
+        "https://example.com?key=SECRET",
+        "https://example.com#SECRET",
+        "http://user:SECRET@example.com/x",
+        "http://a@b@example.com",
+        "http://[::1]:8080/",
+        "https://example.com",
+        "no scheme SECRET",
+        "a/b://SECRET",
+    ] {
+        let sql: String = c
+            .query_one("SELECT webhooks.url_redact($1)", &[&url])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(sql, pgwebhooks::deliver::target::redact(url), "{url}");
+        assert!(!sql.contains("SECRET"), "{url}: {sql}");
+    }
+}
+
+/// I3: deleting an endpoint (`endpoint remove`, or SQL) takes its
+/// deliveries and their attempts with it: nothing is left to count as
+/// backlog or dead letters, or to keep events from retention.
+#[tokio::test]
+async fn removing_an_endpoint_leaves_no_orphan_deliveries() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (mut r, _up) = Receiver::down_until_switched(500).await;
+    let gone = endpoint(&c, &r.url, &["*"], "").await;
+    let by_sql = endpoint(&c, &r.url, &["*"], "").await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    c.execute(
+        "SELECT webhooks.emit('order.created', '{}') FROM generate_series(1, 2)",
+        &[],
+    )
+    .await
+    .unwrap();
+    r.take(12, T).await; // 2 events x 2 endpoints x 3 attempts
+    wait::until("four dead letters", T, || async {
+        (one::<i64>(&c, "SELECT count(*) FROM webhooks.dead_letters").await == 4).then_some(())
+    })
+    .await;
+    s.stop().await;
+    // And one still pending (never attempted).
+    c.execute("SELECT webhooks.replay($1, now() - interval '1 hour')", &[&gone])
+        .await
+        .unwrap();
+    let (ok, out, err) = cli(&db, &["endpoint", "remove", &gone.to_string()]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("endpoint {gone} removed, with its 2 deliveries")),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&db, &["endpoint", "remove", &gone.to_string()]).await;
+    assert!(!ok && err.contains(&format!("no endpoint {gone}")), "{err}");
+    c.execute("DELETE FROM webhooks.endpoints WHERE id = $1", &[&by_sql])
+        .await
+        .unwrap();
+    let orphans: (i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM webhooks.deliveries), (SELECT count(*) FROM webhooks.attempts),
+                        (SELECT count(*) FROM webhooks.endpoint_secrets)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(orphans, (0, 0, 0));
+    let (ok, out, _) = cli(&db, &["status"]).await;
+    assert!(
+        ok && out.contains("dead letters: 0") && out.contains("backlog: 0 waiting"),
+        "{out}"
+    );
+    // The events are free for retention now.
+    let removed: i64 = one(&c, "SELECT events FROM webhooks.retention_run(interval '0')").await;
+    assert_eq!(removed, 2);
+}

@@ -148,15 +148,31 @@ async fn endpoint_add_refuses_bad_urls_and_private_targets() {
         assert!(!ok && err.contains(expected), "{url}: {err}");
         assert!(!err.contains("s3cr3t"), "a credential is never repeated: {err}");
     }
-    // The setting allows private targets, never metadata services.
-    for allow in [Some("true"), None] {
-        let mut args = add("http://169.254.169.254/latest/meta-data/");
-        if allow.is_none() {
-            args.push("--allow-private-targets");
+    // The setting allows private targets, never metadata services: all of
+    // 169.254.0.0/16 (EKS Pod Identity, Tencent, the AWS resolver…) and
+    // fd00:ec2::/32, also behind a local-use NAT64 prefix.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://169.254.170.23/v1/credentials",
+        "http://[fd00:ec2::23]/",
+        "http://169.254.0.23/",
+        "http://169.254.169.253/",
+        "http://[64:ff9b:1::a9fe:a9fe]/",
+    ] {
+        for allow in [Some("true"), None] {
+            let mut args = add(url);
+            if allow.is_none() {
+                args.push("--allow-private-targets");
+            }
+            let (ok, _, err) = cli(&db, &args, allow);
+            assert!(
+                !ok && err.contains("never allowed as a webhook target"),
+                "{url}: {err}"
+            );
         }
-        let (ok, _, err) = cli(&db, &args, allow);
-        assert!(!ok && err.contains("never allowed as a webhook target"), "{err}");
     }
+    let (ok, _, err) = cli(&db, &add("http://[64:ff9b:1::7f00:1]/"), None);
+    assert!(!ok && err.contains("a loopback address"), "{err}");
     assert_eq!(count(&c, "SELECT count(*) FROM webhooks.endpoints").await, 0);
 
     let mut args = add("http://10.1.2.3/hook");

@@ -208,9 +208,12 @@ async fn rolled_back_writes_emit_nothing_and_origin_is_recorded() {
         .await
         .unwrap()
         .get(0);
-    tx.execute("SELECT set_config('webhooks.inbound_id', $1, true)", &[&id.to_string()])
-        .await
-        .unwrap();
+    tx.execute(
+        "SELECT set_config('webhooks.inbound_id', $1, true)",
+        &[&id.to_string()],
+    )
+    .await
+    .unwrap();
     tx.batch_execute(
         "SELECT set_config('webhooks.origin', 'inbound/support-tickets', true);
          INSERT INTO crm.tickets (title) VALUES ('from make')",

@@ -90,13 +90,8 @@ async fn hostile_table_names_never_become_code() {
     .unwrap();
     // The operator's routine deploy, as a superuser, and a full refresh.
     let mut migrator = db.client().await;
-    pgwebhooks::db::migrate::run(&mut migrator, true)
-        .await
-        .unwrap();
-    admin
-        .batch_execute("SELECT webhooks.rewatch()")
-        .await
-        .unwrap();
+    pgwebhooks::db::migrate::run(&mut migrator, true).await.unwrap();
+    admin.batch_execute("SELECT webhooks.rewatch()").await.unwrap();
     shop.batch_execute(&format!(
         "INSERT INTO shop.\"{newline}\" (id, total, \"st$body$\nx\") VALUES (1, 10, 'new');
          UPDATE shop.\"{newline}\" SET \"st$body$\nx\" = 'PAID' WHERE id = 1;
@@ -114,7 +109,10 @@ async fn hostile_table_names_never_become_code() {
     assert!(!is_superuser(&admin, &role).await, "{role} became superuser");
     let ev = events(&admin).await;
     let types: Vec<&str> = ev.iter().map(|e| e.0.as_str()).collect();
-    assert_eq!(types, ["order.created", "order.paid", "note.created", "order.created"]);
+    assert_eq!(
+        types,
+        ["order.created", "order.paid", "note.created", "order.created"]
+    );
     let quoted = |name: &str| format!("shop.\"{name}\"");
     assert_eq!(ev[0].1.as_deref(), Some(quoted(newline).as_str()));
     assert_eq!(ev[2].1.as_deref(), Some(quoted(dollar).as_str()));
@@ -223,15 +221,11 @@ async fn roles_without_rights_on_webhooks_keep_their_ddl() {
     // The owner of a watched table, without rights on webhooks either: the
     // table was watched for it by a superuser.
     let (role, shop) = owner(&db, &admin, false).await;
-    shop.batch_execute(
-        "CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric, api_token text)",
-    )
-    .await
-    .unwrap();
+    shop.batch_execute("CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric, api_token text)")
+        .await
+        .unwrap();
     admin
-        .batch_execute(
-            "SELECT webhooks.watch('shop.orders', 'order', '{\"exclude\": [\"api_token\"]}')",
-        )
+        .batch_execute("SELECT webhooks.watch('shop.orders', 'order', '{\"exclude\": [\"api_token\"]}')")
         .await
         .unwrap();
     shop.batch_execute(
@@ -251,9 +245,7 @@ async fn roles_without_rights_on_webhooks_keep_their_ddl() {
     assert_eq!(ev[1].1.as_deref(), Some("shop.purchases"));
     assert_eq!(ev[1].2.as_deref(), Some("2"), "the renamed key still keys events");
     assert!(!ev[1].3.to_string().contains("secret-"), "{}", ev[1].3);
-    shop.batch_execute("DROP TABLE shop.purchases")
-        .await
-        .unwrap();
+    shop.batch_execute("DROP TABLE shop.purchases").await.unwrap();
     let watched: i64 = admin
         .query_one("SELECT count(*) FROM webhooks.watched", &[])
         .await
@@ -352,17 +344,17 @@ async fn key_changes_and_truncate_are_captured() {
     let mut got: Vec<(&str, Option<&str>)> = ev.iter().map(|e| (e.0.as_str(), e.2.as_deref())).collect();
     got.sort();
     let mut want = vec![
-            ("acct.created", Some("1")),
-            ("acct.created", Some("2")),
-            ("acct.deleted", Some("1")),
-            ("acct.created", Some("101")),
-            ("acct.updated", Some("2")),
-            ("acct.updated", Some("101")),
-            ("acct.truncated", None),
-            ("pair.created", Some("[1, \"x\"]")),
-            ("pair.deleted", Some("[1, \"x\"]")),
-            ("pair.created", Some("[1, \"y\"]")),
-            ("pairs_cleared", None),
+        ("acct.created", Some("1")),
+        ("acct.created", Some("2")),
+        ("acct.deleted", Some("1")),
+        ("acct.created", Some("101")),
+        ("acct.updated", Some("2")),
+        ("acct.updated", Some("101")),
+        ("acct.truncated", None),
+        ("pair.created", Some("[1, \"x\"]")),
+        ("pair.deleted", Some("[1, \"x\"]")),
+        ("pair.created", Some("[1, \"y\"]")),
+        ("pairs_cleared", None),
     ];
     want.sort();
     assert_eq!(got, want);

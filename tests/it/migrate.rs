@@ -200,7 +200,10 @@ async fn migrate_moves_generated_capture_to_the_capture_function() {
         .get(0);
     assert_eq!(left, 0, "generated functions dropped");
     assert!(c
-        .query_opt("SELECT 1 FROM pg_class WHERE oid = to_regclass('webhooks.watched_v4')", &[])
+        .query_opt(
+            "SELECT 1 FROM pg_class WHERE oid = to_regclass('webhooks.watched_v4')",
+            &[]
+        )
         .await
         .unwrap()
         .is_none());

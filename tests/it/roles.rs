@@ -35,7 +35,7 @@ async fn the_sidecar_and_the_app_need_only_their_group_roles() {
     let mut rx = Receiver::ok().await;
     let ep = endpoint(&admin, &rx.url, &["order.*"], "").await;
     let mut config = sidecar::config_with_inbound(&db);
-    config.database.user(&sc);
+    config.database.pg.user(&sc);
     let running = sidecar::start(config).await;
     let got = rx.take(3, T).await;
     assert_eq!(got.len(), 3);

@@ -143,6 +143,22 @@ mod tests {
     }
 
     #[test]
+    fn inbound_secret_empty_is_unset_and_short_is_refused() {
+        let s = |v: &str| inbound_secret(Some(&Secret::new(v)));
+        assert_eq!(inbound_secret(None).unwrap(), None);
+        assert_eq!(s("").unwrap(), None);
+        assert_eq!(s("  \t ").unwrap(), None);
+        for weak in ["a", "s3cret", "fifteen-chars-x", "sixteen chars xx", "whsec_!!!!!!!!!!!!!!!!"] {
+            let e = s(weak).unwrap_err().to_string();
+            assert!(e.contains("PGWEBHOOKS_INBOUND_SECRET"), "{weak}: {e}");
+        }
+        assert_eq!(
+            s(" sixteen-chars-xx ").unwrap(),
+            Some(Secret::new("sixteen-chars-xx"))
+        );
+    }
+
+    #[test]
     fn env_file_parses_quotes_comments_and_export() {
         let parsed = parse_env_file("# c\n\nexport A=1\nB = 'two words'\nC=\"x=y\"\n").unwrap();
         assert_eq!(
@@ -214,8 +230,11 @@ pub struct RunArgs {
     pub listen: std::net::SocketAddr,
 
     /// Shared secret callers must present (x-webhook-secret, x-make-apikey,
-    /// Authorization: Bearer, ?secret=, or a Standard Webhooks signature).
-    /// Routes may set their own in webhooks.inbound_routes.
+    /// Authorization: Bearer, ?secret=, or a Standard Webhooks signature):
+    /// at least 16 printable characters without spaces (e.g. `openssl rand
+    /// -hex 32`). Empty counts as unset: every callback to a route without
+    /// its own secret is then refused. Routes may set their own in
+    /// webhooks.inbound_routes (webhooks.inbound_route_set).
     #[arg(long, env = "PGWEBHOOKS_INBOUND_SECRET", hide_env_values = true)]
     pub inbound_secret: Option<Secret>,
 
@@ -269,6 +288,31 @@ pub struct RunArgs {
     pub targets: TargetArgs,
 }
 
+/// Shortest inbound secret accepted (here and in `inbound_route_set`).
+pub const MIN_INBOUND_SECRET: usize = 16;
+
+/// `PGWEBHOOKS_INBOUND_SECRET`, checked: empty or blank is unset (it must
+/// never let in callers who present an empty credential); anything else
+/// must be a usable secret, for presenting and for signatures alike.
+pub fn inbound_secret(secret: Option<&Secret>) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = secret.map(|s| s.expose().trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() < MIN_INBOUND_SECRET || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_INBOUND_SECRET must be at least {MIN_INBOUND_SECRET} printable characters without spaces \
+             (it is {} characters long{}): make one with `openssl rand -hex 32`, or leave it empty to refuse \
+             callbacks to routes without their own secret",
+            value.chars().count(),
+            if value.bytes().all(|b| b.is_ascii_graphic()) { "" } else { " and holds spaces or unprintable characters" }
+        )));
+    }
+    if let Err(error) = crate::deliver::sign::SigningKey::parse(value) {
+        return Err(ConfigError::Invalid(format!("PGWEBHOOKS_INBOUND_SECRET: {error}")));
+    }
+    Ok(Some(Secret::new(value)))
+}
+
 /// How long to keep delivered history.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention(pub Option<std::time::Duration>);
@@ -308,6 +352,7 @@ impl RunArgs {
                 "PGWEBHOOKS_INBOUND_READ_TIMEOUT must be longer than 0".into(),
             ));
         }
+        let inbound_secret = inbound_secret(self.inbound_secret.as_ref())?;
         let mut c = crate::sidecar::SidecarConfig::new(self.db.connection()?);
         if let Some(r) = &self.replica {
             c.replica = r.clone();
@@ -333,7 +378,7 @@ impl RunArgs {
         c.dispatch.breaker_window = self.breaker_window;
         c.inbound = Some(crate::inbound::InboundConfig {
             listen: self.listen,
-            secret: self.inbound_secret.clone(),
+            secret: inbound_secret,
             max_body: self.inbound_max_body,
             tolerance: self.inbound_tolerance,
             read_timeout: self.inbound_read_timeout,

@@ -148,7 +148,13 @@ mod tests {
         assert_eq!(inbound_secret(None).unwrap(), None);
         assert_eq!(s("").unwrap(), None);
         assert_eq!(s("  \t ").unwrap(), None);
-        for weak in ["a", "s3cret", "fifteen-chars-x", "sixteen chars xx", "whsec_!!!!!!!!!!!!!!!!"] {
+        for weak in [
+            "a",
+            "s3cret",
+            "fifteen-chars-x",
+            "sixteen chars xx",
+            "whsec_!!!!!!!!!!!!!!!!",
+        ] {
             let e = s(weak).unwrap_err().to_string();
             assert!(e.contains("PGWEBHOOKS_INBOUND_SECRET"), "{weak}: {e}");
         }
@@ -249,7 +255,8 @@ pub struct RunArgs {
     /// How long a client may take to send a callback's request head, and
     /// then its body: a slower one is cut off (408, or the connection
     /// closed) and nothing is applied. Idle keep-alive connections are
-    /// closed after it too.
+    /// closed after it too, and so is a connection whose answer the client
+    /// has not read for this long.
     #[arg(long, env = "PGWEBHOOKS_INBOUND_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub inbound_read_timeout: std::time::Duration,
 
@@ -260,7 +267,7 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub inbound_max_connections: u32,
 
-    /// Keep delivered events, deliveries, attempts and applied callbacks
+    /// Keep delivered events, deliveries, attempts and callbacks (applied or rejected)
     /// this long ("off" keeps everything; dead letters always stay).
     #[arg(long, env = "PGWEBHOOKS_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub retention: Retention,
@@ -308,7 +315,9 @@ pub fn inbound_secret(secret: Option<&Secret>) -> Result<Option<Secret>, ConfigE
         )));
     }
     if let Err(error) = crate::deliver::sign::SigningKey::parse(value) {
-        return Err(ConfigError::Invalid(format!("PGWEBHOOKS_INBOUND_SECRET: {error}")));
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_INBOUND_SECRET: {error}"
+        )));
     }
     Ok(Some(Secret::new(value)))
 }

@@ -118,10 +118,7 @@ pub fn check(
     if signed && header("webhook-id").is_none() {
         return Err(Denied::MissingId);
     }
-    if presented
-        .iter()
-        .any(|p| same(p.as_bytes(), secret.as_bytes()))
-    {
+    if presented.iter().any(|p| same(p.as_bytes(), secret.as_bytes())) {
         return Ok(());
     }
     if signed {
@@ -194,7 +191,14 @@ mod tests {
         }
         let s = Some("s3cret-value-long-enough");
         assert_eq!(
-            check(s, &headers(&[("x-webhook-secret", "")]), Some("secret="), b"{}", 0, 300),
+            check(
+                s,
+                &headers(&[("x-webhook-secret", "")]),
+                Some("secret="),
+                b"{}",
+                0,
+                300
+            ),
             Err(Denied::Missing),
             "an empty credential is no credential"
         );
@@ -210,7 +214,10 @@ mod tests {
             ("webhook-timestamp", "1000"),
             ("webhook-signature", &sig),
         ]);
-        assert_eq!(check(Some(secret), &h, None, b"{}", 1000, 300), Err(Denied::MissingId));
+        assert_eq!(
+            check(Some(secret), &h, None, b"{}", 1000, 300),
+            Err(Denied::MissingId)
+        );
     }
 
     #[test]

@@ -399,10 +399,18 @@ async fn callback(
             // give (no enumeration), and cost no database work.
             let denied = match global {
                 Some(_) => check(global).err(),
-                None => Some(check(Some(UNKNOWN_ROUTE_SECRET)).err().unwrap_or(auth::Denied::Invalid)),
+                None => Some(
+                    check(Some(UNKNOWN_ROUTE_SECRET))
+                        .err()
+                        .unwrap_or(auth::Denied::Invalid),
+                ),
             };
             if let Some(denied) = denied {
-                tracing::info!(route, reason = denied.message(), "inbound callback refused (unknown route)");
+                tracing::info!(
+                    route,
+                    reason = denied.message(),
+                    "inbound callback refused (unknown route)"
+                );
                 return failure(StatusCode::UNAUTHORIZED, denied.message());
             }
             // Authenticated: the route may be newer than the cache.
@@ -447,7 +455,12 @@ async fn callback(
         Ok((status, body)) => {
             let inbound_id = body.get("inboundId").and_then(Value::as_i64);
             if status >= 500 {
-                tracing::error!(route, status, ?inbound_id, "inbound callback failed; see webhooks.inbound.error");
+                tracing::error!(
+                    route,
+                    status,
+                    ?inbound_id,
+                    "inbound callback failed; see webhooks.inbound.error"
+                );
             } else {
                 tracing::info!(route, status, ?inbound_id, "inbound callback");
             }
@@ -470,8 +483,13 @@ async fn callback(
                 &format!("the body holds a value Postgres cannot store: {msg}"),
             )
         }
-        Err(ApplyError::Db(db::DbError::Query(e))) if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) => {
-            tracing::error!(route, "inbound callback took too long to apply (statement timeout)");
+        Err(ApplyError::Db(db::DbError::Query(e)))
+            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+        {
+            tracing::error!(
+                route,
+                "inbound callback took too long to apply (statement timeout)"
+            );
             timed_out()
         }
         Err(ApplyError::Db(error)) => {
@@ -479,7 +497,10 @@ async fn callback(
             failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
         Err(ApplyError::TimedOut) => {
-            tracing::error!(route, "inbound callback took too long to apply; its query was cancelled");
+            tracing::error!(
+                route,
+                "inbound callback took too long to apply; its query was cancelled"
+            );
             timed_out()
         }
     }

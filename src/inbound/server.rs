@@ -28,8 +28,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::time::Sleep;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -91,7 +91,11 @@ impl<S> Stalled<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Stalled<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -171,7 +175,10 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     // A request in progress gets its whole time (head, body, apply) to
     // finish after a graceful close.
-    let limits = (config.read_timeout, config.read_timeout * 2 + config.apply_timeout);
+    let limits = (
+        config.read_timeout,
+        config.read_timeout * 2 + config.apply_timeout,
+    );
     let handle = tokio::spawn(accept_loop(listener, router, http, slots, limits, shutdown));
     Ok((addr, handle))
 }

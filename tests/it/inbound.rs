@@ -177,7 +177,10 @@ async fn every_error_status_and_no_internals_leak() {
         !b.to_string().contains("secret internal detail"),
         "no internals in a 500: {b}"
     );
-    assert!(b["inboundId"].is_i64(), "a 500 names the record the DBA can read: {b}");
+    assert!(
+        b["inboundId"].is_i64(),
+        "a 500 names the record the DBA can read: {b}"
+    );
     assert_eq!(notes(&c).await, 0, "nothing partly applied");
     let rejected: i64 = c
         .query_one(
@@ -436,12 +439,18 @@ async fn route_secrets_must_be_16_printable_characters_and_v6_disables_weak_ones
             .await
             .unwrap_err();
         let msg = e.as_db_error().unwrap().message().to_owned();
-        assert!(msg.contains("at least 16 printable characters"), "{weak:?}: {msg}");
+        assert!(
+            msg.contains("at least 16 printable characters"),
+            "{weak:?}: {msg}"
+        );
         let e = c
             .execute("UPDATE webhooks.inbound_routes SET secret = $1", &[&weak])
             .await
             .unwrap_err();
-        assert_eq!(e.as_db_error().unwrap().constraint(), Some("inbound_routes_secret_check"));
+        assert_eq!(
+            e.as_db_error().unwrap().constraint(),
+            Some("inbound_routes_secret_check")
+        );
     }
     c.execute(
         "SELECT webhooks.inbound_route_set('notes', 'notes.add', '{}', 'route-secret-0123456789')",
@@ -539,7 +548,11 @@ async fn unauthenticated_requests_cost_no_database_work_and_unknown_routes_answe
     let h = http();
     for i in 0..300 {
         let route = if i % 2 == 0 { "notes" } else { "nosuchroute" };
-        let (st, b) = post(h.post(format!("{}/inbound/{route}", s.base)).json(&json!({"text": "x"}))).await;
+        let (st, b) = post(
+            h.post(format!("{}/inbound/{route}", s.base))
+                .json(&json!({"text": "x"})),
+        )
+        .await;
         assert_eq!(st, 401, "{route}: {b}");
     }
     let (st, _) = post(
@@ -581,7 +594,10 @@ async fn unauthenticated_requests_cost_no_database_work_and_unknown_routes_answe
         .await
         .unwrap()
         .get(0);
-    assert!(scans < 30, "301 unauthenticated requests read the routes {scans} times");
+    assert!(
+        scans < 30,
+        "301 unauthenticated requests read the routes {scans} times"
+    );
 }
 
 #[tokio::test]
@@ -701,10 +717,16 @@ async fn a_slow_apply_is_cancelled_on_timeout_and_bounded_by_a_statement_timeout
         )
         .await;
         assert_eq!(st, 503, "{b}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-        wait::until("the timed-out apply is no longer running", Duration::from_secs(5), || async {
-            (busy_applies(&c).await == 0).then_some(())
-        })
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        wait::until(
+            "the timed-out apply is no longer running",
+            Duration::from_secs(5),
+            || async { (busy_applies(&c).await == 0).then_some(()) },
+        )
         .await;
         let (st, b) = post(
             h.post(format!("{}/inbound/sleepy", s.base))
@@ -784,9 +806,13 @@ async fn example_appointments_two_reschedules_both_apply() {
     let h = http();
     let url = format!("{}/api/webhooks/make/appointments", s.base);
     for at in ["2030-02-01T10:00:00Z", "2030-03-15T10:00:00Z"] {
-        let (st, b) = post(h.post(&url).header("x-webhook-secret", INBOUND_SECRET).json(&json!({
+        let (st, b) = post(
+            h.post(&url)
+                .header("x-webhook-secret", INBOUND_SECRET)
+                .json(&json!({
             "eventType": "appointment.rescheduled", "appointmentId": 1,
-            "status": "rescheduled", "newScheduledAt": at})))
+            "status": "rescheduled", "newScheduledAt": at})),
+        )
         .await;
         assert_eq!(st, 200, "{b}");
         assert_ne!(b["duplicate"], true, "{b}");

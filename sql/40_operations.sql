@@ -245,7 +245,7 @@ BEGIN
     SELECT count(*) INTO events FROM e;
 
     WITH old AS (
-        SELECT i.id FROM webhooks.inbound i WHERE i.received_at < cutoff AND i.status = 'applied' LIMIT batch
+        SELECT i.id FROM webhooks.inbound i WHERE i.received_at < cutoff AND i.status IN ('applied', 'rejected') LIMIT batch
     ), i AS (
         DELETE FROM webhooks.inbound x USING old WHERE x.id = old.id RETURNING 1
     )

@@ -204,7 +204,8 @@ CREATE TABLE webhooks.inbound_routes (
     -- A function (payload jsonb) RETURNS jsonb. It raises SQLSTATE 'WH422'
     -- (or a data/integrity error) to reject a payload with a message.
     handler            regproc     NOT NULL,
-    -- Overrides PGWEBHOOKS_INBOUND_SECRET for this route.
+    -- Overrides PGWEBHOOKS_INBOUND_SECRET for this route: NULL, or at least
+    -- 16 printable characters without spaces (V6).
     secret             text,
     -- Payload fields whose values identify a callback when it carries no
     -- webhook-id / Idempotency-Key header (else the body's hash does).
@@ -213,7 +214,8 @@ CREATE TABLE webhooks.inbound_routes (
     description        text,
     created_at         timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT inbound_routes_pkey PRIMARY KEY (route),
-    CONSTRAINT inbound_routes_route_check CHECK (route ~ '^[a-z0-9][a-z0-9_-]*$')
+    CONSTRAINT inbound_routes_route_check CHECK (route ~ '^[a-z0-9][a-z0-9_-]*$'),
+    CONSTRAINT inbound_routes_secret_check CHECK (secret IS NULL OR secret ~ '^[!-~]{16,}$')
 );
 
 CREATE TABLE webhooks.inbound (
@@ -227,6 +229,9 @@ CREATE TABLE webhooks.inbound (
     attempts        integer     NOT NULL DEFAULT 1,
     received_at     timestamptz NOT NULL DEFAULT now(),
     applied_at      timestamptz,
+    -- SHA-256 of the payload's jsonb text: a same-key callback with another
+    -- body is a conflict (409), not a duplicate. NULL before V6.
+    payload_sha256  bytea,
     CONSTRAINT inbound_pkey PRIMARY KEY (id),
     CONSTRAINT inbound_route_key UNIQUE (route, idempotency_key),
     CONSTRAINT inbound_status_check CHECK (status IN ('applied', 'rejected'))

@@ -150,6 +150,28 @@ mod tests {
     }
 
     #[test]
+    fn inbound_secret_empty_is_unset_and_short_is_refused() {
+        let s = |v: &str| inbound_secret(Some(&Secret::new(v)));
+        assert_eq!(inbound_secret(None).unwrap(), None);
+        assert_eq!(s("").unwrap(), None);
+        assert_eq!(s("  \t ").unwrap(), None);
+        for weak in [
+            "a",
+            "s3cret",
+            "fifteen-chars-x",
+            "sixteen chars xx",
+            "whsec_!!!!!!!!!!!!!!!!",
+        ] {
+            let e = s(weak).unwrap_err().to_string();
+            assert!(e.contains("PGWEBHOOKS_INBOUND_SECRET"), "{weak}: {e}");
+        }
+        assert_eq!(
+            s(" sixteen-chars-xx ").unwrap(),
+            Some(Secret::new("sixteen-chars-xx"))
+        );
+    }
+
+    #[test]
     fn env_file_parses_quotes_comments_and_export() {
         let parsed = parse_env_file("# c\n\nexport A=1\nB = 'two words'\nC=\"x=y\"\n").unwrap();
         assert_eq!(
@@ -221,8 +243,11 @@ pub struct RunArgs {
     pub listen: std::net::SocketAddr,
 
     /// Shared secret callers must present (x-webhook-secret, x-make-apikey,
-    /// Authorization: Bearer, ?secret=, or a Standard Webhooks signature).
-    /// Routes may set their own in webhooks.inbound_routes.
+    /// Authorization: Bearer, ?secret=, or a Standard Webhooks signature):
+    /// at least 16 printable characters without spaces (e.g. `openssl rand
+    /// -hex 32`). Empty counts as unset: every callback to a route without
+    /// its own secret is then refused. Routes may set their own in
+    /// webhooks.inbound_routes (webhooks.inbound_route_set).
     #[arg(long, env = "PGWEBHOOKS_INBOUND_SECRET", hide_env_values = true)]
     pub inbound_secret: Option<Secret>,
 
@@ -237,7 +262,8 @@ pub struct RunArgs {
     /// How long a client may take to send a callback's request head, and
     /// then its body: a slower one is cut off (408, or the connection
     /// closed) and nothing is applied. Idle keep-alive connections are
-    /// closed after it too.
+    /// closed after it too, and so is a connection whose answer the client
+    /// has not read for this long.
     #[arg(long, env = "PGWEBHOOKS_INBOUND_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub inbound_read_timeout: std::time::Duration,
 
@@ -248,7 +274,7 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub inbound_max_connections: u32,
 
-    /// Keep delivered events, deliveries, attempts and applied callbacks
+    /// Keep delivered events, deliveries, attempts and callbacks (applied or rejected)
     /// this long ("off" keeps everything; dead letters always stay).
     #[arg(long, env = "PGWEBHOOKS_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub retention: Retention,
@@ -274,6 +300,33 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub targets: TargetArgs,
+}
+
+/// Shortest inbound secret accepted (here and in `inbound_route_set`).
+pub const MIN_INBOUND_SECRET: usize = 16;
+
+/// `PGWEBHOOKS_INBOUND_SECRET`, checked: empty or blank is unset (it must
+/// never let in callers who present an empty credential); anything else
+/// must be a usable secret, for presenting and for signatures alike.
+pub fn inbound_secret(secret: Option<&Secret>) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = secret.map(|s| s.expose().trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() < MIN_INBOUND_SECRET || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_INBOUND_SECRET must be at least {MIN_INBOUND_SECRET} printable characters without spaces \
+             (it is {} characters long{}): make one with `openssl rand -hex 32`, or leave it empty to refuse \
+             callbacks to routes without their own secret",
+            value.chars().count(),
+            if value.bytes().all(|b| b.is_ascii_graphic()) { "" } else { " and holds spaces or unprintable characters" }
+        )));
+    }
+    if let Err(error) = crate::deliver::sign::SigningKey::parse(value) {
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_INBOUND_SECRET: {error}"
+        )));
+    }
+    Ok(Some(Secret::new(value)))
 }
 
 /// How long to keep delivered history.
@@ -315,6 +368,7 @@ impl RunArgs {
                 "PGWEBHOOKS_INBOUND_READ_TIMEOUT must be longer than 0".into(),
             ));
         }
+        let inbound_secret = inbound_secret(self.inbound_secret.as_ref())?;
         let mut c = crate::sidecar::SidecarConfig::new(self.db.connection()?);
         if let Some(r) = &self.replica {
             c.replica = r.clone();
@@ -340,7 +394,7 @@ impl RunArgs {
         c.dispatch.breaker_window = self.breaker_window;
         c.inbound = Some(crate::inbound::InboundConfig {
             listen: self.listen,
-            secret: self.inbound_secret.clone(),
+            secret: inbound_secret,
             max_body: self.inbound_max_body,
             tolerance: self.inbound_tolerance,
             read_timeout: self.inbound_read_timeout,

@@ -15,7 +15,9 @@
 -- Routes (handler; idempotency fields when no webhook-id header):
 --   payments            app.inbound_payments            eventType, paymentIntentId
 --   messages            app.inbound_messages            (body hash)
---   appointments        app.inbound_appointments        eventType, appointmentId, status
+--   appointments        app.inbound_appointments        eventType, appointmentId, status, and when
+--                                                       present newScheduledAt, scheduledAt,
+--                                                       timestamp, occurredAt, updatedAt
 --   errors              app.inbound_errors              (body hash)
 --   support-tickets     app.inbound_support_tickets     (body hash)
 --   cohort-enrollments  app.inbound_cohort_enrollments  eventType, enrollmentId
@@ -26,6 +28,11 @@
 -- PUBLIC: grant it to the sidecar's role if that is not the owner.
 -- Payload values are only ever bound as values: no dynamic SQL.
 -- Ids are the app's bigint ids, as JSON numbers or digit strings.
+-- Idempotency fields must tell apart callbacks that change something: two
+-- reschedules of one appointment differ in their new time (and in their
+-- timestamp), so those are part of the key (a trailing `?`: the field may
+-- be absent). A callback with the same key as one applied but another body
+-- is answered 409, never silently dropped as a duplicate.
 
 -- ---------------------------------------------------------------------------
 -- Tables and columns the callbacks need
@@ -883,14 +890,17 @@ GRANT EXECUTE ON FUNCTION
     app.inbound_cohort_enrollments(jsonb), app.inbound_cohort_messages(jsonb)
 TO webhooks_sidecar;
 
--- Re-registered on every run; a per-route secret set since is kept.
+-- Re-registered on every run; a per-route secret set since is kept, and a
+-- route disabled since (e.g. by migration V6, for a too-short secret) stays
+-- disabled until its secret is set again.
 SELECT webhooks.inbound_route_set(v.route, v.handler::regproc, v.fields, r.secret, v.description)
   FROM (VALUES
         ('payments',           'app.inbound_payments',           '{eventType,paymentIntentId}'::text[],
          'payment.success -> course or cohort enrollment, coupon usage, expiry from the access duration'),
         ('messages',           'app.inbound_messages',           '{}',
          'message.received -> instructor message in the thread'),
-        ('appointments',       'app.inbound_appointments',       '{eventType,appointmentId,status}',
+        ('appointments',       'app.inbound_appointments',
+         '{eventType,appointmentId,status,newScheduledAt?,scheduledAt?,timestamp?,occurredAt?,updatedAt?}',
          'appointment.confirmed / cancelled / rescheduled -> the appointment''s status and time'),
         ('errors',             'app.inbound_errors',             '{}',
          'error report -> app.error_logs'),
@@ -902,4 +912,5 @@ SELECT webhooks.inbound_route_set(v.route, v.handler::regproc, v.fields, r.secre
          'cohort.message.created -> recorded once per message')
        ) AS v(route, handler, fields, description)
   LEFT JOIN webhooks.inbound_routes r ON r.route = v.route
+ WHERE r.route IS NULL OR r.enabled
  ORDER BY v.route;

@@ -1,6 +1,8 @@
 //! Who may post a callback: a shared secret (in `x-webhook-secret`,
 //! `x-make-apikey`, `authorization: Bearer …` or `?secret=`) or a Standard
-//! Webhooks signature made with it. Compared in constant time.
+//! Webhooks signature made with it. Compared in constant time. An empty
+//! credential is no credential, and a signed request must carry a
+//! non-empty `webhook-id` (it is what makes a replay a duplicate).
 
 use axum::http::HeaderMap;
 
@@ -14,6 +16,9 @@ pub enum Denied {
     Invalid,
     /// The server has no secret for this route: nobody can be let in.
     NotConfigured,
+    /// Signed, but without a `webhook-id`: the signature would not pin the
+    /// callback's identity, so replays would be applied again.
+    MissingId,
 }
 
 impl Denied {
@@ -22,6 +27,7 @@ impl Denied {
             Denied::Missing => "Unauthorized: missing secret",
             Denied::Invalid => "Unauthorized: invalid secret",
             Denied::NotConfigured => "Unauthorized: no inbound secret is configured",
+            Denied::MissingId => "Unauthorized: a signed callback needs a non-empty webhook-id header",
         }
     }
 }
@@ -65,6 +71,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Whether the request carries a (non-empty) Standard Webhooks signature.
+pub fn is_signed(headers: &HeaderMap) -> bool {
+    headers
+        .get("webhook-signature")
+        .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty())
+}
+
 /// Checks a request against `secret`. `now` is unix seconds.
 pub fn check(
     secret: Option<&str>,
@@ -74,7 +87,13 @@ pub fn check(
     now: i64,
     tolerance_s: i64,
 ) -> Result<(), Denied> {
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
     let bearer =
         header("authorization").and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
     let query = query_secret(query);
@@ -86,18 +105,20 @@ pub fn check(
     ]
     .into_iter()
     .flatten()
+    .map(str::trim)
+    .filter(|p| !p.is_empty())
     .collect();
-    let signed = header("webhook-signature").is_some();
-    let Some(secret) = secret else {
+    let signed = is_signed(headers);
+    let Some(secret) = secret.filter(|s| !s.trim().is_empty()) else {
         return Err(Denied::NotConfigured);
     };
     if presented.is_empty() && !signed {
         return Err(Denied::Missing);
     }
-    if presented
-        .iter()
-        .any(|p| same(p.trim().as_bytes(), secret.as_bytes()))
-    {
+    if signed && header("webhook-id").is_none() {
+        return Err(Denied::MissingId);
+    }
+    if presented.iter().any(|p| same(p.as_bytes(), secret.as_bytes())) {
         return Ok(());
     }
     if signed {
@@ -153,6 +174,50 @@ mod tests {
             Err(Denied::NotConfigured)
         );
         assert!(same(b"abc", b"abc") && !same(b"abc", b"abd") && !same(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn empty_credentials_and_secrets_let_nobody_in() {
+        for secret in [Some(""), Some("   ")] {
+            for (h, q) in [
+                (headers(&[("x-webhook-secret", "")]), None),
+                (headers(&[("x-make-apikey", " ")]), None),
+                (headers(&[("authorization", "Bearer ")]), None),
+                (HeaderMap::new(), Some("secret=")),
+                (HeaderMap::new(), Some("secret=+")),
+            ] {
+                assert_eq!(check(secret, &h, q, b"{}", 0, 300), Err(Denied::NotConfigured));
+            }
+        }
+        let s = Some("s3cret-value-long-enough");
+        assert_eq!(
+            check(
+                s,
+                &headers(&[("x-webhook-secret", "")]),
+                Some("secret="),
+                b"{}",
+                0,
+                300
+            ),
+            Err(Denied::Missing),
+            "an empty credential is no credential"
+        );
+    }
+
+    #[test]
+    fn a_signed_request_needs_a_webhook_id() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let key = SigningKey::parse(secret).unwrap();
+        let sig = key.sign("", 1000, b"{}");
+        let h = headers(&[
+            ("webhook-id", ""),
+            ("webhook-timestamp", "1000"),
+            ("webhook-signature", &sig),
+        ]);
+        assert_eq!(
+            check(Some(secret), &h, None, b"{}", 1000, 300),
+            Err(Denied::MissingId)
+        );
     }
 
     #[test]

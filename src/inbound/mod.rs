@@ -7,10 +7,11 @@
 pub mod auth;
 mod server;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::PathRejection;
@@ -19,12 +20,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Object, Pool};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 use crate::db;
+use crate::deliver::sign::SigningKey;
 
 pub use server::{serve, MAX_HEAD};
 
@@ -57,8 +59,12 @@ pub struct InboundConfig {
     pub read_timeout: Duration,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
-    /// How long a callback may take to apply before we answer 503.
+    /// How long a callback may take to apply before we answer 503 (and
+    /// cancel its query).
     pub apply_timeout: Duration,
+    /// `statement_timeout` of the apply, shorter than `apply_timeout` so
+    /// Postgres gives up first.
+    pub statement_timeout: Duration,
 }
 
 impl Default for InboundConfig {
@@ -71,6 +77,7 @@ impl Default for InboundConfig {
             read_timeout: Duration::from_secs(10),
             max_connections: 256,
             apply_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::from_secs(25),
         }
     }
 }
@@ -79,12 +86,121 @@ struct AppState {
     pool: Pool,
     config: InboundConfig,
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    routes: RouteCache,
+}
+
+/// A route's settings, as the server needs them before the apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RouteSettings {
+    secret: Option<String>,
+    fields: Vec<String>,
+}
+
+type RouteMap = Arc<HashMap<String, RouteSettings>>;
+
+/// How long the enabled routes are used from memory before they are read
+/// again: an unauthenticated request costs no database round trip (at most
+/// one read per this, whatever the traffic), and a route added, changed or
+/// disabled in SQL is seen within it.
+pub const ROUTE_TTL: Duration = Duration::from_secs(1);
+
+/// The enabled routes (`webhooks.inbound_routes`), read at most once per
+/// [`ROUTE_TTL`] by one request at a time.
+struct RouteCache {
+    current: RwLock<Option<(Instant, RouteMap)>>,
+    reload: tokio::sync::Mutex<()>,
+}
+
+impl RouteCache {
+    fn new() -> Self {
+        RouteCache {
+            current: RwLock::new(None),
+            reload: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self, max_age: Duration) -> Option<RouteMap> {
+        let current = self.current.read().unwrap_or_else(|e| e.into_inner());
+        current
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, m)| m.clone())
+    }
+
+    /// The routes, read again when older than `max_age`. While Postgres
+    /// cannot be read, the last routes read are used (for another TTL).
+    async fn get(&self, pool: &Pool, max_age: Duration) -> Result<RouteMap, db::DbError> {
+        if let Some(m) = self.fresh(max_age) {
+            return Ok(m);
+        }
+        let _one_at_a_time = self.reload.lock().await;
+        if let Some(m) = self.fresh(max_age) {
+            return Ok(m);
+        }
+        let loaded = load_routes(pool).await;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        match loaded {
+            Ok(m) => {
+                if current.as_ref().is_none_or(|(_, old)| **old != m) {
+                    warn_unusable_keys(&m);
+                }
+                let m = Arc::new(m);
+                *current = Some((Instant::now(), m.clone()));
+                Ok(m)
+            }
+            Err(error) => match current.as_mut() {
+                Some((at, m)) => {
+                    tracing::warn!(error = %crate::record::error_chain(&error), "inbound: reading the routes failed; using the last ones read");
+                    *at = Instant::now();
+                    Ok(m.clone())
+                }
+                None => Err(error),
+            },
+        }
+    }
+}
+
+/// Route secrets Standard Webhooks signatures cannot be checked with
+/// (a `whsec_` secret that is not base64, written around
+/// `inbound_route_set`): said once, not silently ignored.
+fn warn_unusable_keys(routes: &HashMap<String, RouteSettings>) {
+    for (route, r) in routes {
+        if let Some(Err(error)) = r.secret.as_deref().map(SigningKey::parse) {
+            tracing::warn!(route, %error, "inbound: this route's secret cannot check signatures (only presented secrets work)");
+        }
+    }
+}
+
+async fn load_routes(pool: &Pool) -> Result<HashMap<String, RouteSettings>, db::DbError> {
+    let client = pool.get().await?;
+    let st = client
+        .prepare_cached("SELECT route, secret, idempotency_fields FROM webhooks.inbound_routes WHERE enabled")
+        .await?;
+    Ok(client
+        .query(&st, &[])
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                RouteSettings {
+                    secret: r.get(1),
+                    fields: r.get(2),
+                },
+            )
+        })
+        .collect())
 }
 
 /// The router; `ready` says whether the sidecar's own stages are healthy.
 pub fn router(pool: Pool, config: InboundConfig, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Router {
     let limit = config.max_body;
-    let state = Arc::new(AppState { pool, config, ready });
+    let state = Arc::new(AppState {
+        pool,
+        config,
+        ready,
+        routes: RouteCache::new(),
+    });
     Router::new()
         .route("/api/webhooks/make/{route}", post(callback))
         .route("/inbound/{route}", post(callback))
@@ -138,23 +254,6 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(json!({"database": db_ok, "sidecar": stages_ok}))).into_response()
 }
 
-/// A route's settings, or `None` when it does not exist.
-async fn route_settings(
-    pool: &Pool,
-    route: &str,
-) -> Result<Option<(Option<String>, Vec<String>)>, db::DbError> {
-    let client = pool.get().await?;
-    let st = client
-        .prepare_cached(
-            "SELECT secret, idempotency_fields FROM webhooks.inbound_routes WHERE route = $1 AND enabled",
-        )
-        .await?;
-    Ok(client
-        .query_opt(&st, &[&route])
-        .await?
-        .map(|r| (r.get(0), r.get(1))))
-}
-
 /// Whether `route` could name a route at all (`inbound_routes` holds
 /// `^[a-z0-9][a-z0-9_-]*$`); anything else, such as a name that is not
 /// UTF-8 or holds a NUL, is unknown without asking Postgres.
@@ -168,7 +267,12 @@ fn plausible_route(route: &str) -> bool {
 pub const MAX_KEY: usize = 200;
 
 /// The callback's identity: its `webhook-id` / `Idempotency-Key`, else the
-/// route's declared payload fields, else the body's SHA-256.
+/// route's declared payload fields, else the body's SHA-256. A signed
+/// callback is identified by its (signed) `webhook-id` only, never by the
+/// unsigned `Idempotency-Key`: a replay with another key is a duplicate.
+/// The fields' values are a JSON array (`["a|b","c"]` and `["a","b|c"]`
+/// differ); every field must be present, except those declared with a
+/// trailing `?` (e.g. `newScheduledAt?`), which are `null` when absent.
 pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, body: &[u8]) -> String {
     let header = |n: &str| {
         headers
@@ -183,20 +287,32 @@ pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, 
             format!("{kind}-sha256:{}", sha256_hex(key.as_bytes()))
         }
     };
-    if let Some(k) = header("webhook-id").or_else(|| header("idempotency-key")) {
+    let id = if auth::is_signed(headers) {
+        header("webhook-id")
+    } else {
+        header("webhook-id").or_else(|| header("idempotency-key"))
+    };
+    if let Some(k) = id {
         return bounded("id", k.trim());
     }
     if !fields.is_empty() {
-        let values: Option<Vec<String>> = fields
+        let values: Option<Vec<Value>> = fields
             .iter()
-            .map(|f| match payload.get(f) {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Null) | None => None,
-                Some(v) => Some(v.to_string()),
+            .map(|f| {
+                let (name, optional) = match f.strip_suffix('?') {
+                    Some(name) => (name, true),
+                    None => (f.as_str(), false),
+                };
+                match payload.get(name) {
+                    // "42" and 42 are one id, as before.
+                    Some(Value::String(s)) => Some(Value::String(s.clone())),
+                    Some(Value::Null) | None => optional.then_some(Value::Null),
+                    Some(v) => Some(Value::String(v.to_string())),
+                }
             })
             .collect();
         if let Some(values) = values {
-            return bounded("fields", &values.join("|"));
+            return bounded("fields", &Value::Array(values).to_string());
         }
     }
     format!("sha256:{}", sha256_hex(body))
@@ -252,11 +368,10 @@ async fn callback(
     if declared.is_some_and(|n| n > state.config.max_body as u64) {
         return failure(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     }
-    let settings = match route_settings(&state.pool, &route).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return failure(StatusCode::NOT_FOUND, "unknown route"),
+    let routes = match state.routes.get(&state.pool, ROUTE_TTL).await {
+        Ok(r) => r,
         Err(error) => {
-            tracing::error!(route, error = %crate::record::error_chain(&error), "inbound: looking up the route failed");
+            tracing::error!(route, error = %crate::record::error_chain(&error), "inbound: reading the routes failed");
             return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         }
     };
@@ -269,22 +384,50 @@ async fn callback(
         }
         Err(BodyError::Broken) => return failure(StatusCode::BAD_REQUEST, "the body could not be read"),
     };
-    let secret = settings
-        .0
-        .as_deref()
-        .or(state.config.secret.as_ref().map(Secret::expose));
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
-    if let Err(denied) = auth::check(
-        secret,
-        &headers,
-        query.as_deref(),
-        &body,
-        now,
-        state.config.tolerance.as_secs() as i64,
-    ) {
+    let tolerance = state.config.tolerance.as_secs() as i64;
+    let global = state.config.secret.as_ref().map(Secret::expose);
+    let check = |secret: Option<&str>| auth::check(secret, &headers, query.as_deref(), &body, now, tolerance);
+    let settings = match routes.get(&route) {
+        Some(s) => s.clone(),
+        None => {
+            // Unknown to the caller unless it holds the global secret: an
+            // unauthenticated caller gets the 401 an existing route would
+            // give (no enumeration), and cost no database work.
+            let denied = match global {
+                Some(_) => check(global).err(),
+                None => Some(
+                    check(Some(UNKNOWN_ROUTE_SECRET))
+                        .err()
+                        .unwrap_or(auth::Denied::Invalid),
+                ),
+            };
+            if let Some(denied) = denied {
+                tracing::info!(
+                    route,
+                    reason = denied.message(),
+                    "inbound callback refused (unknown route)"
+                );
+                return failure(StatusCode::UNAUTHORIZED, denied.message());
+            }
+            // Authenticated: the route may be newer than the cache.
+            match state.routes.get(&state.pool, Duration::ZERO).await {
+                Ok(r) => match r.get(&route) {
+                    Some(s) => s.clone(),
+                    None => return failure(StatusCode::NOT_FOUND, "unknown route"),
+                },
+                Err(error) => {
+                    tracing::error!(route, error = %crate::record::error_chain(&error), "inbound: reading the routes failed");
+                    return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+                }
+            }
+        }
+    };
+    let secret = settings.secret.as_deref().or(global);
+    if let Err(denied) = check(secret) {
         if denied == auth::Denied::NotConfigured {
             tracing::warn!(
                 route,
@@ -306,19 +449,27 @@ async fn callback(
     let Ok(text) = std::str::from_utf8(&body) else {
         return failure(StatusCode::BAD_REQUEST, "malformed JSON: not UTF-8");
     };
-    let key = idempotency_key(&headers, &settings.1, &payload, &body);
-    let applied =
-        tokio::time::timeout(state.config.apply_timeout, apply(&state.pool, &route, &key, text)).await;
+    let key = idempotency_key(&headers, &settings.fields, &payload, &body);
+    let applied = apply(&state.pool, &state.config, &route, &key, text).await;
     match applied {
-        Ok(Ok((status, body))) => {
+        Ok((status, body)) => {
             let inbound_id = body.get("inboundId").and_then(Value::as_i64);
-            tracing::info!(route, status, ?inbound_id, "inbound callback");
+            if status >= 500 {
+                tracing::error!(
+                    route,
+                    status,
+                    ?inbound_id,
+                    "inbound callback failed; see webhooks.inbound.error"
+                );
+            } else {
+                tracing::info!(route, status, ?inbound_id, "inbound callback");
+            }
             answer(
                 StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 body,
             )
         }
-        Ok(Err(db::DbError::Query(e)))
+        Err(ApplyError::Db(db::DbError::Query(e)))
             if e.code()
                 .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("54")) =>
         {
@@ -332,26 +483,109 @@ async fn callback(
                 &format!("the body holds a value Postgres cannot store: {msg}"),
             )
         }
-        Ok(Err(error)) => {
+        Err(ApplyError::Db(db::DbError::Query(e)))
+            if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED) =>
+        {
+            tracing::error!(
+                route,
+                "inbound callback took too long to apply (statement timeout)"
+            );
+            timed_out()
+        }
+        Err(ApplyError::Db(error)) => {
             tracing::error!(route, error = %crate::record::error_chain(&error), "inbound callback failed");
             failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
-        Err(_) => {
-            tracing::error!(route, "inbound callback took too long to apply");
-            failure(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timed out applying the callback; it is safe to send it again",
-            )
+        Err(ApplyError::TimedOut) => {
+            tracing::error!(
+                route,
+                "inbound callback took too long to apply; its query was cancelled"
+            );
+            timed_out()
         }
     }
 }
 
-/// Records and applies the callback; `payload` is the body's JSON text.
-async fn apply(pool: &Pool, route: &str, key: &str, payload: &str) -> Result<(i32, Value), db::DbError> {
-    let client = pool.get().await?;
-    let st = client
-        .prepare_cached("SELECT http_status, body FROM webhooks.inbound_apply($1, $2, $3::text::jsonb)")
-        .await?;
-    let row = client.query_one(&st, &[&route, &key, &payload]).await?;
-    Ok((row.get(0), row.get(1)))
+/// Stands for a route's secret when a route is unknown and there is no
+/// global secret, so that the answer does not tell the two apart.
+const UNKNOWN_ROUTE_SECRET: &str = "\u{0}unknown route: nothing matches this";
+
+fn timed_out() -> Response {
+    failure(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timed out applying the callback; it is safe to send it again",
+    )
+}
+
+enum ApplyError {
+    Db(db::DbError),
+    TimedOut,
+}
+
+impl From<db::DbError> for ApplyError {
+    fn from(e: db::DbError) -> Self {
+        ApplyError::Db(e)
+    }
+}
+
+impl From<tokio_postgres::Error> for ApplyError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ApplyError::Db(db::DbError::Query(e))
+    }
+}
+
+/// Records and applies the callback (`payload` is the body's JSON text) in
+/// one transaction under `statement_timeout`, within `apply_timeout`. On
+/// the timeout the query is cancelled and rolled back before the
+/// connection goes back to the pool, so it is not left busy.
+async fn apply(
+    pool: &Pool,
+    config: &InboundConfig,
+    route: &str,
+    key: &str,
+    payload: &str,
+) -> Result<(i32, Value), ApplyError> {
+    let deadline = tokio::time::Instant::now() + config.apply_timeout;
+    let client = tokio::time::timeout_at(deadline, pool.get())
+        .await
+        .map_err(|_| ApplyError::TimedOut)?
+        .map_err(db::DbError::from)?;
+    let cancel = client.cancel_token();
+    let run = async {
+        let st = client
+            .prepare_cached("SELECT http_status, body FROM webhooks.inbound_apply($1, $2, $3::text::jsonb)")
+            .await?;
+        let begin = format!(
+            "BEGIN; SET LOCAL statement_timeout = {}",
+            config.statement_timeout.as_millis().max(1)
+        );
+        // Pipelined: one round trip for BEGIN and the apply.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&route, &key, &payload];
+        let (begun, row) = tokio::join!(client.batch_execute(&begin), client.query_one(&st, &params));
+        let done = begun.and(row);
+        let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = client.batch_execute(end).await;
+        let row = done?;
+        ended?;
+        Ok::<_, ApplyError>((row.get(0), row.get(1)))
+    };
+    match tokio::time::timeout_at(deadline, run).await {
+        Ok(result) => result,
+        Err(_) => {
+            tokio::spawn(cancel_and_release(client, cancel));
+            Err(ApplyError::TimedOut)
+        }
+    }
+}
+
+/// Cancels what `client` runs and rolls its transaction back; a connection
+/// that cannot be made clean is closed rather than reused.
+async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken) {
+    if let Err(error) = cancel.cancel_query(tokio_postgres::NoTls).await {
+        tracing::warn!(%error, "inbound: cancelling a timed-out apply failed");
+    }
+    let rolled_back = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("ROLLBACK")).await;
+    if !matches!(rolled_back, Ok(Ok(()))) {
+        drop(Object::take(client));
+    }
 }

@@ -5,17 +5,31 @@
 //! listen backlog). The callback handler bounds the body the same way (size
 //! and time), so a slow or stalled client costs bounded memory for a
 //! bounded time, and never holds a database connection.
+//! Answers are bounded too: a client that stops reading them (say, while it
+//! pipelines requests) is cut off once a write has made no progress for
+//! `read_timeout` ([`Stalled`]); a connection serves at most
+//! [`MAX_REQUESTS`] requests and lives at most [`MAX_LIFETIME`], so no
+//! client holds a slot forever.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::http::{header, HeaderValue, Request};
 use axum::Router;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +37,126 @@ use super::InboundConfig;
 
 /// Largest request head (request line and headers) accepted: 64 KiB.
 pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Requests one connection serves; the last answer says `connection: close`.
+pub const MAX_REQUESTS: usize = 1000;
+
+/// How long one connection may live: then it finishes the request in
+/// progress and closes (and is dropped `read_timeout` later, whatever it is
+/// doing).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A stream whose writes (and flushes) fail with `TimedOut` once they have
+/// made no progress for `limit`: a peer that stops reading cannot keep the
+/// connection, and its slot, by leaving its receive window shut.
+pub struct Stalled<S> {
+    inner: S,
+    limit: Duration,
+    stuck: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Stalled<S> {
+    pub fn new(inner: S, limit: Duration) -> Self {
+        Stalled {
+            inner,
+            limit,
+            stuck: None,
+        }
+    }
+
+    /// `Pending` from the inner stream: start (or check) the clock.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        let limit = self.limit;
+        let stuck = self
+            .stuck
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stuck.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing of the answer for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stuck = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.pending(cx),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Stalled<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(r, cx)
+    }
+}
+
+/// The router for one connection: counts its requests, and asks the client
+/// to close after [`MAX_REQUESTS`].
+struct Counted {
+    inner: TowerToHyperService<Router>,
+    served: AtomicUsize,
+}
+
+type Answer = axum::response::Response;
+
+impl hyper::service::Service<Request<Incoming>> for Counted {
+    type Response = Answer;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let last = self.served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS;
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = answer.await?;
+            if last {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(resp)
+        })
+    }
+}
 
 /// Binds `config.listen` and serves `router` until `shutdown`; returns the
 /// bound address at once. On shutdown it stops accepting, lets requests in
@@ -39,7 +173,13 @@ pub async fn serve(
         .header_read_timeout(config.read_timeout)
         .max_header_size(MAX_HEAD);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let handle = tokio::spawn(accept_loop(listener, router, http, slots, shutdown));
+    // A request in progress gets its whole time (head, body, apply) to
+    // finish after a graceful close.
+    let limits = (
+        config.read_timeout,
+        config.read_timeout * 2 + config.apply_timeout,
+    );
+    let handle = tokio::spawn(accept_loop(listener, router, http, slots, limits, shutdown));
     Ok((addr, handle))
 }
 
@@ -48,6 +188,7 @@ async fn accept_loop(
     router: Router,
     http: http1::Builder,
     slots: Arc<Semaphore>,
+    (patience, grace): (Duration, Duration),
     shutdown: CancellationToken,
 ) {
     let connections = TaskTracker::new();
@@ -68,7 +209,11 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        let service = Counted {
+            inner: TowerToHyperService::new(router.clone()),
+            served: AtomicUsize::new(0),
+        };
+        let conn = http.serve_connection(TokioIo::new(Stalled::new(stream, patience)), service);
         let stop = shutdown.clone();
         connections.spawn(async move {
             let _slot = slot;
@@ -81,9 +226,14 @@ async fn accept_loop(
                     return;
                 }
                 _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(MAX_LIFETIME) => {
+                    tracing::debug!("inbound connection closed: it lived long enough");
+                }
             }
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            // The request in progress may finish; a client that keeps it
+            // from finishing is dropped.
+            let _ = tokio::time::timeout(grace, conn).await;
         });
     }
     connections.close();

@@ -204,7 +204,12 @@ impl Sidecar {
                 let ready_signals = signals.clone();
                 let ready =
                     Arc::new(move || ready_signals.connected.load(std::sync::atomic::Ordering::Acquire));
-                let router = inbound::router(pool.clone(), inbound_config.clone(), ready);
+                let router = inbound::router(
+                    pool.clone(),
+                    config.database.tls_connector(),
+                    inbound_config.clone(),
+                    ready,
+                );
                 let (addr, task) = inbound::serve(router, inbound_config, inbound_stop.clone())
                     .await
                     .map_err(|e| StartError::Listen(inbound_config.listen, e))?;

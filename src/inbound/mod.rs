@@ -84,6 +84,8 @@ impl Default for InboundConfig {
 
 struct AppState {
     pool: Pool,
+    /// How to reach the database for a cancel request (TLS as configured).
+    cancel_tls: db::tls::MakeRustls,
     config: InboundConfig,
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
     routes: RouteCache,
@@ -193,10 +195,16 @@ async fn load_routes(pool: &Pool) -> Result<HashMap<String, RouteSettings>, db::
 }
 
 /// The router; `ready` says whether the sidecar's own stages are healthy.
-pub fn router(pool: Pool, config: InboundConfig, ready: Arc<dyn Fn() -> bool + Send + Sync>) -> Router {
+pub fn router(
+    pool: Pool,
+    cancel_tls: db::tls::MakeRustls,
+    config: InboundConfig,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+) -> Router {
     let limit = config.max_body;
     let state = Arc::new(AppState {
         pool,
+        cancel_tls,
         config,
         ready,
         routes: RouteCache::new(),
@@ -450,7 +458,7 @@ async fn callback(
         return failure(StatusCode::BAD_REQUEST, "malformed JSON: not UTF-8");
     };
     let key = idempotency_key(&headers, &settings.fields, &payload, &body);
-    let applied = apply(&state.pool, &state.config, &route, &key, text).await;
+    let applied = apply(&state.pool, &state.cancel_tls, &state.config, &route, &key, text).await;
     match applied {
         Ok((status, body)) => {
             let inbound_id = body.get("inboundId").and_then(Value::as_i64);
@@ -540,6 +548,7 @@ impl From<tokio_postgres::Error> for ApplyError {
 /// connection goes back to the pool, so it is not left busy.
 async fn apply(
     pool: &Pool,
+    cancel_tls: &db::tls::MakeRustls,
     config: &InboundConfig,
     route: &str,
     key: &str,
@@ -572,7 +581,7 @@ async fn apply(
     match tokio::time::timeout_at(deadline, run).await {
         Ok(result) => result,
         Err(_) => {
-            tokio::spawn(cancel_and_release(client, cancel));
+            tokio::spawn(cancel_and_release(client, cancel, cancel_tls.clone()));
             Err(ApplyError::TimedOut)
         }
     }
@@ -580,8 +589,8 @@ async fn apply(
 
 /// Cancels what `client` runs and rolls its transaction back; a connection
 /// that cannot be made clean is closed rather than reused.
-async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken) {
-    if let Err(error) = cancel.cancel_query(tokio_postgres::NoTls).await {
+async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken, tls: db::tls::MakeRustls) {
+    if let Err(error) = cancel.cancel_query(tls).await {
         tracing::warn!(%error, "inbound: cancelling a timed-out apply failed");
     }
     let rolled_back = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("ROLLBACK")).await;

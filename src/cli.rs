@@ -11,7 +11,7 @@ use pgwebhooks::db::endpoints::NewEndpoint;
 use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
 use pgwebhooks::deliver::target::{self, TargetError};
 use pgwebhooks::deliver::MAX_ENDPOINT_TIMEOUT;
-use pgwebhooks::endpoints::split_patterns;
+use pgwebhooks::endpoints::{is_make_url, split_patterns};
 
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once from the command line")]
@@ -46,8 +46,14 @@ pub enum EndpointCommand {
         #[arg(long = "header")]
         headers: Vec<String>,
         /// Skip events whose origin matches, e.g. 'inbound/*' (repeatable).
+        /// Make.com endpoints default to 'inbound/*', so a scenario's own
+        /// callbacks are not echoed back to it.
         #[arg(long = "ignore-origin")]
         ignore_origins: Vec<String>,
+        /// Deliver every event to a Make.com endpoint, its scenario's own
+        /// callbacks included (no default 'inbound/*').
+        #[arg(long, conflicts_with = "ignore_origins")]
+        no_ignore_origin: bool,
         /// Signature styles: standard, sha256-hex (x-webhook-signature),
         /// secret-header (x-webhook-secret); comma-separated.
         #[arg(long, default_value = "standard")]
@@ -150,6 +156,17 @@ fn secret_or_new(secret: Option<String>) -> anyhow::Result<(String, bool)> {
     }
 }
 
+/// The origins an endpoint skips: as given, else `inbound/*` for a Make.com
+/// endpoint (a scenario's callback writes rows whose events would go back
+/// to the same scenario), unless `--no-ignore-origin`.
+fn origins_to_ignore(given: Vec<String>, none: bool, make: bool) -> Vec<String> {
+    if given.is_empty() && make && !none {
+        eprintln!("ignoring events of origin inbound/* (a callback's own changes go back to no Make scenario; --no-ignore-origin to change)");
+        return vec!["inbound/*".to_owned()];
+    }
+    given
+}
+
 pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
     match cmd {
         EndpointCommand::Add {
@@ -162,6 +179,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             make,
             headers,
             ignore_origins,
+            no_ignore_origin,
             signature,
             masked,
             timeout,
@@ -171,6 +189,8 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             targets,
         } => {
             check_url(&url)?;
+            let ignore_origins =
+                origins_to_ignore(ignore_origins, no_ignore_origin, make || is_make_url(&url));
             if let Some(t) = timeout.filter(|t| *t > MAX_ENDPOINT_TIMEOUT) {
                 bail!(
                     "--timeout {}: at most {} (and the sidecar uses at most a fifth of PGWEBHOOKS_LEASE, \

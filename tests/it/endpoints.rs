@@ -299,3 +299,91 @@ async fn an_endpoint_timeout_longer_than_the_lease_allows_is_clamped() {
     assert_eq!(error.as_deref(), Some("timed out after 2s"));
     running.stop().await;
 }
+
+/// Issue #14: a Make endpoint skips its scenario's own callbacks (origin
+/// inbound/*) unless told otherwise; any other endpoint ignores nothing.
+#[tokio::test]
+async fn make_endpoints_skip_their_own_callbacks_by_default() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let origins = |id: i64| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT ignore_origins FROM webhooks.endpoints WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, Vec<String>>(0)
+        }
+    };
+    let add = |extra: &[&str], url: &str| {
+        let mut args = vec!["endpoint", "add", "--url", url, "--allow-private-targets"];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = cli(&db, &args);
+        assert!(ok, "{err}");
+        (out.lines().last().unwrap().parse::<i64>().unwrap(), err)
+    };
+    let mut make_rx = Receiver::ok().await;
+    let mut plain_rx = Receiver::ok().await;
+    let (make, said) = add(&["--make", "--events", "error.*"], &make_rx.url);
+    assert!(
+        said.contains("inbound/*") && said.contains("--no-ignore-origin"),
+        "{said}"
+    );
+    assert_eq!(origins(make).await, ["inbound/*"]);
+    let (plain, said) = add(&["--events", "error.*"], &plain_rx.url);
+    assert!(!said.contains("inbound/*"), "{said}");
+    assert_eq!(origins(plain).await, Vec::<String>::new());
+    let (all, _) = add(&["--make", "--no-ignore-origin"], "http://127.0.0.1:9/all");
+    assert_eq!(origins(all).await, Vec::<String>::new());
+    let (named, _) = add(
+        &["--make", "--ignore-origin", "inbound/payments"],
+        "http://127.0.0.1:9/n",
+    );
+    assert_eq!(origins(named).await, ["inbound/payments"]);
+    c.execute(
+        "DELETE FROM webhooks.endpoints WHERE id IN ($1, $2)",
+        &[&all, &named],
+    )
+    .await
+    .unwrap();
+
+    // End to end: a callback logs a HIGH error (origin inbound/errors), then
+    // the app logs one itself.
+    let s = sidecar::start(sidecar::config_with_inbound(&db)).await;
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/webhooks/make/errors", s.base))
+        .header("x-make-apikey", sidecar::INBOUND_SECRET)
+        .body(r#"{"errorMessage": "from the scenario", "severity": "HIGH", "errorType": "make"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
+    c.batch_execute(
+        "INSERT INTO app.error_logs (error_type, error_message, severity) VALUES ('app', 'from the app', 'HIGH')",
+    )
+    .await
+    .unwrap();
+    let to_plain = plain_rx.take(2, Duration::from_secs(20)).await;
+    let to_make = make_rx.take(1, Duration::from_secs(20)).await;
+    let message = |r: &crate::support::receiver::Received| r.json()["data"]["errorMessage"].clone();
+    let mut plain_got: Vec<_> = to_plain.iter().map(message).collect();
+    plain_got.sort_by_key(|v| v.to_string());
+    assert_eq!(plain_got, ["from the app", "from the scenario"]);
+    assert_eq!(message(&to_make[0]), "from the app");
+    // The app's event came after the callback's, so the callback's had its
+    // turn: the Make endpoint has no delivery of it at all.
+    let make_deliveries: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1",
+            &[&make],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(make_deliveries <= 1, "{make_deliveries}");
+    assert_eq!(make_rx.count(), 1);
+    s.stop().await;
+}

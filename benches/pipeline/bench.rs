@@ -217,8 +217,10 @@ impl Bench {
     async fn reset(&self) -> Res<()> {
         self.db
             .batch_execute(
-                "TRUNCATE webhooks.events, webhooks.deliveries, webhooks.attempts, webhooks.fanout_batches,
-                          bench.watched, bench.plain;
+                // The bench tables first: a TRUNCATE of a watched table is an
+                // event (item.truncated), which the second TRUNCATE removes.
+                "TRUNCATE bench.watched, bench.plain;
+                 TRUNCATE webhooks.events, webhooks.deliveries, webhooks.attempts, webhooks.fanout_batches;
                  DELETE FROM webhooks.listeners;
                  CHECKPOINT",
             )

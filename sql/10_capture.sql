@@ -139,9 +139,9 @@ BEGIN
       FROM pg_attribute WHERE attrelid = target AND attnum > 0 AND NOT attisdropped;
 
     FOR k IN SELECT jsonb_object_keys(opts) LOOP
-        IF k NOT IN ('ops', 'status_column', 'columns', 'exclude', 'tenant_column', 'names') THEN
+        IF k NOT IN ('ops', 'status_column', 'columns', 'exclude', 'tenant_column', 'names', 'payload') THEN
             RAISE EXCEPTION 'webhooks.watch: unknown option "%"', k USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Options are ops, status_column, columns, exclude, tenant_column, names.';
+                HINT = 'Options are ops, status_column, columns, exclude, tenant_column, names, payload.';
         END IF;
     END LOOP;
 
@@ -217,7 +217,11 @@ $$;
 --   6 status type ('' = <entity>.<new value>)     7 tenant column ('' none)
 --   8 excluded columns (text[])                   9 key columns (text[])
 --  10 status column ('' none)  11 update filter columns (text[], '' = any)
---  12 truncated type
+--  12 truncated type   13 payload function's oid ('' = the row as JSON)
+-- With a payload function, data is f(row) instead of the row as JSON, by
+-- dynamic SQL (the function is named by its oid, so its regproc text is a
+-- quoted, qualified name and a rename is followed); the key, tenant, status
+-- and previous values still come from the row's columns.
 -- PL/pgSQL compiles a trigger function once per trigger, so every table
 -- gets its own cached plans. An UPDATE pairs old and new rows by key; a row
 -- whose key changed has no partner and is emitted as deleted (old key) and
@@ -234,11 +238,69 @@ DECLARE
     org   text    := nullif(current_setting('webhooks.origin', true), '');
     scol  text;
     cols  text[];
+    fn    text;
+    n     bigint;
 BEGIN
     IF org IS NOT NULL THEN
         org := webhooks.origin_verified(org);
     END IF;
-    IF TG_OP = 'INSERT' THEN
+    IF TG_ARGV[13] <> '' AND TG_OP <> 'TRUNCATE' THEN
+        -- $1 created/deleted type, $2 tenant column, $3 origin, $4 source,
+        -- $5 multi-column key?, $6 key columns, $7 first key column,
+        -- $8 excluded columns; for updates also $9 updated type, $10 status
+        -- column, $11 status type, $12 entity, $13 filter columns.
+        fn := TG_ARGV[13]::oid::regproc::text;
+        IF TG_OP IN ('INSERT', 'DELETE') THEN
+            EXECUTE format($q$
+            INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
+            SELECT $1, s.j ->> $2, $3, $4,
+                   CASE WHEN $5 THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                        FROM unnest($6) WITH ORDINALITY u(c, o))::text
+                        ELSE s.j ->> $7 END,
+                   %s(s.r) - $8
+              FROM (SELECT ROW(r.*)::%s AS r, to_jsonb(r) AS j FROM %s r) s$q$,
+                fn, TG_RELID::regclass, CASE TG_OP WHEN 'INSERT' THEN 'new_rows' ELSE 'old_rows' END)
+            USING CASE TG_OP WHEN 'INSERT' THEN TG_ARGV[3] ELSE TG_ARGV[5] END, tcol, org, src,
+                  multi, keys, k1, excl;
+        ELSE
+            EXECUTE format($q$
+            INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
+            SELECT CASE WHEN x.oj IS NULL THEN $1
+                        WHEN x.j IS NULL THEN $14
+                        WHEN $10 IS NOT NULL AND x.c ? $10
+                            THEN coalesce(nullif($11, ''),
+                                          $12 || '.' || nullif(regexp_replace(lower(x.j ->> $10), '[^a-z0-9_.:-]+', '_', 'g'), ''),
+                                          $9)
+                        ELSE $9 END,
+                   coalesce(x.j, x.oj) ->> $2, $3, $4, x.k,
+                   CASE WHEN x.j IS NOT NULL THEN %1$s(x.r) ELSE %1$s(x.ro) END - $8, x.c - $8
+              FROM (SELECT n.j, n.r, o.j AS oj, o.r AS ro, coalesce(n.k, o.k) AS k,
+                           CASE WHEN n.j IS NOT NULL AND o.j IS NOT NULL THEN
+                               (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.j) e
+                                 WHERE n.j -> e.key IS DISTINCT FROM e.value) END AS c
+                      FROM (SELECT s.r, s.j, CASE WHEN $5 THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                                                 FROM unnest($6) WITH ORDINALITY u(c, o))::text
+                                                  ELSE s.j ->> $7 END AS k
+                              FROM (SELECT ROW(r.*)::%2$s AS r, to_jsonb(r) AS j FROM new_rows r) s) n
+                      FULL JOIN
+                           (SELECT s.r, s.j, CASE WHEN $5 THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
+                                                                 FROM unnest($6) WITH ORDINALITY u(c, o))::text
+                                                  ELSE s.j ->> $7 END AS k
+                              FROM (SELECT ROW(r.*)::%2$s AS r, to_jsonb(r) AS j FROM old_rows r) s) o
+                        ON o.k = n.k
+                    OFFSET 0) x
+             WHERE x.j IS NULL OR x.oj IS NULL
+                OR CASE WHEN $13 IS NULL THEN x.c IS NOT NULL
+                        ELSE x.c ?| $13 OR ($10 IS NOT NULL AND x.c ? $10) END$q$, fn, TG_RELID::regclass)
+            USING TG_ARGV[3], tcol, org, src, multi, keys, k1, excl, TG_ARGV[4],
+                  nullif(TG_ARGV[10], ''), TG_ARGV[6], TG_ARGV[0], nullif(TG_ARGV[11], '')::text[], TG_ARGV[5];
+        END IF;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+            PERFORM pg_notify('webhooks', '');
+        END IF;
+        RETURN NULL;
+    ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
         SELECT TG_ARGV[3], s.j ->> tcol, org, src,
                CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
@@ -303,13 +365,29 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT to_jsonb(r)
 $$;
 
+-- The same through the table's payload function (by oid), with the same
+-- rights as capture.
+CREATE OR REPLACE FUNCTION webhooks.row_payload(fn oid, r anyelement) RETURNS jsonb
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    out jsonb;
+BEGIN
+    IF fn IS NULL THEN
+        RETURN to_jsonb(r);
+    END IF;
+    EXECUTE format('SELECT %s($1)', fn::regproc) INTO out USING r;
+    RETURN out;
+END
+$$;
+
 -- Ownership and EXECUTE: capture code belongs to the role that can do
 -- nothing else; migrate is a member of it, so it can still replace them.
 DO $$
 DECLARE
     f regprocedure;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['webhooks.capture()'::regprocedure, 'webhooks.row_payload(anyelement)'::regprocedure] LOOP
+    FOREACH f IN ARRAY ARRAY['webhooks.capture()'::regprocedure, 'webhooks.row_payload(anyelement)'::regprocedure,
+                             'webhooks.row_payload(oid, anyelement)'::regprocedure] LOOP
         IF (SELECT proowner FROM pg_proc WHERE oid = f) <> 'webhooks_capture'::regrole THEN
             -- Changing an owner needs the new owner to be able to create in
             -- the schema: granted for this statement only.
@@ -322,6 +400,7 @@ END
 $$;
 REVOKE ALL ON FUNCTION webhooks.capture() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.row_payload(anyelement) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.row_payload(oid, anyelement) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.wake() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.origin_verified(text) FROM PUBLIC;
@@ -403,8 +482,11 @@ DECLARE
     nums     jsonb;
     args     text;
     names    jsonb;
+    pfn      regprocedure;
+    fnrow    record;
+    fnschema text;
 BEGIN
-    SELECT c.relkind, c.relnamespace INTO rel FROM pg_class c WHERE c.oid = target;
+    SELECT c.relkind, c.relnamespace, c.reltype INTO rel FROM pg_class c WHERE c.oid = target;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'webhooks.watch: % is not a table', target USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -428,6 +510,64 @@ BEGIN
                   HINT = 'Add a primary key, or watch only inserts and deletes: {"ops": ["insert", "delete"]}.';
     END IF;
 
+    -- The payload function: f(<the table's row>) RETURNS jsonb, owned by
+    -- the caller (or a role it belongs to), so that capture calls only code
+    -- the table's owner already controls; capture runs it as webhooks_capture
+    -- unless it is SECURITY DEFINER.
+    IF opts ? 'payload' THEN
+        IF jsonb_typeof(opts->'payload') <> 'string' OR opts->>'payload' = '' THEN
+            RAISE EXCEPTION 'webhooks.watch: "payload" must name a function, e.g. "app.order_payload"'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        pfn := to_regprocedure(CASE WHEN strpos(opts->>'payload', '(') > 0 THEN opts->>'payload'
+                                    ELSE format('%s(%s)', opts->>'payload', format_type(rel.reltype, NULL)) END);
+        IF pfn IS NULL THEN
+            RAISE EXCEPTION 'webhooks.watch: "payload" names %, but there is no function %(%)',
+                            opts->>'payload', opts->>'payload', format_type(rel.reltype, NULL)
+                USING ERRCODE = 'undefined_function',
+                      HINT = format('A payload function takes the table''s row: CREATE FUNCTION %s(r %s) RETURNS jsonb ...',
+                                    opts->>'payload', format_type(rel.reltype, NULL));
+        END IF;
+        SELECT p.pronargs, p.proargtypes[0] AS arg, p.prorettype, p.proretset, p.prokind, p.prosecdef,
+               p.proowner, p.proconfig INTO fnrow FROM pg_proc p WHERE p.oid = pfn;
+        IF fnrow.pronargs <> 1 OR fnrow.arg <> rel.reltype THEN
+            RAISE EXCEPTION 'webhooks.watch: payload function % must take exactly one argument, a row of %', pfn, target
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF fnrow.prorettype <> 'jsonb'::regtype OR fnrow.proretset OR fnrow.prokind <> 'f' THEN
+            RAISE EXCEPTION 'webhooks.watch: payload function % must return jsonb (one value, not a set)', pfn
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF NOT pg_has_role(current_user, fnrow.proowner, 'USAGE') THEN
+            RAISE EXCEPTION 'webhooks.watch: payload function % belongs to role %; only its owner may make capture call it',
+                            pfn, fnrow.proowner::regrole
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        -- Calling it by name needs the schema too (USAGE finds objects in
+        -- it; it reads nothing).
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO webhooks_capture', pfn);
+        SELECT p.pronamespace::regnamespace::text INTO fnschema FROM pg_proc p WHERE p.oid = pfn;
+        IF NOT has_schema_privilege('webhooks_capture', fnschema, 'USAGE') THEN
+            BEGIN
+                EXECUTE format('GRANT USAGE ON SCHEMA %s TO webhooks_capture', fnschema);
+            EXCEPTION WHEN insufficient_privilege THEN
+                NULL;
+            END;
+            IF NOT has_schema_privilege('webhooks_capture', fnschema, 'USAGE') THEN
+                RAISE EXCEPTION 'webhooks.watch: capture cannot reach schema % of payload function %', fnschema, pfn
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = format('Have the schema''s owner run: GRANT USAGE ON SCHEMA %s TO webhooks_capture;', fnschema);
+            END IF;
+        END IF;
+        IF NOT fnrow.prosecdef THEN
+            RAISE WARNING 'webhooks.watch: payload function % is SECURITY INVOKER: capture runs it as webhooks_capture, which can read no table', pfn
+                USING HINT = 'If it reads other tables (joins), declare it SECURITY DEFINER, owned by the table''s owner, with SET search_path.';
+        ELSIF NOT EXISTS (SELECT 1 FROM unnest(fnrow.proconfig) c WHERE c LIKE 'search_path=%') THEN
+            RAISE NOTICE 'webhooks.watch: payload function % runs with search_path pg_catalog, pg_temp (capture''s): qualify the tables it reads, or give it SET search_path', pfn;
+        END IF;
+        opts := jsonb_set(opts, '{payload}', to_jsonb(pfn::text));
+    END IF;
+
     -- The columns the options name, by attribute number, so that renaming
     -- a column later (webhooks.on_ddl) keeps its meaning: an excluded column
     -- stays excluded under its new name.
@@ -437,7 +577,8 @@ BEGIN
                'columns', (SELECT jsonb_agg(a.attnum) FROM pg_attribute a
                             WHERE a.attrelid = target AND a.attname::text IN (SELECT jsonb_array_elements_text(opts->'columns'))),
                'status_column', (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = target AND a.attname::text = opts->>'status_column'),
-               'tenant_column', (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = target AND a.attname::text = opts->>'tenant_column')))
+               'tenant_column', (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = target AND a.attname::text = opts->>'tenant_column'),
+               'payload', pfn::oid))
       INTO nums;
 
     -- Every argument is a quoted literal: nothing here becomes code.
@@ -452,7 +593,8 @@ BEGIN
         quote_literal(coalesce(pk, '{}')::text),
         quote_literal(coalesce(opts->>'status_column', '')),
         quote_literal(CASE WHEN opts ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'columns'))::text ELSE '' END),
-        quote_literal(coalesce(names->>'truncate', entity || '.truncated')));
+        quote_literal(coalesce(names->>'truncate', entity || '.truncated')),
+        quote_literal(coalesce(pfn::oid::text, '')));
 
     PERFORM webhooks.unwatch_triggers(target);
     IF 'insert' = ANY (ops) THEN
@@ -526,6 +668,11 @@ BEGIN
                 USING ERRCODE = 'undefined_column',
                       HINT = 'Call webhooks.watch() with new options first, then alter the table.';
         END IF;
+    END IF;
+    IF opts ? 'payload' AND w.attnums ? 'payload' THEN
+        opts := jsonb_set(opts, '{payload}', to_jsonb(coalesce(
+            (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = (w.attnums->>'payload')::oid),
+            opts->>'payload')));
     END IF;
     FOREACH k IN ARRAY ARRAY['status_column', 'tenant_column'] LOOP
         IF opts ? k THEN

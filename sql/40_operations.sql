@@ -186,7 +186,8 @@ BEGIN
         -- The key is read by the column type's input function, and the row
         -- becomes JSON with webhooks_capture's rights (row_payload), as in
         -- capture itself: nothing the table's owner defined runs as the caller.
-        EXECUTE format('SELECT webhooks.row_payload(t) FROM %s t WHERE t.%I = %L', target, pk[1], row_key) INTO row_j;
+        EXECUTE format('SELECT webhooks.row_payload(%L::oid, t) FROM %s t WHERE t.%I = %L',
+                       w.attnums->>'payload', target, pk[1], row_key) INTO row_j;
         IF row_j IS NULL THEN
             RAISE EXCEPTION 'webhooks.resend: % has no row %', target, row_key USING ERRCODE = 'no_data_found';
         END IF;

@@ -3,6 +3,7 @@
 mod support;
 
 mod capture;
+mod capture_payload;
 mod capture_security;
 mod delivery;
 mod endpoints;

@@ -13,7 +13,9 @@ pub enum Class {
     /// Any other answer, or a refused target (`target`): retrying will
     /// not help.
     Fatal,
-    /// Make.com's 410: no scenario is listening; pause the endpoint.
+    /// Make.com's 403, 404 or 410: the webhook is gone, invalid or expired,
+    /// or its scenario is paused; pause the endpoint rather than fail every
+    /// event one by one.
     Gone,
 }
 
@@ -24,7 +26,7 @@ pub fn classify(status: Option<u16>, excerpt: &str, make: bool) -> Class {
         None => Class::Retryable,
         Some(200..=299) => Class::Success,
         Some(408 | 425 | 429) | Some(500..=599) => Class::Retryable,
-        Some(410) if make => Class::Gone,
+        Some(403 | 404 | 410) if make => Class::Gone,
         Some(400) if make && excerpt.to_ascii_lowercase().contains("queue is full") => Class::Retryable,
         Some(_) => Class::Fatal,
     }
@@ -87,6 +89,9 @@ mod tests {
         }
         assert_eq!(classify(None, "", false), Class::Retryable);
         assert_eq!(classify(Some(410), "", true), Class::Gone);
+        assert_eq!(classify(Some(403), "", true), Class::Gone);
+        assert_eq!(classify(Some(404), "", true), Class::Gone);
+        assert_eq!(classify(Some(403), "", false), Class::Fatal);
         assert_eq!(classify(Some(400), "Queue is full.", true), Class::Retryable);
         assert_eq!(classify(Some(400), "Queue is full.", false), Class::Fatal);
         assert_eq!(classify(Some(400), "Bad request", true), Class::Fatal);

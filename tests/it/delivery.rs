@@ -382,3 +382,55 @@ async fn the_idle_probe_and_the_backlog_count_never_scan_the_outbox() {
     assert_eq!(seq_scans, 0, "sequential scans of webhooks.events");
     assert!(idx_scans >= 24, "{idx_scans} index scans");
 }
+
+/// Issue #15 item 8: on Make endpoints 403 and 404 (like 410) pause the
+/// endpoint with the answer as the reason; elsewhere they fail the event.
+#[tokio::test]
+async fn make_gone_answers_pause_the_endpoint_with_the_answer() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut forbidden = Receiver::start(|_| Reply::status(403).body("Webhook is disabled.")).await;
+    let mut missing = Receiver::start(|_| Reply::status(404).body("Webhook not found.")).await;
+    let mut plain = Receiver::start(|_| Reply::status(403).body("nope")).await;
+    let e403 = endpoint(&c, &forbidden.url, &["gone"], "make = true").await;
+    let e404 = endpoint(&c, &missing.url, &["gone"], "make = true").await;
+    let eplain = endpoint(&c, &plain.url, &["gone"], "").await;
+    let running = sidecar::start(sidecar::config(&db)).await;
+    emit(&c, 2, "gone").await;
+    forbidden.next(T).await;
+    missing.next(T).await;
+    plain.take(2, T).await;
+    for (id, status, answer) in [
+        (e403, "403", "Webhook is disabled."),
+        (e404, "404", "Webhook not found."),
+    ] {
+        wait::until("the Make endpoint is paused with its answer", T, || async {
+            let r = c
+                .query_one(
+                    "SELECT enabled, disabled_reason FROM webhooks.endpoints WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            let reason: Option<String> = r.get(1);
+            (!r.get::<_, bool>(0) && reason.is_some_and(|r| r.contains(status) && r.contains(answer)))
+                .then_some(())
+        })
+        .await;
+        wait::until("its deliveries wait", T, || async {
+            (statuses(&c, id).await == [("pending".into(), 2)]).then_some(())
+        })
+        .await;
+    }
+    wait::until("the plain endpoint failed both", T, || async {
+        (statuses(&c, eplain).await == [("failed".into(), 2)]).then_some(())
+    })
+    .await;
+    let enabled: bool = c
+        .query_one("SELECT enabled FROM webhooks.endpoints WHERE id = $1", &[&eplain])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(enabled, "a non-Make endpoint is never paused by a 403");
+    running.stop().await;
+}

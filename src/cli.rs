@@ -114,8 +114,10 @@ pub enum EndpointCommand {
 }
 
 async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
-    let pool = db::pool(args.connection()?, 1);
-    pool.get().await.context("connecting to the database")
+    let config = args.connection()?;
+    let pool = db::pool(config.clone(), 1);
+    // The error says where it connected and why it failed.
+    Ok(pool.get().await.map_err(|e| config.pool_error(e))?)
 }
 
 /// The URL's form (never echoed: it may hold a credential).
@@ -408,9 +410,7 @@ pub async fn retry(
 /// `pgwebhooks resend`.
 pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&str>) -> anyhow::Result<()> {
     let client = pool(args).await?;
-    let id = db::ops::resend(&client, table, row, event)
-        .await
-        .map_err(db_message)?;
+    let id = db::ops::resend(&client, table, row, event).await?;
     println!("emitted a new event for {table} row {row}");
     println!("{id}");
     Ok(())
@@ -419,21 +419,7 @@ pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&
 /// `pgwebhooks replay`.
 pub async fn replay(args: &DatabaseArgs, endpoint: i64, since: &str) -> anyhow::Result<()> {
     let client = pool(args).await?;
-    let n = db::ops::replay(&client, endpoint, since)
-        .await
-        .map_err(db_message)?;
+    let n = db::ops::replay(&client, endpoint, since).await?;
     println!("re-queued {n} past event(s) for endpoint {endpoint} (original ids)");
     Ok(())
-}
-
-/// The database's own message for errors an operator caused (bad table
-/// name, bad time), instead of a bare "db error".
-fn db_message(e: db::DbError) -> anyhow::Error {
-    match &e {
-        db::DbError::Query(q) => match q.as_db_error() {
-            Some(d) => anyhow::anyhow!("{}", d.message()),
-            None => e.into(),
-        },
-        _ => e.into(),
-    }
 }

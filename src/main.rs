@@ -146,10 +146,32 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgwebhooks: {e:#}");
+            eprintln!("pgwebhooks: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each said once: a cause whose text the
+/// previous message already holds is skipped, and one that holds the
+/// previous message replaces it.
+fn error_chain(e: &anyhow::Error) -> String {
+    chain_text(e.chain().map(|c| c.to_string()))
+}
+
+fn chain_text(messages: impl Iterator<Item = String>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for text in messages {
+        let text = text.trim().to_owned();
+        let lower = text.to_lowercase();
+        match parts.last_mut() {
+            Some(last) if last.to_lowercase().contains(&lower) => {}
+            Some(last) if lower.contains(&last.to_lowercase()) => *last = text,
+            _ if text.is_empty() => {}
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
 }
 
 /// `--config FILE` / `--config=FILE` / `PGWEBHOOKS_CONFIG`, found before

@@ -113,6 +113,31 @@ pub struct NewEndpoint {
 
 /// Inserts the endpoint and its secret; returns its id.
 pub async fn add(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
+    match insert(c, e).await {
+        Err(DbError::Query(q)) if is_duplicate_name(&q) => {
+            let name = e.name.as_deref().unwrap_or_default();
+            let id: Option<i64> = c
+                .query_opt("SELECT id FROM webhooks.endpoints WHERE name = $1", &[&name])
+                .await?
+                .map(|r| r.get(0));
+            let id = id.map_or("?".to_owned(), |id| id.to_string());
+            Err(DbError::Other(format!(
+                "an endpoint named {name:?} already exists (id {id}): choose another --name, \
+                 or delete that one first (`pgwebhooks endpoint delete {id}`)"
+            )))
+        }
+        other => other,
+    }
+}
+
+fn is_duplicate_name(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("endpoints_name_key")
+    })
+}
+
+async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
     let tx = c.transaction().await?;
     let id: i64 = tx
         .query_one(

@@ -4,6 +4,7 @@ mod support;
 
 mod capture;
 mod capture_security;
+mod cli;
 mod delivery;
 mod endpoints;
 mod example_app;

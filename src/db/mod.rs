@@ -46,8 +46,9 @@ pub enum DbError {
         target: String,
         error: tokio_postgres::Error,
     },
-    #[error("cannot connect to the database: no answer within {0:?} (connect_timeout; set it in DATABASE_URL to change)")]
-    ConnectTimeout(Duration),
+    /// No connection within the connect timeout; the target as in `Connect`.
+    #[error("cannot connect to the database at {1}: no answer within {0:?} (connect_timeout; set it in DATABASE_URL to change) — is the host right? is a firewall dropping packets?")]
+    ConnectTimeout(Duration, String),
     #[error("{}", pool_message(.0))]
     Pool(PoolError),
     #[error("{}", query_message(.0))]
@@ -287,7 +288,9 @@ impl DbConfig {
     pub fn pool_error(&self, error: PoolError) -> DbError {
         match error {
             PoolError::Backend(e) => self.connect_error(e),
-            PoolError::Timeout(TimeoutType::Create) => DbError::ConnectTimeout(self.attempt_timeout()),
+            PoolError::Timeout(TimeoutType::Create) => {
+                DbError::ConnectTimeout(self.attempt_timeout(), self.target())
+            }
             other => DbError::Pool(other),
         }
     }
@@ -310,7 +313,7 @@ impl DbConfig {
         let timeout = self.attempt_timeout();
         tokio::time::timeout(timeout, self.driver().connect(self.tls_connector()))
             .await
-            .map_err(|_| DbError::ConnectTimeout(timeout))?
+            .map_err(|_| DbError::ConnectTimeout(timeout, self.target()))?
             .map_err(|e| self.connect_error(e))
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Subcommand;
 use pgwebhooks::config::{parse_duration, DatabaseArgs, TargetArgs};
 use pgwebhooks::db;
-use pgwebhooks::db::endpoints::NewEndpoint;
+use pgwebhooks::db::endpoints::{Deleted, NewEndpoint};
 use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
 use pgwebhooks::deliver::target::{self, TargetError};
 use pgwebhooks::deliver::MAX_ENDPOINT_TIMEOUT;
@@ -83,6 +83,7 @@ pub enum EndpointCommand {
     List {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// Show full URLs and signing secrets.
         #[arg(long)]
         show_secrets: bool,
     },
@@ -90,38 +91,55 @@ pub enum EndpointCommand {
     Disable {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The endpoint's id (see `pgwebhooks endpoint list`).
         id: i64,
+        /// Why, shown by `endpoint list` and `status`.
         #[arg(long, default_value = "disabled by an operator")]
         reason: String,
     },
     /// Delete an endpoint with its secrets, deliveries and their attempts.
-    Remove {
+    /// Refused while deliveries wait (pending, delivering, failed or dead)
+    /// unless --force.
+    #[command(visible_alias = "remove")]
+    Delete {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The endpoint's id (see `pgwebhooks endpoint list`).
         id: i64,
+        /// Delete even though deliveries wait: they are dropped, and a
+        /// `webhooks.endpoint.deleted` event (in webhooks.events) records
+        /// how many, the first ids, who and when.
+        #[arg(long)]
+        force: bool,
     },
     /// Resume an endpoint; its backlog drains.
     Enable {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The endpoint's id (see `pgwebhooks endpoint list`).
         id: i64,
     },
     /// Add a new signing secret; the old ones keep signing for --overlap.
     RotateSecret {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The endpoint's id (see `pgwebhooks endpoint list`).
         id: i64,
         /// The new secret (generated and printed when absent).
         #[arg(long, env = "PGWEBHOOKS_ENDPOINT_SECRET", hide_env_values = true)]
         secret: Option<String>,
+        /// How long the previous secrets keep signing next to the new one
+        /// (receivers accept any of them meanwhile).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         overlap: Duration,
     },
 }
 
 async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
-    let pool = db::pool(args.connection()?, 1);
-    pool.get().await.context("connecting to the database")
+    let config = args.connection()?;
+    let pool = db::pool(config.clone(), 1);
+    // The error says where it connected and why it failed.
+    Ok(pool.get().await.map_err(|e| config.pool_error(e))?)
 }
 
 /// The URL's form (never echoed: it may hold a credential).
@@ -298,12 +316,40 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             }
             println!("endpoint {id} disabled; its deliveries wait until it is enabled");
         }
-        EndpointCommand::Remove { db: args, id } => {
-            let client = pool(&args).await?;
-            let Some(deliveries) = db::endpoints::remove(&client, id).await? else {
-                bail!("no endpoint {id}");
-            };
-            println!("endpoint {id} removed, with its {deliveries} deliveries and their attempts");
+        EndpointCommand::Delete { db: args, id, force } => {
+            let mut client = pool(&args).await?;
+            let by = std::env::var("USER").ok();
+            match db::endpoints::delete(&mut client, id, force, by.as_deref()).await? {
+                Deleted::NotFound => bail!("no endpoint {id}"),
+                Deleted::Refused(waiting) => bail!(
+                    "endpoint {id} not deleted: {} deliveries wait ({}); let them finish, \
+                     `pgwebhooks endpoint disable {id}` to keep them, or pass --force to drop them \
+                     (recorded as a webhooks.endpoint.deleted event)",
+                    waiting.total(),
+                    waiting.describe()
+                ),
+                Deleted::Done {
+                    deliveries,
+                    dropped,
+                    event,
+                } => {
+                    println!("endpoint {id} deleted, with its {deliveries} deliveries and their attempts");
+                    if let Some(event) = event {
+                        println!(
+                            "dropped {} waiting deliveries ({}; first ids {}); recorded as event {event} \
+                             (webhooks.endpoint.deleted)",
+                            dropped.total(),
+                            dropped.describe(),
+                            dropped
+                                .first_ids
+                                .iter()
+                                .map(i64::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                }
+            }
         }
         EndpointCommand::Enable { db: args, id } => {
             let client = pool(&args).await?;
@@ -428,9 +474,7 @@ pub async fn retry(
 /// `pgwebhooks resend`.
 pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&str>) -> anyhow::Result<()> {
     let client = pool(args).await?;
-    let id = db::ops::resend(&client, table, row, event)
-        .await
-        .map_err(db_message)?;
+    let id = db::ops::resend(&client, table, row, event).await?;
     println!("emitted a new event for {table} row {row}");
     println!("{id}");
     Ok(())
@@ -439,21 +483,7 @@ pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&
 /// `pgwebhooks replay`.
 pub async fn replay(args: &DatabaseArgs, endpoint: i64, since: &str) -> anyhow::Result<()> {
     let client = pool(args).await?;
-    let n = db::ops::replay(&client, endpoint, since)
-        .await
-        .map_err(db_message)?;
+    let n = db::ops::replay(&client, endpoint, since).await?;
     println!("re-queued {n} past event(s) for endpoint {endpoint} (original ids)");
     Ok(())
-}
-
-/// The database's own message for errors an operator caused (bad table
-/// name, bad time), instead of a bare "db error".
-fn db_message(e: db::DbError) -> anyhow::Error {
-    match &e {
-        db::DbError::Query(q) => match q.as_db_error() {
-            Some(d) => anyhow::anyhow!("{}", d.message()),
-            None => e.into(),
-        },
-        _ => e.into(),
-    }
 }

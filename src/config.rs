@@ -86,7 +86,7 @@ impl DatabaseArgs {
             .ok_or(ConfigError::MissingDatabaseUrl)?;
         // Neither the driver's messages nor ours include the URL, so they are safe to show.
         crate::db::parse_url(url.expose()).map_err(|e| match e {
-            crate::db::DbError::Url(e) => ConfigError::DatabaseUrl(e.to_string()),
+            crate::db::DbError::Url(e) => ConfigError::DatabaseUrl(crate::db::driver_reason(&e)),
             crate::db::DbError::Syntax(e) => ConfigError::DatabaseUrl(e),
             other => ConfigError::Invalid(other.to_string()),
         })
@@ -350,7 +350,8 @@ fn parse_schedule_arg(s: &str) -> Result<Schedule, String> {
 
 /// `500ms`, `10s`, `2m`, `1h`…
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e} (use e.g. 500ms, 10s, 2m)"))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration '{s}': {e} (use e.g. 500ms, 10s, 2m)"))
 }
 
 impl RunArgs {

@@ -101,6 +101,7 @@ enum Command {
     Replay {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The endpoint's id (see `pgwebhooks endpoint list`).
         #[arg(long)]
         endpoint: i64,
         /// A timestamp (2024-05-01 10:00Z) or a relative time ("1 hour ago").
@@ -121,7 +122,11 @@ an unset variable means no endpoint — events are still recorded):
   MAKE_WEBHOOK_ERRORS_URL              error.*
   WEBHOOK_URL, MAKE_WEBHOOK_ADMIN_URL  every event no URL above claims
   WEBHOOK_SECRET                       their signing secret (generated if unset)
-They skip events caused by callbacks (origin inbound/*).";
+They skip events caused by callbacks (origin inbound/*).
+
+Logging:
+  PGWEBHOOKS_LOG (or RUST_LOG)         log filter [default: info], e.g. debug or
+                                       pgwebhooks=debug,warn";
 
 fn main() -> ExitCode {
     // The config file must be in the environment before clap reads it.
@@ -131,7 +136,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => match env_value_error(&e, std::env::args().skip(1).collect(), &|v| {
+            std::env::var_os(v).is_some()
+        }) {
+            Some(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+            None => e.exit(),
+        },
+    };
     // The demo's own output is the view: only problems are logged by default.
     let default_filter = if matches!(cli.command, Command::Demo { .. }) {
         "warn,deadpool=error"
@@ -146,10 +162,88 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("pgwebhooks: {e:#}");
+            eprintln!("pgwebhooks: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// clap names the flag of a value it could not parse, even when the value
+/// came from the environment. When the flag is not on the command line and
+/// its variable is set, this says the variable instead:
+/// `PGWEBHOOKS_TIMEOUT: invalid duration 'abc': …`.
+fn env_value_error(e: &clap::Error, args: Vec<String>, is_set: &dyn Fn(&str) -> bool) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if !matches!(e.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let ContextValue::String(flag) = e.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?.to_owned();
+    // The subcommand the arguments name (global options are everywhere).
+    let mut cmd = Cli::command();
+    cmd.build();
+    for a in &args {
+        if let Some(sub) = cmd.find_subcommand(a) {
+            cmd = sub.clone();
+        }
+    }
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long.as_str()))?;
+    let var = arg.get_env()?.to_str()?.to_owned();
+    let on_command_line = args
+        .iter()
+        .any(|a| *a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+    if on_command_line || !is_set(&var) {
+        return None;
+    }
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) if !arg.is_hide_env_values_set() => Some(v.clone()),
+        _ => None,
+    };
+    let reason = std::error::Error::source(e).map(|s| s.to_string());
+    let valid = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(v)) => Some(format!("expected one of {}", v.join(", "))),
+        _ => None,
+    };
+    let mut out = format!("{var}: ");
+    match (&value, &reason) {
+        (Some(v), Some(r)) if r.contains(v.as_str()) => out.push_str(r),
+        (Some(v), Some(r)) => out.push_str(&format!("invalid value '{v}': {r}")),
+        (Some(v), None) => out.push_str(&format!("invalid value '{v}'")),
+        (None, Some(r)) => out.push_str(&format!("invalid value: {r}")),
+        (None, None) => out.push_str("invalid value"),
+    }
+    if let (Some(valid), None) = (valid, &reason) {
+        out.push_str(&format!(" ({valid})"));
+    }
+    out.push_str(&format!(" (set by the environment; --{long} overrides it)"));
+    Some(out)
+}
+
+/// The error and its causes, each said once: a cause whose text the
+/// previous message already holds is skipped, and one that holds the
+/// previous message replaces it.
+fn error_chain(e: &anyhow::Error) -> String {
+    chain_text(e.chain().map(|c| c.to_string()))
+}
+
+fn chain_text(messages: impl Iterator<Item = String>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for text in messages {
+        let text = text.trim().to_owned();
+        let lower = text.to_lowercase();
+        match parts.last_mut() {
+            Some(last) if last.to_lowercase().contains(&lower) => {}
+            Some(last) if lower.contains(&last.to_lowercase()) => *last = text,
+            _ if text.is_empty() => {}
+            _ => parts.push(text),
+        }
+    }
+    parts.join(": ")
 }
 
 /// `--config FILE` / `--config=FILE` / `PGWEBHOOKS_CONFIG`, found before
@@ -251,4 +345,62 @@ async fn signal_on_shutdown(token: CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
     }
     token.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option and argument of every command says what it is.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help"
+                    && id != "version"
+                    && arg.get_help().is_none()
+                    && arg.get_long_help().is_none()
+                {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "pgwebhooks", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let chain = |v: &[&str]| chain_text(v.iter().map(|s| s.to_string()));
+        assert_eq!(chain(&["db error", "db error: ERROR: x"]), "db error: ERROR: x");
+        assert_eq!(
+            chain(&["reading the status", "boom", "Boom"]),
+            "reading the status: boom"
+        );
+        assert_eq!(chain(&["a: b", "b"]), "a: b");
+    }
+
+    #[test]
+    fn an_environment_value_error_names_the_variable_only_when_it_came_from_there() {
+        let err = Cli::try_parse_from(["pgwebhooks", "run", "--timeout", "abc"]).unwrap_err();
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Parsed from the flag: clap's own message stands.
+        assert_eq!(
+            env_value_error(&err, args(&["run", "--timeout", "abc"]), &|_| true),
+            None
+        );
+        // The same failure with the flag absent and the variable set.
+        let message = env_value_error(&err, args(&["run"]), &|v| v == "PGWEBHOOKS_TIMEOUT").unwrap();
+        assert!(
+            message.starts_with("PGWEBHOOKS_TIMEOUT: invalid duration 'abc'"),
+            "{message}"
+        );
+        assert_eq!(env_value_error(&err, args(&["run"]), &|_| false), None);
+    }
 }

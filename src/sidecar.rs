@@ -103,7 +103,7 @@ impl Sidecar {
         let pool = db::pool(config.database.clone(), config.pool_size.max(4));
         let replica: Arc<str> = config.replica.clone().into();
         {
-            let client = pool.get().await.map_err(DbError::from)?;
+            let client = pool.get().await.map_err(|e| config.database.pool_error(e))?;
             if !db::migrate::is_current(&client).await? {
                 return Err(StartError::NotMigrated);
             }

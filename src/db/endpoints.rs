@@ -113,6 +113,31 @@ pub struct NewEndpoint {
 
 /// Inserts the endpoint and its secret; returns its id.
 pub async fn add(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
+    match insert(c, e).await {
+        Err(DbError::Query(q)) if is_duplicate_name(&q) => {
+            let name = e.name.as_deref().unwrap_or_default();
+            let id: Option<i64> = c
+                .query_opt("SELECT id FROM webhooks.endpoints WHERE name = $1", &[&name])
+                .await?
+                .map(|r| r.get(0));
+            let id = id.map_or("?".to_owned(), |id| id.to_string());
+            Err(DbError::Other(format!(
+                "an endpoint named {name:?} already exists (id {id}): choose another --name, \
+                 or delete that one first (`pgwebhooks endpoint delete {id}`)"
+            )))
+        }
+        other => other,
+    }
+}
+
+fn is_duplicate_name(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && d.constraint() == Some("endpoints_name_key")
+    })
+}
+
+async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
     let tx = c.transaction().await?;
     let id: i64 = tx
         .query_one(
@@ -250,17 +275,140 @@ pub async fn rotate_secret(
     Ok(true)
 }
 
-/// Deletes an endpoint; its secrets, deliveries and their attempts go with
-/// it (foreign keys, ON DELETE CASCADE). Returns how many deliveries it
-/// had, or `None` if there is no such endpoint.
-pub async fn remove(c: &impl GenericClient, id: i64) -> Result<Option<i64>, DbError> {
-    let row = c
+/// Deliveries of an endpoint that still wait, by status.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub pending: i64,
+    pub delivering: i64,
+    pub failed: i64,
+    pub dead: i64,
+    /// The lowest ids, at most [`FIRST_IDS`].
+    pub first_ids: Vec<i64>,
+}
+
+/// How many delivery ids a delete records.
+pub const FIRST_IDS: i32 = 20;
+
+impl Waiting {
+    pub fn total(&self) -> i64 {
+        self.pending + self.delivering + self.failed + self.dead
+    }
+    /// `2 pending, 1 dead`.
+    pub fn describe(&self) -> String {
+        [
+            ("pending", self.pending),
+            ("delivering", self.delivering),
+            ("failed", self.failed),
+            ("dead", self.dead),
+        ]
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+}
+
+/// What [`delete`] did.
+#[derive(Debug)]
+pub enum Deleted {
+    NotFound,
+    /// Deliveries wait and `force` was not given: nothing changed.
+    Refused(Waiting),
+    Done {
+        /// Every delivery deleted with it (delivered ones included).
+        deliveries: i64,
+        /// The waiting ones among them.
+        dropped: Waiting,
+        /// The `webhooks.endpoint.deleted` event recording them, if any.
+        event: Option<uuid::Uuid>,
+    },
+}
+
+/// Deletes an endpoint with its secrets, deliveries and their attempts
+/// (foreign keys, ON DELETE CASCADE). Refused while deliveries wait
+/// (pending, delivering, failed, dead) unless `force`; then, in the same
+/// transaction, `webhooks.emit('webhooks.endpoint.deleted', …)` records
+/// the endpoint, how many were dropped by status, the first ids, the
+/// database user and `by` (the operator's login).
+pub async fn delete(
+    c: &mut deadpool_postgres::Client,
+    id: i64,
+    force: bool,
+    by: Option<&str>,
+) -> Result<Deleted, DbError> {
+    let tx = c.transaction().await?;
+    let Some(endpoint) = tx
         .query_opt(
+            "SELECT name, webhooks.url_redact(url) FROM webhooks.endpoints WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(Deleted::NotFound);
+    };
+    let row = tx
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'delivering'),
+                    count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'dead'),
+                    (array_agg(id ORDER BY id) FILTER (WHERE status <> 'delivered'))[1:$2]
+               FROM webhooks.deliveries WHERE endpoint_id = $1",
+            &[&id, &FIRST_IDS],
+        )
+        .await?;
+    let waiting = Waiting {
+        pending: row.get(0),
+        delivering: row.get(1),
+        failed: row.get(2),
+        dead: row.get(3),
+        first_ids: row.get::<_, Option<Vec<i64>>>(4).unwrap_or_default(),
+    };
+    if waiting.total() > 0 && !force {
+        return Ok(Deleted::Refused(waiting));
+    }
+    let event = if waiting.total() > 0 {
+        let name: Option<String> = endpoint.get(0);
+        let url: String = endpoint.get(1);
+        let payload = serde_json::json!({
+            "endpointId": id,
+            "endpointName": name,
+            "endpointUrl": url,
+            "dropped": waiting.total(),
+            "droppedByStatus": {
+                "pending": waiting.pending,
+                "delivering": waiting.delivering,
+                "failed": waiting.failed,
+                "dead": waiting.dead,
+            },
+            "firstDeliveryIds": waiting.first_ids,
+            "deletedByOsUser": by,
+            "command": "pgwebhooks endpoint delete --force",
+        });
+        let row = tx
+            .query_one(
+                "SELECT webhooks.emit('webhooks.endpoint.deleted',
+                                      $1::jsonb || jsonb_build_object('deletedBy', session_user::text,
+                                                                      'deletedAt', now()))",
+                &[&payload],
+            )
+            .await?;
+        Some(row.get(0))
+    } else {
+        None
+    };
+    let deliveries: i64 = tx
+        .query_one(
             "WITH n AS (SELECT count(*) AS deliveries FROM webhooks.deliveries WHERE endpoint_id = $1),
                   e AS (DELETE FROM webhooks.endpoints WHERE id = $1 RETURNING id)
              SELECT n.deliveries FROM e, n",
             &[&id],
         )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(Deleted::Done {
+        deliveries,
+        dropped: waiting,
+        event,
+    })
 }

@@ -118,8 +118,17 @@ pub fn parse(url: &str) -> Result<Url, TargetError> {
             parsed.scheme()
         )));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(TargetError::Invalid("the URL has no host".into()));
+    // The URL parser forgives `http:///path` and `http:host` by taking the
+    // first path segment as the host: require `scheme://host` as written.
+    let written_host = url
+        .trim()
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?', '#']).next().unwrap_or(""))
+        .map(|authority| authority.rsplit_once('@').map_or(authority, |(_, h)| h));
+    if parsed.host_str().is_none_or(str::is_empty) || written_host.is_none_or(str::is_empty) {
+        return Err(TargetError::Invalid(
+            "the URL has no host (expected http://host/path or https://host/path)".into(),
+        ));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(TargetError::Invalid(
@@ -465,6 +474,29 @@ pub fn find_refused<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_without_a_written_host_are_refused() {
+        for url in [
+            "http:///nohost",
+            "https:///a/b",
+            "http:nohost/x",
+            "http://",
+            "http://@/x",
+            "http://?q",
+        ] {
+            let e = parse(url).expect_err(url).to_string();
+            assert!(e.contains("no host") || e.contains("empty host"), "{url}: {e}");
+        }
+        for url in [
+            "http://h/x",
+            "https://h:8443",
+            "http://[::1]:80/",
+            "https://hook.eu1.make.com/abc",
+        ] {
+            assert!(parse(url).is_ok(), "{url}");
+        }
+    }
     use Kind::*;
 
     #[test]

@@ -5,6 +5,7 @@ mod support;
 mod capture;
 mod capture_payload;
 mod capture_security;
+mod cli;
 mod delivery;
 mod endpoints;
 mod example_app;

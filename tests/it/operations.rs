@@ -437,7 +437,7 @@ async fn views_and_status_never_show_an_endpoints_path_or_query() {
     }
 }
 
-/// I3: deleting an endpoint (`endpoint remove`, or SQL) takes its
+/// I3: deleting an endpoint (`endpoint delete --force`, or SQL) takes its
 /// deliveries and their attempts with it: nothing is left to count as
 /// backlog or dead letters, or to keep events from retention.
 #[tokio::test]
@@ -464,13 +464,19 @@ async fn removing_an_endpoint_leaves_no_orphan_deliveries() {
     c.execute("SELECT webhooks.replay($1, now() - interval '1 hour')", &[&gone])
         .await
         .unwrap();
-    let (ok, out, err) = cli(&db, &["endpoint", "remove", &gone.to_string()]).await;
+    // Waiting deliveries: refused without --force (`remove` is `delete`'s alias).
+    let (ok, _, err) = cli(&db, &["endpoint", "remove", &gone.to_string()]).await;
+    assert!(
+        !ok && err.contains("not deleted") && err.contains("--force"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&db, &["endpoint", "remove", "--force", &gone.to_string()]).await;
     assert!(ok, "{err}");
     assert!(
-        out.contains(&format!("endpoint {gone} removed, with its 2 deliveries")),
+        out.contains(&format!("endpoint {gone} deleted, with its 2 deliveries")),
         "{out}"
     );
-    let (ok, _, err) = cli(&db, &["endpoint", "remove", &gone.to_string()]).await;
+    let (ok, _, err) = cli(&db, &["endpoint", "delete", &gone.to_string()]).await;
     assert!(!ok && err.contains(&format!("no endpoint {gone}")), "{err}");
     c.execute("DELETE FROM webhooks.endpoints WHERE id = $1", &[&by_sql])
         .await
@@ -487,11 +493,20 @@ async fn removing_an_endpoint_leaves_no_orphan_deliveries() {
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!(orphans, (0, 0, 0));
+    // Only the record of the forced delete waits (for a sidecar to fan it out).
     let (ok, out, _) = cli(&db, &["status"]).await;
     assert!(
-        ok && out.contains("dead letters: 0") && out.contains("backlog: 0 waiting"),
+        ok && out.contains("dead letters: 0")
+            && out.contains("backlog: 1 waiting")
+            && out.contains("1 not yet fanned out"),
         "{out}"
     );
+    let record: serde_json::Value = one(
+        &c,
+        "SELECT payload FROM webhooks.events WHERE event_type = 'webhooks.endpoint.deleted'",
+    )
+    .await;
+    assert_eq!(record["dropped"], 2, "{record}");
     // The events are free for retention now.
     let removed: i64 = one(&c, "SELECT events FROM webhooks.retention_run(interval '0')").await;
     assert_eq!(removed, 2);

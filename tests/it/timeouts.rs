@@ -56,11 +56,15 @@ async fn silent_database_times_out_connect_and_pool() {
     let error = db::connect(&config).await.expect_err("nobody answers");
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     assert!(
-        matches!(error, DbError::ConnectTimeout(d) if d == Duration::from_secs(1)),
+        matches!(error, DbError::ConnectTimeout(d, _) if d == Duration::from_secs(1)),
         "{error:?}"
     );
     let message = error.to_string();
     assert!(message.contains("no answer within 1s"), "{message}");
+    assert!(
+        message.contains(&format!("at 127.0.0.1:{port} (db db)")),
+        "{message}"
+    );
     assert!(!message.contains("hunter2"), "{message}");
 
     let pool = db::pool(config, 2);

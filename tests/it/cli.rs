@@ -1,0 +1,309 @@
+//! What the command line says when something is wrong (#14.5, #14.7): the
+//! real binary, its stderr read as a user would.
+
+use std::process::Command;
+
+use crate::support::TestDb;
+
+/// Runs `pgwebhooks args…` with `env` (DATABASE_URL unset unless given).
+fn pgwebhooks(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("PGWEBHOOKS_CONFIG")
+        .env_remove("PGWEBHOOKS_ENDPOINT_SECRET");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn with_db(db: &TestDb, args: &[&str]) -> (bool, String, String) {
+    pgwebhooks(args, &[("DATABASE_URL", &db.url())])
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_says_run_migrate() {
+    let db = TestDb::empty().await;
+    for args in [&["status"][..], &["endpoint", "list"], &["retry", "--dead"]] {
+        let (ok, _, err) = with_db(&db, args);
+        assert!(!ok, "{args:?}");
+        assert!(err.contains("run `pgwebhooks migrate`"), "{args:?}: {err}");
+        assert!(
+            !err.contains("relation") && !err.contains("db error"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: said once: {err}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_names_where_and_why() {
+    let (ok, _, err) = pgwebhooks(
+        &["status"],
+        &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x")],
+    );
+    assert!(!ok);
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(err.contains("127.0.0.1:1") && err.contains("db x"), "{err}");
+    assert!(err.contains("is Postgres running?"), "{err}");
+    assert!(
+        !err.contains("Error occurred while creating a new object"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("db error") && !err.contains("error connecting to server"),
+        "{err}"
+    );
+    assert!(!err.contains("nobody"), "no user name or password: {err}");
+}
+
+#[test]
+fn an_invalid_database_url_says_why() {
+    for (url, reason) in [
+        (
+            "postgres://u:hunter2@h:port/db",
+            "invalid value for option `port`",
+        ),
+        (
+            "host=h frobnicate=1 password=hunter2",
+            "unknown option `frobnicate`",
+        ),
+    ] {
+        let (ok, _, err) = pgwebhooks(&["status"], &[("DATABASE_URL", url)]);
+        assert!(!ok);
+        assert!(
+            err.contains("invalid DATABASE_URL") && err.contains(reason),
+            "{url}: {err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        assert_eq!(err.matches("DATABASE_URL").count(), 1, "said once: {err}");
+        assert!(!err.contains("invalid database URL"), "said once: {err}");
+    }
+}
+
+#[test]
+fn a_url_without_a_host_is_refused() {
+    for url in ["http:///nohost", "https:///x/y"] {
+        let (ok, _, err) = pgwebhooks(
+            &["endpoint", "add", "--url", url, "--allow-private-targets"],
+            &[("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x")],
+        );
+        assert!(!ok);
+        assert!(
+            err.contains("invalid --url") && err.contains("no host"),
+            "{url}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_duplicate_endpoint_name_says_which_endpoint_has_it() {
+    let db = TestDb::new().await;
+    let add = [
+        "endpoint",
+        "add",
+        "--url",
+        "http://127.0.0.1:9/a",
+        "--allow-private-targets",
+        "--name",
+        "crm",
+    ];
+    let (ok, out, err) = with_db(&db, &add);
+    assert!(ok, "{err}");
+    let id = out.lines().last().unwrap().trim().to_owned();
+    let (ok, _, err) = with_db(&db, &add);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("an endpoint named \"crm\" already exists (id {id})")),
+        "{err}"
+    );
+    assert!(err.contains("another --name"), "{err}");
+    assert!(
+        !err.contains("duplicate key") && !err.contains("db error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_environment_variable_that_does_not_parse_is_named() {
+    let (ok, _, err) = pgwebhooks(&["run"], &[("PGWEBHOOKS_TIMEOUT", "abc")]);
+    assert!(!ok);
+    assert!(
+        err.contains("PGWEBHOOKS_TIMEOUT: invalid duration 'abc'"),
+        "{err}"
+    );
+    assert!(!err.contains("'--timeout <TIMEOUT>'"), "{err}");
+    let (_, _, err) = pgwebhooks(&["run"], &[("PGWEBHOOKS_BATCH_SIZE", "0")]);
+    assert!(
+        err.contains("PGWEBHOOKS_BATCH_SIZE") && err.contains("1..=10000"),
+        "{err}"
+    );
+    let (_, _, err) = pgwebhooks(&["status"], &[("PGWEBHOOKS_LOG_FORMAT", "xml")]);
+    assert!(
+        err.contains("PGWEBHOOKS_LOG_FORMAT: invalid value 'xml'"),
+        "{err}"
+    );
+    // A flag on the command line is named as the flag.
+    let (ok, _, err) = pgwebhooks(&["run", "--timeout", "1x"], &[("PGWEBHOOKS_TIMEOUT", "abc")]);
+    assert!(!ok);
+    assert!(
+        err.contains("--timeout") && !err.contains("PGWEBHOOKS_TIMEOUT"),
+        "{err}"
+    );
+}
+
+/// README's Configuration section says `pgwebhooks run --help` lists every
+/// variable: each one named there must be in it.
+#[test]
+fn run_help_lists_every_variable_of_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("\n## Configuration")
+        .expect("a Configuration section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    assert!(section.contains("`pgwebhooks run --help` lists every variable"));
+    let (ok, help, err) = pgwebhooks(&["run", "--help"], &[]);
+    assert!(ok, "{err}");
+    let mut names: Vec<&str> = Vec::new();
+    for (i, _) in section.match_indices(['P', 'D', 'M']) {
+        let word: &str = {
+            let rest = &section[i..];
+            &rest[..rest
+                .find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len())]
+        };
+        let prefixed = ["PGWEBHOOKS_", "MAKE_WEBHOOK_"]
+            .iter()
+            .any(|p| word.starts_with(p) && word.len() > p.len());
+        let boundary =
+            i == 0 || !section.as_bytes()[i - 1].is_ascii_alphanumeric() && section.as_bytes()[i - 1] != b'_';
+        if boundary && (prefixed || word == "DATABASE_URL") && !word.ends_with('_') {
+            names.push(word);
+        }
+    }
+    names.sort();
+    names.dedup();
+    assert!(names.len() > 25, "found {names:?}");
+    let missing: Vec<&&str> = names.iter().filter(|n| !help.contains(**n)).collect();
+    assert!(
+        missing.is_empty(),
+        "in README's Configuration, not in `run --help`: {missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn endpoint_delete_is_refused_while_deliveries_wait_unless_forced() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let add = [
+        "endpoint",
+        "add",
+        "--url",
+        "http://127.0.0.1:9/a",
+        "--allow-private-targets",
+        "--name",
+        "old",
+    ];
+    let (ok, out, err) = with_db(&db, &add);
+    assert!(ok, "{err}");
+    let id: i64 = out.lines().last().unwrap().trim().parse().unwrap();
+    let delivery_ids: Vec<i64> = c
+        .query(
+            "WITH e AS (SELECT webhooks.emit('order.created', jsonb_build_object('n', n)) AS event_id, n
+                          FROM generate_series(1, 3) n)
+             INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, next_attempt_at)
+             SELECT event_id, $1, (ARRAY['pending', 'dead', 'delivered'])[n], now() FROM e
+             RETURNING id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+
+    let (ok, _, err) = with_db(&db, &["endpoint", "delete", &id.to_string()]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "endpoint {id} not deleted: 2 deliveries wait (1 pending, 1 dead)"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 3, "nothing changed");
+
+    let (ok, out, err) = with_db(&db, &["endpoint", "delete", "--force", &id.to_string()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("endpoint {id} deleted, with its 3 deliveries")),
+        "{out}"
+    );
+    assert!(
+        out.contains("dropped 2 waiting deliveries (1 pending, 1 dead"),
+        "{out}"
+    );
+    let record: serde_json::Value = c
+        .query_one(
+            "SELECT payload FROM webhooks.events WHERE event_type = 'webhooks.endpoint.deleted'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(record["endpointId"], id);
+    assert_eq!(record["endpointName"], "old");
+    assert_eq!(record["dropped"], 2);
+    assert_eq!(record["droppedByStatus"]["dead"], 1);
+    assert_eq!(record["firstDeliveryIds"], serde_json::json!(delivery_ids[..2]));
+    assert!(
+        record["deletedBy"].is_string() && record["deletedAt"].is_string(),
+        "{record}"
+    );
+
+    let (ok, _, err) = with_db(&db, &["endpoint", "delete", &id.to_string()]);
+    assert!(!ok && err.contains(&format!("no endpoint {id}")), "{err}");
+}
+
+#[tokio::test]
+async fn endpoint_delete_without_waiting_deliveries_needs_no_force() {
+    let db = TestDb::new().await;
+    let add = [
+        "endpoint",
+        "add",
+        "--url",
+        "http://127.0.0.1:9/a",
+        "--allow-private-targets",
+    ];
+    let (ok, out, err) = with_db(&db, &add);
+    assert!(ok, "{err}");
+    let id = out.lines().last().unwrap().trim().to_owned();
+    let (ok, out, err) = with_db(&db, &["endpoint", "delete", &id]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("endpoint {id} deleted, with its 0 deliveries")),
+        "{out}"
+    );
+    let c = db.client().await;
+    let events: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 0, "nothing dropped, nothing recorded");
+}

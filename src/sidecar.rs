@@ -142,7 +142,7 @@ impl Sidecar {
             }),
             recorder,
             pool: pool.clone(),
-            snapshot: RwLock::new(snapshot),
+            snapshot: Arc::new(RwLock::new(snapshot)),
             stopping: stopping.clone(),
             hard_stop: CancellationToken::new(),
             in_memory: AtomicUsize::new(0),
@@ -159,6 +159,7 @@ impl Sidecar {
             config: config.claim.clone(),
         });
 
+        record_task.notify(shared.snapshot.clone());
         let recorder_done = CancellationToken::new();
         let recorder = tokio::spawn(record_task.run(recorder_done.clone(), config.shutdown_grace));
         let listen_stop = CancellationToken::new();

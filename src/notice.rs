@@ -185,6 +185,82 @@ impl Notices {
     }
 }
 
+/// What start-up knows about the configuration, for [`misconfigurations`].
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// The inbound server runs…
+    pub inbound: bool,
+    /// …with a PGWEBHOOKS_INBOUND_SECRET.
+    pub inbound_secret: bool,
+    /// Enabled inbound routes, and how many of them have no secret of their own.
+    pub routes: i64,
+    pub routes_without_secret: i64,
+    pub allow_private_targets: bool,
+    pub endpoints: Vec<SetupEndpoint>,
+}
+
+#[derive(Debug)]
+pub struct SetupEndpoint {
+    pub id: i64,
+    pub name: Option<String>,
+    pub url: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+}
+
+/// One line per real misconfiguration, said at `warn` when `run` starts.
+/// Pure. URLs are redacted; no secret is ever part of a line.
+pub fn misconfigurations(s: &Setup) -> Vec<String> {
+    let mut out = Vec::new();
+    if s.inbound && !s.inbound_secret && (s.routes == 0 || s.routes_without_secret > 0) {
+        let refused = if s.routes_without_secret == s.routes {
+            "every callback will be refused (401)".to_owned()
+        } else {
+            format!(
+                "callbacks to the {} of {} routes without their own secret will be refused (401)",
+                s.routes_without_secret, s.routes
+            )
+        };
+        out.push(format!(
+            "no inbound secret configured: {refused}; set PGWEBHOOKS_INBOUND_SECRET (at least 16 printable \
+             characters, e.g. `PGWEBHOOKS_INBOUND_SECRET=$(openssl rand -hex 32)`) or give routes their own \
+             (webhooks.inbound_route_set)"
+        ));
+    }
+    if s.endpoints.is_empty() {
+        out.push(
+            "no endpoints: events are recorded but nothing is delivered; add one with \
+             `pgwebhooks endpoint add --url https://… --events '*'` (or set WEBHOOK_URL)"
+                .into(),
+        );
+    }
+    let label = |e: &SetupEndpoint| {
+        format!(
+            "endpoint {} ({}, {})",
+            e.id,
+            e.name.as_deref().unwrap_or("unnamed"),
+            target::redact(&e.url)
+        )
+    };
+    for e in s.endpoints.iter().filter(|e| !e.enabled) {
+        out.push(format!(
+            "{} is disabled: {}; its deliveries wait (`pgwebhooks endpoint enable {}` resumes it)",
+            label(e),
+            e.disabled_reason.as_deref().unwrap_or("no reason recorded"),
+            e.id
+        ));
+    }
+    for e in &s.endpoints {
+        if let Err(error) = target::check(&e.url, s.allow_private_targets) {
+            out.push(format!(
+                "{}: every delivery will be refused before sending: {error}",
+                label(e)
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +302,65 @@ mod tests {
         assert_eq!(k(Dead, None, true, false), vec![Kind::NoAnswer, Kind::Dead]);
         assert_eq!(k(Failed, Some(404), true, false), vec![Kind::Rejected]);
         assert_eq!(k(Pending, Some(410), true, false), vec![], "Make's 410: the pause says it");
+    }
+
+    #[test]
+    fn only_real_misconfigurations_are_said() {
+        let ep = |id, url: &str, enabled, reason: Option<&str>| SetupEndpoint {
+            id,
+            name: Some(format!("ep{id}")),
+            url: url.into(),
+            enabled,
+            disabled_reason: reason.map(str::to_owned),
+        };
+        let fine = Setup {
+            inbound: true,
+            inbound_secret: true,
+            endpoints: vec![ep(1, "https://example.com/hook?token=abc", true, None)],
+            ..Default::default()
+        };
+        assert_eq!(misconfigurations(&fine), Vec::<String>::new());
+        // Every route has its own secret: nothing refused.
+        let routes_own = Setup {
+            inbound_secret: false,
+            routes: 2,
+            routes_without_secret: 0,
+            ..fine
+        };
+        assert_eq!(misconfigurations(&routes_own), Vec::<String>::new());
+
+        let bare = Setup {
+            inbound: true,
+            ..Default::default()
+        };
+        let lines = misconfigurations(&bare);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].contains("every callback will be refused") && lines[0].contains("PGWEBHOOKS_INBOUND_SECRET"));
+        assert!(lines[1].contains("no endpoints") && lines[1].contains("pgwebhooks endpoint add"));
+
+        let some = Setup {
+            inbound: true,
+            routes: 3,
+            routes_without_secret: 1,
+            endpoints: vec![
+                ep(1, "https://hook.eu1.make.com/secret-token", false, Some("Make.com answered 410 Gone")),
+                ep(2, "http://10.0.0.1/hook/secret-path", true, None),
+                ep(3, "http://169.254.169.254/latest", true, None),
+            ],
+            ..Default::default()
+        };
+        let lines = misconfigurations(&some);
+        assert_eq!(lines.len(), 4, "{lines:?}");
+        assert!(lines[0].contains("the 1 of 3 routes"), "{}", lines[0]);
+        assert!(lines[1].contains("endpoint 1 (ep1, https://hook.eu1.make.com/…) is disabled: Make.com answered 410"));
+        assert!(lines[2].contains("endpoint 2 (ep2, http://10.0.0.1/…)") && lines[2].contains("private address"));
+        assert!(lines[3].contains("metadata"), "{}", lines[3]);
+        assert!(lines.iter().all(|l| !l.contains("secret-token") && !l.contains("secret-path")));
+        let allowed = Setup {
+            allow_private_targets: true,
+            ..some
+        };
+        assert_eq!(misconfigurations(&allowed).len(), 3, "the private one is allowed now");
     }
 
     #[test]

@@ -123,6 +123,13 @@ impl Sidecar {
                 }
             }
         }
+        {
+            let client = pool.get().await.map_err(DbError::from)?;
+            let setup = db::ops::setup(&client, config.inbound.as_ref(), config.deliver.allow_private_targets).await?;
+            for line in crate::notice::misconfigurations(&setup) {
+                tracing::warn!("{line}");
+            }
+        }
         let signals = Arc::new(Signals::default());
         crate::telemetry::install();
         let (recorder, mut record_task) = record::channel(pool.clone(), replica.clone(), signals.clone());

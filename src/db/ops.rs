@@ -33,6 +33,44 @@ pub struct Status {
     pub holding_back: Option<(i32, f64, String)>,
 }
 
+/// What start-up checks the configuration against
+/// ([`crate::notice::misconfigurations`]).
+pub async fn setup(
+    c: &impl GenericClient,
+    inbound: Option<&crate::inbound::InboundConfig>,
+    allow_private_targets: bool,
+) -> Result<crate::notice::Setup, DbError> {
+    let routes = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE secret IS NULL) FROM webhooks.inbound_routes WHERE enabled",
+            &[],
+        )
+        .await?;
+    let endpoints = c
+        .query(
+            "SELECT id, name, url, enabled, disabled_reason FROM webhooks.endpoints ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(crate::notice::Setup {
+        inbound: inbound.is_some(),
+        inbound_secret: inbound.is_some_and(|i| i.secret.is_some()),
+        routes: routes.get(0),
+        routes_without_secret: routes.get(1),
+        allow_private_targets,
+        endpoints: endpoints
+            .iter()
+            .map(|r| crate::notice::SetupEndpoint {
+                id: r.get(0),
+                name: r.get(1),
+                url: r.get(2),
+                enabled: r.get(3),
+                disabled_reason: r.get(4),
+            })
+            .collect(),
+    })
+}
+
 pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
     let top = c
         .query_one(

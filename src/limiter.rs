@@ -69,7 +69,11 @@ impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
                         latest: None,
                     },
                 );
-                Some(Line { key, count: 1, detail })
+                Some(Line {
+                    key,
+                    count: 1,
+                    detail,
+                })
             }
         }
     }

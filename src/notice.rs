@@ -48,10 +48,14 @@ impl Kind {
             Kind::Refused => "deliveries refused before sending: the target is not allowed; not retried",
             Kind::NoAnswer => "deliveries failing: no answer (timeout or connection error); retrying",
             Kind::Retrying => "deliveries failing: the endpoint answers with a retryable error; retrying",
-            Kind::Rejected => "deliveries failed: the endpoint rejected them; not retried \
-                               (`pgwebhooks retry --endpoint <id>` re-queues them)",
-            Kind::Dead => "deliveries dead: their retry schedule is used up \
-                           (`pgwebhooks retry --endpoint <id>` re-queues them)",
+            Kind::Rejected => {
+                "deliveries failed: the endpoint rejected them; not retried \
+                               (`pgwebhooks retry --endpoint <id>` re-queues them)"
+            }
+            Kind::Dead => {
+                "deliveries dead: their retry schedule is used up \
+                           (`pgwebhooks retry --endpoint <id>` re-queues them)"
+            }
             Kind::Paused => "endpoint paused: its deliveries wait until it is resumed",
             Kind::Resumed => "endpoint resumed: the circuit breaker closed",
         }
@@ -107,7 +111,27 @@ fn reason_of(o: &Outcome) -> String {
             }
         }
     }
-    reason
+    redact_urls(&reason)
+}
+
+/// `text` with every URL in it redacted (`target::redact`): an error may
+/// quote one (a redirect's `Location`), and URLs can be credentials.
+pub fn redact_urls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ','))
+            .map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&target::redact(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// An optional number as logged: the number, or `none` (never `Some(200)`).
@@ -175,7 +199,7 @@ impl Notices {
         };
         let code = or_none(detail.code);
         let reason = detail.reason;
-        let says = kind.says();
+        let says = kind.says().replace("<id>", &endpoint_id.to_string());
         if kind == Kind::Resumed {
             tracing::info!(endpoint_id, endpoint = %name, url = %url, reason = %reason, count, "{says}");
         } else {
@@ -301,7 +325,11 @@ mod tests {
         assert_eq!(k(Dead, Some(500), true, false), vec![Kind::Retrying, Kind::Dead]);
         assert_eq!(k(Dead, None, true, false), vec![Kind::NoAnswer, Kind::Dead]);
         assert_eq!(k(Failed, Some(404), true, false), vec![Kind::Rejected]);
-        assert_eq!(k(Pending, Some(410), true, false), vec![], "Make's 410: the pause says it");
+        assert_eq!(
+            k(Pending, Some(410), true, false),
+            vec![],
+            "Make's 410: the pause says it"
+        );
     }
 
     #[test]
@@ -335,7 +363,10 @@ mod tests {
         };
         let lines = misconfigurations(&bare);
         assert_eq!(lines.len(), 2, "{lines:?}");
-        assert!(lines[0].contains("every callback will be refused") && lines[0].contains("PGWEBHOOKS_INBOUND_SECRET"));
+        assert!(
+            lines[0].contains("every callback will be refused")
+                && lines[0].contains("PGWEBHOOKS_INBOUND_SECRET")
+        );
         assert!(lines[1].contains("no endpoints") && lines[1].contains("pgwebhooks endpoint add"));
 
         let some = Setup {
@@ -343,7 +374,12 @@ mod tests {
             routes: 3,
             routes_without_secret: 1,
             endpoints: vec![
-                ep(1, "https://hook.eu1.make.com/secret-token", false, Some("Make.com answered 410 Gone")),
+                ep(
+                    1,
+                    "https://hook.eu1.make.com/secret-token",
+                    false,
+                    Some("Make.com answered 410 Gone"),
+                ),
                 ep(2, "http://10.0.0.1/hook/secret-path", true, None),
                 ep(3, "http://169.254.169.254/latest", true, None),
             ],
@@ -352,15 +388,35 @@ mod tests {
         let lines = misconfigurations(&some);
         assert_eq!(lines.len(), 4, "{lines:?}");
         assert!(lines[0].contains("the 1 of 3 routes"), "{}", lines[0]);
-        assert!(lines[1].contains("endpoint 1 (ep1, https://hook.eu1.make.com/…) is disabled: Make.com answered 410"));
-        assert!(lines[2].contains("endpoint 2 (ep2, http://10.0.0.1/…)") && lines[2].contains("private address"));
+        assert!(lines[1]
+            .contains("endpoint 1 (ep1, https://hook.eu1.make.com/…) is disabled: Make.com answered 410"));
+        assert!(
+            lines[2].contains("endpoint 2 (ep2, http://10.0.0.1/…)") && lines[2].contains("private address")
+        );
         assert!(lines[3].contains("metadata"), "{}", lines[3]);
-        assert!(lines.iter().all(|l| !l.contains("secret-token") && !l.contains("secret-path")));
+        assert!(lines
+            .iter()
+            .all(|l| !l.contains("secret-token") && !l.contains("secret-path")));
         let allowed = Setup {
             allow_private_targets: true,
             ..some
         };
-        assert_eq!(misconfigurations(&allowed).len(), 3, "the private one is allowed now");
+        assert_eq!(
+            misconfigurations(&allowed).len(),
+            3,
+            "the private one is allowed now"
+        );
+    }
+
+    #[test]
+    fn urls_in_texts_are_redacted() {
+        assert_eq!(
+            redact_urls("redirect to https://hook.eu1.make.com/tok3n?x=1 not followed"),
+            "redirect to https://hook.eu1.make.com/… not followed"
+        );
+        assert_eq!(redact_urls("a (http://u:p@h:80/x), b"), "a (http://h:80/…), b");
+        assert_eq!(redact_urls("no url: here"), "no url: here");
+        assert_eq!(redact_urls("://odd"), "://odd", "no scheme, no URL");
     }
 
     #[test]

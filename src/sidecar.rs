@@ -125,7 +125,12 @@ impl Sidecar {
         }
         {
             let client = pool.get().await.map_err(DbError::from)?;
-            let setup = db::ops::setup(&client, config.inbound.as_ref(), config.deliver.allow_private_targets).await?;
+            let setup = db::ops::setup(
+                &client,
+                config.inbound.as_ref(),
+                config.deliver.allow_private_targets,
+            )
+            .await?;
             for line in crate::notice::misconfigurations(&setup) {
                 tracing::warn!("{line}");
             }

@@ -11,6 +11,7 @@ mod example_routes;
 mod faults;
 mod inbound;
 mod inbound_corpus;
+mod logs;
 mod migrate;
 mod operations;
 mod outgoing;

@@ -105,6 +105,21 @@ impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
         lines
     }
 
+    /// Every folded occurrence as lines now, due or not (at shutdown).
+    pub fn drain(&mut self) -> Vec<Line<K, D>> {
+        self.entries
+            .drain()
+            .filter_map(|(key, e)| {
+                let detail = e.latest.filter(|_| e.folded > 0)?;
+                Some(Line {
+                    key,
+                    count: e.folded,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
     /// Keys remembered (tests).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -193,6 +208,19 @@ mod tests {
         assert_eq!(l.due(at(119)), vec![]);
         assert_eq!(l.due(at(120)).len(), 1);
         assert_eq!(l.due(at(180)), vec![]);
+        assert!(l.is_empty());
+        l.hit("x", "a", at(200));
+        l.hit("x", "b", at(201));
+        l.hit("y", "c", at(200));
+        assert_eq!(
+            l.drain(),
+            vec![Line {
+                key: "x",
+                count: 1,
+                detail: "b"
+            }],
+            "at shutdown, what was folded is said"
+        );
         assert!(l.is_empty());
         // A clock that goes backwards never panics, and folds.
         assert!(l.hit("back", "a", at(100)).is_some());

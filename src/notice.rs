@@ -181,6 +181,13 @@ impl Notices {
         }
     }
 
+    /// Writes everything still folded (the sidecar is stopping).
+    pub fn finish(&mut self) {
+        for line in self.limiter.drain() {
+            self.write(line);
+        }
+    }
+
     fn write(&self, line: Line<(i64, Kind), Detail>) {
         let Line {
             key: (endpoint_id, kind),

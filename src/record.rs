@@ -236,6 +236,9 @@ impl RecordTask {
         while let Ok(msg) = self.rx.try_recv() {
             self.take(msg);
         }
+        if let Some(n) = &mut self.notices {
+            n.finish();
+        }
         while let Err(error) = self.flush().await {
             if tokio::time::Instant::now() >= deadline {
                 tracing::error!(error = %error_chain(&error), unrecorded = self.buffer.len(),

@@ -39,6 +39,9 @@ pub struct SidecarConfig {
     /// The inbound HTTP server; `None` runs delivery only.
     pub inbound: Option<InboundConfig>,
     pub maintain: MaintainConfig,
+    /// Say failures, dead letters and pauses at `warn` (`notice`); the
+    /// demo shows its scripted 503s itself.
+    pub say_failures: bool,
 }
 
 impl SidecarConfig {
@@ -54,6 +57,7 @@ impl SidecarConfig {
             env_endpoints: EnvEndpoints::default(),
             inbound: None,
             maintain: MaintainConfig::default(),
+            say_failures: true,
         }
     }
 }
@@ -171,7 +175,9 @@ impl Sidecar {
             config: config.claim.clone(),
         });
 
-        record_task.notify(shared.snapshot.clone());
+        if config.say_failures {
+            record_task.notify(shared.snapshot.clone());
+        }
         let recorder_done = CancellationToken::new();
         let recorder = tokio::spawn(record_task.run(recorder_done.clone(), config.shutdown_grace));
         let listen_stop = CancellationToken::new();

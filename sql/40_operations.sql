@@ -103,7 +103,12 @@ CREATE OR REPLACE VIEW webhooks.endpoint_health AS
            (SELECT max(a.started_at) FROM webhooks.attempts a
              WHERE a.endpoint_id = ep.id AND a.status_code BETWEEN 200 AND 299) AS last_success_at,
            (SELECT count(*) FROM webhooks.deliveries d WHERE d.endpoint_id = ep.id AND d.status = 'pending') AS pending,
-           (SELECT count(*) FROM webhooks.deliveries d WHERE d.endpoint_id = ep.id AND d.status IN ('dead', 'failed')) AS dead
+           (SELECT count(*) FROM webhooks.deliveries d WHERE d.endpoint_id = ep.id AND d.status IN ('dead', 'failed')) AS dead,
+           -- The latest failed attempt (appended: the columns above keep their places).
+           f.started_at AS last_failure_at,
+           f.status_code AS last_failure_status,
+           f.error AS last_failure_error,
+           f.response_excerpt AS last_failure_excerpt
       FROM webhooks.endpoints ep
       LEFT JOIN LATERAL (
           SELECT count(*) AS attempts,
@@ -111,7 +116,14 @@ CREATE OR REPLACE VIEW webhooks.endpoint_health AS
                  avg(a.duration_ms) AS avg_ms,
                  percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms) AS p95_ms
             FROM webhooks.attempts a
-           WHERE a.endpoint_id = ep.id AND a.started_at > now() - interval '1 hour') h ON true;
+           WHERE a.endpoint_id = ep.id AND a.started_at > now() - interval '1 hour') h ON true
+      LEFT JOIN LATERAL (
+          SELECT a.started_at, a.status_code, a.error, a.response_excerpt
+            FROM webhooks.attempts a
+           WHERE a.endpoint_id = ep.id AND a.started_at > now() - interval '7 days'
+             AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
+           ORDER BY a.started_at DESC
+           LIMIT 1) f ON true;
 
 -- Re-queue every failed or dead delivery (of one endpoint, or all).
 CREATE OR REPLACE FUNCTION webhooks.delivery_retry_dead(endpoint_id bigint DEFAULT NULL) RETURNS integer

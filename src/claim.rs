@@ -185,6 +185,7 @@ impl Claimer {
                     error: Some("the event or the endpoint no longer exists".into()),
                     attempt: None,
                     ordered: false,
+                    refused: false,
                 });
                 continue;
             };

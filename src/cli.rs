@@ -432,6 +432,14 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
         if let Some(reason) = &e.reason {
             println!("      {reason}");
         }
+        if let Some(f) = &e.last_failure {
+            println!(
+                "      last failure {} ago ({}): {}",
+                age(Some(f.seconds_ago)),
+                f.at,
+                f.reason()
+            );
+        }
     }
     if s.endpoints.is_empty() {
         println!("(no endpoints: events are recorded and wait for one)");

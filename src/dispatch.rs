@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -17,6 +17,7 @@ use crate::db;
 use crate::deliver::{Deliverer, SideEffect};
 use crate::endpoints::Snapshot;
 use crate::event::Job;
+use crate::notice::Kind;
 use crate::record::{Outcome, Recorder};
 
 /// Lane settings.
@@ -53,7 +54,8 @@ pub struct Shared {
     pub deliverer: Deliverer,
     pub recorder: Recorder,
     pub pool: Pool,
-    pub snapshot: RwLock<Arc<Snapshot>>,
+    /// Shared with the recorder, which names endpoints in its warnings.
+    pub snapshot: crate::notice::Endpoints,
     /// Stop taking work: queued jobs are released.
     pub stopping: CancellationToken,
     /// Abandon in-flight attempts (the grace period is over).
@@ -296,12 +298,12 @@ async fn run_lane(
             match result {
                 Some((outcome, effect)) => {
                     if let SideEffect::PauseEndpoint(reason) = effect {
-                        pause_endpoint(&shared2.pool, endpoint_id, &reason).await;
+                        pause_endpoint(&shared2, endpoint_id, outcome.code, &reason).await;
                     } else if shared2.breaker_trips(endpoint_id, &outcome) {
                         trip(&shared2, endpoint_id, &outcome).await;
                     }
                     tracing::debug!(event_id = %job.event.id, endpoint_id, attempt = job.attempt,
-                        status = ?outcome.status, code = ?outcome.code, "attempt");
+                        status = outcome.status.as_str(), code = %crate::notice::or_none(outcome.code), "attempt");
                     shared2.finish(outcome);
                 }
                 None => shared2.finish(Outcome::released(&job, Some("abandoned at shutdown"))),
@@ -322,13 +324,14 @@ async fn pace(
     db::delivery::endpoint_pace(&client, id, wanted, rate, per).await
 }
 
-async fn pause_endpoint(pool: &Pool, id: i64, reason: &str) {
-    let result = match pool.get().await {
+async fn pause_endpoint(shared: &Shared, id: i64, code: Option<i32>, reason: &str) {
+    let result = match shared.pool.get().await {
         Ok(c) => db::delivery::endpoint_pause(&c, id, reason).await,
         Err(e) => Err(e.into()),
     };
     match result {
-        Ok(_) => tracing::warn!(endpoint_id = id, reason, "endpoint paused"),
+        Ok(true) => shared.recorder.notice(id, Kind::Paused, code, reason),
+        Ok(false) => {}
         Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause endpoint"),
     }
 }
@@ -347,11 +350,7 @@ async fn trip(shared: &Shared, id: i64, outcome: &Outcome) {
     match result {
         Ok(true) => {
             crate::telemetry::breaker_trip(id);
-            tracing::warn!(
-                endpoint_id = id,
-                reason,
-                "circuit breaker paused the endpoint; its deliveries wait"
-            );
+            shared.recorder.notice(id, Kind::Paused, outcome.code, &reason);
         }
         Ok(false) => {}
         Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause a failing endpoint"),

@@ -53,7 +53,7 @@ enum Command {
     },
     /// Run the sidecar: deliver events until SIGTERM/SIGINT, then stop
     /// gracefully (in-flight attempts finish or are released).
-    #[command(after_help = ENV_ENDPOINTS_HELP)]
+    #[command(after_help = RUN_AFTER_HELP)]
     Run(RunArgs),
     /// Manage subscriptions without SQL.
     #[command(subcommand)]
@@ -110,7 +110,7 @@ enum Command {
     },
 }
 
-const ENV_ENDPOINTS_HELP: &str = "\
+const RUN_AFTER_HELP: &str = "\
 Endpoints from the environment (created or updated at start-up as env:<VAR>;
 an unset variable means no endpoint — events are still recorded):
   MAKE_WEBHOOK_APPOINTMENTS_URL        appointment.*
@@ -126,7 +126,13 @@ They skip events caused by callbacks (origin inbound/*).
 
 Logging:
   PGWEBHOOKS_LOG (or RUST_LOG)         log filter [default: info], e.g. debug or
-                                       pgwebhooks=debug,warn";
+                                       pgwebhooks=debug,warn
+
+Logs go to stderr. At warn: one line per misconfiguration at start-up
+(no inbound secret, no endpoints, disabled endpoints, refused targets), and
+refused targets, unanswered attempts, 5xx/429 and other failed answers, dead
+letters and paused endpoints at most once per endpoint and kind per minute,
+with the endpoint's id, name and redacted URL, the reason and a count.";
 
 fn main() -> ExitCode {
     // The config file must be in the environment before clap reads it.

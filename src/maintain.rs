@@ -169,9 +169,11 @@ impl Maintainer {
             }
         };
         if ok && db::delivery::endpoint_close_breaker(&client, endpoint_id).await? {
-            tracing::info!(
+            shared.recorder.notice(
                 endpoint_id,
-                "circuit closed: the endpoint answered again; resuming"
+                crate::notice::Kind::Resumed,
+                None,
+                "circuit closed: a probe was delivered; its backlog drains",
             );
             return Ok(true);
         }

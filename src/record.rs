@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::db::{self, DbError};
 use crate::event::{Job, Source};
 use crate::listen::Signals;
+use crate::notice::{self, Notices};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -50,6 +51,9 @@ pub struct Outcome {
     pub attempt: Option<AttemptInfo>,
     /// The endpoint delivers each row's events in order.
     pub ordered: bool,
+    /// Not sent: the target is refused (`deliver::target`) or its URL
+    /// unusable.
+    pub refused: bool,
 }
 
 impl Outcome {
@@ -68,6 +72,7 @@ impl Outcome {
             error: why.map(str::to_owned),
             attempt: None,
             ordered: job.endpoint.ordered,
+            refused: false,
         }
     }
 }
@@ -79,6 +84,12 @@ enum Msg {
         jobs: usize,
     },
     Outcome(Box<Outcome>),
+    /// An endpoint paused or resumed (said by [`crate::notice`]).
+    Notice {
+        endpoint_id: i64,
+        kind: notice::Kind,
+        detail: notice::Detail,
+    },
 }
 
 /// Counts of one flush.
@@ -102,6 +113,18 @@ impl Recorder {
     pub fn record(&self, outcome: Outcome) {
         let _ = self.tx.send(Msg::Outcome(Box::new(outcome)));
     }
+    /// Tells the operator about an endpoint event (paused, resumed),
+    /// through the same limiter as the outcomes' failures.
+    pub fn notice(&self, endpoint_id: i64, kind: notice::Kind, code: Option<i32>, reason: &str) {
+        let _ = self.tx.send(Msg::Notice {
+            endpoint_id,
+            kind,
+            detail: notice::Detail {
+                code,
+                reason: reason.to_owned(),
+            },
+        });
+    }
 }
 
 /// The recording task's state.
@@ -116,6 +139,8 @@ pub struct RecordTask {
     signals: Arc<Signals>,
     /// Called with each flushed outcome (metrics, the demo's live view).
     observer: Option<Observer>,
+    /// Says failures at `warn` (none until [`RecordTask::notify`]).
+    notices: Option<Notices>,
 }
 
 /// Sees every recorded outcome (metrics, the demo's live view).
@@ -136,6 +161,7 @@ pub fn channel(pool: Pool, replica: Arc<str>, signals: Arc<Signals>) -> (Recorde
             buffer: Vec::new(),
             signals,
             observer: None,
+            notices: None,
         },
     )
 }
@@ -145,10 +171,19 @@ impl RecordTask {
         self.observer = Some(f);
     }
 
+    /// Log failures, pauses and dead letters at `warn` (rate-limited),
+    /// naming endpoints as `endpoints` has them.
+    pub fn notify(&mut self, endpoints: notice::Endpoints) {
+        self.notices = Some(Notices::new(endpoints));
+    }
+
     /// Runs until `done` (then writes what is left, trying for `last_try`)
     /// or until every sender is gone.
     pub async fn run(mut self, done: tokio_util::sync::CancellationToken, last_try: Duration) {
         let mut backoff = Duration::from_millis(50);
+        // Writes failure lines folded while an endpoint went quiet.
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.buffer.is_empty() {
                 tokio::select! {
@@ -156,6 +191,12 @@ impl RecordTask {
                         Some(msg) => self.take(msg),
                         None => return,
                     },
+                    _ = sweep.tick() => {
+                        if let Some(n) = &mut self.notices {
+                            n.sweep(std::time::Instant::now());
+                        }
+                        continue;
+                    }
                     _ = done.cancelled() => return self.finish(last_try).await,
                 }
             }
@@ -195,6 +236,9 @@ impl RecordTask {
         while let Ok(msg) = self.rx.try_recv() {
             self.take(msg);
         }
+        if let Some(n) = &mut self.notices {
+            n.finish();
+        }
         while let Err(error) = self.flush().await {
             if tokio::time::Instant::now() >= deadline {
                 tracing::error!(error = %error_chain(&error), unrecorded = self.buffer.len(),
@@ -210,7 +254,21 @@ impl RecordTask {
             Msg::Batch { id, jobs } => {
                 *self.batches.entry(id).or_default() += jobs;
             }
-            Msg::Outcome(o) => self.buffer.push(*o),
+            Msg::Outcome(o) => {
+                if let Some(n) = &mut self.notices {
+                    n.outcome(&o, std::time::Instant::now());
+                }
+                self.buffer.push(*o)
+            }
+            Msg::Notice {
+                endpoint_id,
+                kind,
+                detail,
+            } => {
+                if let Some(n) = &mut self.notices {
+                    n.event(endpoint_id, kind, detail, std::time::Instant::now());
+                }
+            }
         }
     }
 
@@ -450,6 +508,7 @@ mod tests {
                 excerpt: Some("bad".into()),
             }),
             ordered: false,
+            refused: false,
         };
         let p = placeholder(&o);
         assert_eq!(p.error.as_deref(), Some("(error text not recordable)"));

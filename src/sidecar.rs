@@ -39,6 +39,9 @@ pub struct SidecarConfig {
     /// The inbound HTTP server; `None` runs delivery only.
     pub inbound: Option<InboundConfig>,
     pub maintain: MaintainConfig,
+    /// Say failures, dead letters and pauses at `warn` (`notice`); the
+    /// demo shows its scripted 503s itself.
+    pub say_failures: bool,
 }
 
 impl SidecarConfig {
@@ -54,6 +57,7 @@ impl SidecarConfig {
             env_endpoints: EnvEndpoints::default(),
             inbound: None,
             maintain: MaintainConfig::default(),
+            say_failures: true,
         }
     }
 }
@@ -123,6 +127,18 @@ impl Sidecar {
                 }
             }
         }
+        {
+            let client = pool.get().await.map_err(DbError::from)?;
+            let setup = db::ops::setup(
+                &client,
+                config.inbound.as_ref(),
+                config.deliver.allow_private_targets,
+            )
+            .await?;
+            for line in crate::notice::misconfigurations(&setup) {
+                tracing::warn!("{line}");
+            }
+        }
         let signals = Arc::new(Signals::default());
         crate::telemetry::install();
         let (recorder, mut record_task) = record::channel(pool.clone(), replica.clone(), signals.clone());
@@ -142,7 +158,7 @@ impl Sidecar {
             }),
             recorder,
             pool: pool.clone(),
-            snapshot: RwLock::new(snapshot),
+            snapshot: Arc::new(RwLock::new(snapshot)),
             stopping: stopping.clone(),
             hard_stop: CancellationToken::new(),
             in_memory: AtomicUsize::new(0),
@@ -159,6 +175,9 @@ impl Sidecar {
             config: config.claim.clone(),
         });
 
+        if config.say_failures {
+            record_task.notify(shared.snapshot.clone());
+        }
         let recorder_done = CancellationToken::new();
         let recorder = tokio::spawn(record_task.run(recorder_done.clone(), config.shutdown_grace));
         let listen_stop = CancellationToken::new();

@@ -16,6 +16,48 @@ pub struct Health {
     pub p95_ms: Option<f64>,
     pub pending: i64,
     pub dead: i64,
+    /// The latest failed attempt of the last 7 days.
+    pub last_failure: Option<LastFailure>,
+}
+
+/// A failed attempt as `status` shows it.
+#[derive(Debug)]
+pub struct LastFailure {
+    pub seconds_ago: f64,
+    /// UTC, `2024-05-01 10:00:00Z`.
+    pub at: String,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub excerpt: Option<String>,
+}
+
+impl LastFailure {
+    /// `HTTP 503: <excerpt>`, `refused: …`, `timed out after 10s`: one
+    /// line, at most about 200 characters, URLs redacted.
+    pub fn reason(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(code) = self.status_code {
+            parts.push(format!("HTTP {code}"));
+        }
+        if let Some(e) = self.error.as_deref().filter(|e| !parts.iter().any(|p| p == e)) {
+            parts.push(e.to_owned());
+        }
+        if let Some(x) = self.excerpt.as_deref() {
+            let x = x.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !x.is_empty() {
+                parts.push(x);
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no answer".into());
+        }
+        let line = crate::notice::redact_urls(&parts.join(": "));
+        if line.chars().count() > 200 {
+            format!("{}…", line.chars().take(199).collect::<String>())
+        } else {
+            line
+        }
+    }
 }
 
 /// The whole-system summary.
@@ -33,6 +75,44 @@ pub struct Status {
     pub holding_back: Option<(i32, f64, String)>,
 }
 
+/// What start-up checks the configuration against
+/// ([`crate::notice::misconfigurations`]).
+pub async fn setup(
+    c: &impl GenericClient,
+    inbound: Option<&crate::inbound::InboundConfig>,
+    allow_private_targets: bool,
+) -> Result<crate::notice::Setup, DbError> {
+    let routes = c
+        .query_one(
+            "SELECT count(*), count(*) FILTER (WHERE secret IS NULL) FROM webhooks.inbound_routes WHERE enabled",
+            &[],
+        )
+        .await?;
+    let endpoints = c
+        .query(
+            "SELECT id, name, url, enabled, disabled_reason FROM webhooks.endpoints ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(crate::notice::Setup {
+        inbound: inbound.is_some(),
+        inbound_secret: inbound.is_some_and(|i| i.secret.is_some()),
+        routes: routes.get(0),
+        routes_without_secret: routes.get(1),
+        allow_private_targets,
+        endpoints: endpoints
+            .iter()
+            .map(|r| crate::notice::SetupEndpoint {
+                id: r.get(0),
+                name: r.get(1),
+                url: r.get(2),
+                enabled: r.get(3),
+                disabled_reason: r.get(4),
+            })
+            .collect(),
+    })
+}
+
 pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
     let top = c
         .query_one(
@@ -48,7 +128,10 @@ pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
     let rows = c
         .query(
             "SELECT endpoint_id, endpoint, state, disabled_reason, attempts_1h, success_rate_pct::float8,
-                    p95_latency_ms::float8, pending, dead
+                    p95_latency_ms::float8, pending, dead,
+                    extract(epoch FROM now() - last_failure_at)::float8,
+                    to_char(last_failure_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
+                    last_failure_status, last_failure_error, last_failure_excerpt
                FROM webhooks.endpoint_health ORDER BY endpoint_id",
             &[],
         )
@@ -82,6 +165,13 @@ pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
                 p95_ms: r.get(6),
                 pending: r.get(7),
                 dead: r.get(8),
+                last_failure: r.get::<_, Option<f64>>(9).map(|seconds_ago| LastFailure {
+                    seconds_ago,
+                    at: r.get(10),
+                    status_code: r.get(11),
+                    error: r.get(12),
+                    excerpt: r.get(13),
+                }),
             })
             .collect(),
     })

@@ -113,6 +113,7 @@ impl Deliverer {
             error: None,
             attempt: None,
             ordered: endpoint.ordered,
+            refused: false,
         };
         if endpoint.make && body.len() > MAKE_MAX_BODY {
             outcome.attempts = job.attempt - 1;
@@ -136,6 +137,7 @@ impl Deliverer {
             )
             .await;
         outcome.code = sent.status.map(i32::from);
+        outcome.refused = sent.refused;
         outcome.error = sent.error.clone();
         outcome.attempt = Some(AttemptInfo {
             started_at: now,

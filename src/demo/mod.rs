@@ -134,6 +134,8 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
     config.shutdown_grace = Duration::from_secs(3);
     // The demo's receiver is on 127.0.0.1.
     config.deliver.allow_private_targets = true;
+    // The live view shows the receiver's scripted 503s; they are no failure.
+    config.say_failures = false;
     config.inbound = Some(crate::inbound::InboundConfig {
         listen: "127.0.0.1:0".parse().expect("literal"),
         secret: Some(crate::config::Secret::new(inbound_secret.clone())),

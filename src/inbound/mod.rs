@@ -461,16 +461,16 @@ async fn callback(
     let applied = apply(&state.pool, &state.cancel_tls, &state.config, &route, &key, text).await;
     match applied {
         Ok((status, body)) => {
-            let inbound_id = body.get("inboundId").and_then(Value::as_i64);
+            let inbound_id = crate::notice::or_none(body.get("inboundId").and_then(Value::as_i64));
             if status >= 500 {
                 tracing::error!(
                     route,
                     status,
-                    ?inbound_id,
+                    %inbound_id,
                     "inbound callback failed; see webhooks.inbound.error"
                 );
             } else {
-                tracing::info!(route, status, ?inbound_id, "inbound callback");
+                tracing::info!(route, status, %inbound_id, "inbound callback");
             }
             answer(
                 StatusCode::from_u16(status as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

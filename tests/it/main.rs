@@ -13,6 +13,7 @@ mod example_routes;
 mod faults;
 mod inbound;
 mod inbound_corpus;
+mod logs;
 mod migrate;
 mod operations;
 mod outgoing;

@@ -54,6 +54,12 @@ async fn status_and_a_dead_letter_retried_from_the_command_line() {
         out.contains("dead letters: 1") && out.contains("pgwebhooks retry --dead"),
         "{out}"
     );
+    // The last failure's reason, not only counts (#14.4).
+    assert!(
+        out.lines()
+            .any(|l| l.contains("last failure") && l.contains("ago (") && l.contains("HTTP 500")),
+        "{out}"
+    );
     let dead: i64 = one(&c, "SELECT count(*) FROM webhooks.dead_letters").await;
     assert_eq!(dead, 1);
     let failures: i64 = one(

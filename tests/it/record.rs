@@ -26,6 +26,7 @@ fn delivered(event_id: uuid::Uuid, endpoint_id: i64, batch: i64) -> Outcome {
             excerpt: None,
         }),
         ordered: false,
+        refused: false,
     }
 }
 

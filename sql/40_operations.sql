@@ -24,7 +24,9 @@ CREATE OR REPLACE FUNCTION webhooks.endpoint_wants(ep webhooks.endpoints, event_
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (SELECT 1 FROM unnest(ep.event_types) p, regexp_split_to_table(p, '\s*,\s*') q
-                    WHERE q <> '' AND webhooks.matches(q, event_type))
+                    WHERE q <> '' AND webhooks.matches(q, event_type)
+                      -- pgwebhooks' own events only to patterns naming them (a bare * does not)
+                      AND (event_type NOT LIKE 'webhooks.%' OR q LIKE 'webhooks.%'))
        AND NOT EXISTS (SELECT 1 FROM unnest(ep.exclude_types) p, regexp_split_to_table(p, '\s*,\s*') q
                         WHERE q <> '' AND webhooks.matches(q, event_type))
        AND (ep.tenant_id IS NULL OR ep.tenant_id = endpoint_wants.tenant_id)

@@ -63,7 +63,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Does this endpoint want an event of this type, tenant and origin?
     pub fn wants(&self, event_type: &str, tenant_id: Option<&str>, origin: Option<&str>) -> bool {
-        self.event_types.iter().any(|p| matches(p, event_type))
+        self.event_types.iter().any(|p| subscribes(p, event_type))
             && !self.exclude_types.iter().any(|p| matches(p, event_type))
             && (self.tenant_id.is_none() || self.tenant_id.as_deref() == tenant_id)
             && !origin.is_some_and(|o| self.ignore_origins.iter().any(|p| matches(p, o)))
@@ -82,6 +82,14 @@ impl Endpoint {
     pub fn pacing(&self) -> Option<(u32, Duration)> {
         self.rate.or(self.make.then_some(MAKE_RATE))
     }
+}
+
+/// Does a subscription pattern take this event type? As [`matches`], but
+/// pgwebhooks' own operational events (`webhooks.…`) go only to patterns
+/// that name them (`webhooks.*`, `webhooks.endpoint.*`): a bare `*` does
+/// not take them.
+pub fn subscribes(pattern: &str, event_type: &str) -> bool {
+    (!event_type.starts_with("webhooks.") || pattern.starts_with("webhooks.")) && matches(pattern, event_type)
 }
 
 /// `*` matches any run of characters (`appointment.*`, `*.created`, `*`).
@@ -251,6 +259,12 @@ mod tests {
 
     #[test]
     fn make_urls() {
+        assert!(subscribes("*", "appointment.created"));
+        assert!(!subscribes("*", "webhooks.endpoint.paused"));
+        assert!(!subscribes("*.paused", "webhooks.endpoint.paused"));
+        assert!(subscribes("webhooks.*", "webhooks.endpoint.paused"));
+        assert!(subscribes("webhooks.endpoint.*", "webhooks.endpoint.paused"));
+        assert!(!subscribes("webhooks.delivery.*", "webhooks.endpoint.paused"));
         assert!(is_make_url("https://hook.eu1.make.com/abc"));
         assert!(is_make_url("https://HOOK.us2.make.com/abc"));
         assert!(!is_make_url("https://make.com.evil.example/abc"));

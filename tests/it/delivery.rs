@@ -434,3 +434,49 @@ async fn make_gone_answers_pause_the_endpoint_with_the_answer() {
     assert!(enabled, "a non-Make endpoint is never paused by a 403");
     running.stop().await;
 }
+
+/// pgwebhooks' own events (`webhooks.…`) go only to endpoints whose
+/// patterns name them; a bare `*` does not take them.
+#[tokio::test]
+async fn a_bare_star_takes_no_operational_event() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let (mut star, mut ops) = (Receiver::ok().await, Receiver::ok().await);
+    endpoint(&c, &star.url, &["*"], "").await;
+    endpoint(&c, &ops.url, &["webhooks.*"], "").await;
+    let running = sidecar::start(sidecar::config(&db)).await;
+    emit(&c, 1, "webhooks.endpoint.paused").await;
+    emit(&c, 1, "order.created").await;
+    let to_ops = ops.take(1, T).await;
+    let to_star = star.take(1, T).await;
+    assert_eq!(to_ops[0].json()["type"], "webhooks.endpoint.paused");
+    assert_eq!(to_star[0].json()["type"], "order.created");
+    // Both events were fanned out (the star's came second): nothing more.
+    wait::until("both deliveries recorded", T, || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 2).then_some(())
+    })
+    .await;
+    assert_eq!((star.count(), ops.count()), (1, 1));
+    // The SQL side (replay) agrees.
+    let wants: Vec<bool> = c
+        .query(
+            "SELECT webhooks.endpoint_wants(e, t, NULL, NULL) FROM webhooks.endpoints e,
+                    unnest(ARRAY['webhooks.endpoint.paused', 'order.created']) t ORDER BY e.id, t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(wants, [true, false, false, true]);
+    running.stop().await;
+}

@@ -191,6 +191,23 @@ impl Deliverer {
     }
 }
 
+/// Why a Make.com endpoint was paused: its answer, and what it means.
+fn make_gone_reason(status: Option<u16>, excerpt: &str) -> String {
+    let meaning = match status {
+        Some(410) => "no scenario is listening or the webhook was removed",
+        Some(403) => "the webhook is invalid or expired, or its scenario is paused",
+        _ => "the webhook does not exist (any more)",
+    };
+    let answer = Some(excerpt.trim())
+        .filter(|e| !e.is_empty())
+        .map(|e| format!(" \"{}\"", e.chars().take(200).collect::<String>()))
+        .unwrap_or_default();
+    format!(
+        "Make.com answered {}{answer}: {meaning}; resume the endpoint once it is back",
+        status.map_or("?".to_owned(), |s| s.to_string())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,21 +229,4 @@ mod tests {
         let unbounded = Deliverer::new(DeliverConfig::default());
         assert_eq!(unbounded.timeout_for(&endpoint), Duration::from_secs(24 * 86400));
     }
-}
-
-/// Why a Make.com endpoint was paused: its answer, and what it means.
-fn make_gone_reason(status: Option<u16>, excerpt: &str) -> String {
-    let meaning = match status {
-        Some(410) => "no scenario is listening or the webhook was removed",
-        Some(403) => "the webhook is invalid or expired, or its scenario is paused",
-        _ => "the webhook does not exist (any more)",
-    };
-    let answer = Some(excerpt.trim())
-        .filter(|e| !e.is_empty())
-        .map(|e| format!(" \"{}\"", e.chars().take(200).collect::<String>()))
-        .unwrap_or_default();
-    format!(
-        "Make.com answered {}{answer}: {meaning}; resume the endpoint once it is back",
-        status.map_or("?".to_owned(), |s| s.to_string())
-    )
 }

@@ -301,7 +301,8 @@ CREATE OR REPLACE FUNCTION webhooks.delivery_record(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    n integer;
+    n    integer;
+    dead jsonb;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
         WITH u AS (
@@ -316,7 +317,7 @@ BEGIN
                    claimed_by = NULL, lease_until = NULL, updated_at = now
               FROM u
              WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
-            RETURNING d.id, d.endpoint_id
+            RETURNING d.id, d.endpoint_id, d.event_id, d.status
         ), a AS (
             INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
                                            response_excerpt, replica, endpoint_id)
@@ -328,8 +329,50 @@ BEGIN
             ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
             RETURNING 1
         )
-        SELECT count(*)::integer INTO n FROM d;
+        SELECT count(*)::integer,
+               jsonb_agg(jsonb_build_object('endpoint', d.endpoint_id, 'delivery', d.id, 'event', d.event_id))
+                   FILTER (WHERE d.status = 'dead')
+          INTO n, dead FROM d;
+        IF dead IS NOT NULL THEN
+            PERFORM webhooks.dead_notice(dead, now);
+        END IF;
         RETURN n;
+END
+$$;
+
+-- Dead letters, told as webhooks.delivery.dead: at most one event per
+-- endpoint per minute, counting every dead letter since the last one and
+-- naming the first of them. (A count left at the end of a minute goes out
+-- with the endpoint's next dead letter.)
+CREATE OR REPLACE FUNCTION webhooks.dead_notice(dead jsonb, now timestamptz DEFAULT clock_timestamp()) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    s webhooks.dead_notices;
+BEGIN
+    FOR r IN SELECT (x->>'endpoint')::bigint AS ep, count(*)::integer AS n,
+                    min((x->>'delivery')::bigint) AS first_delivery,
+                    (array_agg((x->>'event')::uuid ORDER BY (x->>'delivery')::bigint))[1] AS first_event
+               FROM jsonb_array_elements(dead) x GROUP BY 1 ORDER BY 1 LOOP
+        s := NULL;
+        INSERT INTO webhooks.dead_notices AS dn (endpoint_id, pending, first_delivery_id, first_event_id)
+        SELECT r.ep, r.n, r.first_delivery, r.first_event
+         WHERE EXISTS (SELECT 1 FROM webhooks.endpoints e WHERE e.id = r.ep)
+        ON CONFLICT ON CONSTRAINT dead_notices_pkey DO UPDATE
+           SET pending = dn.pending + excluded.pending,
+               first_delivery_id = coalesce(dn.first_delivery_id, excluded.first_delivery_id),
+               first_event_id = coalesce(dn.first_event_id, excluded.first_event_id)
+        RETURNING * INTO s;
+        IF s.endpoint_id IS NOT NULL
+           AND (s.last_emitted_at IS NULL OR s.last_emitted_at <= now - interval '1 minute') THEN
+            UPDATE webhooks.dead_notices dn
+               SET last_emitted_at = now, pending = 0, first_delivery_id = NULL, first_event_id = NULL
+             WHERE dn.endpoint_id = r.ep;
+            PERFORM webhooks.endpoint_event('webhooks.delivery.dead', r.ep,
+                jsonb_build_object('count', s.pending, 'firstDeliveryId', s.first_delivery_id,
+                                   'firstEventId', s.first_event_id));
+        END IF;
+    END LOOP;
 END
 $$;
 
@@ -361,20 +404,57 @@ $$;
 
 -- Pause (disable) an endpoint with a reason; its deliveries wait, nothing is
 -- dropped. Resume re-enables it and its backlog drains.
+-- An operational event about endpoint `ep` (webhooks.endpoint.paused, ...):
+-- delivered like any other to endpoints whose patterns name webhooks.…
+-- events, never to `ep` itself (its origin, webhooks/endpoint/<id>, is one
+-- every endpoint skips when it is its own).
+CREATE OR REPLACE FUNCTION webhooks.endpoint_event(event_type text, ep bigint, data jsonb) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+    SELECT endpoint_event.event_type, 'webhooks/endpoint/' || e.id, 'webhooks.endpoints', e.id::text,
+           jsonb_build_object('endpoint', jsonb_build_object('id', e.id, 'name', e.name,
+                                                             'url', webhooks.url_redact(e.url)))
+           || coalesce(data, '{}')
+      FROM webhooks.endpoints e WHERE e.id = ep;
+    IF EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+        PERFORM pg_notify('webhooks', '');
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks.endpoint_pause(id bigint, reason text) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was boolean;
+BEGIN
+    SELECT e.enabled INTO was FROM webhooks.endpoints e WHERE e.id = endpoint_pause.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
     UPDATE webhooks.endpoints e SET enabled = false, disabled_reason = reason, updated_at = now()
-     WHERE e.id = endpoint_pause.id
-    RETURNING true
+     WHERE e.id = endpoint_pause.id;
+    IF was THEN
+        PERFORM webhooks.endpoint_event('webhooks.endpoint.paused', endpoint_pause.id,
+                                        jsonb_build_object('reason', reason));
+    END IF;
+    RETURN true;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION webhooks.endpoint_resume(id bigint) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was boolean;
 BEGIN
+    SELECT e.enabled INTO was FROM webhooks.endpoints e WHERE e.id = endpoint_resume.id FOR UPDATE;
     UPDATE webhooks.endpoints e SET enabled = true, disabled_reason = NULL, breaker_opened_at = NULL, updated_at = now()
      WHERE e.id = endpoint_resume.id;
     IF NOT FOUND THEN
         RETURN false;
+    END IF;
+    IF NOT was THEN
+        PERFORM webhooks.endpoint_event('webhooks.endpoint.resumed', endpoint_resume.id, '{}');
     END IF;
     -- Resumed: what waited out a backoff goes now.
     UPDATE webhooks.deliveries d SET next_attempt_at = now()

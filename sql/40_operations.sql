@@ -30,6 +30,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        AND NOT EXISTS (SELECT 1 FROM unnest(ep.exclude_types) p, regexp_split_to_table(p, '\s*,\s*') q
                         WHERE q <> '' AND webhooks.matches(q, event_type))
        AND (ep.tenant_id IS NULL OR ep.tenant_id = endpoint_wants.tenant_id)
+       AND (origin IS NULL OR origin <> 'webhooks/endpoint/' || ep.id)
        AND (origin IS NULL OR NOT EXISTS (SELECT 1 FROM unnest(ep.ignore_origins) p
                                            WHERE webhooks.matches(p, origin)))
 $$;
@@ -273,11 +274,18 @@ $$;
 -- waits), and resume it when a probe succeeds. Operator pauses are never
 -- resumed by the breaker.
 CREATE OR REPLACE FUNCTION webhooks.endpoint_trip(id bigint, reason text) RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     UPDATE webhooks.endpoints e
        SET enabled = false, disabled_reason = reason, breaker_opened_at = now(), updated_at = now()
-     WHERE e.id = endpoint_trip.id AND e.enabled
-    RETURNING true
+     WHERE e.id = endpoint_trip.id AND e.enabled;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    PERFORM webhooks.endpoint_event('webhooks.endpoint.circuit_opened', endpoint_trip.id,
+                                    jsonb_build_object('reason', reason));
+    RETURN true;
+END
 $$;
 
 CREATE OR REPLACE FUNCTION webhooks.endpoint_close_breaker(id bigint) RETURNS boolean
@@ -289,6 +297,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    PERFORM webhooks.endpoint_event('webhooks.endpoint.circuit_closed', endpoint_close_breaker.id, '{}');
     -- It answers again: its backlog goes now, each with a fresh retry
     -- budget (attempts made while it was down do not count).
     UPDATE webhooks.deliveries d SET next_attempt_at = least(d.next_attempt_at, now()), attempts_base = d.attempts

@@ -245,3 +245,16 @@ ALTER TABLE webhooks.events SET (autovacuum_vacuum_insert_scale_factor = 0.05, a
 ALTER TABLE webhooks.attempts SET (autovacuum_vacuum_insert_scale_factor = 0.05);
 ALTER TABLE webhooks.fanout_batches SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 200);
 ALTER TABLE webhooks.fanout_cursor SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 500);
+
+-- Dead letters told as webhooks.delivery.dead, at most once per endpoint per
+-- minute: when the last one went out and how many have come since.
+CREATE TABLE webhooks.dead_notices (
+    endpoint_id       bigint      NOT NULL,
+    last_emitted_at   timestamptz,
+    pending           integer     NOT NULL DEFAULT 0,
+    first_delivery_id bigint,
+    first_event_id    uuid,
+    CONSTRAINT dead_notices_pkey PRIMARY KEY (endpoint_id),
+    CONSTRAINT dead_notices_endpoint_id_fkey FOREIGN KEY (endpoint_id)
+        REFERENCES webhooks.endpoints (id) ON DELETE CASCADE
+);

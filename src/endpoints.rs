@@ -66,7 +66,15 @@ impl Endpoint {
         self.event_types.iter().any(|p| subscribes(p, event_type))
             && !self.exclude_types.iter().any(|p| matches(p, event_type))
             && (self.tenant_id.is_none() || self.tenant_id.as_deref() == tenant_id)
-            && !origin.is_some_and(|o| self.ignore_origins.iter().any(|p| matches(p, o)))
+            && !origin.is_some_and(|o| self.ignore_origins.iter().any(|p| matches(p, o)) || self.is_about(o))
+    }
+
+    /// Is `origin` that of an operational event about this endpoint
+    /// (`webhooks/endpoint/<id>`)? Such events never go to it.
+    fn is_about(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix("webhooks/endpoint/")
+            .is_some_and(|id| id.parse() == Ok(self.id))
     }
 
     /// Keys that sign now (a rotated-out key signs until it expires).

@@ -16,6 +16,7 @@ mod inbound_corpus;
 mod logs;
 mod migrate;
 mod operations;
+mod ops_events;
 mod outgoing;
 mod record;
 mod roles;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::sidecar::{self, endpoint};
-use crate::support::{wait, Receiver, Reply, TestDb};
+use crate::support::{Receiver, Reply, TestDb};
 
 const T: Duration = Duration::from_secs(20);
 

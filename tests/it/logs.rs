@@ -195,7 +195,11 @@ async fn failures_are_said_once_per_endpoint_and_kind_with_name_redacted_url_rea
     assert_eq!(paused["endpoint"], "scenario");
     assert_eq!(paused["code"], "410");
     assert!(
-        paused["reason"].as_str().unwrap().contains("410 Gone"),
+        paused["reason"].as_str().unwrap().contains("410")
+            && paused["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no scenario is listening"),
         "{paused}"
     );
 

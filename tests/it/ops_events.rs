@@ -169,7 +169,7 @@ async fn pauses_resumes_trips_and_dead_letters_are_told() {
     let to_ops: Vec<String> = c
         .query(
             "SELECT e.event_type FROM webhooks.deliveries d JOIN webhooks.events e USING (event_id)
-              WHERE d.endpoint_id = $1 ORDER BY e.txid, e.seq",
+              WHERE d.endpoint_id = $1 ORDER BY e.event_type",
             &[&ops_id],
         )
         .await

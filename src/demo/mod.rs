@@ -8,8 +8,9 @@ mod receiver;
 mod traffic;
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
@@ -81,8 +82,36 @@ fn line(a: &Arrival) -> String {
     format!("  {:<32} {:>7.1} ms  {mark}{retry}", a.event_type, a.latency_ms)
 }
 
-/// Runs the demo; returns whether `--check` passed (always true otherwise).
-pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoError> {
+/// How the demo ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped by a signal (SIGINT, SIGTERM): a normal end of the live
+    /// demo; under `--check`, the check did not finish.
+    Stopped,
+    /// `--check`: every webhook arrived verified and the callback was applied.
+    Passed,
+    /// `--check`: something was missing.
+    Failed,
+}
+
+impl Outcome {
+    /// The process exit code: 0 for a stop or a pass, 1 for a failed
+    /// check, 130 (interrupted, 128 + SIGINT) for a check that was stopped
+    /// before it finished.
+    pub fn exit_code(self, check: bool) -> u8 {
+        match self {
+            Outcome::Stopped if check => 130,
+            Outcome::Stopped | Outcome::Passed => 0,
+            Outcome::Failed => 1,
+        }
+    }
+}
+
+/// Time from the start of one round to the start of the next.
+const ROUND_EVERY: Duration = Duration::from_secs(3);
+
+/// Runs the demo until `shutdown` fires (or, with `check`, for one round).
+pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, DemoError> {
     println!("▶ starting a throwaway PostgreSQL (deleted on exit)…");
     let pg = tokio::task::spawn_blocking(|| {
         LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"])
@@ -147,38 +176,53 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
 
     let mut tally = Tally::default();
     let mut round = 0;
-    let passed = loop {
+    // Rounds start on a fixed cadence measured from the start of each
+    // round; one that runs long delays the next instead of bunching them.
+    let mut ticker = tokio::time::interval(ROUND_EVERY);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let outcome = 'rounds: loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            _ = ticker.tick() => {}
+            Some(a) = rx.arrivals.recv() => { println!("{}", line(&a)); tally.add(&a); continue; }
+        }
         round += 1;
-        let expected = traffic::round(&client, round).await?;
+        let expected = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            e = traffic::round(&client, round) => e?,
+        };
         println!(
             "round {round}: the app wrote {} rows that emit {} events",
             expected.writes,
             expected.events.len()
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !expected.events.iter().all(|id| tally.ids.contains(id)) && Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !expected.events.iter().all(|id| tally.ids.contains(id)) {
             tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'rounds Outcome::Stopped,
                 Some(a) = rx.arrivals.recv() => { println!("{}", line(&a)); tally.add(&a); }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => break,
             }
         }
         let delivered = expected.events.iter().all(|id| tally.ids.contains(id));
-        let callback = traffic::callback(&client, &base, &inbound_secret, expected.appointment).await?;
+        let callback = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            c = traffic::callback(&client, &base, &inbound_secret, expected.appointment) => c?,
+        };
         println!(
             "  callback POST /api/webhooks/make/appointments → {}",
             callback.describe()
         );
         summary(&tally, delivered, &callback);
         let ok = delivered && tally.unverified == 0 && callback.applied && callback.not_echoed;
-        if check || shutdown.is_cancelled() {
-            break ok;
+        if check {
+            break if ok { Outcome::Passed } else { Outcome::Failed };
         }
         println!("\n(live: a new round every 3 s; Ctrl-C stops and removes everything)\n");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
-            _ = shutdown.cancelled() => break ok,
-        }
     };
     stop.cancel();
     let _ = running.await;
@@ -188,7 +232,7 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
         .await
         .map_err(other)?;
     println!("\n▶ stopped; the throwaway database is gone");
-    Ok(passed)
+    Ok(outcome)
 }
 
 fn summary(t: &Tally, delivered: bool, cb: &traffic::Callback) {

@@ -6,8 +6,8 @@
 
 mod receiver;
 mod traffic;
+mod view;
 
-use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
@@ -17,7 +17,7 @@ use crate::db;
 use crate::deliver::sign::generate_secret;
 use crate::localpg::LocalPg;
 use crate::sidecar::{Sidecar, SidecarConfig};
-use receiver::Arrival;
+use view::{Round, RoundResult, Tally, View};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -35,51 +35,6 @@ pub enum DemoError {
 
 fn other(e: impl std::fmt::Display) -> DemoError {
     DemoError::Other(e.to_string())
-}
-
-/// What one round showed.
-#[derive(Debug, Default)]
-struct Tally {
-    /// event type → (first attempts, verified, retries, latencies)
-    by_type: BTreeMap<String, (u32, u32, u32, Vec<f64>)>,
-    ids: HashSet<String>,
-    unverified: u32,
-}
-
-impl Tally {
-    fn add(&mut self, a: &Arrival) {
-        let e = self.by_type.entry(a.event_type.clone()).or_default();
-        if a.attempt == 1 {
-            e.0 += 1;
-            e.3.push(a.latency_ms);
-        } else {
-            e.2 += 1;
-        }
-        if a.verified {
-            e.1 += 1;
-        } else {
-            self.unverified += 1;
-        }
-        if a.answered == 200 {
-            self.ids.insert(a.webhook_id.clone());
-        }
-    }
-}
-
-fn line(a: &Arrival) -> String {
-    let mark = if !a.verified {
-        "✗ BAD SIGNATURE"
-    } else if a.answered == 503 {
-        "↻ 503 (will retry)"
-    } else {
-        "✓ verified"
-    };
-    let retry = if a.attempt > 1 {
-        format!(" attempt {}", a.attempt)
-    } else {
-        String::new()
-    };
-    format!("  {:<32} {:>7.1} ms  {mark}{retry}", a.event_type, a.latency_ms)
 }
 
 /// How the demo ended.
@@ -112,6 +67,10 @@ const ROUND_EVERY: Duration = Duration::from_secs(3);
 
 /// Runs the demo until `shutdown` fires (or, with `check`, for one round).
 pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, DemoError> {
+    let mut view = View::from_env(format!(
+        "a new round every {} s · Ctrl-C stops and removes everything",
+        ROUND_EVERY.as_secs()
+    ));
     println!("▶ starting a throwaway PostgreSQL (deleted on exit)…");
     let pg = tokio::task::spawn_blocking(|| {
         LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"])
@@ -125,10 +84,10 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
         .map_err(db::DbError::from)?;
     let mut client = db::connect(&pg.config("demo").into()).await?;
     db::migrate::run(&mut client, true).await?;
-    println!(
-        "▶ migrated; example app installed (schema app)            DATABASE_URL={}",
+    view.note(format!(
+        "▶ example app installed; DATABASE_URL={}",
         pg.url("demo")
-    );
+    ));
 
     let secret = generate_secret().map_err(other)?;
     let mut rx = receiver::start(&secret).await.map_err(other)?;
@@ -146,10 +105,10 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
         },
     )
     .await?;
-    println!(
-        "▶ receiver on {} verifies every signature (endpoint {endpoint})",
+    view.note(format!(
+        "▶ receiver {} verifies every signature (endpoint {endpoint})",
         rx.url
-    );
+    ));
 
     let inbound_secret = generate_secret().map_err(other)?;
     let mut config = SidecarConfig::new(pg.config("demo"));
@@ -172,10 +131,12 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
     let base = format!("http://{}", sidecar.inbound_addr.expect("inbound configured"));
     let stop = CancellationToken::new();
     let running = tokio::spawn(sidecar.run_until(stop.clone()));
-    println!("▶ sidecar running; callbacks at {base}/api/webhooks/make/<route>\n");
+    view.note(format!(
+        "▶ sidecar running; callbacks at {base}/api/webhooks/make/<route>"
+    ));
 
     let mut tally = Tally::default();
-    let mut round = 0;
+    let mut round = Round::default();
     // Rounds start on a fixed cadence measured from the start of each
     // round; one that runs long delays the next instead of bunching them.
     let mut ticker = tokio::time::interval(ROUND_EVERY);
@@ -185,45 +146,56 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
             biased;
             _ = shutdown.cancelled() => break Outcome::Stopped,
             _ = ticker.tick() => {}
-            Some(a) = rx.arrivals.recv() => { println!("{}", line(&a)); tally.add(&a); continue; }
+            Some(a) = rx.arrivals.recv() => {
+                tally.add(&a);
+                view.arrival(&a, &tally, &round);
+                continue;
+            }
         }
-        round += 1;
+        let n = round.n + 1;
         let expected = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Outcome::Stopped,
-            e = traffic::round(&client, round) => e?,
+            e = traffic::round(&client, n) => e?,
         };
-        println!(
-            "round {round}: the app wrote {} rows that emit {} events",
-            expected.writes,
-            expected.events.len()
-        );
+        round = Round {
+            n,
+            writes: expected.writes,
+            events: expected.events.len(),
+            ..Round::default()
+        };
+        view.round(&tally, &round);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !expected.events.iter().all(|id| tally.ids.contains(id)) {
+        while round.arrived < round.events {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'rounds Outcome::Stopped,
-                Some(a) = rx.arrivals.recv() => { println!("{}", line(&a)); tally.add(&a); }
+                Some(a) = rx.arrivals.recv() => {
+                    tally.add(&a);
+                    (round.arrived, round.retried) = tally.progress(&expected.events);
+                    view.arrival(&a, &tally, &round);
+                }
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        let delivered = expected.events.iter().all(|id| tally.ids.contains(id));
         let callback = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Outcome::Stopped,
             c = traffic::callback(&client, &base, &inbound_secret, expected.appointment) => c?,
         };
-        println!(
-            "  callback POST /api/webhooks/make/appointments → {}",
-            callback.describe()
-        );
-        summary(&tally, delivered, &callback);
-        let ok = delivered && tally.unverified == 0 && callback.applied && callback.not_echoed;
+        let result = RoundResult {
+            delivered: round.arrived == round.events,
+            all_verified: tally.unverified == 0,
+            callback,
+        };
+        let ok = result.ok();
+        round.result = Some(result);
+        view.round(&tally, &round);
         if check {
             break if ok { Outcome::Passed } else { Outcome::Failed };
         }
-        println!("\n(live: a new round every 3 s; Ctrl-C stops and removes everything)\n");
     };
+    view.finish(&tally, &round, outcome == Outcome::Stopped);
     stop.cancel();
     let _ = running.await;
     drop(client);
@@ -231,27 +203,12 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
     tokio::task::spawn_blocking(move || drop(pg))
         .await
         .map_err(other)?;
-    println!("\n▶ stopped; the throwaway database is gone");
+    println!(
+        "\n▶ {}; the throwaway database is gone",
+        match (outcome, check) {
+            (Outcome::Stopped, true) => "stopped before the check finished",
+            _ => "stopped",
+        }
+    );
     Ok(outcome)
-}
-
-fn summary(t: &Tally, delivered: bool, cb: &traffic::Callback) {
-    println!(
-        "\n  {:<32} {:>6} {:>9} {:>8} {:>10}",
-        "event", "sent", "verified", "retries", "p50 ms"
-    );
-    for (ty, (sent, verified, retries, lat)) in &t.by_type {
-        let mut l = lat.clone();
-        l.sort_by(|a, b| a.total_cmp(b));
-        let p50 = l.get(l.len() / 2).copied().unwrap_or(0.0);
-        println!("  {ty:<32} {sent:>6} {verified:>9} {retries:>8} {p50:>10.1}");
-    }
-    let tick = |b: bool| if b { "✓" } else { "✗" };
-    println!(
-        "\n  {} every webhook arrived   {} all signatures verified   {} callback applied   {} callback not echoed back",
-        tick(delivered),
-        tick(t.unverified == 0),
-        tick(cb.applied),
-        tick(cb.not_echoed)
-    );
 }

@@ -119,7 +119,8 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
         Duration::from_secs(5),
     ];
     config.claim.poll_interval = Duration::from_millis(250);
-    config.shutdown_grace = Duration::from_secs(3);
+    // The demo's receiver answers at once; nothing in flight needs long.
+    config.shutdown_grace = Duration::from_secs(1);
     // The demo's receiver is on 127.0.0.1.
     config.deliver.allow_private_targets = true;
     config.inbound = Some(crate::inbound::InboundConfig {
@@ -198,8 +199,9 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
     view.finish(&tally, &round, outcome == Outcome::Stopped);
     stop.cancel();
     let _ = running.await;
-    drop(client);
-    drop(admin);
+    // Close our connections before the cluster stops, then stop it (the
+    // stop is `pg_ctl -w`, a few hundred ms) and remove it.
+    drop((client, admin, pool));
     tokio::task::spawn_blocking(move || drop(pg))
         .await
         .map_err(other)?;

@@ -214,3 +214,16 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
     );
     Ok(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn a_stop_is_success_but_never_a_passed_check() {
+        assert_eq!(Outcome::Stopped.exit_code(false), 0);
+        assert_eq!(Outcome::Stopped.exit_code(true), 130);
+        assert_eq!(Outcome::Passed.exit_code(true), 0);
+        assert_eq!(Outcome::Failed.exit_code(true), 1);
+    }
+}

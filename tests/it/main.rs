@@ -5,6 +5,7 @@ mod support;
 mod capture;
 mod capture_security;
 mod delivery;
+mod demo;
 mod endpoints;
 mod example_app;
 mod example_routes;

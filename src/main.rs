@@ -63,7 +63,8 @@ enum Command {
     /// callback, and a live view (Ctrl-C stops and removes everything).
     Demo {
         /// Run once, print what was seen, exit 0 only if every webhook
-        /// arrived verified and the callback was applied.
+        /// arrived verified and the callback was applied (1 if not, 130 if
+        /// stopped by Ctrl-C first).
         #[arg(long)]
         check: bool,
     },
@@ -312,12 +313,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Demo { check } => {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_on_shutdown(shutdown.clone()));
-            let passed = pgwebhooks::demo::run(check, shutdown).await?;
-            Ok(if passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            let outcome = pgwebhooks::demo::run(check, shutdown).await?;
+            Ok(ExitCode::from(outcome.exit_code(check)))
         }
         Command::Status { db } => cli::status(&db).await.map(|_| ExitCode::SUCCESS),
         Command::Retry {

@@ -6,17 +6,18 @@
 
 mod receiver;
 mod traffic;
+mod view;
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
 use crate::deliver::sign::generate_secret;
 use crate::localpg::LocalPg;
 use crate::sidecar::{Sidecar, SidecarConfig};
-use receiver::Arrival;
+use view::{Round, RoundResult, Tally, View};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
@@ -36,53 +37,40 @@ fn other(e: impl std::fmt::Display) -> DemoError {
     DemoError::Other(e.to_string())
 }
 
-/// What one round showed.
-#[derive(Debug, Default)]
-struct Tally {
-    /// event type → (first attempts, verified, retries, latencies)
-    by_type: BTreeMap<String, (u32, u32, u32, Vec<f64>)>,
-    ids: HashSet<String>,
-    unverified: u32,
+/// How the demo ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped by a signal (SIGINT, SIGTERM): a normal end of the live
+    /// demo; under `--check`, the check did not finish.
+    Stopped,
+    /// `--check`: every webhook arrived verified and the callback was applied.
+    Passed,
+    /// `--check`: something was missing.
+    Failed,
 }
 
-impl Tally {
-    fn add(&mut self, a: &Arrival) {
-        let e = self.by_type.entry(a.event_type.clone()).or_default();
-        if a.attempt == 1 {
-            e.0 += 1;
-            e.3.push(a.latency_ms);
-        } else {
-            e.2 += 1;
-        }
-        if a.verified {
-            e.1 += 1;
-        } else {
-            self.unverified += 1;
-        }
-        if a.answered == 200 {
-            self.ids.insert(a.webhook_id.clone());
+impl Outcome {
+    /// The process exit code: 0 for a stop or a pass, 1 for a failed
+    /// check, 130 (interrupted, 128 + SIGINT) for a check that was stopped
+    /// before it finished.
+    pub fn exit_code(self, check: bool) -> u8 {
+        match self {
+            Outcome::Stopped if check => 130,
+            Outcome::Stopped | Outcome::Passed => 0,
+            Outcome::Failed => 1,
         }
     }
 }
 
-fn line(a: &Arrival) -> String {
-    let mark = if !a.verified {
-        "✗ BAD SIGNATURE"
-    } else if a.answered == 503 {
-        "↻ 503 (will retry)"
-    } else {
-        "✓ verified"
-    };
-    let retry = if a.attempt > 1 {
-        format!(" attempt {}", a.attempt)
-    } else {
-        String::new()
-    };
-    format!("  {:<32} {:>7.1} ms  {mark}{retry}", a.event_type, a.latency_ms)
-}
+/// Time from the start of one round to the start of the next.
+const ROUND_EVERY: Duration = Duration::from_secs(3);
 
-/// Runs the demo; returns whether `--check` passed (always true otherwise).
-pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoError> {
+/// Runs the demo until `shutdown` fires (or, with `check`, for one round).
+pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, DemoError> {
+    let mut view = View::from_env(format!(
+        "a new round every {} s · Ctrl-C stops and removes everything",
+        ROUND_EVERY.as_secs()
+    ));
     println!("▶ starting a throwaway PostgreSQL (deleted on exit)…");
     let pg = tokio::task::spawn_blocking(|| {
         LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"])
@@ -96,10 +84,10 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
         .map_err(db::DbError::from)?;
     let mut client = db::connect(&pg.config("demo").into()).await?;
     db::migrate::run(&mut client, true).await?;
-    println!(
-        "▶ migrated; example app installed (schema app)            DATABASE_URL={}",
+    view.note(format!(
+        "▶ example app installed; DATABASE_URL={}",
         pg.url("demo")
-    );
+    ));
 
     let secret = generate_secret().map_err(other)?;
     let mut rx = receiver::start(&secret).await.map_err(other)?;
@@ -117,10 +105,10 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
         },
     )
     .await?;
-    println!(
-        "▶ receiver on {} verifies every signature (endpoint {endpoint})",
+    view.note(format!(
+        "▶ receiver {} verifies every signature (endpoint {endpoint})",
         rx.url
-    );
+    ));
 
     let inbound_secret = generate_secret().map_err(other)?;
     let mut config = SidecarConfig::new(pg.config("demo"));
@@ -131,7 +119,8 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
         Duration::from_secs(5),
     ];
     config.claim.poll_interval = Duration::from_millis(250);
-    config.shutdown_grace = Duration::from_secs(3);
+    // The demo's receiver answers at once; nothing in flight needs long.
+    config.shutdown_grace = Duration::from_secs(1);
     // The demo's receiver is on 127.0.0.1.
     config.deliver.allow_private_targets = true;
     // The live view shows the receiver's scripted 503s; they are no failure.
@@ -145,71 +134,98 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<bool, DemoE
     let base = format!("http://{}", sidecar.inbound_addr.expect("inbound configured"));
     let stop = CancellationToken::new();
     let running = tokio::spawn(sidecar.run_until(stop.clone()));
-    println!("▶ sidecar running; callbacks at {base}/api/webhooks/make/<route>\n");
+    view.note(format!(
+        "▶ sidecar running; callbacks at {base}/api/webhooks/make/<route>"
+    ));
 
     let mut tally = Tally::default();
-    let mut round = 0;
-    let passed = loop {
-        round += 1;
-        let expected = traffic::round(&client, round).await?;
-        println!(
-            "round {round}: the app wrote {} rows that emit {} events",
-            expected.writes,
-            expected.events.len()
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !expected.events.iter().all(|id| tally.ids.contains(id)) && Instant::now() < deadline {
-            tokio::select! {
-                Some(a) = rx.arrivals.recv() => { println!("{}", line(&a)); tally.add(&a); }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                _ = shutdown.cancelled() => break,
+    let mut round = Round::default();
+    // Rounds start on a fixed cadence measured from the start of each
+    // round; one that runs long delays the next instead of bunching them.
+    let mut ticker = tokio::time::interval(ROUND_EVERY);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let outcome = 'rounds: loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            _ = ticker.tick() => {}
+            Some(a) = rx.arrivals.recv() => {
+                tally.add(&a);
+                view.arrival(&a, &tally, &round);
+                continue;
             }
         }
-        let delivered = expected.events.iter().all(|id| tally.ids.contains(id));
-        let callback = traffic::callback(&client, &base, &inbound_secret, expected.appointment).await?;
-        println!(
-            "  callback POST /api/webhooks/make/appointments → {}",
-            callback.describe()
-        );
-        summary(&tally, delivered, &callback);
-        let ok = delivered && tally.unverified == 0 && callback.applied && callback.not_echoed;
-        if check || shutdown.is_cancelled() {
-            break ok;
+        let n = round.n + 1;
+        let expected = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            e = traffic::round(&client, n) => e?,
+        };
+        round = Round {
+            n,
+            writes: expected.writes,
+            events: expected.events.len(),
+            ..Round::default()
+        };
+        view.round(&tally, &round);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while round.arrived < round.events {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'rounds Outcome::Stopped,
+                Some(a) = rx.arrivals.recv() => {
+                    tally.add(&a);
+                    (round.arrived, round.retried) = tally.progress(&expected.events);
+                    view.arrival(&a, &tally, &round);
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
         }
-        println!("\n(live: a new round every 3 s; Ctrl-C stops and removes everything)\n");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
-            _ = shutdown.cancelled() => break ok,
+        let callback = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Outcome::Stopped,
+            c = traffic::callback(&client, &base, &inbound_secret, expected.appointment) => c?,
+        };
+        let result = RoundResult {
+            delivered: round.arrived == round.events,
+            all_verified: tally.unverified == 0,
+            callback,
+        };
+        let ok = result.ok();
+        round.result = Some(result);
+        view.round(&tally, &round);
+        if check {
+            break if ok { Outcome::Passed } else { Outcome::Failed };
         }
     };
+    view.finish(&tally, &round, outcome == Outcome::Stopped);
     stop.cancel();
     let _ = running.await;
-    drop(client);
-    drop(admin);
+    // Close our connections before the cluster stops, then stop it (the
+    // stop is `pg_ctl -w`, a few hundred ms) and remove it.
+    drop((client, admin, pool));
     tokio::task::spawn_blocking(move || drop(pg))
         .await
         .map_err(other)?;
-    println!("\n▶ stopped; the throwaway database is gone");
-    Ok(passed)
+    println!(
+        "\n▶ {}; the throwaway database is gone",
+        match (outcome, check) {
+            (Outcome::Stopped, true) => "stopped before the check finished",
+            _ => "stopped",
+        }
+    );
+    Ok(outcome)
 }
 
-fn summary(t: &Tally, delivered: bool, cb: &traffic::Callback) {
-    println!(
-        "\n  {:<32} {:>6} {:>9} {:>8} {:>10}",
-        "event", "sent", "verified", "retries", "p50 ms"
-    );
-    for (ty, (sent, verified, retries, lat)) in &t.by_type {
-        let mut l = lat.clone();
-        l.sort_by(|a, b| a.total_cmp(b));
-        let p50 = l.get(l.len() / 2).copied().unwrap_or(0.0);
-        println!("  {ty:<32} {sent:>6} {verified:>9} {retries:>8} {p50:>10.1}");
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    #[test]
+    fn a_stop_is_success_but_never_a_passed_check() {
+        assert_eq!(Outcome::Stopped.exit_code(false), 0);
+        assert_eq!(Outcome::Stopped.exit_code(true), 130);
+        assert_eq!(Outcome::Passed.exit_code(true), 0);
+        assert_eq!(Outcome::Failed.exit_code(true), 1);
     }
-    let tick = |b: bool| if b { "✓" } else { "✗" };
-    println!(
-        "\n  {} every webhook arrived   {} all signatures verified   {} callback applied   {} callback not echoed back",
-        tick(delivered),
-        tick(t.unverified == 0),
-        tick(cb.applied),
-        tick(cb.not_echoed)
-    );
 }

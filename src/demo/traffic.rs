@@ -109,6 +109,7 @@ pub async fn round(c: &Client, n: u32) -> Result<Expected, DbError> {
     })
 }
 
+#[derive(Debug, Clone)]
 pub struct Callback {
     pub status: u16,
     pub applied: bool,
@@ -116,21 +117,30 @@ pub struct Callback {
 }
 
 impl Callback {
+    /// What happened, in under 80 characters.
     pub fn describe(&self) -> String {
         format!(
-            "HTTP {} — appointment {}; its own event {}",
-            self.status,
+            "appointment {}; its own event {}",
             if self.applied {
                 "confirmed in the database"
             } else {
                 "NOT updated"
             },
             if self.not_echoed {
-                "not echoed back to Make (origin inbound/appointments)"
+                "not echoed back to Make"
             } else {
                 "was echoed back"
             }
         )
+    }
+
+    /// [`Callback::describe`] in a few words.
+    pub fn short(&self) -> &'static str {
+        match (self.applied, self.not_echoed) {
+            (true, true) => "applied, not echoed back",
+            (true, false) => "applied but echoed back",
+            (false, _) => "NOT applied",
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod capture_payload;
 mod capture_security;
 mod cli;
 mod delivery;
+mod demo;
 mod endpoints;
 mod example_app;
 mod example_routes;

@@ -30,7 +30,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        AND NOT EXISTS (SELECT 1 FROM unnest(ep.exclude_types) p, regexp_split_to_table(p, '\s*,\s*') q
                         WHERE q <> '' AND webhooks.matches(q, event_type))
        AND (ep.tenant_id IS NULL OR ep.tenant_id = endpoint_wants.tenant_id)
-       AND (origin IS NULL OR origin <> 'webhooks/endpoint/' || ep.id)
+       AND (origin IS NULL OR (origin <> 'webhooks/endpoint/' || ep.id AND origin <> 'webhooks/test'))
        AND (origin IS NULL OR NOT EXISTS (SELECT 1 FROM unnest(ep.ignore_origins) p
                                            WHERE webhooks.matches(p, origin)))
 $$;
@@ -331,4 +331,38 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.id, c.endpoint_id, c.attempt, c.used, c.event_id, e.event_type, e.tenant_id, e.origin,
            e.occurred_at, e.payload::text, e.previous::text
       FROM claimed c LEFT JOIN webhooks.events e ON e.event_id = c.event_id
+$$;
+
+-- `pgwebhooks endpoint test`: one webhooks.test event for this endpoint
+-- alone (its origin, webhooks/test, is one every endpoint skips at
+-- fan-out), queued as a pending delivery that the sidecar's retry path
+-- sends as it sends any other. Returns the delivery's id.
+CREATE OR REPLACE FUNCTION webhooks.endpoint_test(id bigint) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ep  webhooks.endpoints;
+    ev  uuid;
+    del bigint;
+BEGIN
+    SELECT * INTO ep FROM webhooks.endpoints e WHERE e.id = endpoint_test.id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no endpoint %', endpoint_test.id USING ERRCODE = 'no_data_found';
+    END IF;
+    IF NOT ep.enabled THEN
+        RAISE EXCEPTION 'endpoint % is paused (%): enable it first (pgwebhooks endpoint enable %)',
+                        ep.id, coalesce(ep.disabled_reason, 'no reason given'), ep.id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+    VALUES ('webhooks.test', 'webhooks/test', 'webhooks.endpoints', ep.id::text,
+            jsonb_build_object('test', true, 'message', 'a test event from pgwebhooks endpoint test',
+                               'endpoint', jsonb_build_object('id', ep.id, 'name', ep.name,
+                                                              'url', webhooks.url_redact(ep.url))))
+    RETURNING event_id INTO ev;
+    INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, next_attempt_at)
+    VALUES (ev, ep.id, 'pending', clock_timestamp())
+    RETURNING deliveries.id INTO del;
+    PERFORM pg_notify('webhooks', 'retry');
+    RETURN del;
+END
 $$;

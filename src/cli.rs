@@ -133,6 +133,19 @@ pub enum EndpointCommand {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         overlap: Duration,
     },
+    /// Send one signed `webhooks.test` event to this endpoint alone, through
+    /// the running sidecar's normal path (template, headers, signature,
+    /// recording); print the answer's status, latency and excerpt. Exit 0
+    /// on a 2xx answer, 1 otherwise. Needs `pgwebhooks run` running.
+    Test {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// The endpoint's id (see `pgwebhooks endpoint list`).
+        id: i64,
+        /// How long to wait for the sidecar to send it and record the answer.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        wait: Duration,
+    },
 }
 
 async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
@@ -377,8 +390,54 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 humantime::format_duration(overlap)
             );
         }
+        EndpointCommand::Test { db: args, id, wait } => return endpoint_test(&args, id, wait).await,
     }
     Ok(())
+}
+
+/// `pgwebhooks endpoint test`: queue one test delivery, wait for its first
+/// attempt to be recorded, report it. A failed test is not retried.
+async fn endpoint_test(args: &DatabaseArgs, id: i64, wait: Duration) -> anyhow::Result<()> {
+    let client = pool(args).await?;
+    let delivery = db::ops::endpoint_test(&client, id)
+        .await
+        .with_context(|| format!("testing endpoint {id}"))?;
+    println!(
+        "endpoint {id}: webhooks.test queued as delivery {delivery}; waiting up to {}",
+        humantime::format_duration(wait)
+    );
+    let deadline = tokio::time::Instant::now() + wait;
+    let attempt = loop {
+        if let Some(a) = db::ops::first_attempt(&client, delivery).await? {
+            break a;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            db::ops::endpoint_test_cancel(&client, delivery).await?;
+            bail!(
+                "no attempt within {}: is `pgwebhooks run` running against this database? (the test was withdrawn)",
+                humantime::format_duration(wait)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    db::ops::endpoint_test_cancel(&client, delivery).await?;
+    let status = attempt
+        .status
+        .map_or("no answer".to_owned(), |s| format!("HTTP {s}"));
+    println!("{status} in {:.0} ms", attempt.duration_ms);
+    if let Some(e) = attempt.error.as_deref().filter(|e| !e.is_empty()) {
+        println!("error: {e}");
+    }
+    if let Some(x) = attempt.excerpt.as_deref().filter(|x| !x.is_empty()) {
+        println!("answer: {}", x.chars().take(500).collect::<String>());
+    }
+    if attempt.status.is_some_and(|s| (200..300).contains(&s)) {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "endpoint {id} did not accept the test event ({status})"
+        ))
+    }
 }
 
 fn age(seconds: Option<f64>) -> String {

@@ -71,10 +71,13 @@ impl Endpoint {
 
     /// Is `origin` that of an operational event about this endpoint
     /// (`webhooks/endpoint/<id>`)? Such events never go to it.
+    /// `endpoint test` events (`webhooks/test`) are queued for their
+    /// endpoint directly and never fanned out.
     fn is_about(&self, origin: &str) -> bool {
-        origin
-            .strip_prefix("webhooks/endpoint/")
-            .is_some_and(|id| id.parse() == Ok(self.id))
+        origin == "webhooks/test"
+            || origin
+                .strip_prefix("webhooks/endpoint/")
+                .is_some_and(|id| id.parse() == Ok(self.id))
     }
 
     /// Keys that sign now (a rotated-out key signs until it expires).

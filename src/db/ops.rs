@@ -255,3 +255,51 @@ pub async fn retention_step(
         inbound: r.get(3),
     })
 }
+
+/// The first recorded attempt of a delivery.
+pub struct FirstAttempt {
+    pub status: Option<i32>,
+    pub duration_ms: f64,
+    pub error: Option<String>,
+    pub excerpt: Option<String>,
+}
+
+/// `webhooks.endpoint_test`: a `webhooks.test` event queued for one
+/// endpoint alone; returns the delivery's id.
+pub async fn endpoint_test(c: &impl GenericClient, endpoint_id: i64) -> Result<i64, DbError> {
+    Ok(c.query_one("SELECT webhooks.endpoint_test($1)", &[&endpoint_id])
+        .await?
+        .get(0))
+}
+
+/// A delivery's first attempt, once recorded.
+pub async fn first_attempt(
+    c: &impl GenericClient,
+    delivery_id: i64,
+) -> Result<Option<FirstAttempt>, DbError> {
+    let row = c
+        .query_opt(
+            "SELECT status_code, duration_ms, error, response_excerpt FROM webhooks.attempts
+              WHERE delivery_id = $1 ORDER BY attempt LIMIT 1",
+            &[&delivery_id],
+        )
+        .await?;
+    Ok(row.map(|r| FirstAttempt {
+        status: r.get(0),
+        duration_ms: r.get::<_, Option<f64>>(1).unwrap_or(0.0),
+        error: r.get(2),
+        excerpt: r.get(3),
+    }))
+}
+
+/// A test delivery is tried once: what is still waiting is failed.
+pub async fn endpoint_test_cancel(c: &impl GenericClient, delivery_id: i64) -> Result<(), DbError> {
+    c.execute(
+        "UPDATE webhooks.deliveries SET status = 'failed', next_attempt_at = NULL,
+                last_error = coalesce(last_error, 'test event: not retried'), updated_at = now()
+          WHERE id = $1 AND status = 'pending'",
+        &[&delivery_id],
+    )
+    .await?;
+    Ok(())
+}

@@ -387,3 +387,83 @@ async fn make_endpoints_skip_their_own_callbacks_by_default() {
     assert_eq!(make_rx.count(), 1);
     s.stop().await;
 }
+
+/// Issue #15 item 5: `endpoint test <id>` sends one signed webhooks.test
+/// event to that endpoint alone, through the sidecar's normal path.
+#[tokio::test]
+async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut target = Receiver::start(|_| Reply::ok().body("accepted")).await;
+    let other = Receiver::ok().await;
+    let mut broken = Receiver::start(|_| Reply::status(503).body("down for maintenance")).await;
+    let id = sidecar::endpoint(&c, &target.url, &["webhooks.*"], "").await;
+    sidecar::endpoint(&c, &other.url, &["*", "webhooks.*"], "").await;
+    // (Its first retry an hour away, as production's are seconds away: the
+    // command withdraws the test before any retry.)
+    let broken_id = sidecar::endpoint(&c, &broken.url, &["order.*"], "retry_schedule = '{1 hour}'").await;
+
+    // Without a sidecar: a clear failure, and nothing left waiting.
+    let (ok, _, err) = cli(&db, &["endpoint", "test", &id.to_string(), "--wait", "1s"]);
+    assert!(!ok && err.contains("pgwebhooks run"), "{err}");
+
+    let running = sidecar::start(sidecar::config(&db)).await;
+    // The sidecar runs on this test's runtime: the command waits elsewhere.
+    let in_background = |args: Vec<String>| {
+        let url = db.url();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+                .args(&args)
+                .env("DATABASE_URL", url)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let (ok, out, err) = in_background(vec!["endpoint".into(), "test".into(), id.to_string()])
+        .await
+        .unwrap();
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("HTTP 200 in ") && out.contains("answer: accepted"),
+        "{out}"
+    );
+    let got = target.next(Duration::from_secs(20)).await;
+    let body = got.json();
+    assert_eq!(body["type"], "webhooks.test");
+    assert_eq!(body["data"]["endpoint"]["id"], id);
+    let key = pgwebhooks::deliver::sign::SigningKey::parse(sidecar::SECRET).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    pgwebhooks::deliver::sign::verify(
+        std::slice::from_ref(&key),
+        got.header("webhook-id"),
+        got.header("webhook-timestamp"),
+        got.header("webhook-signature"),
+        &got.body,
+        now,
+        60,
+    )
+    .expect("the test event is signed");
+
+    // A failing endpoint: exit 1 with its answer; tried once, not retried.
+    let (ok, out, err) = in_background(vec!["endpoint".into(), "test".into(), broken_id.to_string()])
+        .await
+        .unwrap();
+    assert!(
+        !ok && out.contains("HTTP 503") && out.contains("down for maintenance"),
+        "{out}\n{err}"
+    );
+    broken.next(Duration::from_secs(20)).await;
+    let statuses = sidecar::statuses(&c, broken_id).await;
+    assert_eq!(statuses, [("failed".to_owned(), 1)]);
+    running.stop().await;
+    assert_eq!(other.count(), 0, "the test event went to that endpoint alone");
+    assert_eq!((target.count(), broken.count()), (1, 1));
+}

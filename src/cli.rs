@@ -324,7 +324,7 @@ fn check_url(url: &str) -> anyhow::Result<()> {
 /// Resolves the URL's host and refuses a private target unless allowed. A
 /// host that does not resolve now is only a warning: the sidecar checks
 /// the addresses at every delivery.
-async fn check_target(url: &str, allow_private: bool) -> anyhow::Result<()> {
+async fn check_target(url: &str, allow_private: bool, refused: &str) -> anyhow::Result<()> {
     match target::check_resolved(url, allow_private).await {
         Ok(_) => Ok(()),
         Err(TargetError::Unresolved { host, source }) => {
@@ -333,7 +333,7 @@ async fn check_target(url: &str, allow_private: bool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(e) => bail!("endpoint not added: {e}"),
+        Err(e) => bail!("{refused}: {e}"),
     }
 }
 
@@ -380,7 +380,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             );
             let (secret, generated) = secret_or_new(secret)?;
             e.secret = secret.clone();
-            check_target(&url, targets.allow_private_targets).await?;
+            check_target(&url, targets.allow_private_targets, "endpoint not added").await?;
             let mut client = pool(&args).await?;
             if let Some(f) = &e.filter {
                 db::endpoints::check_filter(&client, f)
@@ -408,7 +408,12 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             }
             if let Some(url) = &url {
                 check_url(url)?;
-                check_target(url, targets.allow_private_targets).await?;
+                check_target(
+                    url,
+                    targets.allow_private_targets,
+                    &format!("endpoint {id} not updated"),
+                )
+                .await?;
             }
             let mut client = pool(&args).await?;
             let result = db::endpoints::update(&mut client, id, |before| {

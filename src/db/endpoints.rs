@@ -171,7 +171,7 @@ pub async fn check_filter(c: &impl GenericClient, filter: &str) -> Result<(), St
                     "tenant_id": null, "data": {}, "previous": null}"#;
     match c
         .query_one(
-            "SELECT jsonb_path_match($2::jsonb, $1::text::jsonpath)",
+            "SELECT jsonb_path_match($2::text::jsonb, $1::text::jsonpath)",
             &[&filter, &trial],
         )
         .await

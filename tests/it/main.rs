@@ -17,5 +17,6 @@ mod operations;
 mod outgoing;
 mod record;
 mod roles;
+mod shaping;
 mod timeouts;
 mod tls;

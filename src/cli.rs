@@ -39,6 +39,7 @@ pub enum EndpointCommand {
     Update {
         #[command(flatten)]
         db: DatabaseArgs,
+        /// The endpoint's id (`endpoint list`).
         id: i64,
         /// A new URL, checked as `add` checks it.
         #[arg(long)]

@@ -36,6 +36,25 @@ DROP TRIGGER IF EXISTS config_changed ON webhooks.endpoint_secrets;
 CREATE TRIGGER config_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.endpoint_secrets
     FOR EACH STATEMENT EXECUTE FUNCTION webhooks.config_changed();
 
+-- The envelope an endpoint's content filter reads: the standard body's
+-- fields (timestamp as the body writes it, RFC 3339 UTC with milliseconds).
+CREATE OR REPLACE FUNCTION webhooks.event_envelope(e webhooks.events) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('id', e.event_id, 'type', e.event_type,
+                              'timestamp', to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
+                              'tenant_id', e.tenant_id, 'data', e.payload, 'previous', e.previous)
+$$;
+
+-- Does an endpoint's content filter (a jsonb_path_match predicate; NULL:
+-- none) accept the event? A predicate that fails at run time (a type
+-- mismatch, a non-boolean result) does not match: silent => true, so a bad
+-- filter never stalls fan-out. Used by the sidecar's fan-out (only for
+-- endpoints that have a filter) and by replay.
+CREATE OR REPLACE FUNCTION webhooks.filter_accepts(filter jsonpath, e webhooks.events) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT filter IS NULL OR coalesce(jsonb_path_match(webhooks.event_envelope(e), filter, silent => true), false)
+$$;
+
 -- Claim the next range of committed events for fan-out and first delivery.
 -- Eligible: past the cursor and written by a transaction older than every
 -- running one (txid < snapshot xmin), so no later commit can land behind the

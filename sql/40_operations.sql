@@ -143,8 +143,9 @@ END
 $$;
 
 -- Deliver past events to one endpoint again, with their original ids (the
--- receiver can tell a replay from a new event). Events that endpoint wants,
--- since `since`, already handed out; deliveries in flight are left alone.
+-- receiver can tell a replay from a new event). Events that endpoint wants
+-- (patterns and content filter, as at fan-out), since `since`, already
+-- handed out; deliveries in flight are left alone.
 CREATE OR REPLACE FUNCTION webhooks.replay(endpoint_id bigint, since timestamptz,
                                            now timestamptz DEFAULT clock_timestamp()) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -162,6 +163,7 @@ BEGIN
           FROM webhooks.events e, webhooks.fanout_cursor c
          WHERE e.occurred_at >= since AND (e.txid, e.seq) <= (c.txid, c.seq)
            AND webhooks.endpoint_wants(ep, e.event_type, e.tenant_id, e.origin)
+           AND (ep.filter IS NULL OR webhooks.filter_accepts(ep.filter, e))
         ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO UPDATE
            SET status = 'pending', next_attempt_at = now, attempts_base = d.attempts, updated_at = now
          WHERE d.status <> 'delivering'

@@ -96,6 +96,13 @@ CREATE TABLE webhooks.endpoints (
     breaker_opened_at timestamptz,
     -- Deliver each row's events in order (see deliveries.aggregate).
     ordered          boolean     NOT NULL DEFAULT false,
+    -- Shaping (V8): the body as a template (NULL: the standard envelope),
+    -- the sha256-hex and secret-header styles' header names (NULL: the
+    -- defaults), and a content filter (NULL: none).
+    body_template    jsonb,
+    signature_header text,
+    secret_header    text,
+    filter           jsonpath,
     CONSTRAINT endpoints_pkey PRIMARY KEY (id),
     CONSTRAINT endpoints_name_key UNIQUE (name),
     CONSTRAINT endpoints_url_check CHECK (url ~* '^https?://'),

@@ -134,6 +134,9 @@ impl Claimer {
                 }
             }
         }
+        if snapshot.any_filter {
+            jobs = self.apply_filters(jobs).await?;
+        }
         let counts = Claimed {
             events: batch.events.len(),
             jobs: jobs.len(),
@@ -145,6 +148,42 @@ impl Claimer {
             self.dispatcher.offer(job).await;
         }
         Ok(counts)
+    }
+
+    /// Drops the jobs whose endpoint's content filter rejects their event:
+    /// one statement for the whole batch, asked only about jobs of
+    /// endpoints that have a filter (Postgres evaluates the predicates with
+    /// `webhooks.filter_accepts`, as replay does).
+    async fn apply_filters(&self, jobs: Vec<Job>) -> Result<Vec<Job>, DbError> {
+        let asked: Vec<(usize, uuid::Uuid, &str)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, j)| j.endpoint.filter.as_deref().map(|f| (i, j.event.id, f)))
+            .collect();
+        if asked.is_empty() {
+            return Ok(jobs);
+        }
+        let rejected = {
+            let client = self.pool.get().await?;
+            let pairs: Vec<(uuid::Uuid, &str)> = asked.iter().map(|(_, e, f)| (*e, *f)).collect();
+            db::delivery::filter_rejects(&client, &pairs).await?
+        };
+        if rejected.is_empty() {
+            return Ok(jobs);
+        }
+        let drop: std::collections::HashSet<usize> = rejected.iter().map(|&k| asked[k].0).collect();
+        Ok(jobs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, j)| {
+                if drop.contains(&i) {
+                    crate::telemetry::filtered(j.endpoint.id);
+                    None
+                } else {
+                    Some(j)
+                }
+            })
+            .collect())
     }
 
     /// Claims due retries for every endpoint with room, and dispatches them.

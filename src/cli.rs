@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use pgwebhooks::config::{parse_duration, DatabaseArgs, TargetArgs};
 use pgwebhooks::db;
-use pgwebhooks::db::endpoints::{Deleted, NewEndpoint};
+use pgwebhooks::db::endpoints::{Deleted, NewEndpoint, Shaping};
 use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
 use pgwebhooks::deliver::target::{self, TargetError};
 use pgwebhooks::deliver::MAX_ENDPOINT_TIMEOUT;
@@ -25,56 +25,31 @@ pub enum EndpointCommand {
         /// --allow-private-targets.
         #[arg(long)]
         url: String,
-        /// Event types, comma-separated, `*` wildcards.
-        #[arg(long, default_value = "*")]
-        events: String,
         /// Signing secret (whsec_<base64>, or a plain shared string of 8+
         /// characters); generated and printed when absent.
         #[arg(long, env = "PGWEBHOOKS_ENDPOINT_SECRET", hide_env_values = true)]
         secret: Option<String>,
-        /// Only events of this tenant.
+        #[command(flatten)]
+        settings: EndpointFlags,
+        #[command(flatten)]
+        targets: TargetArgs,
+    },
+    /// Change an endpoint: the flags of `add`, each optional; what is not
+    /// given stays as it is. Prints what changed.
+    Update {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        /// The endpoint's id (`endpoint list`).
+        id: i64,
+        /// A new URL, checked as `add` checks it.
         #[arg(long)]
-        tenant: Option<String>,
-        /// A unique name.
+        url: Option<String>,
+        /// Replace every signing secret with this one at once (no overlap:
+        /// `rotate-secret` keeps the old ones signing for a while).
         #[arg(long)]
-        name: Option<String>,
-        /// Apply the Make.com rules (automatic for hook.*.make.com URLs).
-        #[arg(long)]
-        make: bool,
-        /// Extra header sent with every request, e.g. 'x-make-apikey: …'
-        /// (repeatable).
-        #[arg(long = "header")]
-        headers: Vec<String>,
-        /// Skip events whose origin matches, e.g. 'inbound/*' (repeatable).
-        /// Make.com endpoints default to 'inbound/*', so a scenario's own
-        /// callbacks are not echoed back to it.
-        #[arg(long = "ignore-origin")]
-        ignore_origins: Vec<String>,
-        /// Deliver every event to a Make.com endpoint, its scenario's own
-        /// callbacks included (no default 'inbound/*').
-        #[arg(long, conflicts_with = "ignore_origins")]
-        no_ignore_origin: bool,
-        /// Signature styles: standard, sha256-hex (x-webhook-signature),
-        /// secret-header (x-webhook-secret); comma-separated.
-        #[arg(long, default_value = "standard")]
-        signature: String,
-        /// Payload fields to mask, e.g. phone or customer.phone (repeatable).
-        #[arg(long = "mask")]
-        masked: Vec<String>,
-        /// Per-attempt timeout for this endpoint (at most 5m; the sidecar
-        /// uses at most a fifth of PGWEBHOOKS_LEASE).
-        #[arg(long, value_parser = parse_duration)]
-        timeout: Option<Duration>,
-        /// Concurrent requests to this endpoint.
-        #[arg(long)]
-        max_in_flight: Option<i32>,
-        /// Requests per 10 s, shared by every replica.
-        #[arg(long)]
-        rate_limit: Option<i32>,
-        /// Deliver each row's events in order (a later event waits until the
-        /// earlier one is delivered or dead).
-        #[arg(long)]
-        ordered: bool,
+        secret: Option<String>,
+        #[command(flatten)]
+        settings: EndpointFlags,
         #[command(flatten)]
         targets: TargetArgs,
     },
@@ -148,6 +123,223 @@ pub enum EndpointCommand {
     },
 }
 
+/// The settings `endpoint add` and `endpoint update` share. For `update`
+/// every one is optional (absent: unchanged); a repeatable flag given
+/// replaces the whole list (`--mask ''` empties it), and `''` clears
+/// --tenant, --name, --body-template, --filter, --signature-header and
+/// --secret-header.
+#[derive(Debug, Args, Default)]
+pub struct EndpointFlags {
+    /// Event types, comma-separated, `*` wildcards [add's default: *].
+    #[arg(long)]
+    events: Option<String>,
+    /// Only events of this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// A unique name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Apply the Make.com rules (automatic for hook.*.make.com URLs);
+    /// --make=false turns them off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    make: Option<bool>,
+    /// Extra header sent with every request, e.g. 'x-make-apikey: …' or
+    /// 'Idempotency-Key: appointment:{{data.appointment.id}}:{{type}}'
+    /// (placeholders as in --body-template; repeatable). Replaces a header
+    /// of ours (user-agent), never a signature header or content-type.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+    /// Skip events whose origin matches, e.g. 'inbound/*' (repeatable).
+    /// Make.com endpoints default to 'inbound/*', so a scenario's own
+    /// callbacks are not echoed back to it.
+    #[arg(long = "ignore-origin")]
+    ignore_origins: Vec<String>,
+    /// Deliver every event to a Make.com endpoint, its scenario's own
+    /// callbacks included (no default 'inbound/*').
+    #[arg(long, conflicts_with = "ignore_origins")]
+    no_ignore_origin: bool,
+    /// Signature styles: standard, sha256-hex (x-webhook-signature, or
+    /// --signature-header), secret-header (x-webhook-secret, or
+    /// --secret-header); comma-separated [add's default: standard].
+    #[arg(long)]
+    signature: Option<String>,
+    /// The sha256-hex style's header name instead of x-webhook-signature,
+    /// e.g. X-Make-Signature (value: sha256=<hex HMAC of the body>).
+    #[arg(long)]
+    signature_header: Option<String>,
+    /// The secret-header style's header name instead of x-webhook-secret.
+    #[arg(long)]
+    secret_header: Option<String>,
+    /// The body as a JSON template instead of the standard envelope, e.g.
+    /// '{"event": "{{type}}", "task": "{{data}}"}'. "{{path}}" alone keeps
+    /// the value's type; inside text it is interpolated; "...": "{{data}}"
+    /// merges an object's members in. Paths: id, type, timestamp,
+    /// tenant_id, data[.a.b], previous[.a.b].
+    #[arg(long)]
+    body_template: Option<String>,
+    /// Deliver only events this SQL/JSON path predicate accepts, as
+    /// Postgres's jsonb_path_match reads it over the envelope, e.g.
+    /// '$.data.severity == "HIGH" || $.data.severity == "CRITICAL"'.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Payload fields to mask, e.g. phone or customer.phone (repeatable).
+    #[arg(long = "mask")]
+    masked: Vec<String>,
+    /// Per-attempt timeout for this endpoint (at most 5m; the sidecar
+    /// uses at most a fifth of PGWEBHOOKS_LEASE).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Concurrent requests to this endpoint.
+    #[arg(long)]
+    max_in_flight: Option<i32>,
+    /// Requests per 10 s, shared by every replica.
+    #[arg(long)]
+    rate_limit: Option<i32>,
+    /// Deliver each row's events in order (a later event waits until the
+    /// earlier one is delivered or dead); --ordered=false turns it off.
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ordered: Option<bool>,
+}
+
+/// `Some("")` clears (`None` in the row), `Some(x)` sets, `None` keeps.
+fn clearable(given: &Option<String>, current: &mut Option<String>) {
+    if let Some(v) = given {
+        *current = Some(v.trim().to_owned()).filter(|v| !v.is_empty());
+    }
+}
+
+/// A repeatable flag given replaces the list; empty entries are dropped.
+fn replace_list(given: &[String], current: &mut Vec<String>) {
+    if !given.is_empty() {
+        *current = given
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+}
+
+/// Applies `flags` (and a new URL) to `e`, checking each value and the
+/// result as a whole: the same checks for `add` (from the defaults) and
+/// `update` (from the stored endpoint). The filter is checked by Postgres
+/// afterwards.
+fn apply(flags: &EndpointFlags, url: Option<&str>, e: &mut NewEndpoint) -> anyhow::Result<()> {
+    if let Some(url) = url {
+        check_url(url)?;
+        e.url = url.to_owned();
+    }
+    if let Some(events) = &flags.events {
+        e.event_types = split_patterns(&[events]);
+        if e.event_types.is_empty() {
+            bail!("--events needs at least one pattern (default: *)");
+        }
+    }
+    clearable(&flags.tenant, &mut e.tenant_id);
+    clearable(&flags.name, &mut e.name);
+    if let Some(make) = flags.make {
+        e.make = make;
+    }
+    if !flags.headers.is_empty() {
+        let mut header_map = serde_json::Map::new();
+        for h in flags.headers.iter().filter(|h| !h.trim().is_empty()) {
+            let (k, v) = h
+                .split_once(':')
+                .with_context(|| format!("--header {h:?}: expected 'name: value'"))?;
+            let k = k.trim().to_ascii_lowercase();
+            reqwest::header::HeaderName::from_bytes(k.as_bytes())
+                .with_context(|| format!("--header {h:?}: invalid header name"))?;
+            header_map.insert(k, serde_json::Value::String(v.trim().to_owned()));
+        }
+        e.headers = header_map;
+    }
+    replace_list(&flags.ignore_origins, &mut e.ignore_origins);
+    if flags.no_ignore_origin {
+        e.ignore_origins.clear();
+    }
+    if let Some(signature) = &flags.signature {
+        let styles = split_patterns(&[signature]);
+        if let Some(bad) = styles
+            .iter()
+            .find(|s| !["standard", "sha256-hex", "secret-header"].contains(&s.as_str()))
+        {
+            bail!("--signature {bad:?}: use standard, sha256-hex or secret-header");
+        }
+        e.signature_styles = styles;
+    }
+    clearable(&flags.signature_header, &mut e.signature_header);
+    clearable(&flags.secret_header, &mut e.secret_header);
+    if let Some(t) = &flags.body_template {
+        e.body_template = if t.trim().is_empty() {
+            None
+        } else {
+            let value: serde_json::Value = serde_json::from_str(t)
+                .map_err(|err| anyhow::anyhow!("--body-template: not valid JSON: {err}"))?;
+            Some(value)
+        };
+    }
+    clearable(&flags.filter, &mut e.filter);
+    replace_list(&flags.masked, &mut e.masked_fields);
+    if let Some(t) = flags.timeout {
+        if t > MAX_ENDPOINT_TIMEOUT {
+            bail!(
+                "--timeout {}: at most {} (and the sidecar uses at most a fifth of PGWEBHOOKS_LEASE, \
+                 12s by default: a longer attempt would be taken over and sent twice)",
+                humantime::format_duration(t),
+                humantime::format_duration(MAX_ENDPOINT_TIMEOUT)
+            );
+        }
+        e.timeout_ms = Some(t.as_millis().clamp(1, i32::MAX as u128) as i32);
+    }
+    if let Some(n) = flags.max_in_flight {
+        e.max_in_flight = Some(n);
+    }
+    if let Some(n) = flags.rate_limit {
+        e.rate_limit = Some(n);
+    }
+    if let Some(o) = flags.ordered {
+        e.ordered = o;
+    }
+    // The whole: header names against the signature headers, templates
+    // compiled, exactly as the sidecar will when it loads the endpoint.
+    Shaping::compile(
+        &serde_json::Value::Object(e.headers.clone()),
+        e.body_template.as_ref(),
+        e.signature_header.clone(),
+        e.secret_header.clone(),
+    )
+    .map_err(|m| anyhow::anyhow!("{m}"))?;
+    Ok(())
+}
+
+/// The flags whose setting differs between `a` and `b`.
+fn changed(a: &NewEndpoint, b: &NewEndpoint) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut check = |name: &'static str, differs: bool| {
+        if differs {
+            out.push(name);
+        }
+    };
+    check("url", a.url != b.url);
+    check("name", a.name != b.name);
+    check("events", a.event_types != b.event_types);
+    check("tenant", a.tenant_id != b.tenant_id);
+    check("make", a.make != b.make);
+    check("header", a.headers != b.headers);
+    check("ignore-origin", a.ignore_origins != b.ignore_origins);
+    check("signature", a.signature_styles != b.signature_styles);
+    check("signature-header", a.signature_header != b.signature_header);
+    check("secret-header", a.secret_header != b.secret_header);
+    check("body-template", a.body_template != b.body_template);
+    check("filter", a.filter != b.filter);
+    check("mask", a.masked_fields != b.masked_fields);
+    check("timeout", a.timeout_ms != b.timeout_ms);
+    check("max-in-flight", a.max_in_flight != b.max_in_flight);
+    check("rate-limit", a.rate_limit != b.rate_limit);
+    check("ordered", a.ordered != b.ordered);
+    check("secret", !b.secret.is_empty());
+    out
+}
+
 async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
     let config = args.connection()?;
     let pool = db::pool(config.clone(), 1);
@@ -164,7 +356,7 @@ fn check_url(url: &str) -> anyhow::Result<()> {
 /// Resolves the URL's host and refuses a private target unless allowed. A
 /// host that does not resolve now is only a warning: the sidecar checks
 /// the addresses at every delivery.
-async fn check_target(url: &str, allow_private: bool) -> anyhow::Result<()> {
+async fn check_target(url: &str, allow_private: bool, refused: &str) -> anyhow::Result<()> {
     match target::check_resolved(url, allow_private).await {
         Ok(_) => Ok(()),
         Err(TargetError::Unresolved { host, source }) => {
@@ -173,7 +365,7 @@ async fn check_target(url: &str, allow_private: bool) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Err(e) => bail!("endpoint not added: {e}"),
+        Err(e) => bail!("{refused}: {e}"),
     }
 }
 
@@ -203,82 +395,80 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
         EndpointCommand::Add {
             db: args,
             url,
-            events,
             secret,
-            tenant,
-            name,
-            make,
-            headers,
-            ignore_origins,
-            no_ignore_origin,
-            signature,
-            masked,
-            timeout,
-            max_in_flight,
-            rate_limit,
-            ordered,
+            settings,
             targets,
         } => {
-            check_url(&url)?;
-            let ignore_origins =
-                origins_to_ignore(ignore_origins, no_ignore_origin, make || is_make_url(&url));
-            if let Some(t) = timeout.filter(|t| *t > MAX_ENDPOINT_TIMEOUT) {
-                bail!(
-                    "--timeout {}: at most {} (and the sidecar uses at most a fifth of PGWEBHOOKS_LEASE, \
-                     12s by default: a longer attempt would be taken over and sent twice)",
-                    humantime::format_duration(t),
-                    humantime::format_duration(MAX_ENDPOINT_TIMEOUT)
-                );
-            }
-            let event_types = split_patterns(&[events]);
-            if event_types.is_empty() {
-                bail!("--events needs at least one pattern (default: *)");
-            }
-            let mut header_map = serde_json::Map::new();
-            for h in &headers {
-                let (k, v) = h
-                    .split_once(':')
-                    .with_context(|| format!("--header {h:?}: expected 'name: value'"))?;
-                let k = k.trim().to_ascii_lowercase();
-                reqwest::header::HeaderName::from_bytes(k.as_bytes())
-                    .with_context(|| format!("--header {h:?}: invalid header name"))?;
-                header_map.insert(k, serde_json::Value::String(v.trim().to_owned()));
-            }
-            let styles = split_patterns(&[signature]);
-            if let Some(bad) = styles
-                .iter()
-                .find(|s| !["standard", "sha256-hex", "secret-header"].contains(&s.as_str()))
-            {
-                bail!("--signature {bad:?}: use standard, sha256-hex or secret-header");
-            }
+            let mut e = NewEndpoint {
+                event_types: vec!["*".into()],
+                signature_styles: vec!["standard".into()],
+                ..Default::default()
+            };
+            apply(&settings, Some(&url), &mut e)?;
+            e.ignore_origins = origins_to_ignore(
+                std::mem::take(&mut e.ignore_origins),
+                settings.no_ignore_origin,
+                e.make || is_make_url(&url),
+            );
             let (secret, generated) = secret_or_new(secret)?;
-            check_target(&url, targets.allow_private_targets).await?;
+            e.secret = secret.clone();
+            check_target(&url, targets.allow_private_targets, "endpoint not added").await?;
             let mut client = pool(&args).await?;
-            let id = db::endpoints::add(
-                &mut client,
-                &NewEndpoint {
-                    url,
-                    name,
-                    event_types,
-                    tenant_id: tenant,
-                    make,
-                    headers: header_map,
-                    secret: secret.clone(),
-                    ignore_origins,
-                    signature_styles: styles,
-                    masked_fields: masked,
-                    timeout_ms: timeout.map(|t| t.as_millis().clamp(1, i32::MAX as u128) as i32),
-                    max_in_flight,
-                    rate_limit,
-                    ordered,
-                },
-            )
-            .await
-            .context("adding the endpoint")?;
+            if let Some(f) = &e.filter {
+                db::endpoints::check_filter(&client, f)
+                    .await
+                    .map_err(|m| anyhow::anyhow!("endpoint not added: {m}"))?;
+            }
+            let id = db::endpoints::add(&mut client, &e)
+                .await
+                .context("adding the endpoint")?;
             if generated {
                 println!("secret: {secret}");
             }
             println!("{id}");
+        }
+        EndpointCommand::Update {
+            db: args,
+            id,
+            url,
+            secret,
+            settings,
+            targets,
+        } => {
+            if let Some(s) = &secret {
+                SigningKey::parse(s).map_err(|e| anyhow::anyhow!("invalid secret: {e}"))?;
+            }
+            if let Some(url) = &url {
+                check_url(url)?;
+                check_target(
+                    url,
+                    targets.allow_private_targets,
+                    &format!("endpoint {id} not updated"),
+                )
+                .await?;
+            }
+            let mut client = pool(&args).await?;
+            let result = db::endpoints::update(&mut client, id, |before| {
+                let mut after = before.clone();
+                apply(&settings, url.as_deref(), &mut after).map_err(|e| format!("{e:#}"))?;
+                after.secret = secret.clone().unwrap_or_default();
+                Ok(after)
+            })
+            .await;
+            let (before, after) = match result {
+                Ok(Some(pair)) => pair,
+                Ok(None) => bail!("no endpoint {id}"),
+                Err(db::endpoints::UpdateError::Refused(m)) => bail!("endpoint {id} not updated: {m}"),
+                Err(db::endpoints::UpdateError::Db(e)) => {
+                    return Err(anyhow::Error::from(e)).context(format!("updating endpoint {id}"))
+                }
+            };
+            let changes = changed(&before, &after);
+            if changes.is_empty() {
+                println!("endpoint {id}: nothing changed");
+            } else {
+                println!("endpoint {id} updated: {}", changes.join(", "));
+            }
         }
         EndpointCommand::List {
             db: args,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::deliver::sign::SigningKey;
+use crate::deliver::template::{Template, Text};
 
 /// Make.com accepts at most 300 requests per 10 s per webhook; pace a
 /// little under it.
@@ -33,6 +34,62 @@ impl Styles {
     }
 }
 
+/// The `sha256-hex` style's header unless `--signature-header` renames it.
+pub const DEFAULT_SIGNATURE_HEADER: &str = "x-webhook-signature";
+/// The `secret-header` style's header unless `--secret-header` renames it.
+pub const DEFAULT_SECRET_HEADER: &str = "x-webhook-secret";
+/// Headers no `--header` may set: the Standard Webhooks signature's, the
+/// body's type and framing.
+pub const PROTECTED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// Checks a `--signature-header`/`--secret-header` name; returns it lowercase.
+pub fn check_signature_header_name(flag: &str, name: &str) -> Result<String, String> {
+    let lower = name.trim().to_ascii_lowercase();
+    if reqwest::header::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+        return Err(format!("{flag} {name:?}: not a valid header name"));
+    }
+    if PROTECTED_HEADERS.contains(&lower.as_str()) || lower == "user-agent" {
+        return Err(format!(
+            "{flag} {name:?}: that header is already sent for another purpose"
+        ));
+    }
+    Ok(lower)
+}
+
+/// Checks the extra headers against the signature header names: a user's
+/// header may replace ours (`user-agent`), never a signature's or
+/// `content-type`. Names must already be lowercase.
+pub fn check_user_headers<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    signature_header: &str,
+    secret_header: &str,
+) -> Result<(), String> {
+    if signature_header == secret_header {
+        return Err(format!(
+            "--signature-header and --secret-header are both {signature_header:?}"
+        ));
+    }
+    for name in names {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(format!("--header {name:?}: invalid header name"));
+        }
+        if PROTECTED_HEADERS.contains(&name) || name == signature_header || name == secret_header {
+            return Err(format!(
+                "--header {name:?}: a signature or content header cannot be overridden \
+                 (rename the sha256-hex or secret header with --signature-header/--secret-header)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One subscription, ready to use.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -44,7 +101,19 @@ pub struct Endpoint {
     pub tenant_id: Option<String>,
     pub ignore_origins: Vec<String>,
     pub styles: Styles,
-    pub headers: Vec<(String, String)>,
+    /// Extra headers (lowercase names), values with `{{path}}` placeholders;
+    /// they replace ours except [`Endpoint::protects`]' names.
+    pub headers: Vec<(String, Text)>,
+    /// The body, shaped; `None` sends the standard envelope.
+    pub body_template: Option<Template>,
+    /// The `sha256-hex` style's header (lowercase).
+    pub signature_header: String,
+    /// The `secret-header` style's header (lowercase).
+    pub secret_header: String,
+    /// A SQL/JSON path predicate over the envelope (`jsonb_path_match`);
+    /// events it rejects are not delivered here. Evaluated by Postgres at
+    /// fan-out (`webhooks.filter_accepts`), only for endpoints that have one.
+    pub filter: Option<String>,
     pub masked_fields: Vec<String>,
     pub timeout: Option<Duration>,
     pub max_in_flight: Option<usize>,
@@ -62,6 +131,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Does this endpoint want an event of this type, tenant and origin?
+    /// (Its content filter, if any, is applied after, by Postgres.)
     pub fn wants(&self, event_type: &str, tenant_id: Option<&str>, origin: Option<&str>) -> bool {
         self.event_types.iter().any(|p| subscribes(p, event_type))
             && !self.exclude_types.iter().any(|p| matches(p, event_type))
@@ -78,6 +148,12 @@ impl Endpoint {
             || origin
                 .strip_prefix("webhooks/endpoint/")
                 .is_some_and(|id| id.parse() == Ok(self.id))
+    }
+
+    /// Is `name` (lowercase) one of the headers a user's header may not
+    /// replace?
+    pub fn protects(&self, name: &str) -> bool {
+        PROTECTED_HEADERS.contains(&name) || name == self.signature_header || name == self.secret_header
     }
 
     /// Keys that sign now (a rotated-out key signs until it expires).
@@ -154,16 +230,20 @@ pub struct Snapshot {
     pub version: i64,
     pub endpoints: Vec<Arc<Endpoint>>,
     by_id: HashMap<i64, Arc<Endpoint>>,
+    /// Some endpoint has a content filter (else fan-out asks nothing more).
+    pub any_filter: bool,
 }
 
 impl Snapshot {
     pub fn new(version: i64, endpoints: Vec<Endpoint>) -> Snapshot {
         let endpoints: Vec<Arc<Endpoint>> = endpoints.into_iter().map(Arc::new).collect();
         let by_id = endpoints.iter().map(|e| (e.id, e.clone())).collect();
+        let any_filter = endpoints.iter().any(|e| e.filter.is_some());
         Snapshot {
             version,
             endpoints,
             by_id,
+            any_filter,
         }
     }
 
@@ -199,6 +279,10 @@ impl Endpoint {
             ignore_origins: vec![],
             styles: Styles::default(),
             headers: vec![],
+            body_template: None,
+            signature_header: DEFAULT_SIGNATURE_HEADER.into(),
+            secret_header: DEFAULT_SECRET_HEADER.into(),
+            filter: None,
             masked_fields: vec![],
             timeout: None,
             max_in_flight: None,
@@ -227,6 +311,10 @@ mod tests {
             ignore_origins: vec![],
             styles: Styles::default(),
             headers: vec![],
+            body_template: None,
+            signature_header: DEFAULT_SIGNATURE_HEADER.into(),
+            secret_header: DEFAULT_SECRET_HEADER.into(),
+            filter: None,
             masked_fields: vec![],
             timeout: None,
             max_in_flight: None,

@@ -5,7 +5,10 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
+use serde_json::Value;
+
 use crate::deliver::body;
+use crate::deliver::template::Values;
 use crate::endpoints::Endpoint;
 
 /// One row of `webhooks.events`; `payload` and `previous` stay JSON text.
@@ -19,6 +22,8 @@ pub struct Event {
     pub payload: String,
     pub previous: Option<String>,
     body: OnceLock<Arc<str>>,
+    /// `payload` and `previous` parsed, for templates (once per event).
+    parsed: OnceLock<(Value, Option<Value>)>,
 }
 
 impl Event {
@@ -40,12 +45,17 @@ impl Event {
             payload,
             previous,
             body: OnceLock::new(),
+            parsed: OnceLock::new(),
         }
     }
 
-    /// The request body for `endpoint`: built once per event and shared by
-    /// every endpoint that masks nothing.
+    /// The request body for `endpoint`: the standard envelope (built once
+    /// per event and shared by every endpoint that masks nothing), or the
+    /// endpoint's template filled in.
     pub fn body_for(&self, endpoint: &Endpoint) -> Arc<str> {
+        if let Some(t) = &endpoint.body_template {
+            return self.with_values(endpoint, |v| t.render(v)).into();
+        }
         if endpoint.masked_fields.is_empty() {
             return self
                 .body
@@ -58,6 +68,59 @@ impl Event {
             .as_deref()
             .map(|p| body::mask(p, &endpoint.masked_fields));
         self.build(&data, previous.as_deref()).into()
+    }
+
+    /// The endpoint's extra headers, placeholders filled in (masked data).
+    pub fn headers_for(&self, endpoint: &Endpoint) -> Vec<(String, String)> {
+        let constant: Option<Vec<(String, String)>> = endpoint
+            .headers
+            .iter()
+            .map(|(k, t)| t.constant().map(|v| (k.clone(), v)))
+            .collect();
+        if let Some(c) = constant {
+            return c;
+        }
+        self.with_values(endpoint, |v| {
+            endpoint
+                .headers
+                .iter()
+                .map(|(k, t)| (k.clone(), t.render(v)))
+                .collect()
+        })
+    }
+
+    fn parsed(&self) -> &(Value, Option<Value>) {
+        self.parsed.get_or_init(|| {
+            let parse = |s: &str| serde_json::from_str(s).unwrap_or(Value::Null);
+            (parse(&self.payload), self.previous.as_deref().map(parse))
+        })
+    }
+
+    /// The envelope's values for templates, masked for `endpoint`.
+    fn with_values<R>(&self, endpoint: &Endpoint, f: impl FnOnce(&Values<'_>) -> R) -> R {
+        let id = self.id.to_string();
+        let timestamp = body::rfc3339(self.occurred_at);
+        let (data, previous) = self.parsed();
+        let masked;
+        let (data, previous) = if endpoint.masked_fields.is_empty() {
+            (data, previous.as_ref())
+        } else {
+            let (mut d, mut p) = (data.clone(), previous.clone());
+            body::mask_in(&mut d, &endpoint.masked_fields);
+            if let Some(p) = p.as_mut() {
+                body::mask_in(p, &endpoint.masked_fields);
+            }
+            masked = (d, p);
+            (&masked.0, masked.1.as_ref())
+        };
+        f(&Values {
+            id: &id,
+            event_type: &self.event_type,
+            timestamp: &timestamp,
+            tenant_id: self.tenant_id.as_deref(),
+            data,
+            previous,
+        })
     }
 
     fn build(&self, data: &str, previous: Option<&str>) -> String {

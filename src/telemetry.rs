@@ -9,6 +9,8 @@
 //! - `pgwebhooks_notification_queue_usage` — `pg_notification_queue_usage()`
 //! - `pgwebhooks_listener_connected`, `pgwebhooks_listener_reconnects_total`
 //! - `pgwebhooks_breaker_trips_total{endpoint}`
+//! - `pgwebhooks_filtered_total{endpoint}` — events the endpoint's content
+//!   filter rejected (no delivery)
 
 use std::sync::OnceLock;
 
@@ -74,6 +76,11 @@ pub fn listener(connected: bool, reconnects: u64) {
 
 pub fn breaker_trip(endpoint_id: i64) {
     metrics::counter!("pgwebhooks_breaker_trips_total", "endpoint" => endpoint_id.to_string()).increment(1);
+}
+
+/// One event an endpoint's content filter rejected.
+pub fn filtered(endpoint_id: i64) {
+    metrics::counter!("pgwebhooks_filtered_total", "endpoint" => endpoint_id.to_string()).increment(1);
 }
 
 #[cfg(test)]

@@ -53,6 +53,23 @@ pub async fn batch_claim(
     Ok(batch_from(&rows, false))
 }
 
+/// Which of these (event, filter) pairs does the filter reject? Returns
+/// their positions in `pairs`. An event no longer in the outbox is not
+/// rejected (its job finds nothing to send anyway).
+pub async fn filter_rejects(c: &impl GenericClient, pairs: &[(Uuid, &str)]) -> Result<Vec<usize>, DbError> {
+    let st = c
+        .prepare_cached(
+            "SELECT p.i::bigint FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS p(event_id, filter, i)
+               JOIN webhooks.events e ON e.event_id = p.event_id
+              WHERE NOT webhooks.filter_accepts(p.filter::jsonpath, e)",
+        )
+        .await?;
+    let ids: Vec<Uuid> = pairs.iter().map(|p| p.0).collect();
+    let filters: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+    let rows = c.query(&st, &[&ids, &filters]).await?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0) as usize - 1).collect())
+}
+
 /// `webhooks.batch_rescue`: take over one batch whose lease expired.
 pub async fn batch_rescue(c: &impl GenericClient, replica: &str, lease: Duration) -> Result<Batch, DbError> {
     let st = c

@@ -7,7 +7,11 @@ use deadpool_postgres::GenericClient;
 
 use super::DbError;
 use crate::deliver::sign::SigningKey;
-use crate::endpoints::{is_make_url, split_patterns, Endpoint, Snapshot, Styles};
+use crate::deliver::template::{Template, Text};
+use crate::endpoints::{
+    check_signature_header_name, check_user_headers, is_make_url, split_patterns, Endpoint, Snapshot, Styles,
+    DEFAULT_SECRET_HEADER, DEFAULT_SIGNATURE_HEADER,
+};
 
 /// Reads every endpoint and the config version in one statement (one
 /// snapshot), so the version always describes what was read.
@@ -22,7 +26,7 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
                            AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret),
                     ARRAY(SELECT s.expires_at FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
                            AND (s.expires_at IS NULL OR s.expires_at > now()) ORDER BY s.created_at DESC, s.secret),
-                    e.ordered
+                    e.ordered, e.body_template, e.signature_header, e.secret_header, e.filter::text
                FROM webhooks.config_version v LEFT JOIN webhooks.endpoints e ON true
               ORDER BY e.id",
             &[],
@@ -36,14 +40,21 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
         };
         let url: String = r.get(3);
         let headers: serde_json::Value = r.get(9);
-        let headers = headers
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.to_ascii_lowercase(), v.to_owned())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let shaping = Shaping::compile(
+            &headers,
+            r.get::<_, Option<serde_json::Value>>(21).as_ref(),
+            r.get(22),
+            r.get(23),
+        );
+        let shaping = match shaping {
+            Ok(s) => s,
+            Err(error) => {
+                // Written with SQL, never by `endpoint add|update`: skip the
+                // endpoint rather than send what its receiver did not ask for.
+                tracing::error!(endpoint_id = id, %error, "skipping an endpoint whose configuration is invalid");
+                continue;
+            }
+        };
         let schedule: Vec<f64> = r.get(13);
         let secrets: Vec<String> = r.get(18);
         let expiries: Vec<Option<SystemTime>> = r.get(19);
@@ -71,7 +82,11 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
             tenant_id: r.get(6),
             ignore_origins: split_patterns(&r.get::<_, Vec<String>>(7)),
             styles: Styles::parse(&r.get::<_, Vec<String>>(8)),
-            headers,
+            headers: shaping.headers,
+            body_template: shaping.body_template,
+            signature_header: shaping.signature_header,
+            secret_header: shaping.secret_header,
+            filter: r.get(24),
             masked_fields: r.get(10),
             timeout: r
                 .get::<_, Option<i32>>(11)
@@ -92,8 +107,91 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
     Ok(Snapshot::new(version, endpoints))
 }
 
-/// A subscription to create (`pgwebhooks endpoint add`).
-#[derive(Debug, Clone, Default)]
+/// An endpoint's shaping settings, checked and compiled (the same checks
+/// as `endpoint add|update` make).
+pub struct Shaping {
+    pub headers: Vec<(String, Text)>,
+    pub body_template: Option<Template>,
+    pub signature_header: String,
+    pub secret_header: String,
+}
+
+impl Shaping {
+    /// `headers` is the `headers` column (an object of strings);
+    /// `signature_header`/`secret_header` NULL mean the defaults.
+    pub fn compile(
+        headers: &serde_json::Value,
+        body_template: Option<&serde_json::Value>,
+        signature_header: Option<String>,
+        secret_header: Option<String>,
+    ) -> Result<Shaping, String> {
+        let signature_header = match signature_header {
+            Some(n) => check_signature_header_name("--signature-header", &n)?,
+            None => DEFAULT_SIGNATURE_HEADER.to_owned(),
+        };
+        let secret_header = match secret_header {
+            Some(n) => check_signature_header_name("--secret-header", &n)?,
+            None => DEFAULT_SECRET_HEADER.to_owned(),
+        };
+        let mut compiled = Vec::new();
+        if let Some(m) = headers.as_object() {
+            for (k, v) in m {
+                let k = k.to_ascii_lowercase();
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| format!("--header {k:?}: the value is not a string"))?;
+                let t = Text::parse(v).map_err(|e| format!("--header {k:?}: {e}"))?;
+                compiled.push((k, t));
+            }
+        }
+        check_user_headers(
+            compiled.iter().map(|(k, _)| k.as_str()),
+            &signature_header,
+            &secret_header,
+        )?;
+        let body_template = body_template
+            .filter(|t| !t.is_null())
+            .map(Template::parse)
+            .transpose()
+            .map_err(|e| format!("--body-template: {e}"))?;
+        Ok(Shaping {
+            headers: compiled,
+            body_template,
+            signature_header,
+            secret_header,
+        })
+    }
+}
+
+/// Is `filter` a SQL/JSON path predicate? Postgres decides: the text must
+/// cast to `jsonpath` and, on an envelope, give one boolean (`$.data` alone
+/// is a path, not a predicate). The error is Postgres's own message.
+pub async fn check_filter(c: &impl GenericClient, filter: &str) -> Result<(), String> {
+    let trial = r#"{"id": "00000000-0000-0000-0000-000000000000", "type": "x", "timestamp": "2026-01-01T00:00:00.000Z",
+                    "tenant_id": null, "data": {}, "previous": null}"#;
+    match c
+        .query_one(
+            "SELECT jsonb_path_match($2::text::jsonb, $1::text::jsonpath)",
+            &[&filter, &trial],
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match e.as_db_error() {
+            Some(d) if d.message().contains("single boolean result is expected") => format!(
+                "--filter {filter:?}: not a predicate (Postgres: {}); compare something, e.g. \
+                 '$.data.severity == \"HIGH\"'",
+                d.message()
+            ),
+            Some(d) => format!("--filter {filter:?}: {}", d.message()),
+            None => format!("--filter: {e}"),
+        }),
+    }
+}
+
+/// A subscription to create (`pgwebhooks endpoint add`), or one as it is
+/// stored (`endpoint update` reads, changes and writes it back).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct NewEndpoint {
     pub url: String,
     pub name: Option<String>,
@@ -109,6 +207,10 @@ pub struct NewEndpoint {
     pub max_in_flight: Option<i32>,
     pub rate_limit: Option<i32>,
     pub ordered: bool,
+    pub body_template: Option<serde_json::Value>,
+    pub signature_header: Option<String>,
+    pub secret_header: Option<String>,
+    pub filter: Option<String>,
 }
 
 /// Inserts the endpoint and its secret; returns its id.
@@ -143,8 +245,9 @@ async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i6
         .query_one(
             "INSERT INTO webhooks.endpoints (url, name, event_types, tenant_id, make, headers, ignore_origins,
                                              signature_styles, masked_fields, timeout_ms, max_in_flight, rate_limit,
-                                             ordered)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+                                             ordered, body_template, signature_header, secret_header, filter)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonpath)
+             RETURNING id",
             &[
                 &e.url,
                 &e.name,
@@ -159,6 +262,10 @@ async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i6
                 &e.max_in_flight,
                 &e.rate_limit,
                 &e.ordered,
+                &e.body_template,
+                &e.signature_header,
+                &e.secret_header,
+                &e.filter,
             ],
         )
         .await?
@@ -170,6 +277,132 @@ async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i6
     .await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// The columns `endpoint update` may change, as they are stored (the
+/// secret left empty: it is only ever replaced).
+const STORED: &str = "url, name, event_types, tenant_id, make, headers, ignore_origins, signature_styles,
+                      masked_fields, timeout_ms, max_in_flight, rate_limit, ordered, body_template,
+                      signature_header, secret_header, filter::text";
+
+fn stored_from(r: &tokio_postgres::Row) -> NewEndpoint {
+    let headers: serde_json::Value = r.get(5);
+    NewEndpoint {
+        url: r.get(0),
+        name: r.get(1),
+        event_types: r.get(2),
+        tenant_id: r.get(3),
+        make: r.get(4),
+        headers: headers.as_object().cloned().unwrap_or_default(),
+        secret: String::new(),
+        ignore_origins: r.get(6),
+        signature_styles: r.get(7),
+        masked_fields: r.get(8),
+        timeout_ms: r.get(9),
+        max_in_flight: r.get(10),
+        rate_limit: r.get(11),
+        ordered: r.get(12),
+        body_template: r.get(13),
+        signature_header: r.get(14),
+        secret_header: r.get(15),
+        filter: r.get(16),
+    }
+}
+
+/// `endpoint update`: reads the endpoint (locked), lets `change` compute
+/// its new settings (an error leaves it as it was), checks a changed filter
+/// with Postgres, and writes them back in the same transaction; a new
+/// `secret` replaces every signing secret.
+/// Returns the settings before and after, or `None` if there is no such
+/// endpoint. The `config_changed` trigger bumps the config version.
+pub async fn update<F>(
+    c: &mut deadpool_postgres::Client,
+    id: i64,
+    change: F,
+) -> Result<Option<(NewEndpoint, NewEndpoint)>, UpdateError>
+where
+    F: FnOnce(&NewEndpoint) -> Result<NewEndpoint, String>,
+{
+    let tx = c.transaction().await?;
+    let Some(row) = tx
+        .query_opt(
+            &format!("SELECT {STORED} FROM webhooks.endpoints WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let before = stored_from(&row);
+    let after = change(&before).map_err(UpdateError::Refused)?;
+    if let Some(f) = after.filter.as_deref().filter(|_| after.filter != before.filter) {
+        // An error ends the transaction: nothing is written.
+        check_filter(&tx, f).await.map_err(UpdateError::Refused)?;
+    }
+    let mut unchanged = after.clone();
+    unchanged.secret = String::new();
+    if unchanged != before {
+        let e = &after;
+        tx.execute(
+            "UPDATE webhooks.endpoints
+                SET url = $2, name = $3, event_types = $4, tenant_id = $5, make = $6, headers = $7,
+                    ignore_origins = $8, signature_styles = $9, masked_fields = $10, timeout_ms = $11,
+                    max_in_flight = $12, rate_limit = $13, ordered = $14, body_template = $15,
+                    signature_header = $16, secret_header = $17, filter = $18::text::jsonpath, updated_at = now()
+              WHERE id = $1",
+            &[
+                &id,
+                &e.url,
+                &e.name,
+                &e.event_types,
+                &e.tenant_id,
+                &e.make,
+                &serde_json::Value::Object(e.headers.clone()),
+                &e.ignore_origins,
+                &e.signature_styles,
+                &e.masked_fields,
+                &e.timeout_ms,
+                &e.max_in_flight,
+                &e.rate_limit,
+                &e.ordered,
+                &e.body_template,
+                &e.signature_header,
+                &e.secret_header,
+                &e.filter,
+            ],
+        )
+        .await?;
+    }
+    if !after.secret.is_empty() {
+        tx.execute(
+            "DELETE FROM webhooks.endpoint_secrets WHERE endpoint_id = $1",
+            &[&id],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
+            &[&id, &after.secret],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Some((before, after)))
+}
+
+/// Why `update` changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The new settings were refused (the message says why).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for UpdateError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        UpdateError::Db(e.into())
+    }
 }
 
 /// One endpoint as `endpoint list` shows it.

@@ -46,8 +46,14 @@ pub fn mask(json: &str, fields: &[String]) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(json) else {
         return json.to_owned();
     };
+    mask_in(&mut value, fields);
+    value.to_string()
+}
+
+/// [`mask`] on a parsed value, in place.
+pub fn mask_in(value: &mut Value, fields: &[String]) {
     for field in fields {
-        let mut node = Some(&mut value);
+        let mut node = Some(&mut *value);
         let mut parts = field.split('.').peekable();
         while let (Some(part), Some(Value::Object(map))) = (parts.next(), node.take()) {
             if parts.peek().is_none() {
@@ -59,7 +65,6 @@ pub fn mask(json: &str, fields: &[String]) -> String {
             }
         }
     }
-    value.to_string()
 }
 
 /// `0912345678` → `0912***5678`: the first and last four characters stay

@@ -72,12 +72,15 @@ impl Http {
         }
     }
 
-    /// Signs and sends `body` to `endpoint`.
+    /// Signs and sends `body` to `endpoint`, with its extra headers
+    /// (`user_headers`, placeholders already filled in).
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         msg_id: &str,
         endpoint: &Endpoint,
         body: &[u8],
+        user_headers: &[(String, String)],
         now: SystemTime,
         timeout: Duration,
         excerpt: usize,
@@ -94,7 +97,7 @@ impl Http {
                 return sent;
             }
         };
-        let headers = match headers(msg_id, endpoint, body, now) {
+        let headers = match headers(msg_id, endpoint, body, user_headers, now) {
             Ok(h) => h,
             Err(e) => {
                 sent.error = Some(e);
@@ -153,7 +156,13 @@ impl Http {
     }
 }
 
-fn headers(msg_id: &str, endpoint: &Endpoint, body: &[u8], now: SystemTime) -> Result<HeaderMap, String> {
+fn headers(
+    msg_id: &str,
+    endpoint: &Endpoint,
+    body: &[u8],
+    user_headers: &[(String, String)],
+    now: SystemTime,
+) -> Result<HeaderMap, String> {
     let mut h = HeaderMap::new();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     h.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
@@ -162,6 +171,8 @@ fn headers(msg_id: &str, endpoint: &Endpoint, body: &[u8], now: SystemTime) -> R
         .unwrap_or_default()
         .as_secs() as i64;
     let value = |s: String| HeaderValue::from_str(&s).map_err(|_| "unprintable header value".to_owned());
+    let name =
+        |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"));
     h.insert("webhook-id", value(msg_id.to_owned())?);
     h.insert("webhook-timestamp", value(ts.to_string())?);
     let keys = endpoint.active_keys(now);
@@ -173,20 +184,30 @@ fn headers(msg_id: &str, endpoint: &Endpoint, body: &[u8], now: SystemTime) -> R
     }
     if let Some(key) = keys.first() {
         if endpoint.styles.sha256_hex {
-            h.insert("x-webhook-signature", value(key.sign_hex(body))?);
+            h.insert(name(&endpoint.signature_header)?, value(key.sign_hex(body))?);
         }
         if endpoint.styles.secret_header {
             let mut v = value(key.secret().to_owned())?;
             v.set_sensitive(true);
-            h.insert("x-webhook-secret", v);
+            h.insert(name(&endpoint.secret_header)?, v);
         }
     }
-    for (name, v) in &endpoint.headers {
-        let name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-        let mut v = value(v.clone())?;
+    // A user's header replaces ours (user-agent), never a signature's or
+    // content-type (refused when configured; skipped here for rows written
+    // with SQL).
+    for (n, v) in user_headers {
+        if endpoint.protects(n) {
+            continue;
+        }
+        // Filled-in values may hold anything: control characters become spaces.
+        let cleaned: String = v
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+            .collect();
+        let mut v = HeaderValue::from_bytes(cleaned.as_bytes())
+            .map_err(|_| format!("unprintable value for header {n:?}"))?;
         v.set_sensitive(true);
-        h.insert(name, v);
+        h.insert(name(n)?, v);
     }
     Ok(h)
 }
@@ -226,6 +247,7 @@ mod tests {
                 "msg_1",
                 &endpoint,
                 b"{}",
+                &[],
                 SystemTime::now(),
                 Duration::from_secs(2),
                 64,

@@ -9,6 +9,7 @@ pub mod http;
 pub mod retry;
 pub mod sign;
 pub mod target;
+pub mod template;
 
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +103,7 @@ impl Deliverer {
     pub async fn attempt(&self, job: &Job) -> (Outcome, SideEffect) {
         let endpoint = &job.endpoint;
         let body = job.event.body_for(endpoint);
+        let user_headers = job.event.headers_for(endpoint);
         let mut outcome = Outcome {
             source: job.source,
             event_id: job.event.id,
@@ -131,6 +133,7 @@ impl Deliverer {
                 &job.event.id.to_string(),
                 endpoint,
                 body.as_bytes(),
+                &user_headers,
                 now,
                 timeout,
                 self.config.excerpt_bytes,

@@ -21,5 +21,6 @@ mod ops_events;
 mod outgoing;
 mod record;
 mod roles;
+mod shaping;
 mod timeouts;
 mod tls;

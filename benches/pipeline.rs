@@ -244,6 +244,64 @@ async fn run(b: &mut Bench, r: &mut Report) {
         }
     };
 
+    if !wanted("templated_drain_ratio") {
+        r.skip("templated_drain_ratio", "not selected by --only");
+    } else {
+        r.heading(&format!(
+            "templated_drain_ratio: {drain_n} events to a templated, filtered endpoint ÷ to a plain one"
+        ));
+        let plain = match b.drain(drain_n, 1).await {
+            Ok(d) => {
+                r.drain("plain endpoint", &d);
+                Some(d.per_s)
+            }
+            Err(e) => {
+                r.fail_or_skip("templated_drain_ratio", e);
+                None
+            }
+        };
+        if let Some(plain) = plain {
+            match b.drain_shaped(drain_n).await {
+                Ok(d) => {
+                    r.drain("body template + header placeholder + filter", &d);
+                    r.set("templated_drain_ratio", d.per_s / plain);
+                }
+                Err(e) => r.fail_or_skip("templated_drain_ratio", e),
+            }
+        }
+    }
+
+    let anchor_keys = [
+        "capture_only_ratio",
+        "minimal_outbox_ratio",
+        "hasura_trigger_ratio",
+        "payload_fn_overhead_ratio",
+    ];
+    if !anchor_keys.iter().any(|k| wanted(k)) {
+        for k in anchor_keys {
+            r.skip(k, "not selected by --only");
+        }
+    } else {
+        r.heading(&format!(
+            "capture anchors: single-row INSERTs, 8 clients, no sidecar, 2 × {secs} s per side"
+        ));
+        match b.anchors(8).await {
+            Ok(a) => {
+                r.anchors(&a);
+                let plain = a.plain.rate.per_s();
+                r.set("capture_only_ratio", a.watched.rate.per_s() / plain);
+                r.set("minimal_outbox_ratio", a.minimal.rate.per_s() / plain);
+                r.set("hasura_trigger_ratio", a.hasura.rate.per_s() / plain);
+                r.set("payload_fn_overhead_ratio", a.payload_fn.rate.per_s() / plain);
+            }
+            Err(e) => {
+                for k in anchor_keys {
+                    r.skip(k, &format!("the anchors did not run: {e}"));
+                }
+            }
+        }
+    }
+
     if !wanted("http_ceiling_per_s") {
         r.skip("http_ceiling_per_s", "not selected by --only");
     } else {

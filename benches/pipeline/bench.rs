@@ -69,6 +69,32 @@ pub struct Side {
     pub cpu: Cpu,
 }
 
+impl Side {
+    /// Several runs of the same side, as one.
+    fn merge(runs: &[Side]) -> Side {
+        let mut out = Side {
+            rate: Rate {
+                transactions: 0,
+                secs: 0.0,
+            },
+            xids: 0,
+            wal_bytes: 0,
+            cpu: Cpu::default(),
+        };
+        for r in runs {
+            out.rate.transactions += r.rate.transactions;
+            out.rate.secs += r.rate.secs;
+            out.xids += r.xids;
+            out.wal_bytes += r.wal_bytes;
+            out.cpu.machine += r.cpu.machine;
+            out.cpu.postgres += r.cpu.postgres;
+            out.cpu.sidecar += r.cpu.sidecar;
+            out.cpu.bench += r.cpu.bench;
+        }
+        out
+    }
+}
+
 /// CPU time used over an interval: the whole machine, Postgres (every
 /// server process), the sidecar, and this process (load clients and the
 /// receiver). The machine is shared: the rest is other work.
@@ -156,6 +182,105 @@ pub struct SoakWindow {
     pub postgres_cpu_ms: f64,
 }
 
+/// The capture anchors (performance.md): the same table as bench.watched
+/// captured by two peers' triggers, reproduced from their public
+/// definitions, and watched with a two-join payload function.
+/// - a minimal hand-written outbox: AFTER INSERT FOR EACH ROW, to_jsonb(NEW)
+///   into a bigserial table;
+/// - Hasura's event trigger as its open-source hdb_catalog SQL defines it: a
+///   row-level trigger building {"old", "new": row_to_json(NEW)} and calling
+///   insert_event_log(), which reads its session settings and inserts into
+///   an event_log with a text uuid key and four more indexes.
+const ANCHORS: &str = "
+    CREATE SCHEMA peers;
+    CREATE TABLE peers.minimal (LIKE bench.watched INCLUDING ALL);
+    CREATE TABLE peers.hasura (LIKE bench.watched INCLUDING ALL);
+    CREATE TABLE peers.outbox (id bigserial PRIMARY KEY, payload jsonb NOT NULL,
+                               created_at timestamptz NOT NULL DEFAULT now());
+    CREATE FUNCTION peers.minimal_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        INSERT INTO peers.outbox (payload) VALUES (to_jsonb(NEW));
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER minimal_outbox AFTER INSERT ON peers.minimal FOR EACH ROW EXECUTE FUNCTION peers.minimal_outbox();
+
+    CREATE TABLE peers.event_log (
+        id text DEFAULT gen_random_uuid() PRIMARY KEY,
+        schema_name text NOT NULL, table_name text NOT NULL, trigger_name text NOT NULL,
+        payload jsonb NOT NULL,
+        delivered boolean NOT NULL DEFAULT false, error boolean NOT NULL DEFAULT false,
+        tries integer NOT NULL DEFAULT 0, created_at timestamp DEFAULT now(),
+        locked timestamptz, next_retry_at timestamp, archived boolean NOT NULL DEFAULT false);
+    CREATE INDEX ON peers.event_log (trigger_name);
+    CREATE INDEX ON peers.event_log (locked);
+    CREATE INDEX ON peers.event_log (delivered);
+    CREATE INDEX ON peers.event_log (created_at);
+    CREATE FUNCTION peers.insert_event_log(schema_name text, table_name text, trigger_name text, op text, row_data json)
+    RETURNS text LANGUAGE plpgsql AS $$
+    DECLARE
+        id text;
+        payload json;
+        session_variables json;
+        trace_context json;
+    BEGIN
+        id := gen_random_uuid();
+        IF current_setting('server_version_num')::int >= 90600 THEN
+            session_variables := nullif(current_setting('hasura.user', 't'), '');
+            trace_context := nullif(current_setting('hasura.tracecontext', 't'), '');
+        END IF;
+        payload := json_build_object('op', op, 'data', row_data, 'session_variables', session_variables,
+                                     'trace_context', trace_context);
+        INSERT INTO peers.event_log (id, schema_name, table_name, trigger_name, payload)
+        VALUES (id, schema_name, table_name, trigger_name, payload);
+        RETURN id;
+    END $$;
+    CREATE FUNCTION peers.notify_hasura_items_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        _old record;
+        _new record;
+        _data json;
+    BEGIN
+        IF TG_OP = 'UPDATE' THEN
+            _old := row(OLD.*);
+            _new := row(NEW.*);
+        ELSE
+            _old := row((SELECT 1));
+            _new := row((SELECT 1));
+        END IF;
+        _data := json_build_object('old', NULL, 'new', row_to_json(NEW));
+        IF (TG_OP <> 'UPDATE') OR (_old <> _new) THEN
+            PERFORM peers.insert_event_log(CAST(TG_TABLE_SCHEMA AS text), CAST(TG_TABLE_NAME AS text),
+                                           CAST('items' AS text), TG_OP, _data);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER notify_hasura_items_insert AFTER INSERT ON peers.hasura
+        FOR EACH ROW EXECUTE FUNCTION peers.notify_hasura_items_insert();
+
+    CREATE TABLE bench.watched_fn (LIKE bench.watched INCLUDING ALL);
+    CREATE TABLE bench.customers (id int PRIMARY KEY, name text, phone text);
+    CREATE TABLE bench.stylists (id int PRIMARY KEY, name text);
+    INSERT INTO bench.customers SELECT g, 'customer ' || g, '0912' || lpad(g::text, 6, '0') FROM generate_series(0, 99) g;
+    INSERT INTO bench.stylists SELECT g, 'stylist ' || g FROM generate_series(0, 6) g;
+    CREATE FUNCTION bench.item_payload(r bench.watched_fn) RETURNS jsonb
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = bench, pg_temp AS $$
+        SELECT jsonb_build_object('item', jsonb_build_object('id', r.id, 'a', r.a, 'b', r.b, 'd', r.d),
+            'customer', (SELECT jsonb_build_object('name', c.name, 'phone', c.phone) FROM customers c WHERE c.id = r.b % 100),
+            'stylist', (SELECT jsonb_build_object('name', s.name) FROM stylists s WHERE s.id = r.b % 7))
+    $$;
+    SELECT webhooks.watch('bench.watched_fn', 'booking', '{\"payload\": \"bench.item_payload\"}');";
+
+/// Capture alone (no sidecar), single-row INSERTs, side by side in one run:
+/// the unwatched table, watch(), the two peers, watch() with a payload
+/// function.
+pub struct Anchors {
+    pub plain: Side,
+    pub watched: Side,
+    pub minimal: Side,
+    pub hasura: Side,
+    pub payload_fn: Side,
+}
+
 /// WAL position, checkpoints, and autovacuum and autoanalyze runs on our
 /// tables so far.
 const DB_COUNTERS: &str = "SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint,
@@ -178,6 +303,7 @@ impl Bench {
              SELECT webhooks.watch('bench.watched', 'item');",
         )
         .await?;
+        db.batch_execute(ANCHORS).await?;
         let secret = pgwebhooks::deliver::sign::generate_secret()?;
         let receiver = Receiver::start(&secret)?;
         let id: i64 = db
@@ -219,7 +345,8 @@ impl Bench {
             .batch_execute(
                 // The bench tables first: a TRUNCATE of a watched table is an
                 // event (item.truncated), which the second TRUNCATE removes.
-                "TRUNCATE bench.watched, bench.plain;
+                "TRUNCATE bench.watched, bench.plain, bench.watched_fn, peers.minimal, peers.hasura,
+                          peers.outbox, peers.event_log;
                  TRUNCATE webhooks.events, webhooks.deliveries, webhooks.attempts, webhooks.fanout_batches;
                  DELETE FROM webhooks.listeners;
                  CHECKPOINT",
@@ -266,6 +393,58 @@ impl Bench {
             stop,
             churn,
         })
+    }
+
+    /// The capture anchors, no sidecar running: each table in turn, twice
+    /// (ABCDE EDCBA, so drift over the run weighs on every side alike).
+    pub async fn anchors(&mut self, clients: usize) -> Res<Anchors> {
+        self.reset().await?;
+        let stmt = Statement::Row;
+        let tables = [
+            "bench.plain",
+            "bench.watched",
+            "peers.minimal",
+            "peers.hasura",
+            "bench.watched_fn",
+        ];
+        load::closed_loop(&self.config, "bench.plain", stmt, clients, self.sizes.warmup_secs).await?;
+        let mut sides: Vec<Vec<Side>> = tables.iter().map(|_| Vec::new()).collect();
+        for (i, table) in tables.iter().enumerate().chain(tables.iter().enumerate().rev()) {
+            sides[i].push(self.side(table, stmt, clients, None).await?);
+        }
+        let mut merged = sides.into_iter().map(|two| Side::merge(&two));
+        let mut next = || merged.next().expect("five sides");
+        Ok(Anchors {
+            plain: next(),
+            watched: next(),
+            minimal: next(),
+            hasura: next(),
+            payload_fn: next(),
+        })
+    }
+
+    /// The drain of `drain` to the same endpoint given a body template, a
+    /// header with placeholders and a content filter every event passes.
+    pub async fn drain_shaped(&mut self, events: u64) -> Res<Drain> {
+        self.db
+            .execute(
+                "UPDATE webhooks.endpoints SET
+                     body_template = '{\"event\": \"{{type}}\", \"request_id\": \"{{id}}\",
+                                       \"sent_at\": \"{{timestamp}}\", \"source_app\": \"bench\",
+                                       \"...\": \"{{data}}\"}',
+                     headers = '{\"idempotency-key\": \"item:{{data.id}}:{{type}}\"}',
+                     filter = '$.type == \"item.created\" && $.data.b >= 0'",
+                &[],
+            )
+            .await?;
+        let d = self.drain(events, 1).await;
+        self.db
+            .execute(
+                "UPDATE webhooks.endpoints SET body_template = NULL, headers = '{}', filter = NULL",
+                &[],
+            )
+            .await?;
+        d
     }
 
     /// One closed-loop run, with the xids and WAL it took.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use super::bench::{Churn, Drain, Latency, Overhead, Side, Soak};
+use super::bench::{Anchors, Churn, Drain, Latency, Overhead, Side, Soak};
 use super::Lost;
 
 /// The keys, in order, with their targets.
@@ -29,6 +29,11 @@ const KEYS: &[(&str, &str, Goal)] = &[
         "bounded (≤ 10,000)",
         Goal::AtMost(10_000.0),
     ),
+    ("capture_only_ratio", "≥ 0.85", Goal::AtLeast(0.85)),
+    ("minimal_outbox_ratio", "report", Goal::Report),
+    ("hasura_trigger_ratio", "report", Goal::Report),
+    ("templated_drain_ratio", "≥ 0.90", Goal::AtLeast(0.90)),
+    ("payload_fn_overhead_ratio", "report", Goal::Report),
 ];
 
 #[derive(Clone, Copy)]
@@ -160,6 +165,26 @@ impl Report {
         ));
         self.note(line);
         self.churn(o.rows, &o.churn);
+    }
+
+    pub fn anchors(&mut self, a: &Anchors) {
+        let plain = a.plain.rate.per_s();
+        for (label, side) in [
+            ("unwatched", &a.plain),
+            ("watch()", &a.watched),
+            ("minimal outbox trigger", &a.minimal),
+            ("Hasura's event trigger", &a.hasura),
+            ("watch() + payload function", &a.payload_fn),
+        ] {
+            let n = side.rate.transactions.max(1) as f64;
+            self.note(format!(
+                "{label:<28} {:>7.0} tx/s  ratio {:.3}  WAL {:>5.0} B/tx  Postgres CPU {:.3} ms/tx",
+                side.rate.per_s(),
+                side.rate.per_s() / plain,
+                side.wal_bytes as f64 / n,
+                side.cpu.postgres.as_secs_f64() * 1e3 / n
+            ));
+        }
     }
 
     pub fn drain(&mut self, label: &str, d: &Drain) {

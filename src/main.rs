@@ -274,8 +274,13 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = EnvFilter::try_from_env("PGWEBHOOKS_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Colour only for a person at a terminal: a file, a pipe or `kubectl
+    // logs` gets plain text, and NO_COLOR (https://no-color.org) is honoured.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

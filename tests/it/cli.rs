@@ -307,3 +307,48 @@ async fn endpoint_delete_without_waiting_deliveries_needs_no_force() {
         .get(0);
     assert_eq!(events, 0, "nothing dropped, nothing recorded");
 }
+
+/// #16.7: logs carry no ANSI colour codes unless stderr is a terminal (a
+/// file, a pipe or `kubectl logs` reads plain text).
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+    let db = TestDb::new().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .arg("run")
+        .env("DATABASE_URL", db.url())
+        .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_LOG", "info")
+        .env_remove("NO_COLOR")
+        .env_remove("PGWEBHOOKS_LOG_FORMAT")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // Read on a thread, bounded: the sidecar runs until killed.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.contains("sidecar started")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.iter().any(|l| l.contains("sidecar started")), "{seen:#?}");
+    assert!(
+        seen.iter().all(|l| !l.contains('\x1b')),
+        "colour codes in piped logs: {seen:#?}"
+    );
+}

@@ -19,6 +19,7 @@ mod migrate;
 mod operations;
 mod ops_events;
 mod outgoing;
+mod recipes;
 mod record;
 mod roles;
 mod shaping;

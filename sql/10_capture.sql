@@ -218,6 +218,12 @@ $$;
 --   8 excluded columns (text[])                   9 key columns (text[])
 --  10 status column ('' none)  11 update filter columns (text[], '' = any)
 --  12 truncated type   13 payload function's oid ('' = the row as JSON)
+--  14 the table's name (schema-qualified, quoted)
+--  15 's' when the table takes the fast path: one key column (16), nothing
+--     excluded, no tenant column, no payload function — one statement with
+--     no work before it, as cheap as per-table generated code was
+-- (Triggers written by older versions lack the last ones and take the
+-- general path.)
 -- With a payload function, data is f(row) instead of the row as JSON, by
 -- dynamic SQL (the function is named by its oid, so its regproc text is a
 -- quoted, qualified name and a rename is followed); the key, tenant, status
@@ -229,13 +235,13 @@ $$;
 CREATE OR REPLACE FUNCTION webhooks.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE
-    tcol  text    := nullif(TG_ARGV[7], '');
-    excl  text[]  := TG_ARGV[8];
-    keys  text[]  := TG_ARGV[9];
-    k1    text    := keys[1];
-    multi boolean := cardinality(keys) > 1;
-    src   text    := quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME);
-    org   text    := nullif(current_setting('webhooks.origin', true), '');
+    org   text := nullif(current_setting('webhooks.origin', true), '');
+    tcol  text;
+    excl  text[];
+    keys  text[];
+    k1    text;
+    multi boolean;
+    src   text;
     scol  text;
     cols  text[];
     fn    text;
@@ -244,6 +250,28 @@ BEGIN
     IF org IS NOT NULL THEN
         org := webhooks.origin_verified(org);
     END IF;
+    -- The fast path: inserts and deletes of a plain table.
+    IF TG_ARGV[15] = 's' AND TG_OP IN ('INSERT', 'DELETE') THEN
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+            SELECT TG_ARGV[3], org, TG_ARGV[14], s.j ->> TG_ARGV[16], s.j
+              FROM (SELECT to_jsonb(r) AS j FROM new_rows r) s;
+        ELSE
+            INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+            SELECT TG_ARGV[5], org, TG_ARGV[14], s.j ->> TG_ARGV[16], s.j
+              FROM (SELECT to_jsonb(r) AS j FROM old_rows r) s;
+        END IF;
+        IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+            PERFORM pg_notify('webhooks', '');
+        END IF;
+        RETURN NULL;
+    END IF;
+    tcol := nullif(TG_ARGV[7], '');
+    excl := TG_ARGV[8];
+    keys := TG_ARGV[9];
+    k1 := keys[1];
+    multi := cardinality(keys) > 1;
+    src := coalesce(TG_ARGV[14], quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
     IF TG_ARGV[13] <> '' AND TG_OP <> 'TRUNCATE' THEN
         -- $1 created/deleted type, $2 tenant column, $3 origin, $4 source,
         -- $5 multi-column key?, $6 key columns, $7 first key column,
@@ -594,7 +622,11 @@ BEGIN
         quote_literal(coalesce(opts->>'status_column', '')),
         quote_literal(CASE WHEN opts ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'columns'))::text ELSE '' END),
         quote_literal(coalesce(names->>'truncate', entity || '.truncated')),
-        quote_literal(coalesce(pfn::oid::text, '')));
+        quote_literal(coalesce(pfn::oid::text, '')),
+        quote_literal(target::text),
+        quote_literal(CASE WHEN cardinality(pk) = 1 AND pfn IS NULL AND NOT opts ? 'tenant_column'
+                            AND jsonb_array_length(coalesce(opts->'exclude', '[]')) = 0 THEN 's' ELSE '' END),
+        quote_literal(coalesce(pk[1], '')));
 
     PERFORM webhooks.unwatch_triggers(target);
     IF 'insert' = ANY (ops) THEN

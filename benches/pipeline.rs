@@ -1,6 +1,6 @@
 //! The pipeline benchmark: the whole system on this machine, every
 //! scenario, JSON key and target of the design note on performance
-//! (`performance.md`).
+//! (`docs/performance.md`).
 //!
 //! ```sh
 //! cargo bench --bench pipeline              # full run, ~10 minutes

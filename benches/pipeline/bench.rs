@@ -182,7 +182,7 @@ pub struct SoakWindow {
     pub postgres_cpu_ms: f64,
 }
 
-/// The capture anchors (performance.md): the same table as bench.watched
+/// The capture anchors (docs/performance.md): the same table as bench.watched
 /// captured by two peers' triggers, reproduced from their public
 /// definitions, and watched with a two-join payload function.
 /// - a minimal hand-written outbox: AFTER INSERT FOR EACH ROW, to_jsonb(NEW)

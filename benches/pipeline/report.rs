@@ -1,6 +1,6 @@
 //! What the benchmark prints: progress and details as it goes, then the
 //! table (scenario, figure, target, met?) and, as the very last line, one
-//! JSON object with every key of performance.md.
+//! JSON object with every key of docs/performance.md.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,7 +22,7 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("backlog_1m_ratio", "≥ 0.80", Goal::AtLeast(0.80)),
     ("replicas_2_over_1", "≥ 0.95", Goal::AtLeast(0.95)),
     ("rss_mb", "≤ 64", Goal::AtMost(64.0)),
-    // performance.md says "bounded: autovacuum keeps up"; 10k is this
+    // docs/performance.md says "bounded: autovacuum keeps up"; 10k is this
     // benchmark's reading of it (a few autovacuum thresholds' worth).
     (
         "dead_tuples_after_soak",

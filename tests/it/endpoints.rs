@@ -1,7 +1,6 @@
 //! Subscriptions: the `endpoint` commands and endpoints declared in the
 //! environment.
 
-use std::process::Command;
 use std::time::Duration;
 
 use pgwebhooks::config::Secret;
@@ -11,17 +10,7 @@ use crate::support::sidecar;
 use crate::support::{Receiver, Reply, TestDb};
 
 fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
-        .args(args)
-        .env("DATABASE_URL", db.url())
-        .env_remove("PGWEBHOOKS_ENDPOINT_SECRET")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    db.cli_blocking(args)
 }
 
 #[tokio::test]
@@ -408,25 +397,8 @@ async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
     assert!(!ok && err.contains("pgwebhooks run"), "{err}");
 
     let running = sidecar::start(sidecar::config(&db)).await;
-    // The sidecar runs on this test's runtime: the command waits elsewhere.
-    let in_background = |args: Vec<String>| {
-        let url = db.url();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
-                .args(&args)
-                .env("DATABASE_URL", url)
-                .output()
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-    };
-    let (ok, out, err) = in_background(vec!["endpoint".into(), "test".into(), id.to_string()])
-        .await
-        .unwrap();
+    // (Asynchronous: the sidecar runs on this test's runtime.)
+    let (ok, out, err) = db.cli(&["endpoint", "test", &id.to_string()]).await;
     assert!(ok, "{out}\n{err}");
     assert!(
         out.contains("HTTP 200 in ") && out.contains("answer: accepted"),
@@ -453,9 +425,7 @@ async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
     .expect("the test event is signed");
 
     // A failing endpoint: exit 1 with its answer; tried once, not retried.
-    let (ok, out, err) = in_background(vec!["endpoint".into(), "test".into(), broken_id.to_string()])
-        .await
-        .unwrap();
+    let (ok, out, err) = db.cli(&["endpoint", "test", &broken_id.to_string()]).await;
     assert!(
         !ok && out.contains("HTTP 503") && out.contains("down for maintenance"),
         "{out}\n{err}"

@@ -210,6 +210,41 @@ impl TestDb {
         connect(&config).await
     }
 
+    /// `pgwebhooks args…` against this database: (success, stdout, stderr).
+    /// Asynchronous, so an in-process sidecar on the test's runtime keeps
+    /// running while the command waits on it.
+    #[allow(dead_code)]
+    pub async fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .args(args)
+            .env("DATABASE_URL", self.url())
+            .env_remove("PGWEBHOOKS_ENDPOINT_SECRET")
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`TestDb::cli`], blocking: for tests with no sidecar on their runtime.
+    #[allow(dead_code)]
+    pub fn cli_blocking(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .args(args)
+            .env("DATABASE_URL", self.url())
+            .env_remove("PGWEBHOOKS_ENDPOINT_SECRET")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// This test's database name, unique in the cluster (for role names).
     #[allow(dead_code)]
     pub fn name(&self) -> &str {

@@ -1,0 +1,46 @@
+//! Finds the outside tools some integration tests drive, so that a test
+//! whose tool is missing is compiled as ignored (`cargo test` lists it as
+//! ignored, with the reason) instead of passing without testing anything.
+//! `.ci/run` installs every tool and sets PGWEBHOOKS_REQUIRE_TOOLS, so
+//! there a missing tool fails the build instead.
+
+use std::process::Command;
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    for var in ["PATH", "VIRTUAL_ENV", "PGWEBHOOKS_REQUIRE_TOOLS"] {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    let tools: [(&str, &str, &[&str], &str); 3] = [
+        ("have_openssl", "openssl", &["version"], "apt-get install openssl"),
+        (
+            "have_schemathesis",
+            "schemathesis",
+            &["--version"],
+            "pip install schemathesis",
+        ),
+        (
+            "have_standardwebhooks",
+            "python3",
+            &["-c", "import standardwebhooks"],
+            "pip install standardwebhooks",
+        ),
+    ];
+    let required = std::env::var_os("PGWEBHOOKS_REQUIRE_TOOLS").is_some();
+    for (cfg, program, args, install) in tools {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        let present = Command::new(program)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if present {
+            println!("cargo::rustc-cfg={cfg}");
+        } else if required {
+            panic!("PGWEBHOOKS_REQUIRE_TOOLS is set but `{program}` is missing: {install}");
+        } else {
+            println!(
+                "cargo::warning=tests needing `{program}` are ignored: {install}, then `touch build.rs`"
+            );
+        }
+    }
+}

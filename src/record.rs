@@ -127,6 +127,10 @@ impl Recorder {
     }
 }
 
+/// How long a flush may take before the recorder says so (and again every
+/// such interval while it waits).
+const SLOW_FLUSH: Duration = Duration::from_secs(5);
+
 /// The recording task's state.
 pub struct RecordTask {
     rx: mpsc::UnboundedReceiver<Msg>,
@@ -206,7 +210,7 @@ impl RecordTask {
                     Err(_) => break,
                 }
             }
-            match self.flush().await {
+            match self.flush_watched().await {
                 Ok(_) => backoff = Duration::from_millis(50),
                 Err(error) => {
                     // Keep everything: Postgres may be restarting, or be
@@ -218,6 +222,31 @@ impl RecordTask {
                         "recording outcomes failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// [`RecordTask::flush`], saying at `warn` every 5 s while it has not
+    /// returned, with the pool's state: a flush that waits (for a pooled
+    /// connection, or on a lock) holds every later outcome back, and the
+    /// deliveries it covers look undelivered meanwhile.
+    async fn flush_watched(&mut self) -> Result<Flushed, DbError> {
+        let pending = self.buffer.len();
+        let pool = self.pool.clone();
+        let started = tokio::time::Instant::now();
+        let flush = self.flush();
+        tokio::pin!(flush);
+        let mut tick = tokio::time::interval_at(started + SLOW_FLUSH, SLOW_FLUSH);
+        loop {
+            tokio::select! {
+                result = &mut flush => return result,
+                _ = tick.tick() => {
+                    let status = pool.status();
+                    tracing::warn!(pending, waited_s = started.elapsed().as_secs(),
+                        pool_size = status.size, pool_available = status.available,
+                        pool_waiting = status.waiting,
+                        "recording outcomes is taking long: still waiting on the database");
                 }
             }
         }

@@ -317,3 +317,48 @@ async fn start_up_says_each_misconfiguration_and_status_the_last_failure() {
     );
     assert!(!out.contains("s3cr3t") && !out.contains("t0ps3cret"), "{out}");
 }
+
+/// A flush that waits on the database (here: on a lock a test transaction
+/// holds on webhooks.deliveries) is said at `warn` every few seconds with
+/// the pool's state, and the outcomes are recorded once it can go on.
+#[tokio::test]
+async fn a_recorder_waiting_on_the_database_says_so() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut rx = Receiver::ok().await;
+    let id = endpoint(&c, &rx.url, &["*"], "").await;
+    let run = Logged::spawn(sidecar::run_command(&db.url()));
+    // Up and delivering: one event goes through first.
+    c.batch_execute("SELECT webhooks.emit('first', '{}')")
+        .await
+        .unwrap();
+    rx.next(T).await;
+    wait::until("the first recorded", T, || async {
+        (statuses(&c, id).await == [("delivered".to_owned(), 1)]).then_some(())
+    })
+    .await;
+    let mut blocker = db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE webhooks.deliveries IN SHARE MODE")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT webhooks.emit('held.up', '{}')")
+        .await
+        .unwrap();
+    rx.next(T).await;
+    let said = wait::until("the slow flush said at warn", T, || async {
+        run.fields("WARN").into_iter().find(|f| {
+            f["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("recording outcomes is taking long"))
+        })
+    })
+    .await;
+    assert_eq!(said["pending"], 1, "{said}");
+    assert!(said["pool_size"].as_u64().is_some(), "{said}");
+    tx.rollback().await.unwrap();
+    wait::until("recorded once the lock is gone", T, || async {
+        (statuses(&c, id).await == [("delivered".to_owned(), 2)]).then_some(())
+    })
+    .await;
+}

@@ -208,6 +208,14 @@ BEGIN
 END
 $$;
 
+-- The row key of a row (as JSON) with a multi-column primary key: the key
+-- columns' values as a JSON array, e.g. [1, "x"]. (A single-column key is
+-- just j ->> column, written inline by capture.)
+CREATE OR REPLACE FUNCTION webhooks.row_key(j jsonb, keys text[]) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (SELECT jsonb_agg(j -> u.c ORDER BY u.o) FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+$$;
+
 -- The capture trigger of every watched table, FOR EACH STATEMENT over
 -- transition tables: a 10,000-row INSERT is one INSERT ... SELECT. Its
 -- arguments are the table's options, written by watch() (webhooks.watched
@@ -282,8 +290,7 @@ BEGIN
             EXECUTE format($q$
             INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
             SELECT $1, s.j ->> $2, $3, $4,
-                   CASE WHEN $5 THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                        FROM unnest($6) WITH ORDINALITY u(c, o))::text
+                   CASE WHEN $5 THEN webhooks.row_key(s.j, $6)
                         ELSE s.j ->> $7 END,
                    %s(s.r) - $8
               FROM (SELECT ROW(r.*)::%s AS r, to_jsonb(r) AS j FROM %s r) s$q$,
@@ -306,13 +313,11 @@ BEGIN
                            CASE WHEN n.j IS NOT NULL AND o.j IS NOT NULL THEN
                                (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.j) e
                                  WHERE n.j -> e.key IS DISTINCT FROM e.value) END AS c
-                      FROM (SELECT s.r, s.j, CASE WHEN $5 THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                                                 FROM unnest($6) WITH ORDINALITY u(c, o))::text
+                      FROM (SELECT s.r, s.j, CASE WHEN $5 THEN webhooks.row_key(s.j, $6)
                                                   ELSE s.j ->> $7 END AS k
                               FROM (SELECT ROW(r.*)::%2$s AS r, to_jsonb(r) AS j FROM new_rows r) s) n
                       FULL JOIN
-                           (SELECT s.r, s.j, CASE WHEN $5 THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                                                 FROM unnest($6) WITH ORDINALITY u(c, o))::text
+                           (SELECT s.r, s.j, CASE WHEN $5 THEN webhooks.row_key(s.j, $6)
                                                   ELSE s.j ->> $7 END AS k
                               FROM (SELECT ROW(r.*)::%2$s AS r, to_jsonb(r) AS j FROM old_rows r) s) o
                         ON o.k = n.k
@@ -331,16 +336,14 @@ BEGIN
     ELSIF TG_OP = 'INSERT' THEN
         INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
         SELECT TG_ARGV[3], s.j ->> tcol, org, src,
-               CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                       FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+               CASE WHEN multi THEN webhooks.row_key(s.j, keys)
                     ELSE s.j ->> k1 END,
                s.j - excl
           FROM (SELECT to_jsonb(r) AS j FROM new_rows r) s;
     ELSIF TG_OP = 'DELETE' THEN
         INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
         SELECT TG_ARGV[5], s.j ->> tcol, org, src,
-               CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                       FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+               CASE WHEN multi THEN webhooks.row_key(s.j, keys)
                     ELSE s.j ->> k1 END,
                s.j - excl
           FROM (SELECT to_jsonb(r) AS j FROM old_rows r) s;
@@ -360,13 +363,11 @@ BEGIN
                        CASE WHEN n.j IS NOT NULL AND o.j IS NOT NULL THEN
                            (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.j) e
                              WHERE n.j -> e.key IS DISTINCT FROM e.value) END AS c
-                  FROM (SELECT s.j, CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                                            FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+                  FROM (SELECT s.j, CASE WHEN multi THEN webhooks.row_key(s.j, keys)
                                          ELSE s.j ->> k1 END AS k
                           FROM (SELECT to_jsonb(r) AS j FROM new_rows r) s) n
                   FULL JOIN
-                       (SELECT s.j, CASE WHEN multi THEN (SELECT jsonb_agg(s.j -> u.c ORDER BY u.o)
-                                                            FROM unnest(keys) WITH ORDINALITY u(c, o))::text
+                       (SELECT s.j, CASE WHEN multi THEN webhooks.row_key(s.j, keys)
                                          ELSE s.j ->> k1 END AS k
                           FROM (SELECT to_jsonb(r) AS j FROM old_rows r) s) o
                     ON o.k = n.k

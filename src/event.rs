@@ -70,23 +70,29 @@ impl Event {
         self.build(&data, previous.as_deref()).into()
     }
 
-    /// The endpoint's extra headers, placeholders filled in (masked data).
-    pub fn headers_for(&self, endpoint: &Endpoint) -> Vec<(String, String)> {
+    /// The body and the endpoint's extra headers (placeholders filled in,
+    /// masked data) of one request: the envelope's values are built once
+    /// for both when a template or a header needs them.
+    pub fn request_for(&self, endpoint: &Endpoint) -> (Arc<str>, Vec<(String, String)>) {
         let constant: Option<Vec<(String, String)>> = endpoint
             .headers
             .iter()
             .map(|(k, t)| t.constant().map(|v| (k.clone(), v)))
             .collect();
-        if let Some(c) = constant {
-            return c;
-        }
-        self.with_values(endpoint, |v| {
+        let headers = |v: &Values<'_>| {
             endpoint
                 .headers
                 .iter()
                 .map(|(k, t)| (k.clone(), t.render(v)))
                 .collect()
-        })
+        };
+        match (&endpoint.body_template, constant) {
+            (None, Some(c)) => (self.body_for(endpoint), c),
+            (None, None) => (self.body_for(endpoint), self.with_values(endpoint, headers)),
+            (Some(t), c) => self.with_values(endpoint, |v| {
+                (t.render(v).into(), c.unwrap_or_else(|| headers(v)))
+            }),
+        }
     }
 
     fn parsed(&self) -> &(Value, Option<Value>) {

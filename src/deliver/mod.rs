@@ -102,8 +102,7 @@ impl Deliverer {
     /// Makes one attempt of `job` and says what state its delivery is in now.
     pub async fn attempt(&self, job: &Job) -> (Outcome, SideEffect) {
         let endpoint = &job.endpoint;
-        let body = job.event.body_for(endpoint);
-        let user_headers = job.event.headers_for(endpoint);
+        let (body, user_headers) = job.event.request_for(endpoint);
         let mut outcome = Outcome {
             source: job.source,
             event_id: job.event.id,

@@ -4,6 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 
 use super::DbError;
 use crate::deliver::sign::SigningKey;
@@ -239,7 +240,32 @@ fn is_duplicate_name(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// An endpoint's columns in the order `insert` and `update` write them
+/// (`headers` is `e.headers` as one JSON object).
+fn columns<'a>(e: &'a NewEndpoint, headers: &'a serde_json::Value) -> [&'a (dyn ToSql + Sync); 17] {
+    [
+        &e.url,
+        &e.name,
+        &e.event_types,
+        &e.tenant_id,
+        &e.make,
+        headers,
+        &e.ignore_origins,
+        &e.signature_styles,
+        &e.masked_fields,
+        &e.timeout_ms,
+        &e.max_in_flight,
+        &e.rate_limit,
+        &e.ordered,
+        &e.body_template,
+        &e.signature_header,
+        &e.secret_header,
+        &e.filter,
+    ]
+}
+
 async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
+    let headers = serde_json::Value::Object(e.headers.clone());
     let tx = c.transaction().await?;
     let id: i64 = tx
         .query_one(
@@ -248,25 +274,7 @@ async fn insert(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i6
                                              ordered, body_template, signature_header, secret_header, filter)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17::text::jsonpath)
              RETURNING id",
-            &[
-                &e.url,
-                &e.name,
-                &e.event_types,
-                &e.tenant_id,
-                &e.make,
-                &serde_json::Value::Object(e.headers.clone()),
-                &e.ignore_origins,
-                &e.signature_styles,
-                &e.masked_fields,
-                &e.timeout_ms,
-                &e.max_in_flight,
-                &e.rate_limit,
-                &e.ordered,
-                &e.body_template,
-                &e.signature_header,
-                &e.secret_header,
-                &e.filter,
-            ],
+            &columns(e, &headers),
         )
         .await?
         .get(0);
@@ -343,6 +351,7 @@ where
     unchanged.secret = String::new();
     if unchanged != before {
         let e = &after;
+        let headers = serde_json::Value::Object(e.headers.clone());
         tx.execute(
             "UPDATE webhooks.endpoints
                 SET url = $2, name = $3, event_types = $4, tenant_id = $5, make = $6, headers = $7,
@@ -350,26 +359,7 @@ where
                     max_in_flight = $12, rate_limit = $13, ordered = $14, body_template = $15,
                     signature_header = $16, secret_header = $17, filter = $18::text::jsonpath, updated_at = now()
               WHERE id = $1",
-            &[
-                &id,
-                &e.url,
-                &e.name,
-                &e.event_types,
-                &e.tenant_id,
-                &e.make,
-                &serde_json::Value::Object(e.headers.clone()),
-                &e.ignore_origins,
-                &e.signature_styles,
-                &e.masked_fields,
-                &e.timeout_ms,
-                &e.max_in_flight,
-                &e.rate_limit,
-                &e.ordered,
-                &e.body_template,
-                &e.signature_header,
-                &e.secret_header,
-                &e.filter,
-            ],
+            &[&[&id as &(dyn ToSql + Sync)][..], &columns(e, &headers)[..]].concat(),
         )
         .await?;
     }

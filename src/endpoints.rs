@@ -301,30 +301,9 @@ mod tests {
     use super::*;
 
     fn endpoint(types: &[&str]) -> Endpoint {
-        Endpoint {
-            id: 1,
-            name: None,
-            url: "http://127.0.0.1/".into(),
-            event_types: types.iter().map(|s| s.to_string()).collect(),
-            exclude_types: vec![],
-            tenant_id: None,
-            ignore_origins: vec![],
-            styles: Styles::default(),
-            headers: vec![],
-            body_template: None,
-            signature_header: DEFAULT_SIGNATURE_HEADER.into(),
-            secret_header: DEFAULT_SECRET_HEADER.into(),
-            filter: None,
-            masked_fields: vec![],
-            timeout: None,
-            max_in_flight: None,
-            retry_schedule: None,
-            rate: None,
-            make: false,
-            ordered: false,
-            enabled: true,
-            keys: vec![],
-        }
+        let mut e = Endpoint::test(1, "http://127.0.0.1/");
+        e.event_types = types.iter().map(|s| s.to_string()).collect();
+        e
     }
 
     #[test]

@@ -237,6 +237,14 @@ async fn a_payload_function_never_runs_with_more_than_its_owners_rights() {
         .unwrap();
     let ev = events(&admin).await;
     assert_eq!(ev[0].1, json!({"ran_as": "webhooks_capture"}));
+    // A superuser's resend calls it with capture's rights too
+    // (webhooks.row_payload), never the caller's.
+    admin
+        .batch_execute("SELECT webhooks.resend('salon.appointments', '1')")
+        .await
+        .unwrap();
+    let ev = events(&admin).await;
+    assert_eq!(ev.last().unwrap().1, json!({"ran_as": "webhooks_capture"}));
     let sup: bool = admin
         .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
         .await

@@ -2,6 +2,8 @@
 //! subscribe to `webhooks.…` when an endpoint is paused, resumed, tripped or
 //! closed, and when deliveries go dead — never the endpoint it is about.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,7 +30,19 @@ async fn pauses_resumes_trips_and_dead_letters_are_told() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let mut ops = Receiver::ok().await;
-    let mut gone = Receiver::start(|_| Reply::status(410).body("There is no scenario listening")).await;
+    // Make's answer while the scenario is off; it is turned back on before
+    // the operator resumes the endpoint (else the waiting delivery, retried
+    // on resume, would pause it again).
+    let scenario_on = Arc::new(AtomicBool::new(false));
+    let on = scenario_on.clone();
+    let mut gone = Receiver::start(move |_| {
+        if on.load(Ordering::SeqCst) {
+            Reply::ok()
+        } else {
+            Reply::status(410).body("There is no scenario listening")
+        }
+    })
+    .await;
     let mut failing = Receiver::start(|_| Reply::status(500)).await;
     let ops_id = endpoint(&c, &ops.url, &["webhooks.*"], "name = 'ops'").await;
     let gone_id = endpoint(&c, &gone.url, &["order.*"], "make = true, name = 'make-orders'").await;
@@ -114,9 +128,10 @@ async fn pauses_resumes_trips_and_dead_letters_are_told() {
         (4.into(), 3.into())
     );
 
-    // An operator resumes the Make endpoint; the breaker trips and closes on
-    // the ops endpoint itself: each is told, never to the endpoint it is
-    // about.
+    // The scenario is turned back on and an operator resumes the Make
+    // endpoint; the breaker trips and closes on the ops endpoint itself: each
+    // is told, never to the endpoint it is about.
+    scenario_on.store(true, Ordering::SeqCst);
     c.batch_execute(&format!(
         "SELECT webhooks.endpoint_resume({gone_id});
          SELECT webhooks.endpoint_trip({ops_id}, 'failing: 5 in a row');
@@ -124,6 +139,8 @@ async fn pauses_resumes_trips_and_dead_letters_are_told() {
     ))
     .await
     .unwrap();
+    // The delivery that waited through the pause goes on resume.
+    assert_eq!(gone.next(T).await.json()["type"], "order.created");
     let resumed = ops.next(T).await.json();
     assert_eq!(resumed["type"], "webhooks.endpoint.resumed");
     assert_eq!(resumed["data"]["endpoint"]["id"], gone_id);

@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{self, delivery::Batch, DbError};
 use crate::dispatch::Dispatcher;
 use crate::endpoints::Snapshot;
-use crate::event::{Job, Source};
+use crate::job::Outcome;
+use crate::job::{Job, Source};
 use crate::listen::Signals;
-use crate::record::Outcome;
 
 /// Claim settings.
 #[derive(Debug, Clone)]
@@ -217,7 +217,7 @@ impl Claimer {
                     source,
                     event_id: uuid::Uuid::nil(),
                     endpoint_id: c.endpoint_id,
-                    status: crate::record::Status::Failed,
+                    status: crate::job::Status::Failed,
                     attempts: c.attempt - 1,
                     next_attempt_at: None,
                     code: None,
@@ -281,7 +281,7 @@ impl Claimer {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %crate::record::error_chain(&error), "claiming events failed");
+                    tracing::warn!(error = %crate::errors::error_chain(&error), "claiming events failed");
                     self.pause(&shutdown, &mut backoff).await;
                 }
             }
@@ -349,7 +349,7 @@ impl Claimer {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(error = %crate::record::error_chain(&error), "claiming retries failed");
+                    tracing::warn!(error = %crate::errors::error_chain(&error), "claiming retries failed");
                     self.pause(&shutdown, &mut backoff).await;
                     continue;
                 }
@@ -438,7 +438,7 @@ pub async fn run_config(claimer: Arc<Claimer>, every: Duration, shutdown: Cancel
             _ = shutdown.cancelled() => return,
         }
         if let Err(error) = claimer.snapshot_at(None).await {
-            tracing::warn!(error = %crate::record::error_chain(&error), "reloading subscriptions failed");
+            tracing::warn!(error = %crate::errors::error_chain(&error), "reloading subscriptions failed");
         }
     }
 }
@@ -454,7 +454,7 @@ pub async fn run_rescue(claimer: Arc<Claimer>, every: Duration, shutdown: Cancel
         match claimer.rescue_cycle().await {
             Ok(r) if r != RescueCounts::default() => tracing::info!(?r, "rescued work of a stopped replica"),
             Ok(_) => {}
-            Err(error) => tracing::warn!(error = %crate::record::error_chain(&error), "rescue failed"),
+            Err(error) => tracing::warn!(error = %crate::errors::error_chain(&error), "rescue failed"),
         }
     }
 }

@@ -321,7 +321,7 @@ pub fn inbound_secret(secret: Option<&Secret>) -> Result<Option<Secret>, ConfigE
             if value.bytes().all(|b| b.is_ascii_graphic()) { "" } else { " and holds spaces or unprintable characters" }
         )));
     }
-    if let Err(error) = crate::deliver::sign::SigningKey::parse(value) {
+    if let Err(error) = crate::sign::SigningKey::parse(value) {
         return Err(ConfigError::Invalid(format!(
             "PGWEBHOOKS_INBOUND_SECRET: {error}"
         )));
@@ -352,56 +352,4 @@ fn parse_schedule_arg(s: &str) -> Result<Schedule, String> {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration '{s}': {e} (use e.g. 500ms, 10s, 2m)"))
-}
-
-impl RunArgs {
-    /// The sidecar's configuration, validated.
-    pub fn sidecar_config(&self) -> Result<crate::sidecar::SidecarConfig, ConfigError> {
-        if self.lease < self.timeout * 5 {
-            return Err(ConfigError::Invalid(format!(
-                "PGWEBHOOKS_LEASE ({:?}) must be at least 5 x PGWEBHOOKS_TIMEOUT ({:?}): work still queued or in flight \
-                 would be taken over by another replica",
-                self.lease, self.timeout
-            )));
-        }
-        if self.inbound_read_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "PGWEBHOOKS_INBOUND_READ_TIMEOUT must be longer than 0".into(),
-            ));
-        }
-        let inbound_secret = inbound_secret(self.inbound_secret.as_ref())?;
-        let mut c = crate::sidecar::SidecarConfig::new(self.db.connection()?);
-        if let Some(r) = &self.replica {
-            c.replica = r.clone();
-        }
-        c.pool_size = self.pool_size as usize;
-        c.deliver.retry_schedule = self.retry_schedule.0.clone();
-        c.deliver.timeout = self.timeout;
-        c.deliver.allow_private_targets = self.targets.allow_private_targets;
-        c.dispatch.max_in_flight = self.max_in_flight as usize;
-        c.claim.batch_size = self.batch_size;
-        c.claim.linger = self.batch_linger;
-        c.claim.lease = self.lease;
-        c.claim.poll_interval = self.poll_interval;
-        c.shutdown_grace = self.shutdown_grace;
-        let env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
-        env_endpoints
-            .check(self.targets.allow_private_targets)
-            .map_err(ConfigError::Invalid)?;
-        c.env_endpoints = env_endpoints;
-        c.maintain.retention = self.retention.0;
-        c.maintain.breaker_probe = self.breaker_probe;
-        c.dispatch.breaker_failures = self.breaker_failures;
-        c.dispatch.breaker_window = self.breaker_window;
-        c.inbound = Some(crate::inbound::InboundConfig {
-            listen: self.listen,
-            secret: inbound_secret,
-            max_body: self.inbound_max_body,
-            tolerance: self.inbound_tolerance,
-            read_timeout: self.inbound_read_timeout,
-            max_connections: self.inbound_max_connections as usize,
-            ..Default::default()
-        });
-        Ok(c)
-    }
 }

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::db;
 use crate::deliver::{Deliverer, SideEffect};
 use crate::endpoints::Snapshot;
-use crate::event::Job;
+use crate::job::Job;
+use crate::job::Outcome;
 use crate::notice::Kind;
-use crate::record::{Outcome, Recorder};
+use crate::record::Recorder;
 
 /// Lane settings.
 #[derive(Debug, Clone)]
@@ -80,9 +81,9 @@ impl Shared {
         let retryable_failure = outcome.attempt.is_some()
             && matches!(
                 outcome.status,
-                crate::record::Status::Pending | crate::record::Status::Dead
+                crate::job::Status::Pending | crate::job::Status::Dead
             );
-        if outcome.status == crate::record::Status::Delivered {
+        if outcome.status == crate::job::Status::Delivered {
             streaks.remove(&endpoint_id);
             return false;
         }
@@ -151,7 +152,7 @@ impl Dispatcher {
         }
         // An ordered endpoint's first attempts go through the retry path,
         // whose claim takes only the oldest undelivered event of each row.
-        if job.endpoint.ordered && matches!(job.source, crate::event::Source::Batch(_)) {
+        if job.endpoint.ordered && matches!(job.source, crate::job::Source::Batch(_)) {
             self.shared.finish(Outcome::released(&job, None));
             return;
         }

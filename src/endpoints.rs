@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::deliver::sign::SigningKey;
-use crate::deliver::template::{Template, Text};
+use crate::sign::SigningKey;
+use crate::template::{Template, Text};
 
 /// Make.com accepts at most 300 requests per 10 s per webhook; pace a
 /// little under it.

@@ -6,6 +6,7 @@
 //! modules follow the pipeline — listen → claim → dispatch → deliver →
 //! record — and `ARCHITECTURE.md` has the map and the invariants.
 
+pub mod body;
 pub mod claim;
 pub mod config;
 pub mod db;
@@ -14,13 +15,17 @@ pub mod demo;
 pub mod dispatch;
 pub mod endpoints;
 pub mod env_endpoints;
-pub mod event;
+pub mod errors;
 pub mod inbound;
+pub mod job;
 pub mod limiter;
 pub mod listen;
 pub mod localpg;
 pub mod maintain;
 pub mod notice;
 pub mod record;
+pub mod redact;
 pub mod sidecar;
+pub mod sign;
 pub mod telemetry;
+pub mod template;

@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::claim::Claimer;
 use crate::db::{self, DbError};
-use crate::event::{Job, Source};
-use crate::record::Status;
+use crate::job::Status;
+use crate::job::{Job, Source};
 use crate::telemetry;
 
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl Maintainer {
     pub async fn run(mut self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             if let Err(error) = self.run_once().await {
-                tracing::warn!(error = %crate::record::error_chain(&error), "maintenance pass failed");
+                tracing::warn!(error = %crate::errors::error_chain(&error), "maintenance pass failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.tick) => {}

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::deliver::target;
 use crate::endpoints::Snapshot;
+use crate::job::{Outcome, Status};
 use crate::limiter::{Limiter, Line};
-use crate::record::{Outcome, Status};
 
 /// The sidecar's current endpoints (shared with the lanes).
 pub type Endpoints = Arc<RwLock<Arc<Snapshot>>>;
@@ -114,25 +114,7 @@ fn reason_of(o: &Outcome) -> String {
     redact_urls(&reason)
 }
 
-/// `text` with every URL in it redacted (`target::redact`): an error may
-/// quote one (a redirect's `Location`), and URLs can be credentials.
-pub fn redact_urls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
-        let end = rest[at..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ','))
-            .map_or(rest.len(), |i| at + i);
-        out.push_str(&rest[..start]);
-        out.push_str(&target::redact(&rest[start..end]));
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub use crate::redact::redact_urls;
 
 /// An optional number as logged: the number, or `none` (never `Some(200)`).
 pub fn or_none(value: Option<impl std::fmt::Display>) -> String {
@@ -216,28 +198,7 @@ impl Notices {
     }
 }
 
-/// What start-up knows about the configuration, for [`misconfigurations`].
-#[derive(Debug, Default)]
-pub struct Setup {
-    /// The inbound server runs…
-    pub inbound: bool,
-    /// …with a PGWEBHOOKS_INBOUND_SECRET.
-    pub inbound_secret: bool,
-    /// Enabled inbound routes, and how many of them have no secret of their own.
-    pub routes: i64,
-    pub routes_without_secret: i64,
-    pub allow_private_targets: bool,
-    pub endpoints: Vec<SetupEndpoint>,
-}
-
-#[derive(Debug)]
-pub struct SetupEndpoint {
-    pub id: i64,
-    pub name: Option<String>,
-    pub url: String,
-    pub enabled: bool,
-    pub disabled_reason: Option<String>,
-}
+pub use crate::db::ops::{Setup, SetupEndpoint};
 
 /// One line per real misconfiguration, said at `warn` when `run` starts.
 /// Pure. URLs are redacted; no secret is ever part of a line.
@@ -295,8 +256,8 @@ pub fn misconfigurations(s: &Setup) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Source;
-    use crate::record::AttemptInfo;
+    use crate::job::AttemptInfo;
+    use crate::job::Source;
 
     fn outcome(status: Status, code: Option<i32>, sent: bool, refused: bool) -> Outcome {
         Outcome {

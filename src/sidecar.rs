@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::claim::{self, ClaimConfig, Claimer};
+use crate::config::{self, ConfigError, RunArgs};
 use crate::db::{self, DbError};
 use crate::deliver::{DeliverConfig, Deliverer};
 use crate::dispatch::{DispatchConfig, Dispatcher, Shared};
@@ -59,6 +60,58 @@ impl SidecarConfig {
             maintain: MaintainConfig::default(),
             say_failures: true,
         }
+    }
+}
+
+impl SidecarConfig {
+    /// The configuration of `pgwebhooks run`, validated.
+    pub fn from_args(args: &RunArgs) -> Result<SidecarConfig, ConfigError> {
+        if args.lease < args.timeout * 5 {
+            return Err(ConfigError::Invalid(format!(
+                "PGWEBHOOKS_LEASE ({:?}) must be at least 5 x PGWEBHOOKS_TIMEOUT ({:?}): work still queued or in flight \
+                 would be taken over by another replica",
+                args.lease, args.timeout
+            )));
+        }
+        if args.inbound_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "PGWEBHOOKS_INBOUND_READ_TIMEOUT must be longer than 0".into(),
+            ));
+        }
+        let inbound_secret = config::inbound_secret(args.inbound_secret.as_ref())?;
+        let mut c = SidecarConfig::new(args.db.connection()?);
+        if let Some(r) = &args.replica {
+            c.replica = r.clone();
+        }
+        c.pool_size = args.pool_size as usize;
+        c.deliver.retry_schedule = args.retry_schedule.0.clone();
+        c.deliver.timeout = args.timeout;
+        c.deliver.allow_private_targets = args.targets.allow_private_targets;
+        c.dispatch.max_in_flight = args.max_in_flight as usize;
+        c.claim.batch_size = args.batch_size;
+        c.claim.linger = args.batch_linger;
+        c.claim.lease = args.lease;
+        c.claim.poll_interval = args.poll_interval;
+        c.shutdown_grace = args.shutdown_grace;
+        let env_endpoints = EnvEndpoints::from_env();
+        env_endpoints
+            .check(args.targets.allow_private_targets)
+            .map_err(ConfigError::Invalid)?;
+        c.env_endpoints = env_endpoints;
+        c.maintain.retention = args.retention.0;
+        c.maintain.breaker_probe = args.breaker_probe;
+        c.dispatch.breaker_failures = args.breaker_failures;
+        c.dispatch.breaker_window = args.breaker_window;
+        c.inbound = Some(InboundConfig {
+            listen: args.listen,
+            secret: inbound_secret,
+            max_body: args.inbound_max_body,
+            tolerance: args.inbound_tolerance,
+            read_timeout: args.inbound_read_timeout,
+            max_connections: args.inbound_max_connections as usize,
+            ..Default::default()
+        });
+        Ok(c)
     }
 }
 
@@ -131,7 +184,7 @@ impl Sidecar {
             let client = pool.get().await.map_err(DbError::from)?;
             let setup = db::ops::setup(
                 &client,
-                config.inbound.as_ref(),
+                config.inbound.as_ref().map(|i| i.secret.is_some()),
                 config.deliver.allow_private_targets,
             )
             .await?;

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pgwebhooks::deliver::sign::{self, SigningKey};
+use pgwebhooks::sign::{self, SigningKey};
 use support::db::Cluster;
 use support::sidecar::{self, endpoint, Process, SECRET};
 use tokio_postgres::Client;

@@ -304,7 +304,7 @@ impl Bench {
         )
         .await?;
         db.batch_execute(ANCHORS).await?;
-        let secret = pgwebhooks::deliver::sign::generate_secret()?;
+        let secret = pgwebhooks::sign::generate_secret()?;
         let receiver = Receiver::start(&secret)?;
         let id: i64 = db
             .query_one(

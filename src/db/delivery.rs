@@ -8,8 +8,7 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::DbError;
-use crate::event::Event;
-use crate::record::{Outcome, Status};
+use crate::job::{Event, Outcome};
 
 /// A claimed fan-out batch.
 #[derive(Debug, Default)]
@@ -126,18 +125,15 @@ impl Columns {
         self.attempts.push(o.attempts);
         self.next_at.push(o.next_attempt_at);
         self.codes.push(o.code);
-        self.errors.push(
-            o.error
-                .as_deref()
-                .map(|e| crate::record::sanitize(e).into_owned()),
-        );
+        self.errors
+            .push(o.error.as_deref().map(|e| sanitize(e).into_owned()));
         self.started.push(o.attempt.as_ref().map(|a| a.started_at));
         self.durations.push(o.attempt.as_ref().map(|a| a.duration_ms));
         self.excerpts.push(
             o.attempt
                 .as_ref()
                 .and_then(|a| a.excerpt.as_deref())
-                .map(|e| crate::record::sanitize(e).into_owned()),
+                .map(|e| sanitize(e).into_owned()),
         );
     }
 }
@@ -393,13 +389,26 @@ pub async fn endpoint_pause(c: &impl GenericClient, endpoint_id: i64, reason: &s
     Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Delivered => "delivered",
-            Status::Failed => "failed",
-            Status::Dead => "dead",
-        }
+/// Text as Postgres accepts it: NUL (never valid in `text`) becomes U+FFFD,
+/// as invalid UTF-8 already has (`String::from_utf8_lossy`).
+pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_replaces_nul_only() {
+        assert_eq!(sanitize("ok\0\0!"), "ok\u{FFFD}\u{FFFD}!");
+        assert!(matches!(
+            sanitize("plain ✓"),
+            std::borrow::Cow::Borrowed("plain ✓")
+        ));
     }
 }

@@ -51,7 +51,7 @@ impl LastFailure {
         if parts.is_empty() {
             parts.push("no answer".into());
         }
-        let line = crate::notice::redact_urls(&parts.join(": "));
+        let line = crate::redact::redact_urls(&parts.join(": "));
         if line.chars().count() > 200 {
             format!("{}…", line.chars().take(199).collect::<String>())
         } else {
@@ -75,13 +75,37 @@ pub struct Status {
     pub holding_back: Option<(i32, f64, String)>,
 }
 
+/// What start-up knows about the configuration, for [`crate::notice::misconfigurations`].
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// The inbound server runs…
+    pub inbound: bool,
+    /// …with a PGWEBHOOKS_INBOUND_SECRET.
+    pub inbound_secret: bool,
+    /// Enabled inbound routes, and how many of them have no secret of their own.
+    pub routes: i64,
+    pub routes_without_secret: i64,
+    pub allow_private_targets: bool,
+    pub endpoints: Vec<SetupEndpoint>,
+}
+
+#[derive(Debug)]
+pub struct SetupEndpoint {
+    pub id: i64,
+    pub name: Option<String>,
+    pub url: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+}
+
 /// What start-up checks the configuration against
-/// ([`crate::notice::misconfigurations`]).
+/// ([`crate::notice::misconfigurations`]): `inbound` is `None` when the
+/// inbound server does not run, else whether it has a secret.
 pub async fn setup(
     c: &impl GenericClient,
-    inbound: Option<&crate::inbound::InboundConfig>,
+    inbound: Option<bool>,
     allow_private_targets: bool,
-) -> Result<crate::notice::Setup, DbError> {
+) -> Result<Setup, DbError> {
     let routes = c
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE secret IS NULL) FROM webhooks.inbound_routes WHERE enabled",
@@ -94,15 +118,15 @@ pub async fn setup(
             &[],
         )
         .await?;
-    Ok(crate::notice::Setup {
+    Ok(Setup {
         inbound: inbound.is_some(),
-        inbound_secret: inbound.is_some_and(|i| i.secret.is_some()),
+        inbound_secret: inbound == Some(true),
         routes: routes.get(0),
         routes_without_secret: routes.get(1),
         allow_private_targets,
         endpoints: endpoints
             .iter()
-            .map(|r| crate::notice::SetupEndpoint {
+            .map(|r| SetupEndpoint {
                 id: r.get(0),
                 name: r.get(1),
                 url: r.get(2),

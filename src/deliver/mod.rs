@@ -1,21 +1,20 @@
 //! Delivering one job: sign, send, and decide what happens next.
 //!
-//! `sign`, `retry` and `target` (which addresses may be sent to) are pure;
+//! `retry` and `target` (which addresses may be sent to) are pure (signing
+//! is [`crate::sign`]);
 //! `http` does the I/O. [`Deliverer::attempt`] turns a job into an
 //! [`Outcome`] and never touches the database.
 
-pub mod body;
 pub mod http;
+mod request;
 pub mod retry;
-pub mod sign;
 pub mod target;
-pub mod template;
 
 use std::time::{Duration, SystemTime};
 
 use crate::endpoints::MAKE_MAX_BODY;
-use crate::event::Job;
-use crate::record::{AttemptInfo, Outcome, Status};
+use crate::job::Job;
+use crate::job::{AttemptInfo, Outcome, Status};
 use retry::Class;
 
 /// Settings every delivery shares; endpoints may override some.
@@ -153,8 +152,8 @@ impl Deliverer {
             retry::classify(sent.status, &sent.excerpt, endpoint.make)
         };
         let used = match job.source {
-            crate::event::Source::Batch(_) => 1,
-            crate::event::Source::Retry { used, .. } => used + 1,
+            crate::job::Source::Batch(_) => 1,
+            crate::job::Source::Retry { used, .. } => used + 1,
         };
         let mut effect = SideEffect::None;
         match class {

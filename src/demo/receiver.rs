@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
-use crate::deliver::sign::{self, SigningKey};
+use crate::sign::{self, SigningKey};
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]

@@ -408,12 +408,12 @@ async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
     let body = got.json();
     assert_eq!(body["type"], "webhooks.test");
     assert_eq!(body["data"]["endpoint"]["id"], id);
-    let key = pgwebhooks::deliver::sign::SigningKey::parse(sidecar::SECRET).unwrap();
+    let key = pgwebhooks::sign::SigningKey::parse(sidecar::SECRET).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    pgwebhooks::deliver::sign::verify(
+    pgwebhooks::sign::verify(
         std::slice::from_ref(&key),
         got.header("webhook-id"),
         got.header("webhook-timestamp"),

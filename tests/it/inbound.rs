@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use pgwebhooks::deliver::sign::SigningKey;
+use pgwebhooks::sign::SigningKey;
 use serde_json::{json, Value};
 
 use crate::support::sidecar::{self, endpoint, INBOUND_SECRET};

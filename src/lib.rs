@@ -7,6 +7,7 @@
 //! record — and `ARCHITECTURE.md` has the map and the invariants.
 
 pub mod body;
+pub mod breaker;
 pub mod claim;
 pub mod config;
 pub mod db;

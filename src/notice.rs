@@ -10,16 +10,15 @@
 //! redacted (`target::redact`: a Make.com URL is a credential) and the
 //! latest reason. Secrets and full URLs are never logged.
 
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::deliver::target;
-use crate::endpoints::Snapshot;
+
 use crate::job::{Outcome, Status};
 use crate::limiter::{Limiter, Line};
 
 /// The sidecar's current endpoints (shared with the lanes).
-pub type Endpoints = Arc<RwLock<Arc<Snapshot>>>;
+pub type Endpoints = crate::endpoints::Subscriptions;
 
 /// How often one kind of line may be written per endpoint.
 pub const EVERY: Duration = Duration::from_secs(60);
@@ -177,7 +176,7 @@ impl Notices {
             detail,
         } = line;
         let (name, url) = {
-            let snapshot = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+            let snapshot = self.endpoints.current();
             match snapshot.get(endpoint_id) {
                 Some(e) => (
                     e.name.clone().unwrap_or_else(|| "(unnamed)".into()),

@@ -50,15 +50,15 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn batch(&self, id: i64, jobs: usize) {
-        let _ = self.tx.send(Msg::Batch { id, jobs });
+        self.send(Msg::Batch { id, jobs });
     }
     pub fn record(&self, outcome: Outcome) {
-        let _ = self.tx.send(Msg::Outcome(Box::new(outcome)));
+        self.send(Msg::Outcome(Box::new(outcome)));
     }
     /// Tells the operator about an endpoint event (paused, resumed),
     /// through the same limiter as the outcomes' failures.
     pub fn notice(&self, endpoint_id: i64, kind: notice::Kind, code: Option<i32>, reason: &str) {
-        let _ = self.tx.send(Msg::Notice {
+        self.send(Msg::Notice {
             endpoint_id,
             kind,
             detail: notice::Detail {
@@ -66,6 +66,19 @@ impl Recorder {
                 reason: reason.to_owned(),
             },
         });
+    }
+
+    /// Only once the recording task has ended (it stopped, or panicked:
+    /// the supervisor then shuts the sidecar down) can a message be lost;
+    /// that is said, never silent. Nothing is lost for good: what was not
+    /// recorded is taken over when its lease expires.
+    fn send(&self, msg: Msg) {
+        if let Err(mpsc::error::SendError(msg)) = self.tx.send(msg) {
+            if let Msg::Outcome(o) = msg {
+                tracing::error!(event_id = %o.event_id, endpoint_id = o.endpoint_id, status = o.status.as_str(),
+                    "the recorder has stopped: this outcome is not recorded; its delivery is retried once its lease expires");
+            }
+        }
     }
 }
 

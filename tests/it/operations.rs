@@ -225,9 +225,9 @@ async fn the_breaker_pauses_a_failing_endpoint_and_resumes_it() {
     let id = endpoint(&c, &r.url, &["*"], "").await;
     let mut config = sidecar::config_with_inbound(&db);
     config.deliver.retry_schedule = vec![Duration::from_secs(3600)];
-    config.dispatch.breaker_failures = 5;
-    config.dispatch.breaker_window = Duration::ZERO;
-    config.maintain.breaker_probe = Duration::from_millis(200);
+    config.breaker.failures = 5;
+    config.breaker.window = Duration::ZERO;
+    config.breaker.probe = Duration::from_millis(200);
     config.maintain.tick = Duration::from_millis(100);
     let s = sidecar::start(config).await;
     c.execute(

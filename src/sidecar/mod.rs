@@ -101,8 +101,25 @@ pub struct Sidecar {
     pub inbound_addr: Option<std::net::SocketAddr>,
 }
 
-impl Sidecar {
-    pub async fn start(mut config: SidecarConfig) -> Result<Sidecar, StartError> {
+/// The stages, assembled and not yet running: what [`Sidecar::start`]
+/// spawns, and what tests drive one pass at a time (`fanout_once`,
+/// `retry_once`, `rescue_cycle`, `run_once` of the others).
+pub struct Stages {
+    pub config: SidecarConfig,
+    pub pool: deadpool_postgres::Pool,
+    pub replica: Arc<str>,
+    pub signals: Arc<Signals>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub claimer: Arc<Claimer>,
+    pub prober: Prober,
+    pub maintainer: Maintainer,
+    pub recorder: record::RecordTask,
+}
+
+impl Stages {
+    /// Checks the schema, writes the environment's endpoints, says what is
+    /// misconfigured, and builds every stage.
+    pub async fn assemble(mut config: SidecarConfig) -> Result<Stages, StartError> {
         config.database.pg = db::tuned(config.database.pg);
         let pool = db::pool(config.database.clone(), config.pool_size.max(4));
         let replica: Arc<str> = config.replica.clone().into();
@@ -153,7 +170,38 @@ impl Sidecar {
             config.breaker.clone(),
         );
         let maintainer = Maintainer::new(pool.clone(), signals.clone(), config.maintain.clone());
+        Ok(Stages {
+            config,
+            pool,
+            replica,
+            signals,
+            dispatcher,
+            claimer,
+            prober,
+            maintainer,
+            recorder: record_task,
+        })
+    }
+}
 
+impl Sidecar {
+    pub async fn start(config: SidecarConfig) -> Result<Sidecar, StartError> {
+        Self::spawn(Stages::assemble(config).await?).await
+    }
+
+    /// Runs assembled stages, each as a supervised task.
+    pub async fn spawn(stages_: Stages) -> Result<Sidecar, StartError> {
+        let Stages {
+            config,
+            pool,
+            replica,
+            signals,
+            dispatcher,
+            claimer,
+            prober,
+            maintainer,
+            recorder: record_task,
+        } = stages_;
         let (mut recorder_task, ended) = Supervised::new();
         let recorder_done = CancellationToken::new();
         recorder_task.spawn(

@@ -23,5 +23,6 @@ mod recipes;
 mod record;
 mod roles;
 mod shaping;
+mod stages;
 mod timeouts;
 mod tls;

@@ -6,27 +6,29 @@
 //! modules follow the pipeline — listen → claim → dispatch → deliver →
 //! record — and `ARCHITECTURE.md` has the map and the invariants.
 
-pub mod body;
-pub mod breaker;
-pub mod claim;
+#![warn(unreachable_pub)]
+
+pub(crate) mod body;
+pub(crate) mod breaker;
+pub(crate) mod claim;
 pub mod config;
 pub mod db;
 pub mod deliver;
 pub mod demo;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod endpoints;
 pub mod env_endpoints;
-pub mod errors;
+pub(crate) mod errors;
 pub mod inbound;
 pub mod job;
-pub mod limiter;
+pub(crate) mod limiter;
 pub mod listen;
 pub mod localpg;
-pub mod maintain;
-pub mod notice;
+pub(crate) mod maintain;
+pub(crate) mod notice;
 pub mod record;
-pub mod redact;
+pub(crate) mod redact;
 pub mod sidecar;
 pub mod sign;
 pub mod telemetry;
-pub mod template;
+pub(crate) mod template;

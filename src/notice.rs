@@ -18,10 +18,10 @@ use crate::job::{Outcome, Status};
 use crate::limiter::{Limiter, Line};
 
 /// The sidecar's current endpoints (shared with the lanes).
-pub type Endpoints = crate::endpoints::Subscriptions;
+pub(crate) type Endpoints = crate::endpoints::Subscriptions;
 
 /// How often one kind of line may be written per endpoint.
-pub const EVERY: Duration = Duration::from_secs(60);
+pub(crate) const EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -63,14 +63,14 @@ impl Kind {
 
 /// What the latest occurrence said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Detail {
+pub(crate) struct Detail {
     pub code: Option<i32>,
     pub reason: String,
 }
 
 /// The failure kinds an outcome stands for: what its attempt ran into, and
 /// [`Kind::Dead`] when the delivery is given up. Pure.
-pub fn kinds(o: &Outcome) -> Vec<Kind> {
+pub(crate) fn kinds(o: &Outcome) -> Vec<Kind> {
     let mut out = Vec::with_capacity(2);
     let attempt = match (o.status, o.refused, o.attempt.is_some(), o.code) {
         (Status::Delivered, ..) => None,
@@ -113,20 +113,20 @@ fn reason_of(o: &Outcome) -> String {
     redact_urls(&reason)
 }
 
-pub use crate::redact::redact_urls;
+pub(crate) use crate::redact::redact_urls;
 
 /// An optional number as logged: the number, or `none` (never `Some(200)`).
-pub fn or_none(value: Option<impl std::fmt::Display>) -> String {
+pub(crate) fn or_none(value: Option<impl std::fmt::Display>) -> String {
     value.map_or_else(|| "none".to_owned(), |c| c.to_string())
 }
 
-pub struct Notices {
+pub(crate) struct Notices {
     limiter: Limiter<(i64, Kind), Detail>,
     endpoints: Endpoints,
 }
 
 impl Notices {
-    pub fn new(endpoints: Endpoints) -> Notices {
+    pub(crate) fn new(endpoints: Endpoints) -> Notices {
         Notices {
             limiter: Limiter::new(EVERY),
             endpoints,
@@ -134,7 +134,7 @@ impl Notices {
     }
 
     /// One recorded outcome.
-    pub fn outcome(&mut self, o: &Outcome, now: Instant) {
+    pub(crate) fn outcome(&mut self, o: &Outcome, now: Instant) {
         for kind in kinds(o) {
             let detail = Detail {
                 code: o.code,
@@ -149,21 +149,21 @@ impl Notices {
     }
 
     /// An endpoint event (paused, resumed) or one failure.
-    pub fn event(&mut self, endpoint_id: i64, kind: Kind, detail: Detail, now: Instant) {
+    pub(crate) fn event(&mut self, endpoint_id: i64, kind: Kind, detail: Detail, now: Instant) {
         if let Some(line) = self.limiter.hit((endpoint_id, kind), detail, now) {
             self.write(line);
         }
     }
 
     /// Writes what was folded into lines that are now due.
-    pub fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         for line in self.limiter.due(now) {
             self.write(line);
         }
     }
 
     /// Writes everything still folded (the sidecar is stopping).
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         for line in self.limiter.drain() {
             self.write(line);
         }
@@ -197,11 +197,11 @@ impl Notices {
     }
 }
 
-pub use crate::db::ops::{Setup, SetupEndpoint};
+pub(crate) use crate::db::ops::{Setup, SetupEndpoint};
 
 /// One line per real misconfiguration, said at `warn` when `run` starts.
 /// Pure. URLs are redacted; no secret is ever part of a line.
-pub fn misconfigurations(s: &Setup) -> Vec<String> {
+pub(crate) fn misconfigurations(s: &Setup) -> Vec<String> {
     let mut out = Vec::new();
     if s.inbound && !s.inbound_secret && (s.routes == 0 || s.routes_without_secret > 0) {
         let refused = if s.routes_without_secret == s.routes {

@@ -73,11 +73,9 @@ impl Recorder {
     /// that is said, never silent. Nothing is lost for good: what was not
     /// recorded is taken over when its lease expires.
     fn send(&self, msg: Msg) {
-        if let Err(mpsc::error::SendError(msg)) = self.tx.send(msg) {
-            if let Msg::Outcome(o) = msg {
-                tracing::error!(event_id = %o.event_id, endpoint_id = o.endpoint_id, status = o.status.as_str(),
-                    "the recorder has stopped: this outcome is not recorded; its delivery is retried once its lease expires");
-            }
+        if let Err(mpsc::error::SendError(Msg::Outcome(o))) = self.tx.send(msg) {
+            tracing::error!(event_id = %o.event_id, endpoint_id = o.endpoint_id, status = o.status.as_str(),
+                "the recorder has stopped: this outcome is not recorded; its delivery is retried once its lease expires");
         }
     }
 }

@@ -25,7 +25,7 @@ pub fn redact(url: &str) -> String {
 
 /// `text` with every URL in it redacted ([`redact`]): an error may
 /// quote one (a redirect's `Location`), and URLs can be credentials.
-pub fn redact_urls(text: &str) -> String {
+pub(crate) fn redact_urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {

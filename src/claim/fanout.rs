@@ -181,7 +181,7 @@ impl Claimer {
 /// at most `max` under that load, and not at all below it. A full batch
 /// (a backlog) never waits.
 #[derive(Debug)]
-pub struct Linger {
+pub(crate) struct Linger {
     max: Duration,
     full: usize,
     last: Option<Instant>,
@@ -190,7 +190,7 @@ pub struct Linger {
 }
 
 impl Linger {
-    pub fn new(max: Duration, full: usize) -> Linger {
+    pub(crate) fn new(max: Duration, full: usize) -> Linger {
         Linger {
             max,
             full,
@@ -201,7 +201,7 @@ impl Linger {
 
     /// A batch of `events` was claimed at `now`; returns the pause before
     /// the next claim.
-    pub fn claimed(&mut self, events: usize, now: Instant) -> Duration {
+    pub(crate) fn claimed(&mut self, events: usize, now: Instant) -> Duration {
         let Some(last) = self.last.replace(now) else {
             return Duration::ZERO;
         };
@@ -222,7 +222,7 @@ impl Linger {
     }
 
     /// The loop found nothing: the stream paused, start measuring afresh.
-    pub fn idle(&mut self) {
+    pub(crate) fn idle(&mut self) {
         self.last = None;
         self.rate = 0.0;
     }

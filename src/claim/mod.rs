@@ -11,9 +11,8 @@ mod rescue;
 mod retries;
 mod subscriptions;
 
-pub use fanout::Linger;
-pub use rescue::{run_rescue, RescueCounts};
-pub use subscriptions::run_config;
+pub(crate) use rescue::run_rescue;
+pub(crate) use subscriptions::run_config;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +44,7 @@ pub struct ClaimConfig {
 
 /// Below this arrival rate (events/s) the fan-out loop never lingers: each
 /// event goes out as soon as it can (latency first).
-pub const LINGER_FROM_PER_S: f64 = 2000.0;
+pub(crate) const LINGER_FROM_PER_S: f64 = 2000.0;
 
 impl Default for ClaimConfig {
     fn default() -> Self {

@@ -29,7 +29,7 @@ impl Claimer {
 
 /// Recovers from replicas that died: expired batches are taken over,
 /// expired delivery leases re-queued, stale idle flags removed.
-pub async fn run_rescue(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run_rescue(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

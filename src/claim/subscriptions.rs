@@ -33,7 +33,7 @@ impl Claimer {
 
 /// Keeps the subscriptions current: reloads on a `config` notification, and
 /// every `every` in case one was missed.
-pub async fn run_config(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn run_config(claimer: Arc<Claimer>, every: Duration, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         tokio::select! {
             _ = claimer.signals.config.notified() => {}

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::claim::Claimed;
 pub use config::{default_replica_name, SidecarConfig};
 
 use crate::breaker::{Breaker, Prober};

@@ -35,7 +35,7 @@ async fn recorded(stages: &mut Stages, c: &tokio_postgres::Client, sql: &str, wa
 
 /// `fanout_once` until it claims a batch: events become claimable once
 /// every older transaction of the cluster (other tests' too) has ended.
-async fn fanout(stages: &Stages) -> pgwebhooks::claim::Claimed {
+async fn fanout(stages: &Stages) -> pgwebhooks::sidecar::Claimed {
     wait::until("a batch to claim", T, || async {
         let claimed = stages.claimer.fanout_once().await.unwrap();
         (claimed.events > 0).then_some(claimed)
@@ -126,7 +126,7 @@ async fn rescue_takes_over_an_expired_batch_and_an_expired_delivery_lease() {
                                                         clock_timestamp() - interval '2 minutes')",
         )
         .await;
-        (leased > 0).then_some(assert_eq!(leased, 2))
+        (leased > 0).then(|| assert_eq!(leased, 2, "both events, one batch"))
     })
     .await;
     // …recorded one as a retry it then held, and its lease ran out too.

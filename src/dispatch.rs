@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::breaker::Breaker;
 use crate::db;
@@ -290,7 +291,13 @@ async fn run_lane(
             }
         };
         let shared2 = shared.clone();
-        tasks.spawn(async move {
+        // Everything said while the job runs carries its ids.
+        let span = tracing::debug_span!("job", event_id = %job.event.id, endpoint_id,
+        delivery_id = match job.source {
+            crate::job::Source::Retry { delivery_id, .. } => Some(delivery_id),
+            crate::job::Source::Batch(_) => None,
+        });
+        let run = async move {
             let result = tokio::select! {
                 r = shared2.deliverer.attempt(&job) => Some(r),
                 _ = shared2.hard_stop.cancelled() => None,
@@ -300,16 +307,20 @@ async fn run_lane(
                     if let SideEffect::PauseEndpoint(reason) = effect {
                         pause_endpoint(&shared2, endpoint_id, outcome.code, &reason).await;
                     } else if shared2.breaker.observe(endpoint_id, &outcome) {
-                        shared2.breaker.trip(&shared2.pool, &shared2.recorder, endpoint_id, &outcome).await;
+                        shared2
+                            .breaker
+                            .trip(&shared2.pool, &shared2.recorder, endpoint_id, &outcome)
+                            .await;
                     }
-                    tracing::debug!(event_id = %job.event.id, endpoint_id, attempt = job.attempt,
-                        status = outcome.status.as_str(), code = %crate::notice::or_none(outcome.code), "attempt");
+                    tracing::debug!(attempt = job.attempt, status = outcome.status.as_str(),
+                        code = %crate::notice::or_none(outcome.code), "attempt");
                     shared2.finish(outcome);
                 }
                 None => shared2.finish(Outcome::released(&job, Some("abandoned at shutdown"))),
             }
             drop(permit);
-        });
+        };
+        tasks.spawn(run.instrument(span));
     }
 }
 

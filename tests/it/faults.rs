@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::db::Cluster;
 use crate::support::sidecar::{self, endpoint, Process, SECRET};
-use crate::support::{wait, Receiver, Reply, TestDb};
+use crate::support::{count, wait, Receiver, Reply, TestDb};
 
 fn spawn_sidecar(url: &str) -> Process {
     let child = sidecar::run_command(url)
@@ -22,10 +22,6 @@ fn spawn_sidecar(url: &str) -> Process {
         .spawn()
         .expect("spawn pgwebhooks run");
     Process(child)
-}
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]

@@ -7,14 +7,12 @@ use std::time::Duration;
 
 use pgwebhooks::sidecar::Stages;
 
-use crate::support::sidecar::{self, endpoint};
-use crate::support::{wait, Receiver, TestDb};
+use serde_json::json;
+
+use crate::support::sidecar;
+use crate::support::{count, wait, Receiver, TestApp};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 /// Flushes the recorder until `sql` counts `want` (outcomes arrive as the
 /// lanes' attempts finish), failing after [`T`].
@@ -45,40 +43,36 @@ async fn fanout(stages: &Stages) -> pgwebhooks::sidecar::Claimed {
 
 #[tokio::test]
 async fn fanout_once_claims_a_batch_and_its_jobs_are_recorded() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
+    let app = TestApp::new().await;
+    let c = &app.c;
     let mut r = Receiver::ok().await;
-    endpoint(&c, &r.url, &["order.*"], "").await;
-    let mut stages = Stages::assemble(sidecar::config(&db)).await.unwrap();
-    c.batch_execute(
-        "SELECT webhooks.emit('order.created', jsonb_build_object('n', g)) FROM generate_series(1, 3) g;
-         SELECT webhooks.emit('other.thing', '{}')",
-    )
-    .await
-    .unwrap();
+    app.add_endpoint(&r.url, &["order.*"], "").await;
+    let mut stages = Stages::assemble(sidecar::config(&app.db)).await.unwrap();
+    app.seed("order.created", 3).await;
+    app.emit("other.thing", json!({})).await;
 
     let claimed = fanout(&stages).await;
     assert_eq!((claimed.events, claimed.jobs), (4, 3), "4 events, 3 subscribed");
     assert_eq!(r.take(3, T).await.len(), 3);
     recorded(
         &mut stages,
-        &c,
+        c,
         "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
         3,
     )
     .await;
     // The batch is complete and nothing is left to claim.
-    assert_eq!(count(&c, "SELECT count(*) FROM webhooks.fanout_batches").await, 0);
+    assert_eq!(count(c, "SELECT count(*) FROM webhooks.fanout_batches").await, 0);
     let again = stages.claimer.fanout_once().await.unwrap();
     assert_eq!((again.events, again.jobs), (0, 0));
 }
 
 #[tokio::test]
 async fn retry_once_claims_due_deliveries_only() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
+    let app = TestApp::new().await;
+    let c = &app.c;
     let mut r = Receiver::ok().await;
-    let id = endpoint(&c, &r.url, &["*"], "").await;
+    let id = app.add_endpoint(&r.url, &["*"], "").await;
     c.batch_execute("SELECT webhooks.emit('a', '{}'); SELECT webhooks.emit('b', '{}')")
         .await
         .unwrap();
@@ -92,14 +86,14 @@ async fn retry_once_claims_due_deliveries_only() {
     )
     .await
     .unwrap();
-    let mut stages = Stages::assemble(sidecar::config(&db)).await.unwrap();
+    let mut stages = Stages::assemble(sidecar::config(&app.db)).await.unwrap();
 
     let claimed = stages.claimer.retry_once().await.unwrap();
     assert_eq!(claimed.jobs, 1, "only the due one");
     assert_eq!(r.next(T).await.json()["type"], "a");
     recorded(
         &mut stages,
-        &c,
+        c,
         "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered' AND attempts = 2",
         1,
     )
@@ -109,10 +103,10 @@ async fn retry_once_claims_due_deliveries_only() {
 
 #[tokio::test]
 async fn rescue_takes_over_an_expired_batch_and_an_expired_delivery_lease() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
+    let app = TestApp::new().await;
+    let c = &app.c;
     let mut r = Receiver::ok().await;
-    let id = endpoint(&c, &r.url, &["*"], "").await;
+    let id = app.add_endpoint(&r.url, &["*"], "").await;
     c.batch_execute("SELECT webhooks.emit('batch.event', '{}'); SELECT webhooks.emit('retry.event', '{}')")
         .await
         .unwrap();
@@ -138,7 +132,7 @@ async fn rescue_takes_over_an_expired_batch_and_an_expired_delivery_lease() {
     )
     .await
     .unwrap();
-    let mut stages = Stages::assemble(sidecar::config(&db)).await.unwrap();
+    let mut stages = Stages::assemble(sidecar::config(&app.db)).await.unwrap();
     // Fan-out has nothing: the cursor is past the leased batch.
     assert_eq!(stages.claimer.fanout_once().await.unwrap().events, 0);
 
@@ -149,7 +143,7 @@ async fn rescue_takes_over_an_expired_batch_and_an_expired_delivery_lease() {
     assert_eq!(r.next(T).await.json()["type"], "retry.event");
     recorded(
         &mut stages,
-        &c,
+        c,
         "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
         2,
     )
@@ -160,11 +154,11 @@ async fn rescue_takes_over_an_expired_batch_and_an_expired_delivery_lease() {
 
 #[tokio::test]
 async fn a_probe_closes_an_open_circuit_when_the_endpoint_answers() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
+    let app = TestApp::new().await;
+    let c = &app.c;
     let mut r = Receiver::ok().await;
-    let id = endpoint(&c, &r.url, &["x"], "").await;
-    c.batch_execute("SELECT webhooks.emit('x', '{}')").await.unwrap();
+    let id = app.add_endpoint(&r.url, &["x"], "").await;
+    app.emit("x", json!({})).await;
     c.execute(
         "INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, attempts, next_attempt_at)
          SELECT event_id, $1, 'pending', 3, now() FROM webhooks.events",
@@ -175,7 +169,7 @@ async fn a_probe_closes_an_open_circuit_when_the_endpoint_answers() {
     c.execute("SELECT webhooks.endpoint_trip($1, 'failing: test')", &[&id])
         .await
         .unwrap();
-    let mut config = sidecar::config(&db);
+    let mut config = sidecar::config(&app.db);
     config.breaker.probe = Duration::from_secs(3600);
     let mut stages = Stages::assemble(config).await.unwrap();
 
@@ -190,7 +184,7 @@ async fn a_probe_closes_an_open_circuit_when_the_endpoint_answers() {
     assert!(enabled, "circuit closed");
     recorded(
         &mut stages,
-        &c,
+        c,
         "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
         1,
     )
@@ -201,22 +195,20 @@ async fn a_probe_closes_an_open_circuit_when_the_endpoint_answers() {
 
 #[tokio::test]
 async fn maintenance_removes_delivered_history_past_retention() {
-    let db = TestDb::new().await;
-    let c = db.client().await;
+    let app = TestApp::new().await;
+    let c = &app.c;
     let mut r = Receiver::ok().await;
-    endpoint(&c, &r.url, &["*"], "").await;
-    let mut config = sidecar::config(&db);
+    app.add_endpoint(&r.url, &["*"], "").await;
+    let mut config = sidecar::config(&app.db);
     config.maintain.retention = Some(Duration::from_millis(1));
     config.maintain.retention_every = Duration::ZERO;
     let mut stages = Stages::assemble(config).await.unwrap();
-    c.batch_execute("SELECT webhooks.emit('old', '{}')")
-        .await
-        .unwrap();
+    app.emit("old", json!({})).await;
     assert_eq!(fanout(&stages).await.jobs, 1);
     r.next(T).await;
     recorded(
         &mut stages,
-        &c,
+        c,
         "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
         1,
     )
@@ -235,5 +227,5 @@ async fn maintenance_removes_delivered_history_past_retention() {
         tokio::time::sleep(Duration::from_millis(10)).await; // poll interval, bounded by the deadline
     };
     assert_eq!(removed.attempts, 1, "{removed:?}");
-    assert_eq!(count(&c, "SELECT count(*) FROM webhooks.deliveries").await, 0);
+    assert_eq!(count(c, "SELECT count(*) FROM webhooks.deliveries").await, 0);
 }

@@ -36,7 +36,7 @@ impl TestApp {
     pub async fn seed(&self, event_type: &str, n: i64) {
         self.c
             .execute(
-                "SELECT webhooks.emit($1, jsonb_build_object('n', g)) FROM generate_series(1, $2) g",
+                "SELECT webhooks.emit($1, jsonb_build_object('n', g)) FROM generate_series(1, $2::bigint) g",
                 &[&event_type, &n],
             )
             .await

@@ -118,3 +118,70 @@ pub fn default_replica_name() -> String {
         .unwrap_or_else(|| "pgwebhooks".into());
     format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: RunArgs,
+    }
+
+    /// One default for each setting: what `run` uses with no flag and no
+    /// variable is what the stages' own `Default`s say.
+    #[test]
+    fn runs_defaults_are_the_stages_defaults() {
+        use clap::CommandFactory;
+        let set: Vec<String> = Run::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .filter(|e| std::env::var_os(e).is_some() && e != "DATABASE_URL")
+            .collect();
+        assert!(set.is_empty(), "run's variables must be unset here: {set:?}");
+        let args = Run::try_parse_from(["run", "--database-url", "postgres://u@localhost/db"])
+            .unwrap()
+            .args;
+        let from_flags = SidecarConfig::from_args(&args).unwrap();
+        let d = SidecarConfig::new(args.db.connection().unwrap());
+        assert_eq!(from_flags.pool_size, d.pool_size);
+        assert_eq!(from_flags.shutdown_grace, d.shutdown_grace);
+        let (a, b) = (&from_flags.deliver, &d.deliver);
+        assert_eq!(
+            (&a.retry_schedule, a.timeout, a.allow_private_targets),
+            (&b.retry_schedule, b.timeout, b.allow_private_targets)
+        );
+        let (a, b) = (&from_flags.claim, &d.claim);
+        assert_eq!(
+            (a.batch_size, a.lease, a.poll_interval, a.linger),
+            (b.batch_size, b.lease, b.poll_interval, b.linger)
+        );
+        assert_eq!(from_flags.dispatch.max_in_flight, d.dispatch.max_in_flight);
+        let (a, b) = (&from_flags.breaker, &d.breaker);
+        assert_eq!((a.failures, a.window, a.probe), (b.failures, b.window, b.probe));
+        assert_eq!(from_flags.maintain.retention, d.maintain.retention);
+        let (a, b) = (
+            from_flags.inbound.unwrap(),
+            crate::inbound::InboundConfig::default(),
+        );
+        assert_eq!(
+            (
+                a.listen,
+                a.max_body,
+                a.tolerance,
+                a.read_timeout,
+                a.max_connections
+            ),
+            (
+                b.listen,
+                b.max_body,
+                b.tolerance,
+                b.read_timeout,
+                b.max_connections
+            )
+        );
+    }
+}

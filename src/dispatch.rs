@@ -269,7 +269,7 @@ async fn run_lane(
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(endpoint_id, %error, "pacing check failed");
+                        tracing::warn!(endpoint_id, error = %crate::errors::error_chain(&error), "pacing check failed");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                             _ = shared.stopping.cancelled() => break,
@@ -343,6 +343,8 @@ async fn pause_endpoint(shared: &Shared, id: i64, code: Option<i32>, reason: &st
     match result {
         Ok(true) => shared.recorder.notice(id, Kind::Paused, code, reason),
         Ok(false) => {}
-        Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause endpoint"),
+        Err(error) => {
+            tracing::error!(endpoint_id = id, error = %crate::errors::error_chain(&error), "could not pause endpoint")
+        }
     }
 }

@@ -124,7 +124,7 @@ impl Claimer {
                 Ok(_) => {
                     linger_for.idle();
                     if let Err(error) = self.idle(&shutdown).await {
-                        tracing::warn!(%error, "idle wait failed");
+                        tracing::warn!(error = %crate::errors::error_chain(&error), "idle wait failed");
                         self.pause(&shutdown, &mut backoff).await;
                     }
                 }

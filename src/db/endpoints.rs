@@ -65,7 +65,7 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
             .filter_map(|(s, exp)| match SigningKey::parse(s) {
                 Ok(k) => Some((k, exp)),
                 Err(error) => {
-                    tracing::warn!(endpoint_id = id, %error, "ignoring an unusable signing secret");
+                    tracing::warn!(endpoint_id = id, error = %crate::errors::error_chain(&error), "ignoring an unusable signing secret");
                     None
                 }
             })

@@ -346,7 +346,7 @@ pub async fn connect(config: &DbConfig) -> Result<tokio_postgres::Client, DbErro
     let (client, connection) = config.connect_raw().await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "database connection closed");
+            tracing::debug!(error = %crate::errors::error_chain(&error), "database connection closed");
         }
     });
     Ok(client)

@@ -168,7 +168,7 @@ impl RouteCache {
 fn warn_unusable_keys(routes: &HashMap<String, RouteSettings>) {
     for (route, r) in routes {
         if let Some(Err(error)) = r.secret.as_deref().map(SigningKey::parse) {
-            tracing::warn!(route, %error, "inbound: this route's secret cannot check signatures (only presented secrets work)");
+            tracing::warn!(route, error = %crate::errors::error_chain(&error), "inbound: this route's secret cannot check signatures (only presented secrets work)");
         }
     }
 }
@@ -591,7 +591,7 @@ async fn apply(
 /// that cannot be made clean is closed rather than reused.
 async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken, tls: db::tls::MakeRustls) {
     if let Err(error) = cancel.cancel_query(tls).await {
-        tracing::warn!(%error, "inbound: cancelling a timed-out apply failed");
+        tracing::warn!(error = %crate::errors::error_chain(&error), "inbound: cancelling a timed-out apply failed");
     }
     let rolled_back = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("ROLLBACK")).await;
     if !matches!(rolled_back, Ok(Ok(()))) {

@@ -221,7 +221,7 @@ async fn accept_loop(
             tokio::select! {
                 served = conn.as_mut() => {
                     if let Err(error) = served {
-                        tracing::debug!(%error, "inbound connection ended");
+                        tracing::debug!(error = %crate::errors::error_chain(&error), "inbound connection ended");
                     }
                     return;
                 }
@@ -251,6 +251,6 @@ async fn accept_failed(error: std::io::Error) {
     ) {
         return;
     }
-    tracing::error!(%error, "inbound server: accept failed; retrying in 1s");
+    tracing::error!(error = %crate::errors::error_chain(&error), "inbound server: accept failed; retrying in 1s");
     tokio::time::sleep(Duration::from_secs(1)).await; // back off instead of spinning on EMFILE
 }

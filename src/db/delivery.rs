@@ -19,15 +19,24 @@ pub struct Batch {
     pub events: Vec<(Arc<Event>, Vec<i64>)>,
 }
 
-fn event_from(row: &tokio_postgres::Row, at: usize) -> Arc<Event> {
+/// The columns of a claimed event, as every claiming function returns them
+/// (`batch_claim`, `batch_rescue`, `delivery_claim`, `delivery_claim_probe`).
+macro_rules! event_columns {
+    () => {
+        "event_id, event_type, tenant_id, origin, occurred_at, payload, previous"
+    };
+}
+
+/// An event from a row with [`event_columns!`], read by name.
+fn event_from(row: &tokio_postgres::Row) -> Arc<Event> {
     Arc::new(Event::new(
-        row.get(at),
-        row.get(at + 1),
-        row.get(at + 2),
-        row.get(at + 3),
-        row.get(at + 4),
-        row.get(at + 5),
-        row.get(at + 6),
+        row.get("event_id"),
+        row.get("event_type"),
+        row.get("tenant_id"),
+        row.get("origin"),
+        row.get("occurred_at"),
+        row.get("payload"),
+        row.get("previous"),
     ))
 }
 
@@ -43,10 +52,11 @@ pub async fn batch_claim(
     lease: Duration,
 ) -> Result<Batch, DbError> {
     let st = c
-        .prepare_cached(
-            "SELECT batch_id, config_version, event_id, event_type, tenant_id, origin, occurred_at, payload, previous
-               FROM webhooks.batch_claim($1, $2, make_interval(secs => $3))",
-        )
+        .prepare_cached(concat!(
+            "SELECT batch_id, config_version, ",
+            event_columns!(),
+            " FROM webhooks.batch_claim(replica => $1, max_events => $2, lease => make_interval(secs => $3))"
+        ))
         .await?;
     let rows = c.query(&st, &[&replica, &max_events, &secs(lease)]).await?;
     Ok(batch_from(&rows, false))
@@ -76,11 +86,11 @@ pub async fn filter_rejects(c: &impl GenericClient, pairs: &[(Uuid, &str)]) -> R
 /// `webhooks.batch_rescue`: take over one batch whose lease expired.
 pub async fn batch_rescue(c: &impl GenericClient, replica: &str, lease: Duration) -> Result<Batch, DbError> {
     let st = c
-        .prepare_cached(
-            "SELECT batch_id, config_version, event_id, event_type, tenant_id, origin, occurred_at, payload, previous,
-                    done_endpoints
-               FROM webhooks.batch_rescue($1, make_interval(secs => $2))",
-        )
+        .prepare_cached(concat!(
+            "SELECT batch_id, config_version, done_endpoints, ",
+            event_columns!(),
+            " FROM webhooks.batch_rescue(replica => $1, lease => make_interval(secs => $2))"
+        ))
         .await?;
     let rows = c.query(&st, &[&replica, &secs(lease)]).await?;
     Ok(batch_from(&rows, true))
@@ -91,11 +101,18 @@ fn batch_from(rows: &[tokio_postgres::Row], with_done: bool) -> Batch {
         return Batch::default();
     };
     Batch {
-        id: first.get(0),
-        config_version: first.get(1),
+        id: first.get("batch_id"),
+        config_version: first.get("config_version"),
         events: rows
             .iter()
-            .map(|r| (event_from(r, 2), if with_done { r.get(9) } else { Vec::new() }))
+            .map(|r| {
+                let done = if with_done {
+                    r.get("done_endpoints")
+                } else {
+                    Vec::new()
+                };
+                (event_from(r), done)
+            })
             .collect(),
     }
 }
@@ -154,7 +171,11 @@ pub async fn delivery_insert(
         cols.push(o);
     }
     let st = c
-        .prepare_cached("SELECT webhooks.delivery_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+        .prepare_cached(
+            "SELECT webhooks.delivery_insert(replica => $1, event_ids => $2, endpoint_ids => $3, statuses => $4,
+                        attempt_counts => $5, next_attempt_ats => $6, status_codes => $7, errors => $8,
+                        started_ats => $9, durations_ms => $10, excerpts => $11, ordered => $12)",
+        )
         .await?;
     let row = c
         .query_one(
@@ -192,7 +213,11 @@ pub async fn delivery_record(
         cols.push(o);
     }
     let st = c
-        .prepare_cached("SELECT webhooks.delivery_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        .prepare_cached(
+            "SELECT webhooks.delivery_record(replica => $1, ids => $2, statuses => $3, attempt_counts => $4,
+                        next_attempt_ats => $5, status_codes => $6, errors => $7, started_ats => $8,
+                        durations_ms => $9, excerpts => $10)",
+        )
         .await?;
     let row = c
         .query_one(
@@ -235,11 +260,12 @@ pub async fn delivery_claim(
     lease: Duration,
 ) -> Result<Vec<Claimed>, DbError> {
     let st = c
-        .prepare_cached(
-            "SELECT delivery_id, endpoint_id, attempt, budget_used,
-                    event_id, event_type, tenant_id, origin, occurred_at, payload, previous
-               FROM webhooks.delivery_claim($1, $2, $3, make_interval(secs => $4))",
-        )
+        .prepare_cached(concat!(
+            "SELECT delivery_id, endpoint_id, attempt, budget_used, ",
+            event_columns!(),
+            " FROM webhooks.delivery_claim(replica => $1, endpoint_ids => $2, rooms => $3,
+                                               lease => make_interval(secs => $4))"
+        ))
         .await?;
     let rows = c
         .query(&st, &[&replica, &endpoint_ids, &rooms, &secs(lease)])
@@ -256,9 +282,11 @@ pub async fn delivery_claim_probe(
 ) -> Result<Vec<Claimed>, DbError> {
     let rows = c
         .query(
-            "SELECT delivery_id, endpoint_id, attempt, budget_used,
-                    event_id, event_type, tenant_id, origin, occurred_at, payload, previous
-               FROM webhooks.delivery_claim_probe($1, $2, make_interval(secs => $3))",
+            concat!(
+                "SELECT delivery_id, endpoint_id, attempt, budget_used, ",
+                event_columns!(),
+                " FROM webhooks.delivery_claim_probe(replica => $1, endpoint_id => $2, lease => make_interval(secs => $3))"
+            ),
             &[&replica, &endpoint_id, &secs(lease)],
         )
         .await?;
@@ -296,11 +324,11 @@ pub async fn breaker_open(c: &impl GenericClient) -> Result<Vec<i64>, DbError> {
 fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<Claimed> {
     rows.iter()
         .map(|r| Claimed {
-            delivery_id: r.get(0),
-            endpoint_id: r.get(1),
-            attempt: r.get(2),
-            used: r.get(3),
-            event: r.get::<_, Option<String>>(5).map(|_| event_from(r, 4)),
+            delivery_id: r.get("delivery_id"),
+            endpoint_id: r.get("endpoint_id"),
+            attempt: r.get("attempt"),
+            used: r.get("budget_used"),
+            event: r.get::<_, Option<String>>("event_type").map(|_| event_from(r)),
         })
         .collect()
 }

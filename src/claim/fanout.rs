@@ -140,17 +140,17 @@ impl Claimer {
     /// saw it busy is still about to commit, then waits.
     async fn idle(&self, shutdown: &CancellationToken) -> Result<(), DbError> {
         let client = self.pool.get().await?;
-        db::delivery::listener_set(&client, &self.replica, true).await?;
+        db::delivery::idle_flag_set(&client, &self.replica, true).await?;
         // Every writer that read the flag before it committed has an xid
         // below this xmax; wait (briefly) until all of them have ended.
-        let first = db::delivery::fanout_probe(&client).await?;
+        let first = db::delivery::idle_check(&client).await?;
         let settle_until = Instant::now() + Duration::from_millis(50);
-        let mut probe = first;
-        let mut work = probe.has_work;
-        while !work && probe.horizon < first.xmax && Instant::now() < settle_until {
+        let mut check = first;
+        let mut work = check.has_work;
+        while !work && check.horizon < first.xmax && Instant::now() < settle_until {
             tokio::time::sleep(Duration::from_millis(1)).await;
-            probe = db::delivery::fanout_probe(&client).await?;
-            work = probe.has_work;
+            check = db::delivery::idle_check(&client).await?;
+            work = check.has_work;
         }
         if !work && self.signals.connected.load(Ordering::Acquire) {
             tokio::select! {
@@ -165,7 +165,7 @@ impl Claimer {
                 _ = shutdown.cancelled() => {}
             }
         }
-        db::delivery::listener_set(&client, &self.replica, false).await?;
+        db::delivery::idle_flag_set(&client, &self.replica, false).await?;
         Ok(())
     }
 }

@@ -60,7 +60,7 @@ impl Claimer {
         }
         let client = self.pool.get().await?;
         counts.deliveries = db::delivery::delivery_rescue(&client).await?;
-        counts.listeners = db::delivery::listener_rescue(&client).await?;
+        counts.listeners = db::delivery::idle_flag_rescue(&client).await?;
         if counts.deliveries > 0 {
             self.signals.retry.notify_one();
         }

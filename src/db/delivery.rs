@@ -241,7 +241,7 @@ pub async fn delivery_record(
 
 /// A claimed retry.
 #[derive(Debug)]
-pub struct Claimed {
+pub struct ClaimedRetry {
     pub delivery_id: i64,
     pub endpoint_id: i64,
     pub attempt: i32,
@@ -258,7 +258,7 @@ pub async fn delivery_claim(
     endpoint_ids: &[i64],
     rooms: &[i32],
     lease: Duration,
-) -> Result<Vec<Claimed>, DbError> {
+) -> Result<Vec<ClaimedRetry>, DbError> {
     let st = c
         .prepare_cached(concat!(
             "SELECT delivery_id, endpoint_id, attempt, budget_used, ",
@@ -279,7 +279,7 @@ pub async fn delivery_claim_probe(
     replica: &str,
     endpoint_id: i64,
     lease: Duration,
-) -> Result<Vec<Claimed>, DbError> {
+) -> Result<Vec<ClaimedRetry>, DbError> {
     let rows = c
         .query(
             concat!(
@@ -321,9 +321,9 @@ pub async fn breaker_open(c: &impl GenericClient) -> Result<Vec<i64>, DbError> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<Claimed> {
+fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<ClaimedRetry> {
     rows.iter()
-        .map(|r| Claimed {
+        .map(|r| ClaimedRetry {
             delivery_id: r.get("delivery_id"),
             endpoint_id: r.get("endpoint_id"),
             attempt: r.get("attempt"),
@@ -346,39 +346,40 @@ pub async fn delivery_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
 }
 
 /// `webhooks.listener_set`.
-pub async fn listener_set(c: &impl GenericClient, replica: &str, idle: bool) -> Result<(), DbError> {
+pub async fn idle_flag_set(c: &impl GenericClient, replica: &str, idle: bool) -> Result<(), DbError> {
     let st = c.prepare_cached("SELECT webhooks.listener_set($1, $2)").await?;
     c.execute(&st, &[&replica, &idle]).await?;
     Ok(())
 }
 
 /// `webhooks.listener_forget`.
-pub async fn listener_forget(c: &impl GenericClient, replica: &str) -> Result<(), DbError> {
+pub async fn idle_flag_forget(c: &impl GenericClient, replica: &str) -> Result<(), DbError> {
     c.execute("SELECT webhooks.listener_forget($1)", &[&replica])
         .await?;
     Ok(())
 }
 
 /// `webhooks.listener_rescue`.
-pub async fn listener_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
+pub async fn idle_flag_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
     let st = c.prepare_cached("SELECT webhooks.listener_rescue()").await?;
     Ok(c.query_one(&st, &[]).await?.get(0))
 }
 
-/// `webhooks.fanout_probe`.
+/// `webhooks.fanout_probe`: is there work, and may an idle replica sleep
+/// (has every writer that saw it busy ended)? Not the breaker's probes.
 #[derive(Debug, Clone, Copy)]
-pub struct Probe {
+pub struct IdleCheck {
     pub has_work: bool,
     pub horizon: i64,
     pub xmax: i64,
 }
 
-pub async fn fanout_probe(c: &impl GenericClient) -> Result<Probe, DbError> {
+pub async fn idle_check(c: &impl GenericClient) -> Result<IdleCheck, DbError> {
     let st = c
         .prepare_cached("SELECT has_work, horizon, xmax FROM webhooks.fanout_probe()")
         .await?;
     let r = c.query_one(&st, &[]).await?;
-    Ok(Probe {
+    Ok(IdleCheck {
         has_work: r.get(0),
         horizon: r.get(1),
         xmax: r.get(2),

@@ -62,7 +62,7 @@ impl LastFailure {
 
 /// The whole-system summary.
 #[derive(Debug)]
-pub struct Status {
+pub struct Summary {
     pub not_fanned_out: i64,
     pub waiting: i64,
     pub oldest_seconds: Option<f64>,
@@ -137,7 +137,7 @@ pub async fn setup(
     })
 }
 
-pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
+pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
     let top = c
         .query_one(
             "SELECT coalesce(sum(pending) FILTER (WHERE endpoint_id IS NULL), 0)::bigint,
@@ -170,7 +170,7 @@ pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
         )
         .await?
         .map(|r| (r.get(0), r.get(1), r.get(2)));
-    Ok(Status {
+    Ok(Summary {
         holding_back,
         not_fanned_out: top.get(0),
         waiting: top.get(1),

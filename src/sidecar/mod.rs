@@ -321,7 +321,7 @@ impl Sidecar {
         self.recorder_done.cancel();
         self.recorder.join().await;
         if let Ok(client) = self.pool.get().await {
-            let _ = db::delivery::listener_forget(&client, &self.replica).await;
+            let _ = db::delivery::idle_flag_forget(&client, &self.replica).await;
         }
         self.listen_stop.cancel();
         self.listener.join().await;

@@ -440,9 +440,7 @@ BEGIN
                                                              'url', webhooks.url_redact(e.url)))
            || coalesce(data, '{}')
       FROM webhooks.endpoints e WHERE e.id = ep;
-    IF EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
-        PERFORM pg_notify('webhooks', '');
-    END IF;
+    PERFORM webhooks.wake();
 END
 $$;
 

@@ -40,7 +40,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     let mut first = spawn_sidecar(&db.url());
     wait::until(
         "the first replica to be mid-stream",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let n = r.count();
             async move { (n >= 300).then_some(()) }
@@ -64,7 +64,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     }
     wait::until(
         "every delivery recorded, nothing claimed or pending",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let delivered = count(
                 &c,

@@ -293,9 +293,11 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_BREAKER_PROBE", default_value = "30s", value_parser = parse_duration)]
     pub breaker_probe: std::time::Duration,
 
-    /// Database connections in the pool (plus one for LISTEN).
+    /// Database connections in the pool (plus one for LISTEN); at least 4
+    /// (fan-out, retries, the recorder and the inbound server each hold one
+    /// at times).
     #[arg(long, env = "PGWEBHOOKS_POOL_SIZE", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(2..=256))]
+          value_parser = clap::value_parser!(u32).range(4..=256))]
     pub pool_size: u32,
 
     #[command(flatten)]

@@ -40,6 +40,20 @@ pub struct ClaimConfig {
     /// [`LINGER_FROM_PER_S`]: bigger batches for the same database work.
     /// Zero claims as soon as the previous batch is handed over.
     pub linger: Duration,
+    /// How often subscriptions are reloaded even without a `config`
+    /// notification (in case one was missed).
+    pub reload_every: Duration,
+    /// How often expired leases of stopped replicas are looked for; `None`:
+    /// a quarter of the lease, between 200 ms and 15 s.
+    pub rescue_every: Option<Duration>,
+}
+
+impl ClaimConfig {
+    /// [`ClaimConfig::rescue_every`], resolved.
+    pub fn rescue_interval(&self) -> Duration {
+        self.rescue_every
+            .unwrap_or((self.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(15)))
+    }
 }
 
 /// Below this arrival rate (events/s) the fan-out loop never lingers: each
@@ -54,6 +68,8 @@ impl Default for ClaimConfig {
             poll_interval: Duration::from_secs(1),
             max_in_memory: 4000,
             linger: Duration::from_millis(8),
+            reload_every: Duration::from_secs(30),
+            rescue_every: None,
         }
     }
 }

@@ -43,6 +43,8 @@ pub enum StartError {
     NotMigrated,
     #[error("cannot listen on {0}")]
     Listen(std::net::SocketAddr, #[source] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Tasks that stop together, each reporting its name when it ends.
@@ -122,7 +124,14 @@ impl Stages {
     /// misconfigured, and builds every stage.
     pub async fn assemble(mut config: SidecarConfig) -> Result<Stages, StartError> {
         config.database.pg = db::tuned(config.database.pg);
-        let pool = db::pool(config.database.clone(), config.pool_size.max(4));
+        if config.pool_size < 4 {
+            return Err(StartError::Config(format!(
+                "a pool of {} connections is too small: fan-out, retries, the recorder and the inbound server \
+                 need at least 4",
+                config.pool_size
+            )));
+        }
+        let pool = db::pool(config.database.clone(), config.pool_size);
         let replica: Arc<str> = config.replica.clone().into();
         preflight(&pool, &config).await?;
 
@@ -234,9 +243,9 @@ impl Sidecar {
         stages.spawn("retries", claimer.clone().run_retries(s.clone()));
         stages.spawn(
             "subscriptions",
-            claim::run_config(claimer.clone(), Duration::from_secs(30), s.clone()),
+            claim::run_config(claimer.clone(), config.claim.reload_every, s.clone()),
         );
-        let every = (config.claim.lease / 4).clamp(Duration::from_millis(200), Duration::from_secs(15));
+        let every = config.claim.rescue_interval();
         stages.spawn("rescue", claim::run_rescue(claimer, every, s.clone()));
         stages.spawn("breaker probes", prober.run(s.clone()));
         stages.spawn("maintenance", maintainer.run(s));

@@ -472,6 +472,17 @@ async fn capture_survives_alter_table_and_refuses_silent_breakage() {
     assert_eq!(watched, 0);
 }
 
+/// id, type, payload, previous, tenant, source table, row key.
+type EmittedRow = (
+    uuid::Uuid,
+    String,
+    Value,
+    Option<Value>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
 /// `emit_many`: one statement, ids in order, one wake; bad input is
 /// refused naming it, and nothing of the call is written.
 #[tokio::test]
@@ -507,15 +518,7 @@ async fn emit_many_writes_a_set_in_order_and_refuses_bad_events_whole() {
         )
         .await
         .unwrap();
-    let got: Vec<(
-        uuid::Uuid,
-        String,
-        Value,
-        Option<Value>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-    )> = rows
+    let got: Vec<EmittedRow> = rows
         .iter()
         .map(|r| {
             (

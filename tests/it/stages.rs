@@ -121,7 +121,7 @@ async fn rescue_takes_over_an_expired_batch_and_an_expired_delivery_lease() {
     // of the cluster has ended)…
     wait::until("the events to be claimable", T, || async {
         let leased = count(
-            &c,
+            c,
             "SELECT count(*) FROM webhooks.batch_claim('gone-replica', 100, interval '1 minute',
                                                         clock_timestamp() - interval '2 minutes')",
         )

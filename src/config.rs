@@ -298,8 +298,37 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(2..=256))]
     pub pool_size: u32,
 
+    /// Address of the admin listener: the operator console (/console) and
+    /// the management API (/api/v1). Never the inbound port; loopback by
+    /// default (reach it with `kubectl port-forward`).
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: std::net::SocketAddr,
+
+    /// Token for the admin listener: `Authorization: Bearer <token>` for
+    /// /api/v1, the console's sign-in form for /console. At least 16
+    /// printable characters (e.g. `openssl rand -hex 32`). Unset or empty:
+    /// the admin listener refuses every request.
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
     #[command(flatten)]
     pub targets: TargetArgs,
+}
+
+/// `PGWEBHOOKS_ADMIN_TOKEN`, checked: empty is unset; anything else must be
+/// at least 16 printable characters without spaces.
+pub fn admin_token(token: Option<&Secret>) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = token.map(|s| s.expose().trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() < crate::admin::MIN_TOKEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_ADMIN_TOKEN must be at least {} printable characters without spaces: make one with \
+             `openssl rand -hex 32`, or leave it empty to keep the admin listener closed",
+            crate::admin::MIN_TOKEN
+        )));
+    }
+    Ok(Some(Secret::new(value)))
 }
 
 /// Shortest inbound secret accepted (here and in `inbound_route_set`).
@@ -393,6 +422,17 @@ impl RunArgs {
         c.maintain.breaker_probe = self.breaker_probe;
         c.dispatch.breaker_failures = self.breaker_failures;
         c.dispatch.breaker_window = self.breaker_window;
+        if self.admin_listen == self.listen {
+            return Err(ConfigError::Invalid(
+                "PGWEBHOOKS_ADMIN_LISTEN must differ from PGWEBHOOKS_LISTEN: the inbound port never serves the console".into(),
+            ));
+        }
+        c.admin = Some(crate::admin::AdminConfig {
+            listen: self.admin_listen,
+            token: admin_token(self.admin_token.as_ref())?,
+            allow_private_targets: self.targets.allow_private_targets,
+            ..Default::default()
+        });
         c.inbound = Some(crate::inbound::InboundConfig {
             listen: self.listen,
             secret: inbound_secret,

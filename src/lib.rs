@@ -6,6 +6,7 @@
 //! modules follow the pipeline — listen → claim → dispatch → deliver →
 //! record — and `ARCHITECTURE.md` has the map and the invariants.
 
+pub mod admin;
 pub mod claim;
 pub mod config;
 pub mod db;

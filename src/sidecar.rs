@@ -38,6 +38,8 @@ pub struct SidecarConfig {
     pub env_endpoints: EnvEndpoints,
     /// The inbound HTTP server; `None` runs delivery only.
     pub inbound: Option<InboundConfig>,
+    /// The admin listener (console and /api/v1); `None`: not started.
+    pub admin: Option<crate::admin::AdminConfig>,
     pub maintain: MaintainConfig,
     /// Say failures, dead letters and pauses at `warn` (`notice`); the
     /// demo shows its scripted 503s itself.
@@ -56,6 +58,7 @@ impl SidecarConfig {
             shutdown_grace: Duration::from_secs(10),
             env_endpoints: EnvEndpoints::default(),
             inbound: None,
+            admin: None,
             maintain: MaintainConfig::default(),
             say_failures: true,
         }
@@ -99,6 +102,9 @@ pub struct Sidecar {
     pub inbound_addr: Option<std::net::SocketAddr>,
     inbound_stop: CancellationToken,
     inbound_task: Option<tokio::task::JoinHandle<()>>,
+    /// Where the admin listener listens, when it runs.
+    pub admin_addr: Option<std::net::SocketAddr>,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -237,6 +243,21 @@ impl Sidecar {
             }
             None => (None, None),
         };
+        let (admin_addr, admin_task) = match &config.admin {
+            Some(admin) => {
+                let router = crate::admin::router(pool.clone(), shared.snapshot.clone(), admin.clone());
+                let (addr, task) = crate::admin::serve(router, admin, inbound_stop.clone())
+                    .await
+                    .map_err(|e| StartError::Listen(admin.listen, e))?;
+                if admin.token.is_none() {
+                    tracing::warn!(%addr, "admin listener refuses everything: PGWEBHOOKS_ADMIN_TOKEN is not set");
+                } else {
+                    tracing::info!(%addr, "admin listener (console, /api/v1) listening");
+                }
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
         tracing::info!(replica = %config.replica, "sidecar started");
         Ok(Sidecar {
             claimer,
@@ -252,6 +273,8 @@ impl Sidecar {
             inbound_addr,
             inbound_stop,
             inbound_task,
+            admin_addr,
+            admin_task,
         })
     }
 
@@ -272,6 +295,9 @@ impl Sidecar {
     pub async fn stop(mut self) {
         self.inbound_stop.cancel();
         if let Some(task) = self.inbound_task.take() {
+            let _ = task.await;
+        }
+        if let Some(task) = self.admin_task.take() {
             let _ = task.await;
         }
         self.shared.stopping.cancel();

@@ -122,6 +122,7 @@ pub fn run_command(url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"));
     cmd.arg("run")
         .env("DATABASE_URL", url)
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
         .env("PGWEBHOOKS_LOG", "warn")
         .stdin(Stdio::null());

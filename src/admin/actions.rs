@@ -27,7 +27,14 @@ pub async fn pause(a: &Admin, actor: &str, id: i64, reason: &str) -> Result<(), 
     if !db::endpoints::set_enabled(&c, id, false, &reason).await? {
         return Err(not_found(id));
     }
-    record(a, actor, "endpoint.pause", Some(&format!("endpoint {id}")), json!({"reason": reason})).await;
+    record(
+        a,
+        actor,
+        "endpoint.pause",
+        Some(&format!("endpoint {id}")),
+        json!({"reason": reason}),
+    )
+    .await;
     Ok(())
 }
 
@@ -36,7 +43,14 @@ pub async fn resume(a: &Admin, actor: &str, id: i64) -> Result<(), Failure> {
     if !db::endpoints::set_enabled(&c, id, true, "").await? {
         return Err(not_found(id));
     }
-    record(a, actor, "endpoint.resume", Some(&format!("endpoint {id}")), json!({})).await;
+    record(
+        a,
+        actor,
+        "endpoint.resume",
+        Some(&format!("endpoint {id}")),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 
@@ -48,7 +62,14 @@ pub async fn test(a: &Admin, actor: &str, id: i64) -> Result<i64, Failure> {
     let c = a.pool.get().await?;
     let delivery = db::ops::endpoint_test(&c, id).await?;
     drop(c);
-    record(a, actor, "endpoint.test", Some(&format!("endpoint {id}")), json!({"delivery_id": delivery})).await;
+    record(
+        a,
+        actor,
+        "endpoint.test",
+        Some(&format!("endpoint {id}")),
+        json!({"delivery_id": delivery}),
+    )
+    .await;
     let pool = a.pool.clone();
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -82,7 +103,11 @@ pub async fn rotate(
                 .map_err(|e| Failure(StatusCode::BAD_REQUEST, format!("secret: {e}")))?;
             (s, false)
         }
-        None => (generate_secret().map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()))?, true),
+        None => (
+            generate_secret()
+                .map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()))?,
+            true,
+        ),
     };
     let mut c = a.pool.get().await?;
     if !db::endpoints::rotate_secret(&mut c, id, &secret, overlap).await? {
@@ -103,7 +128,14 @@ pub async fn rotate(
 pub async fn retry(a: &Admin, actor: &str, ids: &[i64]) -> Result<Vec<i64>, Failure> {
     let c = a.pool.get().await?;
     let done = db::ops::retry(&c, ids).await?;
-    record(a, actor, "delivery.retry", None, json!({"ids": ids, "requeued": done})).await;
+    record(
+        a,
+        actor,
+        "delivery.retry",
+        None,
+        json!({"ids": ids, "requeued": done}),
+    )
+    .await;
     Ok(done)
 }
 
@@ -113,15 +145,28 @@ pub async fn retry_dead(a: &Admin, actor: &str, id: i64) -> Result<i32, Failure>
         return Err(not_found(id));
     }
     let n = db::ops::retry_dead(&c, Some(id)).await?;
-    record(a, actor, "endpoint.retry_dead", Some(&format!("endpoint {id}")), json!({"requeued": n})).await;
+    record(
+        a,
+        actor,
+        "endpoint.retry_dead",
+        Some(&format!("endpoint {id}")),
+        json!({"requeued": n}),
+    )
+    .await;
     Ok(n)
 }
 
 pub async fn replay(a: &Admin, actor: &str, id: i64, since: &str) -> Result<i32, Failure> {
     let c = a.pool.get().await?;
     let n = db::ops::replay(&c, id, since).await?;
-    record(a, actor, "endpoint.replay", Some(&format!("endpoint {id}")), json!({"since": since, "requeued": n}))
-        .await;
+    record(
+        a,
+        actor,
+        "endpoint.replay",
+        Some(&format!("endpoint {id}")),
+        json!({"since": since, "requeued": n}),
+    )
+    .await;
     Ok(n)
 }
 
@@ -148,7 +193,8 @@ pub async fn create(a: &Admin, actor: &str, s: &Spec) -> Result<(i64, Option<Str
         e.ignore_origins = vec!["inbound/*".into()];
     }
     let generated = if e.secret.is_empty() {
-        e.secret = generate_secret().map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()))?;
+        e.secret = generate_secret()
+            .map_err(|_| Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()))?;
         Some(e.secret.clone())
     } else {
         None
@@ -156,10 +202,19 @@ pub async fn create(a: &Admin, actor: &str, s: &Spec) -> Result<(i64, Option<Str
     check_target(a, url).await?;
     let mut c = a.pool.get().await?;
     if let Some(f) = &e.filter {
-        db::endpoints::check_filter(&c, f).await.map_err(|m| bad(format!("filter: {m}")))?;
+        db::endpoints::check_filter(&c, f)
+            .await
+            .map_err(|m| bad(format!("filter: {m}")))?;
     }
     let id = db::endpoints::add(&mut c, &e).await?;
-    record(a, actor, "endpoint.create", Some(&format!("endpoint {id}")), json!({"name": e.name})).await;
+    record(
+        a,
+        actor,
+        "endpoint.create",
+        Some(&format!("endpoint {id}")),
+        json!({"name": e.name}),
+    )
+    .await;
     Ok((id, generated))
 }
 
@@ -181,7 +236,14 @@ pub async fn update(a: &Admin, actor: &str, id: i64, s: &Spec) -> Result<(), Fai
         Err(UpdateError::Refused(m)) => return Err(Failure(StatusCode::BAD_REQUEST, m)),
         Err(UpdateError::Db(e)) => return Err(e.into()),
     }
-    record(a, actor, "endpoint.update", Some(&format!("endpoint {id}")), json!({})).await;
+    record(
+        a,
+        actor,
+        "endpoint.update",
+        Some(&format!("endpoint {id}")),
+        json!({}),
+    )
+    .await;
     Ok(())
 }
 
@@ -203,6 +265,13 @@ pub async fn delete(a: &Admin, actor: &str, id: i64, force: bool) -> Result<serd
             json!({"deleted": true, "deliveries": deliveries, "dropped": dropped.total(), "event_id": event})
         }
     };
-    record(a, actor, "endpoint.delete", Some(&format!("endpoint {id}")), out.clone()).await;
+    record(
+        a,
+        actor,
+        "endpoint.delete",
+        Some(&format!("endpoint {id}")),
+        out.clone(),
+    )
+    .await;
     Ok(out)
 }

@@ -61,10 +61,12 @@ async fn openapi() -> Response {
 
 /// A positive id from the path.
 pub fn id(raw: &str) -> Result<i64, Failure> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| Failure(StatusCode::NOT_FOUND, "not found: ids are positive integers".into()))
+    raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        Failure(
+            StatusCode::NOT_FOUND,
+            "not found: ids are positive integers".into(),
+        )
+    })
 }
 
 /// The query's parameters: none may hold a NUL or exceed 1,000 characters.
@@ -72,7 +74,10 @@ pub fn query(raw: Option<&str>) -> Result<Vec<(String, String)>, Failure> {
     let pairs = form::pairs(raw.unwrap_or_default().as_bytes());
     for (k, v) in &pairs {
         if v.contains('\0') || k.contains('\0') {
-            return Err(bad(format!("parameter {:?}: NUL is not allowed", k.replace('\0', ""))));
+            return Err(bad(format!(
+                "parameter {:?}: NUL is not allowed",
+                k.replace('\0', "")
+            )));
         }
         if v.chars().count() > 1000 {
             return Err(bad(format!("parameter {k:?}: at most 1000 characters")));
@@ -125,7 +130,9 @@ pub fn cursor_decode(q: &[(String, String)], kind: char) -> Result<Option<Vec<i6
 }
 
 fn page<T: serde::Serialize>(items: &[T], limit: i64, next: impl Fn(&T) -> String) -> Response {
-    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(next)).flatten();
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(next))
+        .flatten();
     Json(json!({"items": items, "next_cursor": next_cursor})).into_response()
 }
 
@@ -135,7 +142,10 @@ pub fn delivery_filter(q: &[(String, String)]) -> Result<DeliveryFilter, Failure
     let given = |n: &str| form::get(q, n).map(str::trim).filter(|v| !v.is_empty());
     let time = |n: &str| {
         given(n)
-            .map(|v| humantime::parse_rfc3339_weak(v).map_err(|_| bad(format!("{n}: an RFC 3339 time, e.g. 2026-01-31T12:00:00Z"))))
+            .map(|v| {
+                humantime::parse_rfc3339_weak(v)
+                    .map_err(|_| bad(format!("{n}: an RFC 3339 time, e.g. 2026-01-31T12:00:00Z")))
+            })
             .transpose()
     };
     let status = given("status").map(str::to_owned);
@@ -210,10 +220,19 @@ async fn endpoint_create(caller: ApiCaller, State(a): State<Shared>, bytes: Byte
     let (id, secret) = actions::create(&a, caller.actor(), &spec).await?;
     let c = a.pool.get().await?;
     let endpoint = db::admin::endpoints(&c, Some(id)).await?.pop();
-    Ok((StatusCode::CREATED, Json(json!({"endpoint": endpoint, "secret": secret}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"endpoint": endpoint, "secret": secret})),
+    )
+        .into_response())
 }
 
-async fn endpoint_update(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<String>, bytes: Bytes) -> Answer {
+async fn endpoint_update(
+    caller: ApiCaller,
+    State(a): State<Shared>,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Answer {
     let id = id(&raw)?;
     let spec: super::spec::Spec = body(&bytes)?;
     actions::update(&a, caller.actor(), id, &spec).await?;
@@ -221,7 +240,12 @@ async fn endpoint_update(caller: ApiCaller, State(a): State<Shared>, Path(raw): 
     Ok(Json(db::admin::endpoints(&c, Some(id)).await?.pop()).into_response())
 }
 
-async fn endpoint_delete(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<String>, RawQuery(q): RawQuery) -> Answer {
+async fn endpoint_delete(
+    caller: ApiCaller,
+    State(a): State<Shared>,
+    Path(raw): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Answer {
     let id = id(&raw)?;
     let q = query(q.as_deref())?;
     let force = match form::get(&q, "force") {
@@ -319,7 +343,10 @@ async fn delivery(_: ApiCaller, State(a): State<Shared>, Path(raw): Path<String>
         json!({"body": sent.body, "note": sent.note,
                "headers": sent.headers.iter().map(|(n, v)| json!({"name": n, "value": v})).collect::<Vec<_>>()})
     });
-    Ok(Json(json!({"delivery": d.delivery, "event": d.event, "attempts": d.attempts, "request": request})).into_response())
+    Ok(
+        Json(json!({"delivery": d.delivery, "event": d.event, "attempts": d.attempts, "request": request}))
+            .into_response(),
+    )
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -361,13 +388,22 @@ async fn dead_letters(_: ApiCaller, State(a): State<Shared>, RawQuery(q): RawQue
         .map(|v| v.parse::<i64>().map_err(|_| bad("endpoint_id: an integer")))
         .transpose()?;
     let before = cursor_decode(&q, 'x')?
-        .map(|v| if v.len() == 2 { Ok((v[0], v[1])) } else { Err(bad("cursor: invalid")) })
+        .map(|v| {
+            if v.len() == 2 {
+                Ok((v[0], v[1]))
+            } else {
+                Err(bad("cursor: invalid"))
+            }
+        })
         .transpose()?;
     let limit = limit(&q)?;
     let c = a.pool.get().await?;
     let rows = db::admin::dead_letters(&c, endpoint, before, limit).await?;
     let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|(d, at)| cursor_encode(&format!("x{at}:{}", d.id))))
+        .then(|| {
+            rows.last()
+                .map(|(d, at)| cursor_encode(&format!("x{at}:{}", d.id)))
+        })
         .flatten();
     let items: Vec<_> = rows.into_iter().map(|(d, _)| d).collect();
     Ok(Json(json!({"items": items, "next_cursor": next})).into_response())

@@ -117,7 +117,10 @@ impl Session {
 /// The `Set-Cookie` value for a session (or, with `None`, its removal).
 pub fn set_cookie(value: Option<&str>, ttl: Duration) -> String {
     match value {
-        Some(v) => format!("{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", ttl.as_secs()),
+        Some(v) => format!(
+            "{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            ttl.as_secs()
+        ),
         None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
     }
 }
@@ -171,7 +174,10 @@ impl FromRequestParts<Shared> for ApiCaller {
             .map(str::trim);
         match presented {
             Some(t) if admin.keys.token_ok(t) => Ok(ApiCaller),
-            Some(_) => Err(with_challenge(Failure(StatusCode::UNAUTHORIZED, "invalid admin token".into()))),
+            Some(_) => Err(with_challenge(Failure(
+                StatusCode::UNAUTHORIZED,
+                "invalid admin token".into(),
+            ))),
             None => Err(with_challenge(Failure(
                 StatusCode::UNAUTHORIZED,
                 "missing admin token: send Authorization: Bearer <PGWEBHOOKS_ADMIN_TOKEN>".into(),
@@ -203,7 +209,9 @@ mod tests {
         let back = keys.session_check(&value, now).unwrap();
         assert_eq!(back.id, s.id);
         assert_eq!(back.csrf, s.csrf);
-        assert!(keys.session_check(&value, now + Duration::from_secs(61)).is_none());
+        assert!(keys
+            .session_check(&value, now + Duration::from_secs(61))
+            .is_none());
         let other = Keys::new(&Secret::new("another-token-of-16"));
         assert!(other.session_check(&value, now).is_none());
         // Tampering with any part is refused.
@@ -211,7 +219,13 @@ mod tests {
         let (exp, mac) = rest.split_once('.').unwrap();
         let later = format!("{id}.{}.{mac}", exp.parse::<u64>().unwrap() + 3600);
         assert!(keys.session_check(&later, now).is_none());
-        for bad in ["", "x", "a.b.c", &format!("{value}.x"), &value.replace(id, &"0".repeat(32))] {
+        for bad in [
+            "",
+            "x",
+            "a.b.c",
+            &format!("{value}.x"),
+            &value.replace(id, &"0".repeat(32)),
+        ] {
             assert!(keys.session_check(bad, now).is_none(), "{bad}");
         }
         assert!(s.csrf_ok(Some(&s.csrf)));
@@ -230,12 +244,30 @@ mod tests {
             m
         };
         assert!(same_origin(&h(&[("host", "127.0.0.1:9090")])));
-        assert!(same_origin(&h(&[("host", "127.0.0.1:9090"), ("origin", "http://127.0.0.1:9090")])));
-        assert!(!same_origin(&h(&[("host", "127.0.0.1:9090"), ("origin", "http://evil.example")])));
-        assert!(!same_origin(&h(&[("host", "127.0.0.1:9090"), ("origin", "null")])));
-        assert!(!same_origin(&h(&[("host", "a"), ("sec-fetch-site", "cross-site")])));
-        assert!(!same_origin(&h(&[("host", "a"), ("sec-fetch-site", "same-site")])));
-        assert!(same_origin(&h(&[("host", "a"), ("sec-fetch-site", "same-origin")])));
+        assert!(same_origin(&h(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://127.0.0.1:9090")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "http://evil.example")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "127.0.0.1:9090"),
+            ("origin", "null")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "a"),
+            ("sec-fetch-site", "cross-site")
+        ])));
+        assert!(!same_origin(&h(&[
+            ("host", "a"),
+            ("sec-fetch-site", "same-site")
+        ])));
+        assert!(same_origin(&h(&[
+            ("host", "a"),
+            ("sec-fetch-site", "same-origin")
+        ])));
         let cookies = h(&[("cookie", "a=b; pgwebhooks_session=v.1.m; c=d")]);
         assert_eq!(cookie(&cookies), Some("v.1.m"));
     }

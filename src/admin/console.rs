@@ -67,31 +67,54 @@ pub fn routes() -> Router<Shared> {
 
 async fn css() -> Response {
     (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=3600")],
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
         CSS,
     )
         .into_response()
 }
 
 /// Renders `name` with `ctx` (plus the session's CSRF token for forms).
-pub fn render(a: &Admin, status: StatusCode, name: &str, session: Option<&Session>, mut ctx: Value) -> Response {
+pub fn render(
+    a: &Admin,
+    status: StatusCode,
+    name: &str,
+    session: Option<&Session>,
+    mut ctx: Value,
+) -> Response {
     if let Some(obj) = ctx.as_object_mut() {
         obj.insert("csrf".into(), json!(session.map(|s| s.csrf.clone())));
         obj.insert("signed_in".into(), json!(session.is_some()));
         obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
     }
-    match a.templates.get_template(name).and_then(|t| t.render(minijinja::value::Serde(&ctx))) {
+    match a
+        .templates
+        .get_template(name)
+        .and_then(|t| t.render(minijinja::value::Serde(&ctx)))
+    {
         Ok(html) => (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
         Err(e) => {
             tracing::error!(template = name, error = %e, "console: a page failed to render");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the page failed to render (logged)").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render (logged)",
+            )
+                .into_response()
         }
     }
 }
 
 /// A page saying what went wrong, with a way back.
 pub fn message(a: &Admin, session: Option<&Session>, f: Failure) -> Response {
-    render(a, f.0, "message.html", session, json!({"title": f.0.canonical_reason(), "message": f.1}))
+    render(
+        a,
+        f.0,
+        "message.html",
+        session,
+        json!({"title": f.0.canonical_reason(), "message": f.1}),
+    )
 }
 
 /// A signed-in console request; otherwise the login page.
@@ -101,7 +124,8 @@ impl FromRequestParts<Shared> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, a: &Shared) -> Result<Self, Self::Rejection> {
-        match auth::cookie(&parts.headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now())) {
+        match auth::cookie(&parts.headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
+        {
             Some(s) => Ok(Signed(s)),
             None => Err(Redirect::to("/console/login").into_response()),
         }
@@ -114,10 +138,17 @@ async fn login_form(State(a): State<Shared>) -> Response {
 
 async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
     if !auth::same_origin(&headers) {
-        return message(&a, None, Failure(StatusCode::FORBIDDEN, "cross-site request refused".into()));
+        return message(
+            &a,
+            None,
+            Failure(StatusCode::FORBIDDEN, "cross-site request refused".into()),
+        );
     }
     let pairs = form::pairs(&bytes);
-    if !a.keys.token_ok(form::get(&pairs, "token").unwrap_or_default().trim()) {
+    if !a
+        .keys
+        .token_ok(form::get(&pairs, "token").unwrap_or_default().trim())
+    {
         tracing::warn!("console: a sign-in with a wrong token was refused");
         return render(
             &a,
@@ -133,19 +164,31 @@ async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Res
             super::record(&a, &session.actor(), "console.sign_in", None, json!({})).await;
             (
                 StatusCode::SEE_OTHER,
-                [(header::SET_COOKIE, auth::set_cookie(Some(&value), ttl)), (header::LOCATION, "/console".into())],
+                [
+                    (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl)),
+                    (header::LOCATION, "/console".into()),
+                ],
             )
                 .into_response()
         }
-        Err(_) => message(&a, None, Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into())),
+        Err(_) => message(
+            &a,
+            None,
+            Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()),
+        ),
     }
 }
 
 /// The checks every state-changing console request passes: a session, our
 /// own origin, the session's CSRF token. Returns the session and the form.
-fn guard(a: &Admin, headers: &HeaderMap, bytes: &Bytes) -> Result<(Session, Vec<(String, String)>), Response> {
+fn guard(
+    a: &Admin,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Result<(Session, Vec<(String, String)>), Response> {
     let refuse = |m: &str, s: Option<&Session>| Err(message(a, s, Failure(StatusCode::FORBIDDEN, m.into())));
-    let Some(session) = auth::cookie(headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
+    let Some(session) =
+        auth::cookie(headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
     else {
         return refuse("not signed in: sign in at /console/login first", None);
     };
@@ -156,7 +199,10 @@ fn guard(a: &Admin, headers: &HeaderMap, bytes: &Bytes) -> Result<(Session, Vec<
     let pairs = form::pairs(bytes);
     if !session.csrf_ok(form::get(&pairs, "csrf")) {
         tracing::warn!("console: a request without the CSRF token was refused");
-        return refuse("missing or wrong CSRF token: reload the page and try again", Some(&session));
+        return refuse(
+            "missing or wrong CSRF token: reload the page and try again",
+            Some(&session),
+        );
     }
     Ok((session, pairs))
 }
@@ -200,14 +246,26 @@ async fn endpoint_action(
         _ => format!("/console/endpoints/{id}"),
     };
     let done = match action.as_str() {
-        "pause" => actions::pause(&a, &actor, id, form::get(&pairs, "reason").unwrap_or_default().replace('\0', "").as_str())
+        "pause" => actions::pause(
+            &a,
+            &actor,
+            id,
+            form::get(&pairs, "reason")
+                .unwrap_or_default()
+                .replace('\0', "")
+                .as_str(),
+        )
+        .await
+        .map(|_| "paused".to_owned()),
+        "resume" => actions::resume(&a, &actor, id)
             .await
-            .map(|_| "paused".to_owned()),
-        "resume" => actions::resume(&a, &actor, id).await.map(|_| "resumed".to_owned()),
+            .map(|_| "resumed".to_owned()),
         "rotate-secret" => actions::rotate(&a, &actor, id, None, std::time::Duration::from_secs(86_400))
             .await
             .map(|_| "rotated".to_owned()),
-        "retry-dead" => actions::retry_dead(&a, &actor, id).await.map(|n| format!("requeued-{n}")),
+        "retry-dead" => actions::retry_dead(&a, &actor, id)
+            .await
+            .map(|n| format!("requeued-{n}")),
         "test" => match actions::test(&a, &actor, id).await {
             Ok(delivery) => return back(&format!("/console/deliveries/{delivery}"), "test"),
             Err(f) => Err(f),
@@ -220,7 +278,12 @@ async fn endpoint_action(
     }
 }
 
-async fn delivery_retry(State(a): State<Shared>, headers: HeaderMap, Path(raw): Path<String>, bytes: Bytes) -> Response {
+async fn delivery_retry(
+    State(a): State<Shared>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let (session, _) = match guard(&a, &headers, &bytes) {
         Ok(x) => x,
         Err(r) => return r,
@@ -230,7 +293,10 @@ async fn delivery_retry(State(a): State<Shared>, headers: HeaderMap, Path(raw): 
         Err(f) => return message(&a, Some(&session), f),
     };
     match actions::retry(&a, &session.actor(), &[id]).await {
-        Ok(done) => back(&format!("/console/deliveries/{id}"), &format!("requeued-{}", done.len())),
+        Ok(done) => back(
+            &format!("/console/deliveries/{id}"),
+            &format!("requeued-{}", done.len()),
+        ),
         Err(f) => message(&a, Some(&session), f),
     }
 }
@@ -246,14 +312,19 @@ async fn retry_selected(State(a): State<Shared>, headers: HeaderMap, bytes: Byte
         .map(|(_, v)| v.parse().ok())
         .collect();
     match ids {
-        Some(ids) if !ids.is_empty() && ids.len() <= 1000 => match actions::retry(&a, &session.actor(), &ids).await {
-            Ok(done) => back("/console/dead", &format!("requeued-{}", done.len())),
-            Err(f) => message(&a, Some(&session), f),
-        },
+        Some(ids) if !ids.is_empty() && ids.len() <= 1000 => {
+            match actions::retry(&a, &session.actor(), &ids).await {
+                Ok(done) => back("/console/dead", &format!("requeued-{}", done.len())),
+                Err(f) => message(&a, Some(&session), f),
+            }
+        }
         _ => message(
             &a,
             Some(&session),
-            Failure(StatusCode::BAD_REQUEST, "select 1 to 1000 deliveries to retry".into()),
+            Failure(
+                StatusCode::BAD_REQUEST,
+                "select 1 to 1000 deliveries to retry".into(),
+            ),
         ),
     }
 }
@@ -272,13 +343,15 @@ async fn search(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuer
         }
     }
     if uuid::Uuid::parse_str(&text).is_ok() {
-        return Redirect::to(&format!("/console/deliveries?event_id={}", form::encode(&text))).into_response();
+        return Redirect::to(&format!("/console/deliveries?event_id={}", form::encode(&text)))
+            .into_response();
     }
     if text.split_whitespace().count() == 2 {
         return Redirect::to(&format!("/console/deliveries?source={}", form::encode(&text))).into_response();
     }
     if !text.is_empty() && !text.contains(char::is_whitespace) {
-        return Redirect::to(&format!("/console/deliveries?event_type={}", form::encode(&text))).into_response();
+        return Redirect::to(&format!("/console/deliveries?event_type={}", form::encode(&text)))
+            .into_response();
     }
     message(
         &a,

@@ -88,7 +88,13 @@ type Shared = Arc<Admin>;
 pub fn router(pool: Pool, snapshot: Arc<RwLock<Arc<Snapshot>>>, config: AdminConfig) -> Router {
     let Some(token) = config.token.clone() else {
         return Router::new()
-            .fallback(|| async { (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], NO_TOKEN) })
+            .fallback(|| async {
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    NO_TOKEN,
+                )
+            })
             .layer(axum::middleware::map_response(secure_headers));
     };
     let admin = Arc::new(Admin {
@@ -165,14 +171,20 @@ impl From<DbError> for Failure {
             return Failure(StatusCode::BAD_REQUEST, m.clone());
         }
         tracing::error!(error = %crate::record::error_chain(&e), "admin: database error");
-        Failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error (logged)".into())
+        Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error (logged)".into(),
+        )
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Failure {
     fn from(e: deadpool_postgres::PoolError) -> Failure {
         tracing::error!(error = %crate::record::error_chain(&e), "admin: no database connection");
-        Failure(StatusCode::SERVICE_UNAVAILABLE, "the database is unavailable".into())
+        Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable".into(),
+        )
     }
 }
 
@@ -184,7 +196,13 @@ impl IntoResponse for Failure {
 
 /// Records an action; a failure to record is logged, never hidden by
 /// pretending the action did not happen.
-pub async fn record(admin: &Admin, actor: &str, action: &str, target: Option<&str>, detail: serde_json::Value) {
+pub async fn record(
+    admin: &Admin,
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    detail: serde_json::Value,
+) {
     let result = match admin.pool.get().await {
         Ok(c) => crate::db::admin::action_record(&c, actor, action, target, &detail).await,
         Err(e) => Err(e.into()),

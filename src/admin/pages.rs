@@ -54,7 +54,13 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn ms(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| if v < 10.0 { format!("{v:.1} ms") } else { format!("{v:.0} ms") })
+    v.map_or("–".into(), |v| {
+        if v < 10.0 {
+            format!("{v:.1} ms")
+        } else {
+            format!("{v:.0} ms")
+        }
+    })
 }
 
 /// The status summary with each endpoint's plot and latency.
@@ -111,53 +117,89 @@ pub async fn overview(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): R
 }
 
 pub async fn endpoints(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuery) -> Response {
-    page!(a, s, async {
-        let q = api::query(q.as_deref())?;
-        let (_, mut endpoints) = summary(&a).await?;
-        let c = a.pool.get().await?;
-        let views: HashMap<i64, db::admin::EndpointView> =
-            db::admin::endpoints(&c, None).await?.into_iter().map(|e| (e.id, e)).collect();
-        for e in &mut endpoints {
-            if let Some(v) = e["id"].as_i64().and_then(|id| views.get(&id)) {
-                e["url"] = json!(v.url);
-                e["events"] = json!(v.event_types.join(", "));
-                e["enabled"] = json!(v.enabled);
+    page!(
+        a,
+        s,
+        async {
+            let q = api::query(q.as_deref())?;
+            let (_, mut endpoints) = summary(&a).await?;
+            let c = a.pool.get().await?;
+            let views: HashMap<i64, db::admin::EndpointView> = db::admin::endpoints(&c, None)
+                .await?
+                .into_iter()
+                .map(|e| (e.id, e))
+                .collect();
+            for e in &mut endpoints {
+                if let Some(v) = e["id"].as_i64().and_then(|id| views.get(&id)) {
+                    e["url"] = json!(v.url);
+                    e["events"] = json!(v.event_types.join(", "));
+                    e["enabled"] = json!(v.enabled);
+                }
             }
+            Ok(render(
+                &a,
+                StatusCode::OK,
+                "endpoints.html",
+                Some(&s),
+                json!({
+                    "page": "endpoints", "notice": notice(&q), "endpoints": endpoints,
+                }),
+            ))
         }
-        Ok(render(&a, StatusCode::OK, "endpoints.html", Some(&s), json!({
-            "page": "endpoints", "notice": notice(&q), "endpoints": endpoints,
-        })))
-    }
-    .await)
+        .await
+    )
 }
 
-pub async fn endpoint(State(a): State<Shared>, Signed(s): Signed, Path(raw): Path<String>, RawQuery(q): RawQuery) -> Response {
-    page!(a, s, async {
-        let q = api::query(q.as_deref())?;
-        let id = api::id(&raw)?;
-        let c = a.pool.get().await?;
-        let Some(e) = db::admin::endpoints(&c, Some(id)).await?.pop() else {
-            return Err(Failure(StatusCode::NOT_FOUND, format!("no endpoint {id}")));
-        };
-        let recent = db::admin::recent_attempts(&c, id, false, 120).await?;
-        let failures = db::admin::recent_attempts(&c, id, true, 20).await?;
-        let filter = db::admin::DeliveryFilter { endpoint_id: Some(id), ..Default::default() };
-        let deliveries = db::admin::deliveries(&c, &filter, 25).await?;
-        drop(c);
-        let points: Vec<(f64, bool)> = recent
-            .iter()
-            .rev()
-            .map(|r| (r.attempt.duration_ms, r.attempt.status_code.is_some_and(|s| (200..300).contains(&s))))
-            .collect();
-        let (_, health) = summary(&a).await?;
-        let health = health.into_iter().find(|h| h["id"] == id);
-        Ok(render(&a, StatusCode::OK, "endpoint.html", Some(&s), json!({
-            "page": "endpoints", "notice": notice(&q), "e": e, "health": health,
-            "latency": if points.is_empty() { None } else { Some(plot::latency(&points)) },
-            "failures": failures, "deliveries": deliveries,
-        })))
-    }
-    .await)
+pub async fn endpoint(
+    State(a): State<Shared>,
+    Signed(s): Signed,
+    Path(raw): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    page!(
+        a,
+        s,
+        async {
+            let q = api::query(q.as_deref())?;
+            let id = api::id(&raw)?;
+            let c = a.pool.get().await?;
+            let Some(e) = db::admin::endpoints(&c, Some(id)).await?.pop() else {
+                return Err(Failure(StatusCode::NOT_FOUND, format!("no endpoint {id}")));
+            };
+            let recent = db::admin::recent_attempts(&c, id, false, 120).await?;
+            let failures = db::admin::recent_attempts(&c, id, true, 20).await?;
+            let filter = db::admin::DeliveryFilter {
+                endpoint_id: Some(id),
+                ..Default::default()
+            };
+            let deliveries = db::admin::deliveries(&c, &filter, 25).await?;
+            drop(c);
+            let points: Vec<(f64, bool)> = recent
+                .iter()
+                .rev()
+                .map(|r| {
+                    (
+                        r.attempt.duration_ms,
+                        r.attempt.status_code.is_some_and(|s| (200..300).contains(&s)),
+                    )
+                })
+                .collect();
+            let (_, health) = summary(&a).await?;
+            let health = health.into_iter().find(|h| h["id"] == id);
+            Ok(render(
+                &a,
+                StatusCode::OK,
+                "endpoint.html",
+                Some(&s),
+                json!({
+                    "page": "endpoints", "notice": notice(&q), "e": e, "health": health,
+                    "latency": if points.is_empty() { None } else { Some(plot::latency(&points)) },
+                    "failures": failures, "deliveries": deliveries,
+                }),
+            ))
+        }
+        .await
+    )
 }
 
 pub async fn deliveries(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuery) -> Response {
@@ -189,33 +231,50 @@ pub async fn deliveries(State(a): State<Shared>, Signed(s): Signed, RawQuery(q):
     .await)
 }
 
-pub async fn delivery(State(a): State<Shared>, Signed(s): Signed, Path(raw): Path<String>, RawQuery(q): RawQuery) -> Response {
-    page!(a, s, async {
-        let q = api::query(q.as_deref())?;
-        let id = api::id(&raw)?;
-        let c = a.pool.get().await?;
-        let Some(d) = db::admin::delivery(&c, id).await? else {
-            return Err(Failure(StatusCode::NOT_FOUND, format!("no delivery {id}")));
-        };
-        drop(c);
-        let sent = d.event.as_ref().map(|e| {
-            let snapshot = a.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
-            view::as_sent(&snapshot, d.delivery.endpoint_id, e)
-        });
-        let retryable = ["failed", "dead", "pending"].contains(&d.delivery.status.as_str());
-        let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-        let body = sent.as_ref().and_then(|s| s.body.as_deref()).map(|b| {
-            serde_json::from_str::<Value>(b).map(|v| pretty(&v)).unwrap_or_else(|_| b.to_owned())
-        });
-        Ok(render(&a, StatusCode::OK, "delivery.html", Some(&s), json!({
-            "page": "deliveries", "notice": notice(&q), "d": d.delivery, "event": d.event,
-            "payload": d.event.as_ref().map(|e| pretty(&e.payload)),
-            "previous": d.event.as_ref().and_then(|e| e.previous.as_ref()).map(pretty),
-            "attempts": d.attempts, "sent": sent, "body": body,
-            "retryable": retryable,
-        })))
-    }
-    .await)
+pub async fn delivery(
+    State(a): State<Shared>,
+    Signed(s): Signed,
+    Path(raw): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    page!(
+        a,
+        s,
+        async {
+            let q = api::query(q.as_deref())?;
+            let id = api::id(&raw)?;
+            let c = a.pool.get().await?;
+            let Some(d) = db::admin::delivery(&c, id).await? else {
+                return Err(Failure(StatusCode::NOT_FOUND, format!("no delivery {id}")));
+            };
+            drop(c);
+            let sent = d.event.as_ref().map(|e| {
+                let snapshot = a.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
+                view::as_sent(&snapshot, d.delivery.endpoint_id, e)
+            });
+            let retryable = ["failed", "dead", "pending"].contains(&d.delivery.status.as_str());
+            let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+            let body = sent.as_ref().and_then(|s| s.body.as_deref()).map(|b| {
+                serde_json::from_str::<Value>(b)
+                    .map(|v| pretty(&v))
+                    .unwrap_or_else(|_| b.to_owned())
+            });
+            Ok(render(
+                &a,
+                StatusCode::OK,
+                "delivery.html",
+                Some(&s),
+                json!({
+                    "page": "deliveries", "notice": notice(&q), "d": d.delivery, "event": d.event,
+                    "payload": d.event.as_ref().map(|e| pretty(&e.payload)),
+                    "previous": d.event.as_ref().and_then(|e| e.previous.as_ref()).map(pretty),
+                    "attempts": d.attempts, "sent": sent, "body": body,
+                    "retryable": retryable,
+                }),
+            ))
+        }
+        .await
+    )
 }
 
 pub async fn dead(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuery) -> Response {
@@ -250,51 +309,86 @@ pub async fn dead(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQu
 }
 
 pub async fn inbound(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuery) -> Response {
-    page!(a, s, async {
-        let q = api::query(q.as_deref())?;
-        let route = form::get(&q, "route").filter(|v| !v.is_empty()).map(str::to_owned);
-        let before = api::cursor_decode(&q, 'i')?.map(|v| v[0]);
-        let limit = 50;
-        let c = a.pool.get().await?;
-        let routes = db::admin::routes(&c).await?;
-        let items = db::admin::inbound(&c, route.as_deref(), before, limit).await?;
-        let next = (items.len() as i64 == limit)
-            .then(|| {
-                items.last().map(|r| {
-                    let rt = route.as_deref().map(|v| format!("route={}&", form::encode(v))).unwrap_or_default();
-                    format!("/console/inbound?{rt}cursor={}", api::cursor_encode(&format!("i{}", r.id)))
+    page!(
+        a,
+        s,
+        async {
+            let q = api::query(q.as_deref())?;
+            let route = form::get(&q, "route")
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned);
+            let before = api::cursor_decode(&q, 'i')?.map(|v| v[0]);
+            let limit = 50;
+            let c = a.pool.get().await?;
+            let routes = db::admin::routes(&c).await?;
+            let items = db::admin::inbound(&c, route.as_deref(), before, limit).await?;
+            let next = (items.len() as i64 == limit)
+                .then(|| {
+                    items.last().map(|r| {
+                        let rt = route
+                            .as_deref()
+                            .map(|v| format!("route={}&", form::encode(v)))
+                            .unwrap_or_default();
+                        format!(
+                            "/console/inbound?{rt}cursor={}",
+                            api::cursor_encode(&format!("i{}", r.id))
+                        )
+                    })
                 })
-            })
-            .flatten();
-        let items: Vec<Value> = items
-            .into_iter()
-            .map(|r| {
-                let payload = serde_json::to_string(&r.payload).unwrap_or_default();
-                let short: String = payload.chars().take(160).collect();
-                json!({"row": r, "payload": short, "cut": payload.chars().count() > 160})
-            })
-            .collect();
-        Ok(render(&a, StatusCode::OK, "inbound.html", Some(&s), json!({
-            "page": "inbound", "routes": routes, "items": items, "route": route, "next": next,
-        })))
-    }
-    .await)
+                .flatten();
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|r| {
+                    let payload = serde_json::to_string(&r.payload).unwrap_or_default();
+                    let short: String = payload.chars().take(160).collect();
+                    json!({"row": r, "payload": short, "cut": payload.chars().count() > 160})
+                })
+                .collect();
+            Ok(render(
+                &a,
+                StatusCode::OK,
+                "inbound.html",
+                Some(&s),
+                json!({
+                    "page": "inbound", "routes": routes, "items": items, "route": route, "next": next,
+                }),
+            ))
+        }
+        .await
+    )
 }
 
 pub async fn actions(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuery) -> Response {
-    page!(a, s, async {
-        let q = api::query(q.as_deref())?;
-        let before = api::cursor_decode(&q, 'a')?.map(|v| v[0]);
-        let c = a.pool.get().await?;
-        let items = db::admin::actions(&c, before, 100).await?;
-        let next = (items.len() == 100)
-            .then(|| items.last().map(|r| format!("/console/actions?cursor={}", api::cursor_encode(&format!("a{}", r.id)))))
-            .flatten();
-        let items: Vec<Value> = items
-            .into_iter()
-            .map(|r| json!({"row": r, "detail": serde_json::to_string(&r.detail).unwrap_or_default()}))
-            .collect();
-        Ok(render(&a, StatusCode::OK, "actions.html", Some(&s), json!({"page": "actions", "items": items, "next": next})))
-    }
-    .await)
+    page!(
+        a,
+        s,
+        async {
+            let q = api::query(q.as_deref())?;
+            let before = api::cursor_decode(&q, 'a')?.map(|v| v[0]);
+            let c = a.pool.get().await?;
+            let items = db::admin::actions(&c, before, 100).await?;
+            let next = (items.len() == 100)
+                .then(|| {
+                    items.last().map(|r| {
+                        format!(
+                            "/console/actions?cursor={}",
+                            api::cursor_encode(&format!("a{}", r.id))
+                        )
+                    })
+                })
+                .flatten();
+            let items: Vec<Value> = items
+                .into_iter()
+                .map(|r| json!({"row": r, "detail": serde_json::to_string(&r.detail).unwrap_or_default()}))
+                .collect();
+            Ok(render(
+                &a,
+                StatusCode::OK,
+                "actions.html",
+                Some(&s),
+                json!({"page": "actions", "items": items, "next": next}),
+            ))
+        }
+        .await
+    )
 }

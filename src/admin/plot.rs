@@ -8,7 +8,10 @@ const H: f64 = 120.0;
 const PAD: f64 = 28.0;
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn frame(out: &mut String, label: &str, max: f64, unit: &str) {

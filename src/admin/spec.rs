@@ -72,7 +72,8 @@ pub fn apply(s: &Spec, e: &mut NewEndpoint) -> Result<(), String> {
         let mut map = serde_json::Map::new();
         for (k, v) in h {
             let k = k.trim().to_ascii_lowercase();
-            axum::http::HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("headers: invalid name {k:?}"))?;
+            axum::http::HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("headers: invalid name {k:?}"))?;
             if !v.is_string() {
                 return Err(format!("headers: the value of {k:?} is not a string"));
             }
@@ -89,7 +90,9 @@ pub fn apply(s: &Spec, e: &mut NewEndpoint) -> Result<(), String> {
             .iter()
             .find(|x| !["standard", "sha256-hex", "secret-header"].contains(&x.as_str()))
         {
-            return Err(format!("signature: {bad:?}: use standard, sha256-hex or secret-header"));
+            return Err(format!(
+                "signature: {bad:?}: use standard, sha256-hex or secret-header"
+            ));
         }
         e.signature_styles = styles;
     }
@@ -104,7 +107,10 @@ pub fn apply(s: &Spec, e: &mut NewEndpoint) -> Result<(), String> {
     }
     if let Some(ms) = s.timeout_ms {
         if ms < 1 || ms as u128 > MAX_ENDPOINT_TIMEOUT.as_millis() {
-            return Err(format!("timeout_ms: between 1 and {}", MAX_ENDPOINT_TIMEOUT.as_millis()));
+            return Err(format!(
+                "timeout_ms: between 1 and {}",
+                MAX_ENDPOINT_TIMEOUT.as_millis()
+            ));
         }
         e.timeout_ms = Some(ms as i32);
     }

@@ -21,11 +21,24 @@ pub struct AsSent {
     pub note: Option<String>,
 }
 
-/// Header names whose values are credentials.
+/// Header names whose values are credentials (`x-make-apikey`,
+/// `authorization`, `x-api-key`, …; not `idempotency-key`).
 fn sensitive(name: &str) -> bool {
-    ["key", "auth", "secret", "token", "signature", "password", "cookie", "session"]
-        .iter()
-        .any(|w| name.contains(w))
+    [
+        "auth",
+        "secret",
+        "token",
+        "signature",
+        "password",
+        "cookie",
+        "session",
+        "apikey",
+        "api-key",
+        "private",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+        || (name.ends_with("key") && !name.contains("idempotency"))
 }
 
 pub fn as_sent(snapshot: &Snapshot, endpoint_id: i64, e: &EventRow) -> AsSent {
@@ -48,9 +61,15 @@ pub fn as_sent(snapshot: &Snapshot, endpoint_id: i64, e: &EventRow) -> AsSent {
     let (body, user) = event.request_for(ep);
     let mut headers = vec![
         ("content-type".to_owned(), "application/json".to_owned()),
-        ("user-agent".to_owned(), crate::deliver::http::USER_AGENT_VALUE.to_owned()),
+        (
+            "user-agent".to_owned(),
+            crate::deliver::http::USER_AGENT_VALUE.to_owned(),
+        ),
         ("webhook-id".to_owned(), e.event_id.to_string()),
-        ("webhook-timestamp".to_owned(), "(the attempt's time, in seconds)".to_owned()),
+        (
+            "webhook-timestamp".to_owned(),
+            "(the attempt's time, in seconds)".to_owned(),
+        ),
     ];
     let keys = ep.active_keys(SystemTime::now()).len();
     if ep.styles.standard && keys > 0 {

@@ -132,7 +132,11 @@ pub async fn deliveries(
            LEFT JOIN webhooks.events e ON e.event_id = d.event_id
           WHERE {} ORDER BY d.id DESC LIMIT ${}",
         delivery_columns(),
-        if conds.is_empty() { "true".to_owned() } else { conds.join(" AND ") },
+        if conds.is_empty() {
+            "true".to_owned()
+        } else {
+            conds.join(" AND ")
+        },
         params.len()
     );
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
@@ -301,7 +305,7 @@ pub async fn endpoints(c: &impl GenericClient, id: Option<i64>) -> Result<Vec<En
                         e.make OR e.url ~* '^https://hook\\.[a-z0-9-]+\\.make\\.com/', e.ordered, e.enabled,
                         CASE WHEN e.enabled THEN 'enabled' WHEN e.breaker_opened_at IS NOT NULL THEN 'circuit open'
                              ELSE 'paused' END,
-                        e.disabled_reason, ARRAY(SELECT jsonb_object_keys(e.headers)), e.ignore_origins,
+                        e.disabled_reason, ARRAY(SELECT k FROM jsonb_object_keys(e.headers) k ORDER BY k), e.ignore_origins,
                         e.signature_styles, e.masked_fields, e.timeout_ms, e.max_in_flight, e.rate_limit,
                         e.body_template, e.filter::text,
                         (SELECT count(*) FROM webhooks.endpoint_secrets s WHERE s.endpoint_id = e.id
@@ -355,7 +359,10 @@ pub async fn per_minute(c: &impl GenericClient) -> Result<Vec<(i64, i32, i64, i6
             &[],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
 }
 
 /// Last hour's latency per endpoint: (endpoint id, p50 ms, p95 ms).
@@ -446,7 +453,11 @@ pub async fn inbound(
           WHERE {} ($2::bigint IS NULL OR id < $2)
           ORDER BY id DESC LIMIT $3",
         ts("received_at"),
-        if route.is_some() { "route = $1 AND" } else { "$1::text IS NULL AND" }
+        if route.is_some() {
+            "route = $1 AND"
+        } else {
+            "$1::text IS NULL AND"
+        }
     );
     let rows = c.query(&sql, &[&route, &before, &limit]).await?;
     Ok(rows
@@ -533,7 +544,11 @@ pub struct ActionRow {
 }
 
 /// The latest actions, newest first.
-pub async fn actions(c: &impl GenericClient, before: Option<i64>, limit: i64) -> Result<Vec<ActionRow>, DbError> {
+pub async fn actions(
+    c: &impl GenericClient,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<ActionRow>, DbError> {
     let rows = c
         .query(
             &format!(

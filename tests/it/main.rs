@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod capture;
 mod capture_payload;
 mod capture_security;

@@ -112,7 +112,9 @@ pub fn router(pool: Pool, snapshot: Arc<RwLock<Arc<Snapshot>>>, config: AdminCon
         .with_state(admin)
 }
 
-/// No framing, no sniffing, no referrer, nothing cached, nothing loaded
+/// No framing, no sniffing, no referrer to other sites (with
+/// `no-referrer` a browser sends `Origin: null`, which our own forms would
+/// fail), nothing cached, nothing loaded
 /// from anywhere but here (the console has no inline script at all).
 async fn secure_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
@@ -123,7 +125,7 @@ async fn secure_headers(mut resp: Response) -> Response {
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         h.entry(name).or_insert(HeaderValue::from_static(value));

@@ -254,11 +254,7 @@ pub async fn delivery(
             });
             let retryable = ["failed", "dead", "pending"].contains(&d.delivery.status.as_str());
             let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
-            let body = sent.as_ref().and_then(|s| s.body.as_deref()).map(|b| {
-                serde_json::from_str::<Value>(b)
-                    .map(|v| pretty(&v))
-                    .unwrap_or_else(|_| b.to_owned())
-            });
+            let body = sent.as_ref().and_then(|s| s.body.clone());
             Ok(render(
                 &a,
                 StatusCode::OK,

@@ -715,3 +715,38 @@ async fn the_console_signs_in_with_the_token_and_refuses_posts_without_csrf_or_f
         .contains("Max-Age=0"));
     s.stop().await;
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(have_schemathesis),
+    ignore = "needs schemathesis (pip install schemathesis, then touch build.rs); .ci/run installs it"
+)]
+async fn schemathesis_finds_no_server_error_or_schema_violation_in_the_admin_api() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // Something to list, retry and delete.
+    let id = sidecar::endpoint(&c, "http://127.0.0.1:9/x", &["*"], "name = 'seed'").await;
+    c.execute("SELECT webhooks.emit('x.y', '{}', source_table => 'app.t', row_key => '1')", &[]).await.unwrap();
+    let s = sidecar::start(sidecar::config_with_admin(&db)).await;
+    wait::until("a delivery", T, || async {
+        (count(&c, &format!("SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = {id}")).await > 0).then_some(())
+    })
+    .await;
+    let out = tokio::process::Command::new("schemathesis")
+        .args(["run", &format!("{}/api/v1/openapi.json", s.admin), "--checks"])
+        .arg("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth")
+        .args(["--header", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+        .args(["--max-examples", "15", "--seed", "7", "--request-timeout", "10", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    s.stop().await;
+    assert!(report.contains("Tested: 19"), "every operation ran:\n{report}");
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

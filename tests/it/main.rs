@@ -7,6 +7,7 @@ mod capture;
 mod capture_payload;
 mod capture_security;
 mod cli;
+mod console_browser;
 mod delivery;
 mod demo;
 mod endpoints;

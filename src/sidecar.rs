@@ -250,7 +250,7 @@ impl Sidecar {
                     .await
                     .map_err(|e| StartError::Listen(admin.listen, e))?;
                 if admin.token.is_none() {
-                    tracing::warn!(%addr, "admin listener refuses everything: PGWEBHOOKS_ADMIN_TOKEN is not set");
+                    tracing::info!(%addr, "admin listener refuses every request until PGWEBHOOKS_ADMIN_TOKEN is set");
                 } else {
                     tracing::info!(%addr, "admin listener (console, /api/v1) listening");
                 }

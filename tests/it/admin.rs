@@ -726,10 +726,21 @@ async fn schemathesis_finds_no_server_error_or_schema_violation_in_the_admin_api
     let c = db.client().await;
     // Something to list, retry and delete.
     let id = sidecar::endpoint(&c, "http://127.0.0.1:9/x", &["*"], "name = 'seed'").await;
-    c.execute("SELECT webhooks.emit('x.y', '{}', source_table => 'app.t', row_key => '1')", &[]).await.unwrap();
+    c.execute(
+        "SELECT webhooks.emit('x.y', '{}', source_table => 'app.t', row_key => '1')",
+        &[],
+    )
+    .await
+    .unwrap();
     let s = sidecar::start(sidecar::config_with_admin(&db)).await;
     wait::until("a delivery", T, || async {
-        (count(&c, &format!("SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = {id}")).await > 0).then_some(())
+        (count(
+            &c,
+            &format!("SELECT count(*) FROM webhooks.deliveries WHERE endpoint_id = {id}"),
+        )
+        .await
+            > 0)
+        .then_some(())
     })
     .await;
     let out = tokio::process::Command::new("schemathesis")
@@ -749,4 +760,48 @@ async fn schemathesis_finds_no_server_error_or_schema_violation_in_the_admin_api
         "schemathesis found problems:\n{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn run_refuses_a_weak_admin_token_and_the_inbound_address_and_help_documents_both() {
+    let db_url = "postgres://nobody@127.0.0.1:1/none";
+    for (env, expected) in [
+        (
+            vec![("PGWEBHOOKS_ADMIN_TOKEN", "short")],
+            "PGWEBHOOKS_ADMIN_TOKEN must be at least 16",
+        ),
+        (
+            vec![("PGWEBHOOKS_ADMIN_TOKEN", "with spaces but long enough")],
+            "PGWEBHOOKS_ADMIN_TOKEN must be at least 16",
+        ),
+        (
+            vec![
+                ("PGWEBHOOKS_LISTEN", "127.0.0.1:9999"),
+                ("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:9999"),
+            ],
+            "PGWEBHOOKS_ADMIN_LISTEN must differ from PGWEBHOOKS_LISTEN",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .arg("run")
+            .env("DATABASE_URL", db_url)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{env:?}: {err}");
+        assert!(!err.contains("with spaces"), "the token is never printed: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "PGWEBHOOKS_ADMIN_LISTEN",
+        "PGWEBHOOKS_ADMIN_TOKEN",
+        "127.0.0.1:9090",
+    ] {
+        assert!(help.contains(var), "--help documents {var}");
+    }
 }

@@ -49,23 +49,38 @@ async fn the_console_in_a_real_browser() {
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots");
     let out = tokio::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py"))
-        .args([&s.admin, ADMIN_TOKEN, shots, &id.to_string(), &delivery.to_string()])
+        .args([
+            &s.admin,
+            ADMIN_TOKEN,
+            shots,
+            &id.to_string(),
+            &delivery.to_string(),
+        ])
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser scenarios failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "browser scenarios failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all browser scenarios passed"), "{stdout}");
     // What the clicks did, as the database tells it.
     let status: String = c
-        .query_one("SELECT status FROM webhooks.deliveries WHERE id = $1", &[&delivery])
+        .query_one(
+            "SELECT status FROM webhooks.deliveries WHERE id = $1",
+            &[&delivery],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(status, "delivered");
     let actions: Vec<String> = c
-        .query("SELECT action FROM webhooks.admin_actions WHERE actor LIKE 'console session %' ORDER BY id", &[])
+        .query(
+            "SELECT action FROM webhooks.admin_actions WHERE actor LIKE 'console session %' ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -73,11 +88,27 @@ async fn the_console_in_a_real_browser() {
         .collect();
     assert_eq!(
         actions,
-        ["console.sign_in", "delivery.retry", "endpoint.pause", "endpoint.resume"],
+        [
+            "console.sign_in",
+            "delivery.retry",
+            "endpoint.pause",
+            "endpoint.resume"
+        ],
         "and no action from the cross-site POST"
     );
-    for page in ["login", "overview", "dead-letters", "delivery-dead", "delivery-delivered", "endpoints", "endpoint"] {
-        assert!(std::path::Path::new(&format!("{shots}/{page}.png")).exists(), "{page}.png");
+    for page in [
+        "login",
+        "overview",
+        "dead-letters",
+        "delivery-dead",
+        "delivery-delivered",
+        "endpoints",
+        "endpoint",
+    ] {
+        assert!(
+            std::path::Path::new(&format!("{shots}/{page}.png")).exists(),
+            "{page}.png"
+        );
     }
     s.stop().await;
 }

@@ -20,7 +20,15 @@ CREATE TABLE webhooks.admin_actions (
     detail jsonb       NOT NULL DEFAULT '{}',
     CONSTRAINT admin_actions_pkey PRIMARY KEY (id)
 );
-CREATE INDEX deliveries_endpoint_recent_idx ON webhooks.deliveries (endpoint_id, id);
-CREATE INDEX deliveries_status_recent_idx ON webhooks.deliveries (status, id);
+-- Deliveries of a status (and endpoint), newest first: the lists read one
+-- range per (status, endpoint) pair, LIMIT each, and merge them; the
+-- per-endpoint counts by status (endpoint_health's dead) read it alone.
+CREATE INDEX deliveries_status_endpoint_idx ON webhooks.deliveries (status, endpoint_id, id);
 CREATE INDEX events_source_row_idx ON webhooks.events (row_key, source_table) WHERE row_key IS NOT NULL;
 CREATE INDEX inbound_route_recent_idx ON webhooks.inbound (route, id);
+-- An endpoint's latest failed attempts (webhooks.endpoint_health's last
+-- failure, the console's failures): without it, an endpoint that rarely
+-- fails has its whole week of attempts read to find none. Partial, so a
+-- successful attempt (nearly all of them) costs it nothing.
+CREATE INDEX attempts_failed_idx ON webhooks.attempts (endpoint_id, started_at)
+    WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299;

@@ -188,9 +188,9 @@ CREATE INDEX deliveries_aggregate_idx ON webhooks.deliveries (endpoint_id, aggre
 CREATE INDEX deliveries_dead_idx ON webhooks.deliveries (updated_at) WHERE status IN ('failed', 'dead');
 -- Delivered rows, oldest first, for retention.
 CREATE INDEX deliveries_updated_brin ON webhooks.deliveries USING brin (updated_at);
--- The console and /api/v1: an endpoint's, or a status's, newest deliveries (V11).
-CREATE INDEX deliveries_endpoint_recent_idx ON webhooks.deliveries (endpoint_id, id);
-CREATE INDEX deliveries_status_recent_idx ON webhooks.deliveries (status, id);
+-- The console and /api/v1: a status's (and endpoint's) newest deliveries,
+-- and counts by status per endpoint, from the index alone (V11).
+CREATE INDEX deliveries_status_endpoint_idx ON webhooks.deliveries (status, endpoint_id, id);
 
 -- One row per HTTP attempt.
 CREATE TABLE webhooks.attempts (
@@ -210,6 +210,9 @@ CREATE TABLE webhooks.attempts (
 );
 CREATE INDEX attempts_started_brin ON webhooks.attempts USING brin (started_at);
 CREATE INDEX attempts_endpoint_idx ON webhooks.attempts (endpoint_id, started_at);
+-- An endpoint's latest failures, read without its successes (V11).
+CREATE INDEX attempts_failed_idx ON webhooks.attempts (endpoint_id, started_at)
+    WHERE status_code IS NULL OR status_code NOT BETWEEN 200 AND 299;
 
 CREATE TABLE webhooks.inbound_routes (
     route              text        NOT NULL,

@@ -245,7 +245,9 @@ impl Sidecar {
         };
         let (admin_addr, admin_task) = match &config.admin {
             Some(admin) => {
-                let router = crate::admin::router(pool.clone(), shared.snapshot.clone(), admin.clone());
+                // A pool of its own: the console cannot take delivery's connections.
+                let admin_pool = db::pool(config.database.clone(), 4);
+                let router = crate::admin::router(admin_pool, shared.snapshot.clone(), admin.clone());
                 let (addr, task) = crate::admin::serve(router, admin, inbound_stop.clone())
                     .await
                     .map_err(|e| StartError::Listen(admin.listen, e))?;

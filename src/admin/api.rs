@@ -150,7 +150,7 @@ pub fn delivery_filter(q: &[(String, String)]) -> Result<DeliveryFilter, Failure
     };
     let status = given("status").map(str::to_owned);
     if let Some(s) = &status {
-        if !["pending", "delivering", "delivered", "failed", "dead"].contains(&s.as_str()) {
+        if !db::admin::STATUSES.contains(&s.as_str()) {
             return Err(bad("status: one of pending, delivering, delivered, failed, dead"));
         }
     }
@@ -167,7 +167,7 @@ pub fn delivery_filter(q: &[(String, String)]) -> Result<DeliveryFilter, Failure
         endpoint_id: given("endpoint_id")
             .map(|v| v.parse::<i64>().map_err(|_| bad("endpoint_id: an integer")))
             .transpose()?,
-        status,
+        statuses: status.into_iter().collect(),
         event_type: given("event_type").map(str::to_owned),
         since: time("since")?,
         until: time("until")?,
@@ -181,7 +181,7 @@ pub fn delivery_filter(q: &[(String, String)]) -> Result<DeliveryFilter, Failure
 
 async fn status(_: ApiCaller, State(a): State<Shared>) -> Answer {
     let c = a.pool.get().await?;
-    let s = db::ops::status(&c).await?;
+    let s = db::admin::status(&c).await?;
     let endpoints: Vec<Value> = s
         .endpoints
         .iter()
@@ -383,30 +383,19 @@ async fn retry_one(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<S
 
 async fn dead_letters(_: ApiCaller, State(a): State<Shared>, RawQuery(q): RawQuery) -> Answer {
     let q = query(q.as_deref())?;
-    let endpoint = form::get(&q, "endpoint_id")
-        .filter(|v| !v.is_empty())
-        .map(|v| v.parse::<i64>().map_err(|_| bad("endpoint_id: an integer")))
-        .transpose()?;
-    let before = cursor_decode(&q, 'x')?
-        .map(|v| {
-            if v.len() == 2 {
-                Ok((v[0], v[1]))
-            } else {
-                Err(bad("cursor: invalid"))
-            }
-        })
-        .transpose()?;
+    let f = DeliveryFilter {
+        endpoint_id: form::get(&q, "endpoint_id")
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse::<i64>().map_err(|_| bad("endpoint_id: an integer")))
+            .transpose()?,
+        statuses: vec!["failed".into(), "dead".into()],
+        before: cursor_decode(&q, 'd')?.map(|v| v[0]),
+        ..Default::default()
+    };
     let limit = limit(&q)?;
     let c = a.pool.get().await?;
-    let rows = db::admin::dead_letters(&c, endpoint, before, limit).await?;
-    let next = (rows.len() as i64 == limit)
-        .then(|| {
-            rows.last()
-                .map(|(d, at)| cursor_encode(&format!("x{at}:{}", d.id)))
-        })
-        .flatten();
-    let items: Vec<_> = rows.into_iter().map(|(d, _)| d).collect();
-    Ok(Json(json!({"items": items, "next_cursor": next})).into_response())
+    let items = db::admin::deliveries(&c, &f, limit).await?;
+    Ok(page(&items, limit, |d| cursor_encode(&format!("d{}", d.id))))
 }
 
 async fn inbound(_: ApiCaller, State(a): State<Shared>, RawQuery(q): RawQuery) -> Answer {

@@ -66,7 +66,7 @@ fn ms(v: Option<f64>) -> String {
 /// The status summary with each endpoint's plot and latency.
 async fn summary(a: &super::Admin) -> Result<(db::ops::Status, Vec<Value>), Failure> {
     let c = a.pool.get().await?;
-    let status = db::ops::status(&c).await?;
+    let status = db::admin::status(&c).await?;
     let series = db::admin::per_minute(&c).await?;
     let latency: HashMap<i64, (f64, f64)> = db::admin::latency_1h(&c)
         .await?
@@ -277,16 +277,21 @@ pub async fn dead(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQu
     page!(a, s, async {
         let q = api::query(q.as_deref())?;
         let endpoint = form::get(&q, "endpoint_id").and_then(|v| v.parse::<i64>().ok());
-        let before = api::cursor_decode(&q, 'x')?.filter(|v| v.len() == 2).map(|v| (v[0], v[1]));
+        let f = db::admin::DeliveryFilter {
+            endpoint_id: endpoint,
+            statuses: vec!["failed".into(), "dead".into()],
+            before: api::cursor_decode(&q, 'd')?.map(|v| v[0]),
+            ..Default::default()
+        };
         let limit = 50;
         let c = a.pool.get().await?;
-        let rows = db::admin::dead_letters(&c, endpoint, before, limit).await?;
-        let status = db::ops::status(&c).await?;
-        let next = (rows.len() as i64 == limit)
+        let items = db::admin::deliveries(&c, &f, limit).await?;
+        let status = db::admin::status(&c).await?;
+        let next = (items.len() as i64 == limit)
             .then(|| {
-                rows.last().map(|(d, at)| {
+                items.last().map(|d| {
                     let e = endpoint.map(|e| format!("endpoint_id={e}&")).unwrap_or_default();
-                    format!("/console/dead?{e}cursor={}", api::cursor_encode(&format!("x{at}:{}", d.id)))
+                    format!("/console/dead?{e}cursor={}", api::cursor_encode(&format!("d{}", d.id)))
                 })
             })
             .flatten();
@@ -296,7 +301,6 @@ pub async fn dead(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQu
             .filter(|e| e.dead > 0)
             .map(|e| json!({"id": e.id, "name": e.endpoint, "dead": e.dead, "state": e.state}))
             .collect();
-        let items: Vec<_> = rows.into_iter().map(|(d, _)| d).collect();
         Ok(render(&a, StatusCode::OK, "dead.html", Some(&s), json!({
             "page": "dead", "notice": notice(&q), "items": items, "groups": groups, "next": next, "endpoint_id": endpoint,
         })))

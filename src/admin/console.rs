@@ -179,14 +179,14 @@ async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Res
     }
 }
 
+/// A form's fields, in order.
+type Form = Vec<(String, String)>;
+
 /// The checks every state-changing console request passes: a session, our
 /// own origin, the session's CSRF token. Returns the session and the form.
-fn guard(
-    a: &Admin,
-    headers: &HeaderMap,
-    bytes: &Bytes,
-) -> Result<(Session, Vec<(String, String)>), Response> {
-    let refuse = |m: &str, s: Option<&Session>| Err(message(a, s, Failure(StatusCode::FORBIDDEN, m.into())));
+fn guard(a: &Admin, headers: &HeaderMap, bytes: &Bytes) -> Result<(Session, Form), Box<Response>> {
+    let refuse =
+        |m: &str, s: Option<&Session>| Err(Box::new(message(a, s, Failure(StatusCode::FORBIDDEN, m.into()))));
     let Some(session) =
         auth::cookie(headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
     else {
@@ -213,7 +213,7 @@ fn back(to: &str, notice: &str) -> Response {
 
 async fn logout(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
     if let Err(r) = guard(&a, &headers, &bytes) {
-        return r;
+        return *r;
     }
     (
         StatusCode::SEE_OTHER,
@@ -233,7 +233,7 @@ async fn endpoint_action(
 ) -> Response {
     let (session, pairs) = match guard(&a, &headers, &bytes) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let actor = session.actor();
     let id = match api::id(&raw) {
@@ -286,7 +286,7 @@ async fn delivery_retry(
 ) -> Response {
     let (session, _) = match guard(&a, &headers, &bytes) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let id = match api::id(&raw) {
         Ok(id) => id,
@@ -304,7 +304,7 @@ async fn delivery_retry(
 async fn retry_selected(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
     let (session, pairs) = match guard(&a, &headers, &bytes) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let ids: Option<Vec<i64>> = pairs
         .iter()

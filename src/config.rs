@@ -422,7 +422,7 @@ impl RunArgs {
         c.maintain.breaker_probe = self.breaker_probe;
         c.dispatch.breaker_failures = self.breaker_failures;
         c.dispatch.breaker_window = self.breaker_window;
-        if self.admin_listen == self.listen {
+        if self.admin_listen == self.listen && self.listen.port() != 0 {
             return Err(ConfigError::Invalid(
                 "PGWEBHOOKS_ADMIN_LISTEN must differ from PGWEBHOOKS_LISTEN: the inbound port never serves the console".into(),
             ));

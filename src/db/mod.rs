@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod conninfo;
+pub mod console;
 pub mod delivery;
 pub mod endpoints;
 pub mod migrate;

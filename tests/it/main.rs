@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod admin_console;
 mod capture;
 mod capture_payload;
 mod capture_security;

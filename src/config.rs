@@ -300,8 +300,40 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(4..=256))]
     pub pool_size: u32,
 
+    /// Address of the admin listener: the operator console (/console) and
+    /// the management API (/api/v1). Never the inbound port; loopback by
+    /// default (reach it with `kubectl port-forward`).
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: std::net::SocketAddr,
+
+    /// Token for the admin listener: `Authorization: Bearer <token>` for
+    /// /api/v1, the console's sign-in form for /console. At least 16
+    /// printable characters (e.g. `openssl rand -hex 32`). Unset or empty:
+    /// the admin listener refuses every request.
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
     #[command(flatten)]
     pub targets: TargetArgs,
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// `PGWEBHOOKS_ADMIN_TOKEN`, checked: empty is unset; anything else must be
+/// at least 16 printable characters without spaces.
+pub fn admin_token(token: Option<&Secret>) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = token.map(|s| s.expose().trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() < MIN_ADMIN_TOKEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_ADMIN_TOKEN must be at least {} printable characters without spaces: make one with \
+             `openssl rand -hex 32`, or leave it empty to keep the admin listener closed",
+            MIN_ADMIN_TOKEN
+        )));
+    }
+    Ok(Some(Secret::new(value)))
 }
 
 /// Shortest inbound secret accepted (here and in `inbound_route_set`).

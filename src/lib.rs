@@ -8,6 +8,7 @@
 
 #![warn(unreachable_pub)]
 
+pub mod admin;
 pub(crate) mod body;
 pub(crate) mod breaker;
 pub(crate) mod claim;

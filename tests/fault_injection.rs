@@ -332,6 +332,7 @@ impl Replicas {
         let child = sidecar::run_command(&self.url)
             .env("PGWEBHOOKS_REPLICA", name)
             .env("PGWEBHOOKS_LISTEN", listen.to_string())
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_TIMEOUT", format!("{}ms", TIMEOUT.as_millis()))
             .env("PGWEBHOOKS_LEASE", "5s")
             .env("PGWEBHOOKS_POLL_INTERVAL", "500ms")

@@ -7,6 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "console.rs"]
+pub mod console;
+
 use super::cluster::{Cluster, DB};
 use super::load::{self, Rate, Statement};
 use super::receiver::Receiver;

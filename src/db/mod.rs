@@ -3,7 +3,9 @@
 //! Every SQL statement the sidecar runs lives in this module tree, one typed
 //! function per statement, so the rest of the code never builds SQL.
 
+pub mod admin;
 pub mod conninfo;
+pub mod console;
 pub mod delivery;
 pub mod endpoints;
 pub mod migrate;

@@ -149,17 +149,7 @@ pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
             &[],
         )
         .await?;
-    let rows = c
-        .query(
-            "SELECT endpoint_id, endpoint, state, disabled_reason, attempts_1h, success_rate_pct::float8,
-                    p95_latency_ms::float8, pending, dead,
-                    extract(epoch FROM now() - last_failure_at)::float8,
-                    to_char(last_failure_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
-                    last_failure_status, last_failure_error, last_failure_excerpt
-               FROM webhooks.endpoint_health ORDER BY endpoint_id",
-            &[],
-        )
-        .await?;
+    let endpoints = endpoint_health(c).await?;
     let holding_back = c
         .query_opt(
             "SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
@@ -177,28 +167,44 @@ pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
         oldest_seconds: top.get(2),
         dead_letters: top.get(3),
         notification_queue_usage: top.get(4),
-        endpoints: rows
-            .iter()
-            .map(|r| Health {
-                id: r.get(0),
-                endpoint: r.get(1),
-                state: r.get(2),
-                reason: r.get(3),
-                attempts_1h: r.get(4),
-                success_rate: r.get(5),
-                p95_ms: r.get(6),
-                pending: r.get(7),
-                dead: r.get(8),
-                last_failure: r.get::<_, Option<f64>>(9).map(|seconds_ago| LastFailure {
-                    seconds_ago,
-                    at: r.get(10),
-                    status_code: r.get(11),
-                    error: r.get(12),
-                    excerpt: r.get(13),
-                }),
-            })
-            .collect(),
+        endpoints,
     })
+}
+
+/// Each endpoint's line of the summary (`webhooks.endpoint_health`).
+pub async fn endpoint_health(c: &impl GenericClient) -> Result<Vec<Health>, DbError> {
+    let rows = c
+        .query(
+            "SELECT endpoint_id, endpoint, state, disabled_reason, attempts_1h, success_rate_pct::float8,
+                    p95_latency_ms::float8, pending, dead,
+                    extract(epoch FROM now() - last_failure_at)::float8,
+                    to_char(last_failure_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
+                    last_failure_status, last_failure_error, last_failure_excerpt
+               FROM webhooks.endpoint_health ORDER BY endpoint_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Health {
+            id: r.get(0),
+            endpoint: r.get(1),
+            state: r.get(2),
+            reason: r.get(3),
+            attempts_1h: r.get(4),
+            success_rate: r.get(5),
+            p95_ms: r.get(6),
+            pending: r.get(7),
+            dead: r.get(8),
+            last_failure: r.get::<_, Option<f64>>(9).map(|seconds_ago| LastFailure {
+                seconds_ago,
+                at: r.get(10),
+                status_code: r.get(11),
+                error: r.get(12),
+                excerpt: r.get(13),
+            }),
+        })
+        .collect())
 }
 
 /// Re-queues these deliveries; returns the ids that were re-queued.

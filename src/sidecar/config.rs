@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::admin::AdminConfig;
 use crate::breaker::BreakerConfig;
 use crate::claim::ClaimConfig;
 use crate::config::{self, ConfigError, RunArgs};
@@ -29,6 +30,8 @@ pub struct SidecarConfig {
     pub env_endpoints: EnvEndpoints,
     /// The inbound HTTP server; `None` runs delivery only.
     pub inbound: Option<InboundConfig>,
+    /// The admin listener (console and /api/v1); `None`: not started.
+    pub admin: Option<AdminConfig>,
     pub maintain: MaintainConfig,
     /// Say failures, dead letters and pauses at `warn` (`notice`); the
     /// demo shows its scripted 503s itself.
@@ -48,6 +51,7 @@ impl SidecarConfig {
             shutdown_grace: Duration::from_secs(10),
             env_endpoints: EnvEndpoints::default(),
             inbound: None,
+            admin: None,
             maintain: MaintainConfig::default(),
             say_failures: true,
         }
@@ -95,6 +99,19 @@ impl SidecarConfig {
             window: args.breaker_window,
             probe: args.breaker_probe,
         };
+        // Port 0 picks a free port, so two zeros never collide.
+        if args.admin_listen == args.listen && args.listen.port() != 0 {
+            return Err(ConfigError::Invalid(
+                "PGWEBHOOKS_ADMIN_LISTEN must differ from PGWEBHOOKS_LISTEN: the inbound port never serves the console"
+                    .into(),
+            ));
+        }
+        c.admin = Some(AdminConfig {
+            listen: args.admin_listen,
+            token: config::admin_token(args.admin_token.as_ref())?,
+            allow_private_targets: args.targets.allow_private_targets,
+            ..Default::default()
+        });
         c.inbound = Some(InboundConfig {
             listen: args.listen,
             secret: inbound_secret,

@@ -102,6 +102,8 @@ pub struct Sidecar {
     grace: Duration,
     /// Where the inbound server listens, when it runs.
     pub inbound_addr: Option<std::net::SocketAddr>,
+    /// Where the admin listener (console, /api/v1) listens, when it runs.
+    pub admin_addr: Option<std::net::SocketAddr>,
 }
 
 /// The stages, assembled and not yet running: what [`Sidecar::start`]
@@ -113,6 +115,7 @@ pub struct Stages {
     pub replica: Arc<str>,
     pub signals: Arc<Signals>,
     pub dispatcher: Arc<Dispatcher>,
+    pub subscriptions: Subscriptions,
     pub claimer: Arc<Claimer>,
     pub prober: Prober,
     pub maintainer: Maintainer,
@@ -175,7 +178,7 @@ impl Stages {
             replica.clone(),
             deliverer,
             recorder,
-            subscriptions,
+            subscriptions.clone(),
             config.claim.lease,
             config.breaker.clone(),
         );
@@ -186,6 +189,7 @@ impl Stages {
             replica,
             signals,
             dispatcher,
+            subscriptions,
             claimer,
             prober,
             maintainer,
@@ -207,6 +211,7 @@ impl Sidecar {
             replica,
             signals,
             dispatcher,
+            subscriptions,
             claimer,
             prober,
             maintainer,
@@ -277,6 +282,26 @@ impl Sidecar {
             }
             None => None,
         };
+        let admin_addr = match &config.admin {
+            Some(admin) => {
+                // A pool of its own: the console cannot take delivery's connections.
+                let admin_pool = db::pool(config.database.clone(), 4);
+                let router = crate::admin::router(admin_pool, subscriptions.clone(), admin.clone());
+                let (addr, task) = crate::admin::serve(router, admin, inbound_stop.clone())
+                    .await
+                    .map_err(|e| StartError::Listen(admin.listen, e))?;
+                if admin.token.is_none() {
+                    tracing::info!(%addr, "admin listener refuses every request until PGWEBHOOKS_ADMIN_TOKEN is set");
+                } else {
+                    tracing::info!(%addr, "admin listener (console, /api/v1) listening");
+                }
+                inbound_tasks.spawn("admin listener", async move {
+                    let _ = task.await;
+                });
+                Some(addr)
+            }
+            None => None,
+        };
         tracing::info!(replica = %config.replica, "sidecar started");
         Ok(Sidecar {
             signals,
@@ -294,6 +319,7 @@ impl Sidecar {
             ended,
             grace: config.shutdown_grace,
             inbound_addr,
+            admin_addr,
         })
     }
 

@@ -318,6 +318,7 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         .arg("run")
         .env("DATABASE_URL", db.url())
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_LOG", "info")
         .env_remove("NO_COLOR")
         .env_remove("PGWEBHOOKS_LOG_FORMAT")

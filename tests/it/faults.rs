@@ -13,6 +13,7 @@ use crate::support::{count, wait, Receiver, Reply, TestDb};
 fn spawn_sidecar(url: &str) -> Process {
     let child = sidecar::run_command(url)
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_TIMEOUT", "1s")
         .env("PGWEBHOOKS_LEASE", "5s")
         .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")

@@ -217,6 +217,7 @@ async fn environment_endpoints_are_checked_before_the_sidecar_starts() {
             .arg("run")
             .env("DATABASE_URL", db.url())
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env(var, url)
             .kill_on_drop(true)
             .output();

@@ -11,7 +11,7 @@ fn main() {
     for var in ["PATH", "VIRTUAL_ENV", "PGWEBHOOKS_REQUIRE_TOOLS"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
-    let tools: [(&str, &str, &[&str], &str); 3] = [
+    let tools: [(&str, &str, &[&str], &str); 5] = [
         ("have_openssl", "openssl", &["version"], "apt-get install openssl"),
         (
             "have_schemathesis",
@@ -24,6 +24,18 @@ fn main() {
             "python3",
             &["-c", "import standardwebhooks"],
             "pip install standardwebhooks",
+        ),
+        (
+            "have_selenium",
+            "python3",
+            &["-c", "import selenium"],
+            "pip install selenium",
+        ),
+        (
+            "have_chromedriver",
+            "chromedriver",
+            &["--version"],
+            "apt-get install chromium chromium-driver",
         ),
     ];
     let required = std::env::var_os("PGWEBHOOKS_REQUIRE_TOOLS").is_some();

@@ -43,10 +43,12 @@ KUBE_VERSION = "1.37.0"  # newest schema set kubernetes-validate 1.37.0 ships
 RELEASE = "hooks"
 NAMESPACE = "apps"
 MONITORING_API = "monitoring.coreos.com/v1"
+CUSTOM_METRICS_API = "custom.metrics.k8s.io/v1beta1"
 
 SECRET_KEYS = [
     "DATABASE_URL",
     "PGWEBHOOKS_INBOUND_SECRET",
+    "PGWEBHOOKS_ADMIN_TOKEN",
     "WEBHOOK_SECRET",
     "MAKE_WEBHOOK_APPOINTMENTS_URL",
     "MAKE_WEBHOOK_MESSAGES_URL",
@@ -64,6 +66,7 @@ FULL_SECRETS = {
     "DATABASE_URL": "postgres://ci_user:ci-db-pass-7f3a@db.apps.svc:5432/app",
     "MIGRATE_DATABASE_URL": "postgres://ci_owner:ci-owner-pass-91c2@db.apps.svc:5432/app",
     "PGWEBHOOKS_INBOUND_SECRET": "ci-inbound-secret-4b1d9e",
+    "PGWEBHOOKS_ADMIN_TOKEN": "ci-admin-token-5e8c0a2f",
     "MAKE_WEBHOOK_APPOINTMENTS_URL": "https://hook.eu1.make.com/ci-appointments-token",
     "MAKE_WEBHOOK_PAYMENTS_URL": "https://hook.eu1.make.com/ci-payments-token",
     "WEBHOOK_URL": "https://receiver.example.com/ci-fallback-token",
@@ -76,7 +79,8 @@ SETS: list[dict[str, Any]] = [
         "values": {},
         "api_versions": [],
         "expect": {"replicas": 1, "pdb": False, "servicemonitor": False, "ingress": False,
-                   "secret": True, "job": True},
+                   "secret": True, "job": True, "hpa": False, "backlog": False, "netpol": False,
+                   "admin_listen": "0.0.0.0:9090"},
     },
     {
         "name": "full (3 replicas, ServiceMonitor + CRD, ingress)",
@@ -93,10 +97,18 @@ SETS: list[dict[str, Any]] = [
             "secrets": {"values": dict(FULL_SECRETS), "migrateDatabaseUrlKey": "MIGRATE_DATABASE_URL"},
             "migrations": {"installExample": True},
             "extraEnv": [{"name": "PGSSLMODE", "value": "require"}],
+            "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6,
+                            "backlog": {"enabled": True, "averageValue": "500"}},
+            "networkPolicy": {"enabled": True,
+                              "inboundFrom": [{"namespaceSelector": {"matchLabels": {
+                                  "kubernetes.io/metadata.name": "ingress-nginx"}}}],
+                              "adminFrom": [{"namespaceSelector": {"matchLabels": {
+                                  "kubernetes.io/metadata.name": "ops"}}}]},
         },
-        "api_versions": [MONITORING_API],
-        "expect": {"replicas": 3, "pdb": True, "servicemonitor": True, "ingress": True,
-                   "secret": True, "job": True},
+        "api_versions": [MONITORING_API, CUSTOM_METRICS_API],
+        "expect": {"replicas": None, "pdb": True, "servicemonitor": True, "ingress": True,
+                   "secret": True, "job": True, "hpa": True, "backlog": True, "netpol": True,
+                   "admin_listen": "0.0.0.0:9090"},
     },
     {
         "name": "existing Secret (ServiceMonitor on, no CRD)",
@@ -106,10 +118,14 @@ SETS: list[dict[str, Any]] = [
             "allowPrivateTargets": True,
             "serviceMonitor": {"enabled": True},
             "podDisruptionBudget": {"enabled": True},
+            "admin": {"containerPort": 9090, "service": False, "servicePort": 9090},
+            "autoscaling": {"enabled": True, "backlog": {"enabled": True}},
+            "networkPolicy": {"enabled": True},
         },
         "api_versions": [],
-        "expect": {"replicas": 2, "pdb": True, "servicemonitor": False, "ingress": False,
-                   "secret": False, "job": True},
+        "expect": {"replicas": None, "pdb": True, "servicemonitor": False, "ingress": False,
+                   "secret": False, "job": True, "hpa": True, "backlog": False, "netpol": True,
+                   "admin_listen": "127.0.0.1:9090"},
     },
 ]
 
@@ -131,6 +147,12 @@ SCHEMA_REJECTS: list[tuple[str, dict[str, Any]]] = [
     ("reserved config key (PGWEBHOOKS_ALLOW_PRIVATE_TARGETS)",
      {"config": {"PGWEBHOOKS_ALLOW_PRIVATE_TARGETS": "true"}}),
     ("allowPrivateTargets not a boolean", {"allowPrivateTargets": "true"}),
+    ("reserved config key (PGWEBHOOKS_ADMIN_LISTEN)", {"config": {"PGWEBHOOKS_ADMIN_LISTEN": "0.0.0.0:9"}}),
+    ("admin token in config", {"config": {"PGWEBHOOKS_ADMIN_TOKEN": "x" * 20}}),
+    ("short admin token", {"secrets": {"values": {"PGWEBHOOKS_ADMIN_TOKEN": "short"}}}),
+    ("unknown autoscaling key", {"autoscaling": {"enabled": True, "cpu": 50}}),
+    ("CPU target over 100%", {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": 150}}),
+    ("networkPolicy peers not a list", {"networkPolicy": {"enabled": True, "adminFrom": {"podSelector": {}}}}),
 ]
 # Values the templates must refuse with a message naming the setting: (description, values, part).
 RENDER_REJECTS: list[tuple[str, dict[str, Any], str]] = [
@@ -297,7 +319,8 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     dep = deployments[0]
     pod = dep["spec"]["template"]["spec"]
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    c.check(dep["spec"]["replicas"] == expect["replicas"], f"[{name}] replicas {expect['replicas']}")
+    c.check(dep["spec"].get("replicas") == expect["replicas"],
+            f"[{name}] replicas {expect['replicas']} (none: the HorizontalPodAutoscaler's)")
     c.check(labels_match(dep["spec"]["selector"]["matchLabels"], pod_labels),
             f"[{name}] Deployment selector matches its pods")
     main = next((x for x in pod["containers"] if x["name"] == "pgwebhooks"), None)
@@ -308,6 +331,7 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     c.check(main.get("args") == ["run"], f"[{name}] sidecar runs `pgwebhooks run`")
     ports = {p["name"]: p["containerPort"] for p in main.get("ports", [])}
     c.check(ports.get("http") == 8080, f"[{name}] container port http = 8080")
+    c.check(ports.get("admin") == 9090, f"[{name}] container port admin = 9090")
     live = main.get("livenessProbe", {}).get("httpGet", {})
     ready = main.get("readinessProbe", {}).get("httpGet", {})
     c.check(live.get("path") == "/healthz" and live.get("port") in ("http", 8080),
@@ -318,6 +342,12 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     c.check(env.get("PGWEBHOOKS_REPLICA", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
             == "metadata.name", f"[{name}] PGWEBHOOKS_REPLICA from the pod name")
     c.check(env.get("PGWEBHOOKS_LISTEN", {}).get("value") == "0.0.0.0:8080", f"[{name}] PGWEBHOOKS_LISTEN")
+    c.check(env.get("PGWEBHOOKS_ADMIN_LISTEN", {}).get("value") == expect["admin_listen"],
+            f"[{name}] PGWEBHOOKS_ADMIN_LISTEN = {expect['admin_listen']}")
+    c.check(env.get("PGWEBHOOKS_ADMIN_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef", {}).get("key")
+            == ("PGWEBHOOKS_ADMIN_TOKEN" if (merged["secrets"]["existingSecret"]
+                                             or merged["secrets"]["values"].get("PGWEBHOOKS_ADMIN_TOKEN")) else None),
+            f"[{name}] PGWEBHOOKS_ADMIN_TOKEN only from the Secret")
     allow = "true" if merged["allowPrivateTargets"] else "false"
     c.check(env.get("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", {}).get("value") == allow,
             f"[{name}] PGWEBHOOKS_ALLOW_PRIVATE_TARGETS = {allow} from allowPrivateTargets")
@@ -350,6 +380,38 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     sp = svc["spec"]["ports"][0]
     c.check((sp["name"], sp["port"], sp["targetPort"]) == ("http", 80, "http"), f"[{name}] Service 80 -> http")
     c.check(labels_match(svc["spec"]["selector"], pod_labels), f"[{name}] Service selects the sidecar pods")
+    admin_ports = [p for p in svc["spec"]["ports"] if p["name"] == "admin"]
+    want_admin = merged["admin"]["service"]
+    c.check(bool(admin_ports) == want_admin
+            and all((p["port"], p["targetPort"]) == (9090, "admin") for p in admin_ports),
+            f"[{name}] Service port admin 9090 -> admin: {want_admin}")
+    hpas = by_kind.get("HorizontalPodAutoscaler", [])
+    c.check(bool(hpas) == expect["hpa"], f"[{name}] HorizontalPodAutoscaler present: {expect['hpa']}")
+    for hpa in hpas:
+        ref = hpa["spec"]["scaleTargetRef"]
+        c.check((ref["kind"], ref["name"]) == ("Deployment", dep["metadata"]["name"]),
+                f"[{name}] HPA scales the Deployment")
+        auto = merged["autoscaling"]
+        c.check((hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (auto["minReplicas"], auto["maxReplicas"]),
+                f"[{name}] HPA min/max from values")
+        metrics = hpa["spec"]["metrics"]
+        c.check(any(m["type"] == "Resource" and m["resource"]["name"] == "cpu" for m in metrics),
+                f"[{name}] HPA scales on CPU")
+        backlog = [m for m in metrics if m["type"] == "Pods" and m["pods"]["metric"]["name"] == "pgwebhooks_backlog"]
+        c.check(bool(backlog) == expect["backlog"],
+                f"[{name}] HPA scales on pgwebhooks_backlog only where {CUSTOM_METRICS_API} is served: {expect['backlog']}")
+    nps = by_kind.get("NetworkPolicy", [])
+    c.check(bool(nps) == expect["netpol"], f"[{name}] NetworkPolicy present: {expect['netpol']}")
+    for np in nps:
+        c.check(labels_match(np["spec"]["podSelector"]["matchLabels"], pod_labels), f"[{name}] NetworkPolicy selects the sidecar pods")
+        rules = np["spec"].get("ingress", [])
+        admin_rules = [r for r in rules if any(p.get("port") == "admin" for p in r.get("ports", []))]
+        peers = merged["networkPolicy"]["adminFrom"]
+        c.check(all(r.get("from") == peers and peers for r in admin_rules) and bool(admin_rules) == bool(peers),
+                f"[{name}] NetworkPolicy: the admin port only from networkPolicy.adminFrom ({len(peers)} peers)")
+        c.check(any(any(p.get("port") == "http" for p in r.get("ports", [])) for r in rules)
+                and all(r.get("ports") for r in rules),
+                f"[{name}] NetworkPolicy: the inbound port allowed, every rule names its port")
     for pdb in by_kind.get("PodDisruptionBudget", []):
         c.check(pdb["spec"].get("maxUnavailable") == 1, f"[{name}] PDB maxUnavailable 1")
         c.check(labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels), f"[{name}] PDB selects the sidecar pods")
@@ -359,7 +421,7 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     for ing in by_kind.get("Ingress", []):
         backends = [p["backend"]["service"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]]
         c.check(all(b["name"] == svc["metadata"]["name"] and b["port"].get("name") == "http" for b in backends),
-                f"[{name}] Ingress routes to the Service's http port")
+                f"[{name}] Ingress routes to the Service's http port (never admin)")
         paths = [p["path"] for r in ing["spec"]["rules"] for p in r["http"]["paths"]]
         c.check("/api/webhooks/make" in paths and "/metrics" not in paths and "/" not in paths,
                 f"[{name}] Ingress exposes the callback paths only")
@@ -418,6 +480,7 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
             f"[{name}] NOTES: callback URL and x-make-apikey header")
     c.check(f"deploy/{RELEASE}-pgwebhooks -- \\" in notes and "pgwebhooks endpoint add --url" in notes,
             f"[{name}] NOTES: kubectl exec ... pgwebhooks endpoint add")
+    c.check("kubectl port-forward" in notes and "/console" in notes, f"[{name}] NOTES: how to reach the console")
     if expect["ingress"]:
         host = merged["ingress"]["host"]
         c.check(f"https://{host}/api/webhooks/make/<route>" in notes, f"[{name}] NOTES: public callback URL")

@@ -89,6 +89,44 @@ $$;
 -- Emit one event from the app's own code (a trigger, a procedure, a
 -- statement). watch() is the fast path for whole tables; emit() is for
 -- events that need joins or custom shapes. Granted to webhooks_app only.
+-- Events written in one statement, set-based: `events` is a JSON array of
+-- {"type", "data", "tenant_id", "source_table", "row_key", "previous"}
+-- ("type" and "data" required; "data" may be JSON null). Validated as
+-- emit() validates; the sidecar is woken once. emit() is one of these; an
+-- app's own statement-level trigger builds the array with jsonb_agg over
+-- its transition table. Returns the ids, in the array's order.
+CREATE OR REPLACE FUNCTION webhooks.emit_many(events jsonb) RETURNS SETOF uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad jsonb;
+BEGIN
+    IF events IS NULL OR jsonb_typeof(events) <> 'array' THEN
+        RAISE EXCEPTION 'webhooks.emit_many: events must be a JSON array, got %', coalesce(jsonb_typeof(events), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT e INTO bad FROM jsonb_array_elements(events) e
+     WHERE jsonb_typeof(e) <> 'object' OR NOT e ? 'data'
+        OR jsonb_typeof(e -> 'type') IS DISTINCT FROM 'string'
+        OR (e ->> 'type') !~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$'
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'webhooks.emit_many: invalid event %', left(bad::text, 200)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Each event is an object with "type" (letters, digits and _ . : -) and "data".';
+    END IF;
+    RETURN QUERY
+        INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
+        SELECT x.e ->> 'type', x.e ->> 'tenant_id', webhooks.current_origin(), x.e ->> 'source_table',
+               x.e ->> 'row_key', x.e -> 'data', nullif(x.e -> 'previous', 'null'::jsonb)
+          FROM jsonb_array_elements(events) WITH ORDINALITY AS x(e, i)
+         ORDER BY x.i
+        RETURNING event_id;
+    IF FOUND THEN
+        PERFORM webhooks.wake();
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION webhooks.emit(
     event_type   text,
     payload      jsonb,
@@ -110,10 +148,10 @@ BEGIN
     IF payload IS NULL THEN
         RAISE EXCEPTION 'webhooks.emit: payload must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
-    VALUES (event_type, tenant_id, webhooks.current_origin(), source_table, row_key, payload, previous)
-    RETURNING event_id INTO id;
-    PERFORM webhooks.wake();
+    SELECT m.id INTO id
+      FROM webhooks.emit_many(pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+               'type', event_type, 'data', payload, 'tenant_id', tenant_id, 'source_table', source_table,
+               'row_key', row_key, 'previous', previous))) AS m(id);
     RETURN id;
 END
 $$;
@@ -528,11 +566,13 @@ REVOKE ALL ON FUNCTION webhooks.plain_capture() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.row_payload(anyelement) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.row_payload(oid, anyelement) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.emit_many(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.wake() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.origin_verified(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhooks.capture() TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.plain_capture() TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.emit_many(jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.wake() TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.origin_verified(text) TO webhooks_capture, webhooks_app;
 

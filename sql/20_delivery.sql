@@ -167,16 +167,12 @@ DECLARE
     n integer;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
-        WITH d AS (DELETE FROM webhooks.fanout_batches b
-                    WHERE b.id = ANY (ids) AND b.claimed_by = replica RETURNING 1)
-        SELECT count(*)::integer INTO n FROM d;
-        RETURN n;
+    WITH d AS (DELETE FROM webhooks.fanout_batches b
+                WHERE b.id = ANY (ids) AND b.claimed_by = replica RETURNING 1)
+    SELECT count(*)::integer INTO n FROM d;
+    RETURN n;
 END
 $$;
-
--- (The signature before V4 added `ordered`.)
-DROP FUNCTION IF EXISTS webhooks.delivery_insert(text, uuid[], bigint[], text[], integer[], timestamptz[], integer[],
-                                                 text[], timestamptz[], double precision[], text[], timestamptz);
 
 -- Record first attempts (and deliveries routed straight to the retry path:
 -- attempts = 0, no attempt row). One call per flush, any number of rows.
@@ -202,38 +198,39 @@ DECLARE
     n integer;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
-        WITH u AS (
-            SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
-                                 status_codes, errors, started_ats, durations_ms, excerpts,
-                                 coalesce(ordered, array_fill(false, ARRAY[cardinality(event_ids)])))
-                       AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt,
-                            ordered)
-        ), d AS (
-            INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, attempts, next_attempt_at,
-                                                  last_status, last_error, created_at, updated_at,
-                                                  aggregate, event_txid, event_seq)
-            SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now,
-                   -- Only ordered endpoints look their event up (CASE evaluates lazily).
-                   CASE WHEN u.ordered THEN (SELECT coalesce(e.source_table, '') || ':' || coalesce(e.row_key, e.event_id::text)
-                                               FROM webhooks.events e WHERE e.event_id = u.event_id) END,
-                   CASE WHEN u.ordered THEN (SELECT e.txid FROM webhooks.events e WHERE e.event_id = u.event_id) END,
-                   CASE WHEN u.ordered THEN (SELECT e.seq FROM webhooks.events e WHERE e.event_id = u.event_id) END
-              FROM u
-             -- An endpoint deleted meanwhile takes its deliveries with it.
-             WHERE EXISTS (SELECT 1 FROM webhooks.endpoints ep WHERE ep.id = u.endpoint_id)
-            ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
-            RETURNING d.id, d.event_id, d.endpoint_id
-        ), a AS (
-            INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                                           response_excerpt, replica, endpoint_id)
-            SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
-              FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
-             WHERE u.attempts > 0 AND u.started_at IS NOT NULL
-            ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
-            RETURNING 1
-        )
-        SELECT count(*)::integer INTO n FROM d;
-        RETURN n;
+    WITH u AS (
+        SELECT * FROM unnest(event_ids, endpoint_ids, statuses, attempt_counts, next_attempt_ats,
+                             status_codes, errors, started_ats, durations_ms, excerpts,
+                             coalesce(ordered, array_fill(false, ARRAY[cardinality(event_ids)])))
+                   AS u(event_id, endpoint_id, status, attempts, next_at, code, error, started_at, duration, excerpt,
+                        ordered)
+    ), d AS (
+        INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, attempts, next_attempt_at,
+                                              last_status, last_error, created_at, updated_at,
+                                              aggregate, event_txid, event_seq)
+        SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now,
+               ev.aggregate, ev.txid, ev.seq
+          FROM u
+          -- Only ordered endpoints look their event up (a one-time filter:
+          -- no index probe for the others).
+          LEFT JOIN LATERAL (SELECT coalesce(e.source_table, '') || ':' || coalesce(e.row_key, e.event_id::text) AS aggregate,
+                                    e.txid, e.seq
+                               FROM webhooks.events e WHERE u.ordered AND e.event_id = u.event_id) ev ON true
+         -- An endpoint deleted meanwhile takes its deliveries with it.
+         WHERE EXISTS (SELECT 1 FROM webhooks.endpoints ep WHERE ep.id = u.endpoint_id)
+        ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING
+        RETURNING d.id, d.event_id, d.endpoint_id
+    ), a AS (
+        INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                                       response_excerpt, replica, endpoint_id)
+        SELECT d.id, 1, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, d.endpoint_id
+          FROM d JOIN u ON u.event_id = d.event_id AND u.endpoint_id = d.endpoint_id
+         WHERE u.attempts > 0 AND u.started_at IS NOT NULL
+        ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer INTO n FROM d;
+    RETURN n;
 END
 $$;
 
@@ -328,38 +325,38 @@ DECLARE
     dead jsonb;
 BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);  -- bookkeeping: see the note at the top
-        WITH u AS (
-            SELECT * FROM unnest(ids, statuses, attempt_counts, next_attempt_ats, status_codes, errors,
-                                 started_ats, durations_ms, excerpts)
-                       AS u(id, status, attempts, next_at, code, error, started_at, duration, excerpt)
-        ), d AS (
-            UPDATE webhooks.deliveries d
-               SET status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
-                   last_status = coalesce(u.code, CASE WHEN u.started_at IS NULL THEN d.last_status END),
-                   last_error = CASE WHEN u.started_at IS NULL THEN coalesce(u.error, d.last_error) ELSE u.error END,
-                   claimed_by = NULL, lease_until = NULL, updated_at = now
-              FROM u
-             WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
-            RETURNING d.id, d.endpoint_id, d.event_id, d.status
-        ), a AS (
-            INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
-                                           response_excerpt, replica, endpoint_id)
-            -- The statement's snapshot: every delivery that still exists,
-            -- whether this call updates it or not.
-            SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, x.endpoint_id
-              FROM u JOIN webhooks.deliveries x ON x.id = u.id
-             WHERE u.started_at IS NOT NULL
-            ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
-            RETURNING 1
-        )
-        SELECT count(*)::integer,
-               jsonb_agg(jsonb_build_object('endpoint', d.endpoint_id, 'delivery', d.id, 'event', d.event_id))
-                   FILTER (WHERE d.status = 'dead')
-          INTO n, dead FROM d;
-        IF dead IS NOT NULL THEN
-            PERFORM webhooks.dead_notice(dead, now);
-        END IF;
-        RETURN n;
+    WITH u AS (
+        SELECT * FROM unnest(ids, statuses, attempt_counts, next_attempt_ats, status_codes, errors,
+                             started_ats, durations_ms, excerpts)
+                   AS u(id, status, attempts, next_at, code, error, started_at, duration, excerpt)
+    ), d AS (
+        UPDATE webhooks.deliveries d
+           SET status = u.status, attempts = u.attempts, next_attempt_at = u.next_at,
+               last_status = coalesce(u.code, CASE WHEN u.started_at IS NULL THEN d.last_status END),
+               last_error = CASE WHEN u.started_at IS NULL THEN coalesce(u.error, d.last_error) ELSE u.error END,
+               claimed_by = NULL, lease_until = NULL, updated_at = now
+          FROM u
+         WHERE d.id = u.id AND d.status = 'delivering' AND d.claimed_by = replica
+        RETURNING d.id, d.endpoint_id, d.event_id, d.status
+    ), a AS (
+        INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, error,
+                                       response_excerpt, replica, endpoint_id)
+        -- The statement's snapshot: every delivery that still exists,
+        -- whether this call updates it or not.
+        SELECT u.id, u.attempts, u.started_at, u.duration, u.code, u.error, u.excerpt, replica, x.endpoint_id
+          FROM u JOIN webhooks.deliveries x ON x.id = u.id
+         WHERE u.started_at IS NOT NULL
+        ON CONFLICT ON CONSTRAINT attempts_pkey DO NOTHING
+        RETURNING 1
+    )
+    SELECT count(*)::integer,
+           jsonb_agg(jsonb_build_object('endpoint', d.endpoint_id, 'delivery', d.id, 'event', d.event_id))
+               FILTER (WHERE d.status = 'dead')
+      INTO n, dead FROM d;
+    IF dead IS NOT NULL THEN
+        PERFORM webhooks.dead_notice(dead, now);
+    END IF;
+    RETURN n;
 END
 $$;
 
@@ -440,9 +437,7 @@ BEGIN
                                                              'url', webhooks.url_redact(e.url)))
            || coalesce(data, '{}')
       FROM webhooks.endpoints e WHERE e.id = ep;
-    IF EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
-        PERFORM pg_notify('webhooks', '');
-    END IF;
+    PERFORM webhooks.wake();
 END
 $$;
 
@@ -526,8 +521,8 @@ CREATE OR REPLACE FUNCTION webhooks.listener_set(replica text, idle boolean) RET
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
-        INSERT INTO webhooks.listeners AS l (replica, idle, updated_at) VALUES (replica, idle, now())
-        ON CONFLICT ON CONSTRAINT listeners_pkey DO UPDATE SET idle = excluded.idle, updated_at = excluded.updated_at;
+    INSERT INTO webhooks.listeners AS l (replica, idle, updated_at) VALUES (replica, idle, now())
+    ON CONFLICT ON CONSTRAINT listeners_pkey DO UPDATE SET idle = excluded.idle, updated_at = excluded.updated_at;
 END
 $$;
 

@@ -8,10 +8,10 @@ use clap::{Args, Subcommand};
 use pgwebhooks::config::{parse_duration, DatabaseArgs, TargetArgs};
 use pgwebhooks::db;
 use pgwebhooks::db::endpoints::{Deleted, NewEndpoint, Shaping};
-use pgwebhooks::deliver::sign::{generate_secret, SigningKey};
 use pgwebhooks::deliver::target::{self, TargetError};
 use pgwebhooks::deliver::MAX_ENDPOINT_TIMEOUT;
 use pgwebhooks::endpoints::{is_make_url, split_patterns};
+use pgwebhooks::sign::{generate_secret, SigningKey};
 
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once from the command line")]

@@ -293,13 +293,47 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_BREAKER_PROBE", default_value = "30s", value_parser = parse_duration)]
     pub breaker_probe: std::time::Duration,
 
-    /// Database connections in the pool (plus one for LISTEN).
+    /// Database connections in the pool (plus one for LISTEN); at least 4
+    /// (fan-out, retries, the recorder and the inbound server each hold one
+    /// at times).
     #[arg(long, env = "PGWEBHOOKS_POOL_SIZE", default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(2..=256))]
+          value_parser = clap::value_parser!(u32).range(4..=256))]
     pub pool_size: u32,
+
+    /// Address of the admin listener: the operator console (/console) and
+    /// the management API (/api/v1). Never the inbound port; loopback by
+    /// default (reach it with `kubectl port-forward`).
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: std::net::SocketAddr,
+
+    /// Token for the admin listener: `Authorization: Bearer <token>` for
+    /// /api/v1, the console's sign-in form for /console. At least 16
+    /// printable characters (e.g. `openssl rand -hex 32`). Unset or empty:
+    /// the admin listener refuses every request.
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
 
     #[command(flatten)]
     pub targets: TargetArgs,
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// `PGWEBHOOKS_ADMIN_TOKEN`, checked: empty is unset; anything else must be
+/// at least 16 printable characters without spaces.
+pub fn admin_token(token: Option<&Secret>) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = token.map(|s| s.expose().trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if value.len() < MIN_ADMIN_TOKEN || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "PGWEBHOOKS_ADMIN_TOKEN must be at least {} printable characters without spaces: make one with \
+             `openssl rand -hex 32`, or leave it empty to keep the admin listener closed",
+            MIN_ADMIN_TOKEN
+        )));
+    }
+    Ok(Some(Secret::new(value)))
 }
 
 /// Shortest inbound secret accepted (here and in `inbound_route_set`).
@@ -321,7 +355,7 @@ pub fn inbound_secret(secret: Option<&Secret>) -> Result<Option<Secret>, ConfigE
             if value.bytes().all(|b| b.is_ascii_graphic()) { "" } else { " and holds spaces or unprintable characters" }
         )));
     }
-    if let Err(error) = crate::deliver::sign::SigningKey::parse(value) {
+    if let Err(error) = crate::sign::SigningKey::parse(value) {
         return Err(ConfigError::Invalid(format!(
             "PGWEBHOOKS_INBOUND_SECRET: {error}"
         )));
@@ -352,56 +386,4 @@ fn parse_schedule_arg(s: &str) -> Result<Schedule, String> {
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration '{s}': {e} (use e.g. 500ms, 10s, 2m)"))
-}
-
-impl RunArgs {
-    /// The sidecar's configuration, validated.
-    pub fn sidecar_config(&self) -> Result<crate::sidecar::SidecarConfig, ConfigError> {
-        if self.lease < self.timeout * 5 {
-            return Err(ConfigError::Invalid(format!(
-                "PGWEBHOOKS_LEASE ({:?}) must be at least 5 x PGWEBHOOKS_TIMEOUT ({:?}): work still queued or in flight \
-                 would be taken over by another replica",
-                self.lease, self.timeout
-            )));
-        }
-        if self.inbound_read_timeout.is_zero() {
-            return Err(ConfigError::Invalid(
-                "PGWEBHOOKS_INBOUND_READ_TIMEOUT must be longer than 0".into(),
-            ));
-        }
-        let inbound_secret = inbound_secret(self.inbound_secret.as_ref())?;
-        let mut c = crate::sidecar::SidecarConfig::new(self.db.connection()?);
-        if let Some(r) = &self.replica {
-            c.replica = r.clone();
-        }
-        c.pool_size = self.pool_size as usize;
-        c.deliver.retry_schedule = self.retry_schedule.0.clone();
-        c.deliver.timeout = self.timeout;
-        c.deliver.allow_private_targets = self.targets.allow_private_targets;
-        c.dispatch.max_in_flight = self.max_in_flight as usize;
-        c.claim.batch_size = self.batch_size;
-        c.claim.linger = self.batch_linger;
-        c.claim.lease = self.lease;
-        c.claim.poll_interval = self.poll_interval;
-        c.shutdown_grace = self.shutdown_grace;
-        let env_endpoints = crate::env_endpoints::EnvEndpoints::from_env();
-        env_endpoints
-            .check(self.targets.allow_private_targets)
-            .map_err(ConfigError::Invalid)?;
-        c.env_endpoints = env_endpoints;
-        c.maintain.retention = self.retention.0;
-        c.maintain.breaker_probe = self.breaker_probe;
-        c.dispatch.breaker_failures = self.breaker_failures;
-        c.dispatch.breaker_window = self.breaker_window;
-        c.inbound = Some(crate::inbound::InboundConfig {
-            listen: self.listen,
-            secret: inbound_secret,
-            max_body: self.inbound_max_body,
-            tolerance: self.inbound_tolerance,
-            read_timeout: self.inbound_read_timeout,
-            max_connections: self.inbound_max_connections as usize,
-            ..Default::default()
-        });
-        Ok(c)
-    }
 }

@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::breaker::Breaker;
 use crate::db;
 use crate::deliver::{Deliverer, SideEffect};
-use crate::endpoints::Snapshot;
-use crate::event::Job;
+use crate::endpoints::Subscriptions;
+use crate::job::Job;
+use crate::job::Outcome;
 use crate::notice::Kind;
-use crate::record::{Outcome, Recorder};
+use crate::record::Recorder;
 
 /// Lane settings.
 #[derive(Debug, Clone)]
@@ -30,11 +33,6 @@ pub struct DispatchConfig {
     pub queue_factor: usize,
     /// …but at least this many (a claim batch's worth).
     pub min_queue: usize,
-    /// The circuit breaker: pause an endpoint after this many retryable
-    /// failures in a row…
-    pub breaker_failures: u32,
-    /// …spanning at least this long (a burst is not an outage).
-    pub breaker_window: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -43,61 +41,29 @@ impl Default for DispatchConfig {
             max_in_flight: 64,
             queue_factor: 4,
             min_queue: 1000,
-            breaker_failures: 20,
-            breaker_window: Duration::from_secs(60),
         }
     }
 }
 
-/// Shared by every lane.
-pub struct Shared {
-    pub deliverer: Deliverer,
-    pub recorder: Recorder,
-    pub pool: Pool,
-    /// Shared with the recorder, which names endpoints in its warnings.
-    pub snapshot: crate::notice::Endpoints,
+/// What every lane shares; private to the dispatcher.
+struct Shared {
+    deliverer: Arc<Deliverer>,
+    recorder: Recorder,
+    pool: Pool,
+    subscriptions: Subscriptions,
+    breaker: Arc<Breaker>,
     /// Stop taking work: queued jobs are released.
-    pub stopping: CancellationToken,
+    stopping: CancellationToken,
     /// Abandon in-flight attempts (the grace period is over).
-    pub hard_stop: CancellationToken,
+    hard_stop: CancellationToken,
     /// Jobs handed to lanes and not yet recorded.
-    pub in_memory: AtomicUsize,
+    in_memory: AtomicUsize,
     /// Woken whenever `in_memory` drops.
-    pub room: Notify,
-    pub config: DispatchConfig,
-    /// Consecutive retryable failures per endpoint: (count, first at).
-    pub streaks: Mutex<HashMap<i64, (u32, Instant)>>,
+    room: Notify,
+    config: DispatchConfig,
 }
 
 impl Shared {
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().expect("snapshot lock").clone()
-    }
-
-    /// Feeds the circuit breaker; true when this outcome trips it.
-    fn breaker_trips(&self, endpoint_id: i64, outcome: &Outcome) -> bool {
-        let mut streaks = self.streaks.lock().expect("streaks lock");
-        let retryable_failure = outcome.attempt.is_some()
-            && matches!(
-                outcome.status,
-                crate::record::Status::Pending | crate::record::Status::Dead
-            );
-        if outcome.status == crate::record::Status::Delivered {
-            streaks.remove(&endpoint_id);
-            return false;
-        }
-        if !retryable_failure {
-            return false;
-        }
-        let streak = streaks.entry(endpoint_id).or_insert((0, Instant::now()));
-        streak.0 += 1;
-        if streak.0 >= self.config.breaker_failures && streak.1.elapsed() >= self.config.breaker_window {
-            streaks.remove(&endpoint_id);
-            return true;
-        }
-        false
-    }
-
     fn finish(&self, outcome: Outcome) {
         self.recorder.record(outcome);
         self.in_memory.fetch_sub(1, Ordering::AcqRel);
@@ -125,16 +91,51 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(shared: Arc<Shared>) -> Dispatcher {
+    pub fn new(
+        config: DispatchConfig,
+        deliverer: Arc<Deliverer>,
+        recorder: Recorder,
+        pool: Pool,
+        subscriptions: Subscriptions,
+        breaker: Arc<Breaker>,
+    ) -> Dispatcher {
         Dispatcher {
-            shared,
+            shared: Arc::new(Shared {
+                deliverer,
+                recorder,
+                pool,
+                subscriptions,
+                breaker,
+                stopping: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+                in_memory: AtomicUsize::new(0),
+                room: Notify::new(),
+                config,
+            }),
             lanes: Mutex::new(HashMap::new()),
             tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Jobs handed to lanes and not yet recorded.
+    pub fn in_memory(&self) -> usize {
+        self.shared.in_memory.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a job leaves memory (or at once if one just did).
+    pub async fn room_freed(&self) {
+        self.shared.room.notified().await
+    }
+
+    /// Stops taking work: what is offered or queued from now on is
+    /// released to the retry path.
+    pub fn stop_taking(&self) {
+        self.shared.stopping.cancel();
+    }
+
+    /// Abandons attempts in flight (released, to be retried).
+    pub fn abandon(&self) {
+        self.shared.hard_stop.cancel();
     }
 
     /// Queues `job` on its endpoint's lane, waiting briefly while a busy
@@ -151,7 +152,7 @@ impl Dispatcher {
         }
         // An ordered endpoint's first attempts go through the retry path,
         // whose claim takes only the oldest undelivered event of each row.
-        if job.endpoint.ordered && matches!(job.source, crate::event::Source::Batch(_)) {
+        if job.endpoint.ordered && matches!(job.source, crate::job::Source::Batch(_)) {
             self.shared.finish(Outcome::released(&job, None));
             return;
         }
@@ -187,7 +188,7 @@ impl Dispatcher {
         match lanes.get(&id) {
             Some(l) => l.tx.capacity(),
             None => {
-                let snap = self.shared.snapshot();
+                let snap = self.shared.subscriptions.current();
                 snap.get(id).map_or(0, |e| self.lane_capacity(e.max_in_flight))
             }
         }
@@ -244,7 +245,7 @@ async fn run_lane(
     let limit = Arc::new(Semaphore::new(in_flight));
     let mut tokens: i32 = 0;
     while let Some(job) = rx.recv().await {
-        let current = shared.snapshot().get(endpoint_id).cloned();
+        let current = shared.subscriptions.current().get(endpoint_id).cloned();
         let enabled = current.as_ref().is_some_and(|e| e.enabled);
         if shared.stopping.is_cancelled() || !enabled {
             let why = (!enabled).then_some("endpoint disabled");
@@ -268,7 +269,7 @@ async fn run_lane(
                         }
                     }
                     Err(error) => {
-                        tracing::warn!(endpoint_id, %error, "pacing check failed");
+                        tracing::warn!(endpoint_id, error = %crate::errors::error_chain(&error), "pacing check failed");
                         tokio::select! {
                             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                             _ = shared.stopping.cancelled() => break,
@@ -290,7 +291,13 @@ async fn run_lane(
             }
         };
         let shared2 = shared.clone();
-        tasks.spawn(async move {
+        // Everything said while the job runs carries its ids.
+        let span = tracing::debug_span!("job", event_id = %job.event.id, endpoint_id,
+        delivery_id = match job.source {
+            crate::job::Source::Retry { delivery_id, .. } => Some(delivery_id),
+            crate::job::Source::Batch(_) => None,
+        });
+        let run = async move {
             let result = tokio::select! {
                 r = shared2.deliverer.attempt(&job) => Some(r),
                 _ = shared2.hard_stop.cancelled() => None,
@@ -299,17 +306,21 @@ async fn run_lane(
                 Some((outcome, effect)) => {
                     if let SideEffect::PauseEndpoint(reason) = effect {
                         pause_endpoint(&shared2, endpoint_id, outcome.code, &reason).await;
-                    } else if shared2.breaker_trips(endpoint_id, &outcome) {
-                        trip(&shared2, endpoint_id, &outcome).await;
+                    } else if shared2.breaker.observe(endpoint_id, &outcome) {
+                        shared2
+                            .breaker
+                            .trip(&shared2.pool, &shared2.recorder, endpoint_id, &outcome)
+                            .await;
                     }
-                    tracing::debug!(event_id = %job.event.id, endpoint_id, attempt = job.attempt,
-                        status = outcome.status.as_str(), code = %crate::notice::or_none(outcome.code), "attempt");
+                    tracing::debug!(attempt = job.attempt, status = outcome.status.as_str(),
+                        code = %crate::notice::or_none(outcome.code), "attempt");
                     shared2.finish(outcome);
                 }
                 None => shared2.finish(Outcome::released(&job, Some("abandoned at shutdown"))),
             }
             drop(permit);
-        });
+        };
+        tasks.spawn(run.instrument(span));
     }
 }
 
@@ -332,27 +343,8 @@ async fn pause_endpoint(shared: &Shared, id: i64, code: Option<i32>, reason: &st
     match result {
         Ok(true) => shared.recorder.notice(id, Kind::Paused, code, reason),
         Ok(false) => {}
-        Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause endpoint"),
-    }
-}
-
-async fn trip(shared: &Shared, id: i64, outcome: &Outcome) {
-    let reason = format!(
-        "circuit open: {} failed attempts in a row over at least {:?} (last: {}); probing until it answers",
-        shared.config.breaker_failures,
-        shared.config.breaker_window,
-        outcome.error.as_deref().unwrap_or("no answer")
-    );
-    let result = match shared.pool.get().await {
-        Ok(c) => db::delivery::endpoint_trip(&c, id, &reason).await,
-        Err(e) => Err(e.into()),
-    };
-    match result {
-        Ok(true) => {
-            crate::telemetry::breaker_trip(id);
-            shared.recorder.notice(id, Kind::Paused, outcome.code, &reason);
+        Err(error) => {
+            tracing::error!(endpoint_id = id, error = %crate::errors::error_chain(&error), "could not pause endpoint")
         }
-        Ok(false) => {}
-        Err(error) => tracing::error!(endpoint_id = id, %error, "could not pause a failing endpoint"),
     }
 }

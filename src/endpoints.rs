@@ -4,11 +4,11 @@
 //! `webhooks.config_version` moves.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::deliver::sign::SigningKey;
-use crate::deliver::template::{Template, Text};
+use crate::sign::SigningKey;
+use crate::template::{Template, Text};
 
 /// Make.com accepts at most 300 requests per 10 s per webhook; pace a
 /// little under it.
@@ -222,6 +222,26 @@ pub fn is_make_url(url: &str) -> bool {
     let Some(host) = u.host_str() else { return false };
     let host = host.to_ascii_lowercase();
     (host.starts_with("hook.") && host.ends_with(".make.com")) || host == "hook.make.com"
+}
+
+/// The current [`Snapshot`], shared by the stages that read it (fan-out,
+/// retries, lanes, probes, the recorder's warnings) and replaced whole when
+/// `webhooks.config_version` moves. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Subscriptions(Arc<RwLock<Arc<Snapshot>>>);
+
+impl Subscriptions {
+    pub fn new(snapshot: Snapshot) -> Subscriptions {
+        Subscriptions(Arc::new(RwLock::new(Arc::new(snapshot))))
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn replace(&self, snapshot: Arc<Snapshot>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
 }
 
 /// The subscriptions at one config version.

@@ -7,7 +7,7 @@
 use deadpool_postgres::GenericClient;
 
 use crate::db::DbError;
-use crate::deliver::sign::generate_secret;
+use crate::sign::generate_secret;
 
 /// Each event group's variable and the event types it takes.
 pub const GROUPS: &[(&str, &[&str])] = &[

@@ -6,21 +6,30 @@
 //! modules follow the pipeline — listen → claim → dispatch → deliver →
 //! record — and `ARCHITECTURE.md` has the map and the invariants.
 
-pub mod claim;
+#![warn(unreachable_pub)]
+
+pub mod admin;
+pub(crate) mod body;
+pub(crate) mod breaker;
+pub(crate) mod claim;
 pub mod config;
 pub mod db;
 pub mod deliver;
 pub mod demo;
-pub mod dispatch;
+pub(crate) mod dispatch;
 pub mod endpoints;
 pub mod env_endpoints;
-pub mod event;
+pub(crate) mod errors;
 pub mod inbound;
-pub mod limiter;
+pub mod job;
+pub(crate) mod limiter;
 pub mod listen;
 pub mod localpg;
-pub mod maintain;
-pub mod notice;
+pub(crate) mod maintain;
+pub(crate) mod notice;
 pub mod record;
+pub(crate) mod redact;
 pub mod sidecar;
+pub mod sign;
 pub mod telemetry;
+pub(crate) mod template;

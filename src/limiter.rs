@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// A line to write now: the key, how many occurrences it stands for (this
 /// one included) and the latest one's detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line<K, D> {
+pub(crate) struct Line<K, D> {
     pub key: K,
     pub count: u64,
     pub detail: D,
@@ -30,14 +30,14 @@ struct Entry<D> {
 }
 
 #[derive(Debug)]
-pub struct Limiter<K, D> {
+pub(crate) struct Limiter<K, D> {
     every: Duration,
     entries: HashMap<K, Entry<D>>,
 }
 
 impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
     /// At most one line per key per `every`.
-    pub fn new(every: Duration) -> Limiter<K, D> {
+    pub(crate) fn new(every: Duration) -> Limiter<K, D> {
         Limiter {
             every,
             entries: HashMap::new(),
@@ -46,7 +46,7 @@ impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
 
     /// One occurrence of `key`: the line to write now, or `None` when it
     /// is folded into a later one.
-    pub fn hit(&mut self, key: K, detail: D, now: Instant) -> Option<Line<K, D>> {
+    pub(crate) fn hit(&mut self, key: K, detail: D, now: Instant) -> Option<Line<K, D>> {
         match self.entries.get_mut(&key) {
             Some(e) if now.saturating_duration_since(e.last_line) < self.every => {
                 e.folded += 1;
@@ -81,7 +81,7 @@ impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
     /// Lines for keys whose folded occurrences have waited a whole window
     /// (their count, their latest detail). Keys quiet for a whole window
     /// with nothing folded are forgotten.
-    pub fn due(&mut self, now: Instant) -> Vec<Line<K, D>> {
+    pub(crate) fn due(&mut self, now: Instant) -> Vec<Line<K, D>> {
         let every = self.every;
         let mut lines = Vec::new();
         self.entries.retain(|key, e| {
@@ -106,7 +106,7 @@ impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
     }
 
     /// Every folded occurrence as lines now, due or not (at shutdown).
-    pub fn drain(&mut self) -> Vec<Line<K, D>> {
+    pub(crate) fn drain(&mut self) -> Vec<Line<K, D>> {
         self.entries
             .drain()
             .filter_map(|(key, e)| {
@@ -121,11 +121,13 @@ impl<K: Hash + Eq + Clone, D> Limiter<K, D> {
     }
 
     /// Keys remembered (tests).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }

@@ -49,7 +49,7 @@ pub async fn run(
             Ok(()) => signals.connected.store(false, Ordering::Release),
             Err(error) => {
                 signals.connected.store(false, Ordering::Release);
-                let error = crate::record::error_chain(&error);
+                let error = crate::errors::error_chain(&error);
                 tracing::warn!(%error, retry_in = ?backoff, "LISTEN connection lost");
             }
         }

@@ -29,7 +29,8 @@ pub struct LocalPg {
     opts: String,
 }
 
-fn find(name: &'static str) -> Result<PathBuf, LocalPgError> {
+/// A PostgreSQL program: on PATH, else the newest under /usr/lib/postgresql.
+pub fn find(name: &'static str) -> Result<PathBuf, LocalPgError> {
     let on_path = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)

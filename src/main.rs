@@ -304,7 +304,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            let config = args.sidecar_config()?;
+            let config = pgwebhooks::sidecar::SidecarConfig::from_args(&args)?;
             let sidecar = Sidecar::start(config).await.context("starting the sidecar")?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_on_shutdown(shutdown.clone()));

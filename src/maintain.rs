@@ -1,17 +1,16 @@
-//! Upkeep that runs beside delivery: metrics gauges, retention of old
-//! history (one replica at a time), and circuit-breaker probes.
+//! Upkeep that runs beside delivery: the metrics gauges (backlog, the
+//! LISTEN connection) and retention of old history (one replica at a time).
+//! Probing open circuits is the breaker's ([`crate::breaker::Prober`]).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::claim::Claimer;
 use crate::db::{self, DbError};
-use crate::event::{Job, Source};
-use crate::record::Status;
+use crate::listen::Signals;
 use crate::telemetry;
 
 #[derive(Debug, Clone)]
@@ -22,8 +21,6 @@ pub struct MaintainConfig {
     pub retention_batch: i32,
     /// How often retention runs.
     pub retention_every: Duration,
-    /// How often a paused-by-breaker endpoint is probed.
-    pub breaker_probe: Duration,
     /// How often the loop runs.
     pub tick: Duration,
 }
@@ -34,7 +31,6 @@ impl Default for MaintainConfig {
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_batch: 1000,
             retention_every: Duration::from_secs(60),
-            breaker_probe: Duration::from_secs(30),
             tick: Duration::from_secs(5),
         }
     }
@@ -44,14 +40,12 @@ impl Default for MaintainConfig {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Maintained {
     pub retention: db::ops::Removed,
-    pub probes: usize,
-    pub resumed: usize,
 }
 
 pub struct Maintainer {
-    pub claimer: Arc<Claimer>,
+    pub pool: Pool,
+    pub signals: Arc<Signals>,
     pub config: MaintainConfig,
-    last_probe: HashMap<i64, Instant>,
     last_retention: Option<Instant>,
 }
 
@@ -59,11 +53,11 @@ pub struct Maintainer {
 const RETENTION_LOCK: i64 = 0x7067_7768_7265_7465;
 
 impl Maintainer {
-    pub fn new(claimer: Arc<Claimer>, config: MaintainConfig) -> Maintainer {
+    pub fn new(pool: Pool, signals: Arc<Signals>, config: MaintainConfig) -> Maintainer {
         Maintainer {
-            claimer,
+            pool,
+            signals,
             config,
-            last_probe: HashMap::new(),
             last_retention: None,
         }
     }
@@ -71,7 +65,7 @@ impl Maintainer {
     pub async fn run(mut self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             if let Err(error) = self.run_once().await {
-                tracing::warn!(error = %crate::record::error_chain(&error), "maintenance pass failed");
+                tracing::warn!(error = %crate::errors::error_chain(&error), "maintenance pass failed");
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.config.tick) => {}
@@ -80,15 +74,15 @@ impl Maintainer {
         }
     }
 
-    /// One pass: gauges, due probes, retention when due.
+    /// One pass: gauges, and retention when due.
     pub async fn run_once(&mut self) -> Result<Maintained, DbError> {
         let mut out = Maintained::default();
-        let signals = &self.claimer.signals;
+        let signals = &self.signals;
         telemetry::listener(
             signals.connected.load(Ordering::Acquire),
             signals.reconnects.load(Ordering::Relaxed),
         );
-        let client = self.claimer.pool.get().await?;
+        let client = self.pool.get().await?;
         let row = client
             .query_one(
                 "SELECT coalesce(sum(pending + delivering), 0)::bigint, coalesce(extract(epoch FROM max(oldest_age)), 0)::float8,
@@ -98,20 +92,6 @@ impl Maintainer {
             )
             .await?;
         telemetry::backlog(row.get(0), row.get(1), row.get(2));
-
-        for id in db::delivery::breaker_open(&client).await? {
-            let due = self
-                .last_probe
-                .get(&id)
-                .is_none_or(|t| t.elapsed() >= self.config.breaker_probe);
-            if due {
-                self.last_probe.insert(id, Instant::now());
-                out.probes += 1;
-                if self.probe(id).await? {
-                    out.resumed += 1;
-                }
-            }
-        }
 
         if let Some(keep) = self.config.retention {
             let due = self
@@ -123,61 +103,6 @@ impl Maintainer {
             }
         }
         Ok(out)
-    }
-
-    /// Tries one pending delivery of a paused endpoint; resumes it if the
-    /// endpoint answers 2xx.
-    async fn probe(&self, endpoint_id: i64) -> Result<bool, DbError> {
-        let shared = self.claimer.dispatcher.shared();
-        let client = self.claimer.pool.get().await?;
-        let claimed = db::delivery::delivery_claim_probe(
-            &client,
-            &self.claimer.replica,
-            endpoint_id,
-            self.claimer.config.lease,
-        )
-        .await?;
-        let ok = match claimed.into_iter().next() {
-            // Nothing to try yet (its failed attempts may not be recorded):
-            // stay open. New events for the endpoint wait as pending, so
-            // the next probe has one.
-            None => false,
-            Some(c) => {
-                let snapshot = self.claimer.snapshot_at(None).await?;
-                let (Some(event), Some(endpoint)) = (c.event, snapshot.get(endpoint_id).cloned()) else {
-                    return Ok(false);
-                };
-                let job = Job {
-                    source: Source::Retry {
-                        delivery_id: c.delivery_id,
-                        used: c.used,
-                    },
-                    event,
-                    endpoint,
-                    attempt: c.attempt,
-                };
-                let (mut outcome, _) = shared.deliverer.attempt(&job).await;
-                let ok = outcome.status == Status::Delivered;
-                // A probe while the circuit is open never gives a delivery up:
-                // it waits for the endpoint like the rest of its backlog.
-                if outcome.status == Status::Dead {
-                    outcome.status = Status::Pending;
-                    outcome.next_attempt_at = Some(std::time::SystemTime::now());
-                }
-                shared.recorder.record(outcome);
-                ok
-            }
-        };
-        if ok && db::delivery::endpoint_close_breaker(&client, endpoint_id).await? {
-            shared.recorder.notice(
-                endpoint_id,
-                crate::notice::Kind::Resumed,
-                None,
-                "circuit closed: a probe was delivered; its backlog drains",
-            );
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     /// Small retention steps until nothing old is left (bounded per pass),

@@ -10,19 +10,18 @@
 //! redacted (`target::redact`: a Make.com URL is a credential) and the
 //! latest reason. Secrets and full URLs are never logged.
 
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::deliver::target;
-use crate::endpoints::Snapshot;
+
+use crate::job::{Outcome, Status};
 use crate::limiter::{Limiter, Line};
-use crate::record::{Outcome, Status};
 
 /// The sidecar's current endpoints (shared with the lanes).
-pub type Endpoints = Arc<RwLock<Arc<Snapshot>>>;
+pub(crate) type Endpoints = crate::endpoints::Subscriptions;
 
 /// How often one kind of line may be written per endpoint.
-pub const EVERY: Duration = Duration::from_secs(60);
+pub(crate) const EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -64,14 +63,14 @@ impl Kind {
 
 /// What the latest occurrence said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Detail {
+pub(crate) struct Detail {
     pub code: Option<i32>,
     pub reason: String,
 }
 
 /// The failure kinds an outcome stands for: what its attempt ran into, and
 /// [`Kind::Dead`] when the delivery is given up. Pure.
-pub fn kinds(o: &Outcome) -> Vec<Kind> {
+pub(crate) fn kinds(o: &Outcome) -> Vec<Kind> {
     let mut out = Vec::with_capacity(2);
     let attempt = match (o.status, o.refused, o.attempt.is_some(), o.code) {
         (Status::Delivered, ..) => None,
@@ -114,38 +113,20 @@ fn reason_of(o: &Outcome) -> String {
     redact_urls(&reason)
 }
 
-/// `text` with every URL in it redacted (`target::redact`): an error may
-/// quote one (a redirect's `Location`), and URLs can be credentials.
-pub fn redact_urls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("://") {
-        let start = rest[..at]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
-            .map_or(0, |i| i + 1);
-        let end = rest[at..]
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | ')' | ','))
-            .map_or(rest.len(), |i| at + i);
-        out.push_str(&rest[..start]);
-        out.push_str(&target::redact(&rest[start..end]));
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub(crate) use crate::redact::redact_urls;
 
 /// An optional number as logged: the number, or `none` (never `Some(200)`).
-pub fn or_none(value: Option<impl std::fmt::Display>) -> String {
+pub(crate) fn or_none(value: Option<impl std::fmt::Display>) -> String {
     value.map_or_else(|| "none".to_owned(), |c| c.to_string())
 }
 
-pub struct Notices {
+pub(crate) struct Notices {
     limiter: Limiter<(i64, Kind), Detail>,
     endpoints: Endpoints,
 }
 
 impl Notices {
-    pub fn new(endpoints: Endpoints) -> Notices {
+    pub(crate) fn new(endpoints: Endpoints) -> Notices {
         Notices {
             limiter: Limiter::new(EVERY),
             endpoints,
@@ -153,7 +134,7 @@ impl Notices {
     }
 
     /// One recorded outcome.
-    pub fn outcome(&mut self, o: &Outcome, now: Instant) {
+    pub(crate) fn outcome(&mut self, o: &Outcome, now: Instant) {
         for kind in kinds(o) {
             let detail = Detail {
                 code: o.code,
@@ -168,21 +149,21 @@ impl Notices {
     }
 
     /// An endpoint event (paused, resumed) or one failure.
-    pub fn event(&mut self, endpoint_id: i64, kind: Kind, detail: Detail, now: Instant) {
+    pub(crate) fn event(&mut self, endpoint_id: i64, kind: Kind, detail: Detail, now: Instant) {
         if let Some(line) = self.limiter.hit((endpoint_id, kind), detail, now) {
             self.write(line);
         }
     }
 
     /// Writes what was folded into lines that are now due.
-    pub fn sweep(&mut self, now: Instant) {
+    pub(crate) fn sweep(&mut self, now: Instant) {
         for line in self.limiter.due(now) {
             self.write(line);
         }
     }
 
     /// Writes everything still folded (the sidecar is stopping).
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         for line in self.limiter.drain() {
             self.write(line);
         }
@@ -195,7 +176,7 @@ impl Notices {
             detail,
         } = line;
         let (name, url) = {
-            let snapshot = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+            let snapshot = self.endpoints.current();
             match snapshot.get(endpoint_id) {
                 Some(e) => (
                     e.name.clone().unwrap_or_else(|| "(unnamed)".into()),
@@ -216,32 +197,11 @@ impl Notices {
     }
 }
 
-/// What start-up knows about the configuration, for [`misconfigurations`].
-#[derive(Debug, Default)]
-pub struct Setup {
-    /// The inbound server runs…
-    pub inbound: bool,
-    /// …with a PGWEBHOOKS_INBOUND_SECRET.
-    pub inbound_secret: bool,
-    /// Enabled inbound routes, and how many of them have no secret of their own.
-    pub routes: i64,
-    pub routes_without_secret: i64,
-    pub allow_private_targets: bool,
-    pub endpoints: Vec<SetupEndpoint>,
-}
-
-#[derive(Debug)]
-pub struct SetupEndpoint {
-    pub id: i64,
-    pub name: Option<String>,
-    pub url: String,
-    pub enabled: bool,
-    pub disabled_reason: Option<String>,
-}
+pub(crate) use crate::db::ops::{Setup, SetupEndpoint};
 
 /// One line per real misconfiguration, said at `warn` when `run` starts.
 /// Pure. URLs are redacted; no secret is ever part of a line.
-pub fn misconfigurations(s: &Setup) -> Vec<String> {
+pub(crate) fn misconfigurations(s: &Setup) -> Vec<String> {
     let mut out = Vec::new();
     if s.inbound && !s.inbound_secret && (s.routes == 0 || s.routes_without_secret > 0) {
         let refused = if s.routes_without_secret == s.routes {
@@ -295,8 +255,8 @@ pub fn misconfigurations(s: &Setup) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Source;
-    use crate::record::AttemptInfo;
+    use crate::job::AttemptInfo;
+    use crate::job::Source;
 
     fn outcome(status: Status, code: Option<i32>, sent: bool, refused: bool) -> Outcome {
         Outcome {

@@ -8,74 +8,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use crate::db::{self, DbError};
-use crate::event::{Job, Source};
+use crate::errors::error_chain;
+use crate::job::{Outcome, Source, Status};
 use crate::listen::Signals;
 use crate::notice::{self, Notices};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    Delivered,
-    Failed,
-    Dead,
-}
-
-/// What one HTTP attempt looked like.
-#[derive(Debug, Clone)]
-pub struct AttemptInfo {
-    pub started_at: SystemTime,
-    pub duration_ms: f64,
-    pub excerpt: Option<String>,
-}
-
-/// The new state of one delivery.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub source: Source,
-    pub event_id: Uuid,
-    pub endpoint_id: i64,
-    pub status: Status,
-    /// Attempts made so far, this one included.
-    pub attempts: i32,
-    pub next_attempt_at: Option<SystemTime>,
-    pub code: Option<i32>,
-    pub error: Option<String>,
-    /// `None` when no request was sent (released, routed to the retry path).
-    pub attempt: Option<AttemptInfo>,
-    /// The endpoint delivers each row's events in order.
-    pub ordered: bool,
-    /// Not sent: the target is refused (`deliver::target`) or its URL
-    /// unusable.
-    pub refused: bool,
-}
-
-impl Outcome {
-    /// A job put back without an attempt: pending, due now. Used when an
-    /// endpoint's lane is full or disabled, and for jobs still queued at
-    /// shutdown.
-    pub fn released(job: &Job, why: Option<&str>) -> Outcome {
-        Outcome {
-            source: job.source,
-            event_id: job.event.id,
-            endpoint_id: job.endpoint.id,
-            status: Status::Pending,
-            attempts: job.attempt - 1,
-            next_attempt_at: Some(SystemTime::now()),
-            code: None,
-            error: why.map(str::to_owned),
-            attempt: None,
-            ordered: job.endpoint.ordered,
-            refused: false,
-        }
-    }
-}
 
 enum Msg {
     /// A fan-out batch with this many jobs; completed when all are recorded.
@@ -108,15 +50,15 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn batch(&self, id: i64, jobs: usize) {
-        let _ = self.tx.send(Msg::Batch { id, jobs });
+        self.send(Msg::Batch { id, jobs });
     }
     pub fn record(&self, outcome: Outcome) {
-        let _ = self.tx.send(Msg::Outcome(Box::new(outcome)));
+        self.send(Msg::Outcome(Box::new(outcome)));
     }
     /// Tells the operator about an endpoint event (paused, resumed),
     /// through the same limiter as the outcomes' failures.
     pub fn notice(&self, endpoint_id: i64, kind: notice::Kind, code: Option<i32>, reason: &str) {
-        let _ = self.tx.send(Msg::Notice {
+        self.send(Msg::Notice {
             endpoint_id,
             kind,
             detail: notice::Detail {
@@ -124,6 +66,17 @@ impl Recorder {
                 reason: reason.to_owned(),
             },
         });
+    }
+
+    /// Only once the recording task has ended (it stopped, or panicked:
+    /// the supervisor then shuts the sidecar down) can a message be lost;
+    /// that is said, never silent. Nothing is lost for good: what was not
+    /// recorded is taken over when its lease expires.
+    fn send(&self, msg: Msg) {
+        if let Err(mpsc::error::SendError(Msg::Outcome(o))) = self.tx.send(msg) {
+            tracing::error!(event_id = %o.event_id, endpoint_id = o.endpoint_id, status = o.status.as_str(),
+                "the recorder has stopped: this outcome is not recorded; its delivery is retried once its lease expires");
+        }
     }
 }
 
@@ -474,16 +427,6 @@ fn placeholder(o: &Outcome) -> Outcome {
     p
 }
 
-/// Text as Postgres accepts it: NUL (never valid in `text`) becomes U+FFFD,
-/// as invalid UTF-8 already has (`String::from_utf8_lossy`).
-pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains('\0') {
-        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
-    } else {
-        std::borrow::Cow::Borrowed(s)
-    }
-}
-
 /// Postgres refused the data of a statement (class 22 data exception, 23
 /// integrity constraint violation): the same rows would fail again.
 fn refused_data(e: &DbError) -> bool {
@@ -495,30 +438,12 @@ fn refused_data(e: &DbError) -> bool {
     }
 }
 
-/// An error and its causes on one line (`a: b: c`).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sanitize_replaces_nul_only() {
-        assert_eq!(sanitize("ok\0\0!"), "ok\u{FFFD}\u{FFFD}!");
-        assert!(matches!(
-            sanitize("plain ✓"),
-            std::borrow::Cow::Borrowed("plain ✓")
-        ));
-    }
+    use crate::job::AttemptInfo;
+    use std::time::SystemTime;
+    use uuid::Uuid;
 
     #[test]
     fn placeholders_keep_everything_but_the_texts() {

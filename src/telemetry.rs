@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::record::{Outcome, Status};
+use crate::job::{Outcome, Status};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use pgwebhooks::deliver::sign::{self, SigningKey};
+use pgwebhooks::sign::{self, SigningKey};
 use support::db::Cluster;
 use support::sidecar::{self, endpoint, Process, SECRET};
 use tokio_postgres::Client;
@@ -332,6 +332,7 @@ impl Replicas {
         let child = sidecar::run_command(&self.url)
             .env("PGWEBHOOKS_REPLICA", name)
             .env("PGWEBHOOKS_LISTEN", listen.to_string())
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_TIMEOUT", format!("{}ms", TIMEOUT.as_millis()))
             .env("PGWEBHOOKS_LEASE", "5s")
             .env("PGWEBHOOKS_POLL_INTERVAL", "500ms")

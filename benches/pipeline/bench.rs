@@ -7,6 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[path = "console.rs"]
+pub mod console;
+
 use super::cluster::{Cluster, DB};
 use super::load::{self, Rate, Statement};
 use super::receiver::Receiver;
@@ -308,7 +311,7 @@ impl Bench {
         )
         .await?;
         db.batch_execute(ANCHORS).await?;
-        let secret = pgwebhooks::deliver::sign::generate_secret()?;
+        let secret = pgwebhooks::sign::generate_secret()?;
         let receiver = Receiver::start(&secret)?;
         let id: i64 = db
             .query_one(

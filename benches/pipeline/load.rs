@@ -260,7 +260,7 @@ async fn wrk(url: &str, body: &[u8], secs: f64) -> Option<Ceiling> {
 }
 
 fn builtin_http_load(url: &str, body: Vec<u8>, secret: &str, secs: f64) -> Res<Ceiling> {
-    use pgwebhooks::deliver::sign::SigningKey;
+    use pgwebhooks::sign::SigningKey;
     pgwebhooks::deliver::http::install_crypto_provider();
     let key = SigningKey::parse(secret)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

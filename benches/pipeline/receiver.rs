@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::serve::ListenerExt;
-use pgwebhooks::deliver::sign::{self, SigningKey};
+use pgwebhooks::sign::{self, SigningKey};
 use uuid::Uuid;
 
 const SHARDS: usize = 64;

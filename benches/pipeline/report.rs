@@ -34,6 +34,7 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("hasura_trigger_ratio", "report", Goal::Report),
     ("templated_drain_ratio", "≥ 0.90", Goal::AtLeast(0.90)),
     ("payload_fn_overhead_ratio", "report", Goal::Report),
+    ("console_p95_ms", "≤ 100", Goal::AtMost(100.0)),
     ("bulk_capture_only_ratio", "report", Goal::Report),
     ("capture_statement_ratio", "report", Goal::Report),
 ];

@@ -36,6 +36,7 @@ impl Sidecar {
         cmd.arg("run")
             .env("DATABASE_URL", database_url)
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_LOG", "warn")
             .env("PGWEBHOOKS_REPLICA", replica)
             // The receiver is on 127.0.0.1.

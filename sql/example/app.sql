@@ -270,9 +270,9 @@ $$;
 -- ---------------------------------------------------------------------------
 -- Event triggers (statement-level, over transition tables)
 --
--- Each function writes its events with one INSERT ... SELECT straight into
--- webhooks.events (what webhooks.emit() does, set-based) and wakes the
--- sidecar once. Origin is webhooks.current_origin(): NULL for the app's own
+-- Each function writes its events with one call of webhooks.emit_many(),
+-- the set-based emit(): a JSON array built over the transition table in one
+-- statement; it wakes the sidecar once. Origin is webhooks.current_origin(): NULL for the app's own
 -- writes, 'inbound/<route>' when a callback made the write. Update events
 -- carry `previous`: the old values of every column the update changed.
 -- `SET jit = off`: transition tables have no statistics, so the planner
@@ -286,32 +286,32 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT 'appointment.created', v_origin, 'app.appointments', r.id::text,
-           jsonb_build_object(
-               'eventType',        'appointment.created',
-               'appointmentId',    r.id,
-               'userId',           r.user_id,
-               'studentEmail',     u.email,
-               'studentName',      u.name,
-               'courseId',         r.course_id,
-               'courseTitle',      c.title,
-               'contentItemId',    r.content_item_id,
-               'contentItemTitle', ci.title,
-               'scheduledAt',      app.iso8601(r.scheduled_at),
-               'duration',         r.duration_minutes,
-               'status',           r.status,
-               'paymentStatus',    r.payment_status,
-               'amount',           r.amount,
-               'createdAt',        app.iso8601(r.created_at))
-      FROM new_rows r
-      LEFT JOIN app.users u ON u.id = r.user_id
-      LEFT JOIN app.courses c ON c.id = r.course_id
-      LEFT JOIN app.content_items ci ON ci.id = r.content_item_id
-     ORDER BY r.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT 'appointment.created', v_origin, 'app.appointments', r.id::text,
+                   jsonb_build_object(
+                       'eventType',        'appointment.created',
+                       'appointmentId',    r.id,
+                       'userId',           r.user_id,
+                       'studentEmail',     u.email,
+                       'studentName',      u.name,
+                       'courseId',         r.course_id,
+                       'courseTitle',      c.title,
+                       'contentItemId',    r.content_item_id,
+                       'contentItemTitle', ci.title,
+                       'scheduledAt',      app.iso8601(r.scheduled_at),
+                       'duration',         r.duration_minutes,
+                       'status',           r.status,
+                       'paymentStatus',    r.payment_status,
+                       'amount',           r.amount,
+                       'createdAt',        app.iso8601(r.created_at))
+              FROM new_rows r
+              LEFT JOIN app.users u ON u.id = r.user_id
+              LEFT JOIN app.courses c ON c.id = r.course_id
+              LEFT JOIN app.content_items ci ON ci.id = r.content_item_id
+             ORDER BY r.id
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -326,69 +326,69 @@ DECLARE
     v_origin text := webhooks.current_origin();
     now_iso text := app.iso8601(now());
 BEGIN
-    WITH ch AS MATERIALIZED (
-        SELECT n.*, o.status AS old_status, o.scheduled_at AS old_scheduled_at,
-               o.payment_status AS old_payment_status,
-               (SELECT jsonb_object_agg(p.key, p.value)
-                  FROM jsonb_each(j.oj) p
-                 WHERE j.nj -> p.key IS DISTINCT FROM p.value) AS previous
-          FROM new_rows n
-          JOIN old_rows o ON o.id = n.id
-         CROSS JOIN LATERAL (SELECT to_jsonb(o) AS oj, to_jsonb(n) AS nj OFFSET 0) j
-         WHERE n.status IS DISTINCT FROM o.status
-            OR n.scheduled_at IS DISTINCT FROM o.scheduled_at
-            OR n.payment_status IS DISTINCT FROM o.payment_status)
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload, previous)
-    SELECT e.event_type, v_origin, 'app.appointments', ch.id::text,
-           jsonb_build_object(
-               'eventType',        e.event_type,
-               'appointmentId',    ch.id,
-               'userId',           ch.user_id,
-               'studentEmail',     u.email,
-               'studentName',      u.name,
-               'courseId',         ch.course_id,
-               'courseTitle',      c.title,
-               'contentItemId',    ch.content_item_id,
-               'contentItemTitle', ci.title,
-               'scheduledAt',      app.iso8601(ch.scheduled_at),
-               'duration',         ch.duration_minutes,
-               'status',           ch.status,
-               'previousStatus',   ch.old_status,
-               'paymentStatus',    ch.payment_status,
-               'timestamp',        now_iso)
-           || CASE e.ord
-                  WHEN 1 THEN jsonb_build_object('reason',         ch.reschedule_reason,
-                                                 'oldScheduledAt', app.iso8601(ch.old_scheduled_at),
-                                                 'newScheduledAt', app.iso8601(ch.scheduled_at))
-                  WHEN 3 THEN jsonb_build_object('reason', ch.cancel_reason)
-                  WHEN 5 THEN jsonb_build_object('paymentIntentId', ch.payment_intent_id,
-                                                 'amount',          ch.amount,
-                                                 'confirmedAt',     coalesce(app.iso8601(ch.paid_at), now_iso))
-                  ELSE '{}'::jsonb
-              END,
-           ch.previous
-      FROM ch
-     CROSS JOIN LATERAL (VALUES
-           (1, 'appointment.rescheduled',
-               ch.scheduled_at IS DISTINCT FROM ch.old_scheduled_at
-               OR (ch.status = 'rescheduled' AND ch.old_status IS DISTINCT FROM 'rescheduled')),
-           (2, 'appointment.confirmed',
-               ch.status = 'confirmed' AND ch.old_status IS DISTINCT FROM 'confirmed'),
-           (3, 'appointment.cancelled',
-               ch.status = 'cancelled' AND ch.old_status IS DISTINCT FROM 'cancelled'),
-           (4, 'appointment.completed',
-               ch.status = 'completed' AND ch.old_status IS DISTINCT FROM 'completed'),
-           (5, 'appointment.payment.confirmed',
-               ch.payment_status = 'paid' AND ch.old_payment_status IS DISTINCT FROM 'paid')
-        ) AS e(ord, event_type, fires)
-      LEFT JOIN app.users u ON u.id = ch.user_id
-      LEFT JOIN app.courses c ON c.id = ch.course_id
-      LEFT JOIN app.content_items ci ON ci.id = ch.content_item_id
-     WHERE e.fires
-     ORDER BY ch.id, e.ord;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload, 'previous', q.previous))
+          FROM (
+            WITH ch AS MATERIALIZED (
+                SELECT n.*, o.status AS old_status, o.scheduled_at AS old_scheduled_at,
+                       o.payment_status AS old_payment_status,
+                       (SELECT jsonb_object_agg(p.key, p.value)
+                          FROM jsonb_each(j.oj) p
+                         WHERE j.nj -> p.key IS DISTINCT FROM p.value) AS previous
+                  FROM new_rows n
+                  JOIN old_rows o ON o.id = n.id
+                 CROSS JOIN LATERAL (SELECT to_jsonb(o) AS oj, to_jsonb(n) AS nj OFFSET 0) j
+                 WHERE n.status IS DISTINCT FROM o.status
+                    OR n.scheduled_at IS DISTINCT FROM o.scheduled_at
+                    OR n.payment_status IS DISTINCT FROM o.payment_status)
+            SELECT e.event_type, v_origin, 'app.appointments', ch.id::text,
+                   jsonb_build_object(
+                       'eventType',        e.event_type,
+                       'appointmentId',    ch.id,
+                       'userId',           ch.user_id,
+                       'studentEmail',     u.email,
+                       'studentName',      u.name,
+                       'courseId',         ch.course_id,
+                       'courseTitle',      c.title,
+                       'contentItemId',    ch.content_item_id,
+                       'contentItemTitle', ci.title,
+                       'scheduledAt',      app.iso8601(ch.scheduled_at),
+                       'duration',         ch.duration_minutes,
+                       'status',           ch.status,
+                       'previousStatus',   ch.old_status,
+                       'paymentStatus',    ch.payment_status,
+                       'timestamp',        now_iso)
+                   || CASE e.ord
+                          WHEN 1 THEN jsonb_build_object('reason',         ch.reschedule_reason,
+                                                         'oldScheduledAt', app.iso8601(ch.old_scheduled_at),
+                                                         'newScheduledAt', app.iso8601(ch.scheduled_at))
+                          WHEN 3 THEN jsonb_build_object('reason', ch.cancel_reason)
+                          WHEN 5 THEN jsonb_build_object('paymentIntentId', ch.payment_intent_id,
+                                                         'amount',          ch.amount,
+                                                         'confirmedAt',     coalesce(app.iso8601(ch.paid_at), now_iso))
+                          ELSE '{}'::jsonb
+                      END,
+                   ch.previous
+              FROM ch
+             CROSS JOIN LATERAL (VALUES
+                   (1, 'appointment.rescheduled',
+                       ch.scheduled_at IS DISTINCT FROM ch.old_scheduled_at
+                       OR (ch.status = 'rescheduled' AND ch.old_status IS DISTINCT FROM 'rescheduled')),
+                   (2, 'appointment.confirmed',
+                       ch.status = 'confirmed' AND ch.old_status IS DISTINCT FROM 'confirmed'),
+                   (3, 'appointment.cancelled',
+                       ch.status = 'cancelled' AND ch.old_status IS DISTINCT FROM 'cancelled'),
+                   (4, 'appointment.completed',
+                       ch.status = 'completed' AND ch.old_status IS DISTINCT FROM 'completed'),
+                   (5, 'appointment.payment.confirmed',
+                       ch.payment_status = 'paid' AND ch.old_payment_status IS DISTINCT FROM 'paid')
+                ) AS e(ord, event_type, fires)
+              LEFT JOIN app.users u ON u.id = ch.user_id
+              LEFT JOIN app.courses c ON c.id = ch.course_id
+              LEFT JOIN app.content_items ci ON ci.id = ch.content_item_id
+             WHERE e.fires
+             ORDER BY ch.id, e.ord
+          ) AS q(event_type, origin, source_table, row_key, payload, previous)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -400,60 +400,60 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT e.event_type, v_origin, 'app.enrollments', r.id::text,
-           CASE e.ord
-               WHEN 1 THEN jsonb_build_object(
-                   'eventType',       'payment.success',
-                   'paymentIntentId', r.payment_intent_id,
-                   'userId',          r.user_id,
-                   'type',            CASE WHEN r.course_id IS NOT NULL THEN 'course' ELSE 'cohort' END,
-                   'courseId',        r.course_id,
-                   'cohortId',        r.cohort_id,
-                   'enrollmentId',    r.id,
-                   'amount',          r.amount,
-                   'originalAmount',  coalesce(r.original_amount, r.amount + r.discount_amount),
-                   'discountAmount',  r.discount_amount,
-                   'couponCode',      r.coupon_code)
-               WHEN 2 THEN jsonb_build_object(
-                   'eventType',       'enrollment.created',
-                   'enrollmentId',    r.id,
-                   'userId',          r.user_id,
-                   'userEmail',       u.email,
-                   'userName',        u.name,
-                   'courseId',        r.course_id,
-                   'courseTitle',     c.title,
-                   'paymentIntentId', r.payment_intent_id,
-                   'amount',          r.amount,
-                   'couponCode',      r.coupon_code,
-                   'expiresAt',       app.iso8601(r.expires_at),
-                   'createdAt',       app.iso8601(r.created_at))
-               ELSE jsonb_build_object(
-                   'eventType',       'cohort.enrollment.created',
-                   'enrollmentId',    r.id,
-                   'userId',          r.user_id,
-                   'userEmail',       u.email,
-                   'userName',        u.name,
-                   'cohortId',        r.cohort_id,
-                   'cohortTitle',     h.title,
-                   'paymentIntentId', r.payment_intent_id,
-                   'expiresAt',       app.iso8601(r.expires_at),
-                   'createdAt',       app.iso8601(r.created_at))
-           END
-      FROM new_rows r
-     CROSS JOIN LATERAL (VALUES
-           (1, 'payment.success',           r.payment_intent_id IS NOT NULL),
-           (2, 'enrollment.created',        r.course_id IS NOT NULL),
-           (3, 'cohort.enrollment.created', r.cohort_id IS NOT NULL)
-        ) AS e(ord, event_type, fires)
-      LEFT JOIN app.users u ON u.id = r.user_id
-      LEFT JOIN app.courses c ON c.id = r.course_id
-      LEFT JOIN app.cohorts h ON h.id = r.cohort_id
-     WHERE e.fires
-     ORDER BY r.id, e.ord;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT e.event_type, v_origin, 'app.enrollments', r.id::text,
+                   CASE e.ord
+                       WHEN 1 THEN jsonb_build_object(
+                           'eventType',       'payment.success',
+                           'paymentIntentId', r.payment_intent_id,
+                           'userId',          r.user_id,
+                           'type',            CASE WHEN r.course_id IS NOT NULL THEN 'course' ELSE 'cohort' END,
+                           'courseId',        r.course_id,
+                           'cohortId',        r.cohort_id,
+                           'enrollmentId',    r.id,
+                           'amount',          r.amount,
+                           'originalAmount',  coalesce(r.original_amount, r.amount + r.discount_amount),
+                           'discountAmount',  r.discount_amount,
+                           'couponCode',      r.coupon_code)
+                       WHEN 2 THEN jsonb_build_object(
+                           'eventType',       'enrollment.created',
+                           'enrollmentId',    r.id,
+                           'userId',          r.user_id,
+                           'userEmail',       u.email,
+                           'userName',        u.name,
+                           'courseId',        r.course_id,
+                           'courseTitle',     c.title,
+                           'paymentIntentId', r.payment_intent_id,
+                           'amount',          r.amount,
+                           'couponCode',      r.coupon_code,
+                           'expiresAt',       app.iso8601(r.expires_at),
+                           'createdAt',       app.iso8601(r.created_at))
+                       ELSE jsonb_build_object(
+                           'eventType',       'cohort.enrollment.created',
+                           'enrollmentId',    r.id,
+                           'userId',          r.user_id,
+                           'userEmail',       u.email,
+                           'userName',        u.name,
+                           'cohortId',        r.cohort_id,
+                           'cohortTitle',     h.title,
+                           'paymentIntentId', r.payment_intent_id,
+                           'expiresAt',       app.iso8601(r.expires_at),
+                           'createdAt',       app.iso8601(r.created_at))
+                   END
+              FROM new_rows r
+             CROSS JOIN LATERAL (VALUES
+                   (1, 'payment.success',           r.payment_intent_id IS NOT NULL),
+                   (2, 'enrollment.created',        r.course_id IS NOT NULL),
+                   (3, 'cohort.enrollment.created', r.cohort_id IS NOT NULL)
+                ) AS e(ord, event_type, fires)
+              LEFT JOIN app.users u ON u.id = r.user_id
+              LEFT JOIN app.courses c ON c.id = r.course_id
+              LEFT JOIN app.cohorts h ON h.id = r.cohort_id
+             WHERE e.fires
+             ORDER BY r.id, e.ord
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -465,35 +465,35 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT 'message.sent', v_origin, 'app.messages', r.id::text,
-           jsonb_build_object(
-               'eventType',        'message.sent',
-               'messageId',        r.id,
-               'threadId',         r.thread_id,
-               'studentId',        r.author_id,
-               'studentEmail',     s.email,
-               'studentName',      s.name,
-               'instructorId',     i.id,
-               'instructorEmail',  i.email,
-               'instructorName',   i.name,
-               'content',          r.content,
-               'contentItemId',    t.content_item_id,
-               'contentItemTitle', ci.title,
-               'courseId',         c.id,
-               'courseTitle',      c.title,
-               'timestamp',        app.iso8601(r.created_at))
-      FROM new_rows r
-      LEFT JOIN app.threads t ON t.id = r.thread_id
-      LEFT JOIN app.users s ON s.id = r.author_id
-      LEFT JOIN app.content_items ci ON ci.id = t.content_item_id
-      LEFT JOIN app.courses c ON c.id = coalesce(t.course_id, ci.course_id)
-      LEFT JOIN app.users i ON i.id = coalesce(t.instructor_id, c.instructor_id)
-     WHERE r.is_from_student
-     ORDER BY r.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT 'message.sent', v_origin, 'app.messages', r.id::text,
+                   jsonb_build_object(
+                       'eventType',        'message.sent',
+                       'messageId',        r.id,
+                       'threadId',         r.thread_id,
+                       'studentId',        r.author_id,
+                       'studentEmail',     s.email,
+                       'studentName',      s.name,
+                       'instructorId',     i.id,
+                       'instructorEmail',  i.email,
+                       'instructorName',   i.name,
+                       'content',          r.content,
+                       'contentItemId',    t.content_item_id,
+                       'contentItemTitle', ci.title,
+                       'courseId',         c.id,
+                       'courseTitle',      c.title,
+                       'timestamp',        app.iso8601(r.created_at))
+              FROM new_rows r
+              LEFT JOIN app.threads t ON t.id = r.thread_id
+              LEFT JOIN app.users s ON s.id = r.author_id
+              LEFT JOIN app.content_items ci ON ci.id = t.content_item_id
+              LEFT JOIN app.courses c ON c.id = coalesce(t.course_id, ci.course_id)
+              LEFT JOIN app.users i ON i.id = coalesce(t.instructor_id, c.instructor_id)
+             WHERE r.is_from_student
+             ORDER BY r.id
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -504,27 +504,27 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT 'cohort.message.created', v_origin, 'app.cohort_messages', r.id::text,
-           jsonb_build_object(
-               'eventType',      'cohort.message.created',
-               'messageId',      r.id,
-               'cohortId',       r.cohort_id,
-               'cohortTitle',    h.title,
-               'authorId',       r.author_id,
-               'authorEmail',    u.email,
-               'authorName',     u.name,
-               'content',        r.content,
-               'messagePreview', left(r.content, 200),
-               'hasAttachments', jsonb_array_length(r.attachments) > 0,
-               'timestamp',      app.iso8601(r.created_at))
-      FROM new_rows r
-      LEFT JOIN app.cohorts h ON h.id = r.cohort_id
-      LEFT JOIN app.users u ON u.id = r.author_id
-     ORDER BY r.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT 'cohort.message.created', v_origin, 'app.cohort_messages', r.id::text,
+                   jsonb_build_object(
+                       'eventType',      'cohort.message.created',
+                       'messageId',      r.id,
+                       'cohortId',       r.cohort_id,
+                       'cohortTitle',    h.title,
+                       'authorId',       r.author_id,
+                       'authorEmail',    u.email,
+                       'authorName',     u.name,
+                       'content',        r.content,
+                       'messagePreview', left(r.content, 200),
+                       'hasAttachments', jsonb_array_length(r.attachments) > 0,
+                       'timestamp',      app.iso8601(r.created_at))
+              FROM new_rows r
+              LEFT JOIN app.cohorts h ON h.id = r.cohort_id
+              LEFT JOIN app.users u ON u.id = r.author_id
+             ORDER BY r.id
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -535,27 +535,27 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT 'ticket.created', v_origin, 'app.support_tickets', r.id::text,
-           jsonb_build_object(
-               'eventType',    'ticket.created',
-               'ticketId',     r.id,
-               'ticketNumber', r.ticket_number,
-               'userId',       r.user_id,
-               'userEmail',    u.email,
-               'userName',     u.name,
-               'subject',      r.subject,
-               'description',  r.description,
-               'category',     r.category,
-               'priority',     r.priority,
-               'status',       r.status,
-               'createdAt',    app.iso8601(r.created_at))
-      FROM new_rows r
-      LEFT JOIN app.users u ON u.id = r.user_id
-     ORDER BY r.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT 'ticket.created', v_origin, 'app.support_tickets', r.id::text,
+                   jsonb_build_object(
+                       'eventType',    'ticket.created',
+                       'ticketId',     r.id,
+                       'ticketNumber', r.ticket_number,
+                       'userId',       r.user_id,
+                       'userEmail',    u.email,
+                       'userName',     u.name,
+                       'subject',      r.subject,
+                       'description',  r.description,
+                       'category',     r.category,
+                       'priority',     r.priority,
+                       'status',       r.status,
+                       'createdAt',    app.iso8601(r.created_at))
+              FROM new_rows r
+              LEFT JOIN app.users u ON u.id = r.user_id
+             ORDER BY r.id
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -567,35 +567,35 @@ DECLARE
     v_origin text := webhooks.current_origin();
     now_iso text := app.iso8601(now());
 BEGIN
-    WITH ch AS MATERIALIZED (
-        SELECT n.*, o.status AS old_status,
-               (SELECT jsonb_object_agg(p.key, p.value)
-                  FROM jsonb_each(j.oj) p
-                 WHERE j.nj -> p.key IS DISTINCT FROM p.value) AS previous
-          FROM new_rows n
-          JOIN old_rows o ON o.id = n.id
-         CROSS JOIN LATERAL (SELECT to_jsonb(o) AS oj, to_jsonb(n) AS nj OFFSET 0) j
-         WHERE n.status IS DISTINCT FROM o.status)
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload, previous)
-    SELECT 'ticket.status_changed', v_origin, 'app.support_tickets', ch.id::text,
-           jsonb_build_object(
-               'eventType',    'ticket.status_changed',
-               'ticketId',     ch.id,
-               'ticketNumber', ch.ticket_number,
-               'userId',       ch.user_id,
-               'userEmail',    u.email,
-               'oldStatus',    ch.old_status,
-               'newStatus',    ch.status,
-               'changedBy',    ch.status_changed_by,
-               'reason',       ch.status_reason,
-               'timestamp',    now_iso),
-           ch.previous
-      FROM ch
-      LEFT JOIN app.users u ON u.id = ch.user_id
-     ORDER BY ch.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload, 'previous', q.previous))
+          FROM (
+            WITH ch AS MATERIALIZED (
+                SELECT n.*, o.status AS old_status,
+                       (SELECT jsonb_object_agg(p.key, p.value)
+                          FROM jsonb_each(j.oj) p
+                         WHERE j.nj -> p.key IS DISTINCT FROM p.value) AS previous
+                  FROM new_rows n
+                  JOIN old_rows o ON o.id = n.id
+                 CROSS JOIN LATERAL (SELECT to_jsonb(o) AS oj, to_jsonb(n) AS nj OFFSET 0) j
+                 WHERE n.status IS DISTINCT FROM o.status)
+            SELECT 'ticket.status_changed', v_origin, 'app.support_tickets', ch.id::text,
+                   jsonb_build_object(
+                       'eventType',    'ticket.status_changed',
+                       'ticketId',     ch.id,
+                       'ticketNumber', ch.ticket_number,
+                       'userId',       ch.user_id,
+                       'userEmail',    u.email,
+                       'oldStatus',    ch.old_status,
+                       'newStatus',    ch.status,
+                       'changedBy',    ch.status_changed_by,
+                       'reason',       ch.status_reason,
+                       'timestamp',    now_iso),
+                   ch.previous
+              FROM ch
+              LEFT JOIN app.users u ON u.id = ch.user_id
+             ORDER BY ch.id
+          ) AS q(event_type, origin, source_table, row_key, payload, previous)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -607,26 +607,26 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT 'ticket.reply_added', v_origin, 'app.ticket_replies', r.id::text,
-           jsonb_build_object(
-               'eventType',    'ticket.reply_added',
-               'ticketId',     r.ticket_id,
-               'ticketNumber', t.ticket_number,
-               'replyId',      r.id,
-               'authorId',     r.author_id,
-               'authorEmail',  u.email,
-               'authorRole',   r.author_role,
-               'message',      r.message,
-               'isInternal',   r.is_internal,
-               'timestamp',    app.iso8601(r.created_at))
-      FROM new_rows r
-      LEFT JOIN app.support_tickets t ON t.id = r.ticket_id
-      LEFT JOIN app.users u ON u.id = r.author_id
-     ORDER BY r.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT 'ticket.reply_added', v_origin, 'app.ticket_replies', r.id::text,
+                   jsonb_build_object(
+                       'eventType',    'ticket.reply_added',
+                       'ticketId',     r.ticket_id,
+                       'ticketNumber', t.ticket_number,
+                       'replyId',      r.id,
+                       'authorId',     r.author_id,
+                       'authorEmail',  u.email,
+                       'authorRole',   r.author_role,
+                       'message',      r.message,
+                       'isInternal',   r.is_internal,
+                       'timestamp',    app.iso8601(r.created_at))
+              FROM new_rows r
+              LEFT JOIN app.support_tickets t ON t.id = r.ticket_id
+              LEFT JOIN app.users u ON u.id = r.author_id
+             ORDER BY r.id
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;
@@ -637,24 +637,24 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit 
 DECLARE
     v_origin text := webhooks.current_origin();
 BEGIN
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    SELECT 'error.occurred', v_origin, 'app.error_logs', r.id::text,
-           jsonb_build_object(
-               'errorId',      r.id,
-               'errorType',    r.error_type,
-               'errorMessage', r.error_message,
-               'severity',     upper(r.severity),
-               'url',          r.url,
-               'userId',       r.user_id,
-               'stackTrace',   r.stack_trace,
-               'userAgent',    r.user_agent,
-               'createdAt',    app.iso8601(r.created_at))
-      FROM new_rows r
-     WHERE upper(r.severity) IN ('HIGH', 'CRITICAL')
-     ORDER BY r.id;
-    IF FOUND THEN
-        PERFORM webhooks.wake();
-    END IF;
+    PERFORM webhooks.emit_many(coalesce((
+        SELECT jsonb_agg(jsonb_build_object('type', q.event_type, 'source_table', q.source_table, 'row_key', q.row_key, 'data', q.payload))
+          FROM (
+            SELECT 'error.occurred', v_origin, 'app.error_logs', r.id::text,
+                   jsonb_build_object(
+                       'errorId',      r.id,
+                       'errorType',    r.error_type,
+                       'errorMessage', r.error_message,
+                       'severity',     upper(r.severity),
+                       'url',          r.url,
+                       'userId',       r.user_id,
+                       'stackTrace',   r.stack_trace,
+                       'userAgent',    r.user_agent,
+                       'createdAt',    app.iso8601(r.created_at))
+              FROM new_rows r
+             WHERE upper(r.severity) IN ('HIGH', 'CRITICAL')
+             ORDER BY r.id
+          ) AS q(event_type, origin, source_table, row_key, payload)), '[]'));
     RETURN NULL;
 END
 $$;

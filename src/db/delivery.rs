@@ -8,8 +8,7 @@ use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::DbError;
-use crate::event::Event;
-use crate::record::{Outcome, Status};
+use crate::job::{Event, Outcome};
 
 /// A claimed fan-out batch.
 #[derive(Debug, Default)]
@@ -20,15 +19,24 @@ pub struct Batch {
     pub events: Vec<(Arc<Event>, Vec<i64>)>,
 }
 
-fn event_from(row: &tokio_postgres::Row, at: usize) -> Arc<Event> {
+/// The columns of a claimed event, as every claiming function returns them
+/// (`batch_claim`, `batch_rescue`, `delivery_claim`, `delivery_claim_probe`).
+macro_rules! event_columns {
+    () => {
+        "event_id, event_type, tenant_id, origin, occurred_at, payload, previous"
+    };
+}
+
+/// An event from a row with [`event_columns!`], read by name.
+fn event_from(row: &tokio_postgres::Row) -> Arc<Event> {
     Arc::new(Event::new(
-        row.get(at),
-        row.get(at + 1),
-        row.get(at + 2),
-        row.get(at + 3),
-        row.get(at + 4),
-        row.get(at + 5),
-        row.get(at + 6),
+        row.get("event_id"),
+        row.get("event_type"),
+        row.get("tenant_id"),
+        row.get("origin"),
+        row.get("occurred_at"),
+        row.get("payload"),
+        row.get("previous"),
     ))
 }
 
@@ -44,10 +52,11 @@ pub async fn batch_claim(
     lease: Duration,
 ) -> Result<Batch, DbError> {
     let st = c
-        .prepare_cached(
-            "SELECT batch_id, config_version, event_id, event_type, tenant_id, origin, occurred_at, payload, previous
-               FROM webhooks.batch_claim($1, $2, make_interval(secs => $3))",
-        )
+        .prepare_cached(concat!(
+            "SELECT batch_id, config_version, ",
+            event_columns!(),
+            " FROM webhooks.batch_claim(replica => $1, max_events => $2, lease => make_interval(secs => $3))"
+        ))
         .await?;
     let rows = c.query(&st, &[&replica, &max_events, &secs(lease)]).await?;
     Ok(batch_from(&rows, false))
@@ -77,11 +86,11 @@ pub async fn filter_rejects(c: &impl GenericClient, pairs: &[(Uuid, &str)]) -> R
 /// `webhooks.batch_rescue`: take over one batch whose lease expired.
 pub async fn batch_rescue(c: &impl GenericClient, replica: &str, lease: Duration) -> Result<Batch, DbError> {
     let st = c
-        .prepare_cached(
-            "SELECT batch_id, config_version, event_id, event_type, tenant_id, origin, occurred_at, payload, previous,
-                    done_endpoints
-               FROM webhooks.batch_rescue($1, make_interval(secs => $2))",
-        )
+        .prepare_cached(concat!(
+            "SELECT batch_id, config_version, done_endpoints, ",
+            event_columns!(),
+            " FROM webhooks.batch_rescue(replica => $1, lease => make_interval(secs => $2))"
+        ))
         .await?;
     let rows = c.query(&st, &[&replica, &secs(lease)]).await?;
     Ok(batch_from(&rows, true))
@@ -92,11 +101,18 @@ fn batch_from(rows: &[tokio_postgres::Row], with_done: bool) -> Batch {
         return Batch::default();
     };
     Batch {
-        id: first.get(0),
-        config_version: first.get(1),
+        id: first.get("batch_id"),
+        config_version: first.get("config_version"),
         events: rows
             .iter()
-            .map(|r| (event_from(r, 2), if with_done { r.get(9) } else { Vec::new() }))
+            .map(|r| {
+                let done = if with_done {
+                    r.get("done_endpoints")
+                } else {
+                    Vec::new()
+                };
+                (event_from(r), done)
+            })
             .collect(),
     }
 }
@@ -126,18 +142,15 @@ impl Columns {
         self.attempts.push(o.attempts);
         self.next_at.push(o.next_attempt_at);
         self.codes.push(o.code);
-        self.errors.push(
-            o.error
-                .as_deref()
-                .map(|e| crate::record::sanitize(e).into_owned()),
-        );
+        self.errors
+            .push(o.error.as_deref().map(|e| sanitize(e).into_owned()));
         self.started.push(o.attempt.as_ref().map(|a| a.started_at));
         self.durations.push(o.attempt.as_ref().map(|a| a.duration_ms));
         self.excerpts.push(
             o.attempt
                 .as_ref()
                 .and_then(|a| a.excerpt.as_deref())
-                .map(|e| crate::record::sanitize(e).into_owned()),
+                .map(|e| sanitize(e).into_owned()),
         );
     }
 }
@@ -158,7 +171,11 @@ pub async fn delivery_insert(
         cols.push(o);
     }
     let st = c
-        .prepare_cached("SELECT webhooks.delivery_insert($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+        .prepare_cached(
+            "SELECT webhooks.delivery_insert(replica => $1, event_ids => $2, endpoint_ids => $3, statuses => $4,
+                        attempt_counts => $5, next_attempt_ats => $6, status_codes => $7, errors => $8,
+                        started_ats => $9, durations_ms => $10, excerpts => $11, ordered => $12)",
+        )
         .await?;
     let row = c
         .query_one(
@@ -196,7 +213,11 @@ pub async fn delivery_record(
         cols.push(o);
     }
     let st = c
-        .prepare_cached("SELECT webhooks.delivery_record($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+        .prepare_cached(
+            "SELECT webhooks.delivery_record(replica => $1, ids => $2, statuses => $3, attempt_counts => $4,
+                        next_attempt_ats => $5, status_codes => $6, errors => $7, started_ats => $8,
+                        durations_ms => $9, excerpts => $10)",
+        )
         .await?;
     let row = c
         .query_one(
@@ -220,7 +241,7 @@ pub async fn delivery_record(
 
 /// A claimed retry.
 #[derive(Debug)]
-pub struct Claimed {
+pub struct ClaimedRetry {
     pub delivery_id: i64,
     pub endpoint_id: i64,
     pub attempt: i32,
@@ -237,13 +258,14 @@ pub async fn delivery_claim(
     endpoint_ids: &[i64],
     rooms: &[i32],
     lease: Duration,
-) -> Result<Vec<Claimed>, DbError> {
+) -> Result<Vec<ClaimedRetry>, DbError> {
     let st = c
-        .prepare_cached(
-            "SELECT delivery_id, endpoint_id, attempt, budget_used,
-                    event_id, event_type, tenant_id, origin, occurred_at, payload, previous
-               FROM webhooks.delivery_claim($1, $2, $3, make_interval(secs => $4))",
-        )
+        .prepare_cached(concat!(
+            "SELECT delivery_id, endpoint_id, attempt, budget_used, ",
+            event_columns!(),
+            " FROM webhooks.delivery_claim(replica => $1, endpoint_ids => $2, rooms => $3,
+                                               lease => make_interval(secs => $4))"
+        ))
         .await?;
     let rows = c
         .query(&st, &[&replica, &endpoint_ids, &rooms, &secs(lease)])
@@ -257,12 +279,14 @@ pub async fn delivery_claim_probe(
     replica: &str,
     endpoint_id: i64,
     lease: Duration,
-) -> Result<Vec<Claimed>, DbError> {
+) -> Result<Vec<ClaimedRetry>, DbError> {
     let rows = c
         .query(
-            "SELECT delivery_id, endpoint_id, attempt, budget_used,
-                    event_id, event_type, tenant_id, origin, occurred_at, payload, previous
-               FROM webhooks.delivery_claim_probe($1, $2, make_interval(secs => $3))",
+            concat!(
+                "SELECT delivery_id, endpoint_id, attempt, budget_used, ",
+                event_columns!(),
+                " FROM webhooks.delivery_claim_probe(replica => $1, endpoint_id => $2, lease => make_interval(secs => $3))"
+            ),
             &[&replica, &endpoint_id, &secs(lease)],
         )
         .await?;
@@ -297,14 +321,14 @@ pub async fn breaker_open(c: &impl GenericClient) -> Result<Vec<i64>, DbError> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<Claimed> {
+fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<ClaimedRetry> {
     rows.iter()
-        .map(|r| Claimed {
-            delivery_id: r.get(0),
-            endpoint_id: r.get(1),
-            attempt: r.get(2),
-            used: r.get(3),
-            event: r.get::<_, Option<String>>(5).map(|_| event_from(r, 4)),
+        .map(|r| ClaimedRetry {
+            delivery_id: r.get("delivery_id"),
+            endpoint_id: r.get("endpoint_id"),
+            attempt: r.get("attempt"),
+            used: r.get("budget_used"),
+            event: r.get::<_, Option<String>>("event_type").map(|_| event_from(r)),
         })
         .collect()
 }
@@ -322,39 +346,40 @@ pub async fn delivery_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
 }
 
 /// `webhooks.listener_set`.
-pub async fn listener_set(c: &impl GenericClient, replica: &str, idle: bool) -> Result<(), DbError> {
+pub async fn idle_flag_set(c: &impl GenericClient, replica: &str, idle: bool) -> Result<(), DbError> {
     let st = c.prepare_cached("SELECT webhooks.listener_set($1, $2)").await?;
     c.execute(&st, &[&replica, &idle]).await?;
     Ok(())
 }
 
 /// `webhooks.listener_forget`.
-pub async fn listener_forget(c: &impl GenericClient, replica: &str) -> Result<(), DbError> {
+pub async fn idle_flag_forget(c: &impl GenericClient, replica: &str) -> Result<(), DbError> {
     c.execute("SELECT webhooks.listener_forget($1)", &[&replica])
         .await?;
     Ok(())
 }
 
 /// `webhooks.listener_rescue`.
-pub async fn listener_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
+pub async fn idle_flag_rescue(c: &impl GenericClient) -> Result<i32, DbError> {
     let st = c.prepare_cached("SELECT webhooks.listener_rescue()").await?;
     Ok(c.query_one(&st, &[]).await?.get(0))
 }
 
-/// `webhooks.fanout_probe`.
+/// `webhooks.fanout_probe`: is there work, and may an idle replica sleep
+/// (has every writer that saw it busy ended)? Not the breaker's probes.
 #[derive(Debug, Clone, Copy)]
-pub struct Probe {
+pub struct IdleCheck {
     pub has_work: bool,
     pub horizon: i64,
     pub xmax: i64,
 }
 
-pub async fn fanout_probe(c: &impl GenericClient) -> Result<Probe, DbError> {
+pub async fn idle_check(c: &impl GenericClient) -> Result<IdleCheck, DbError> {
     let st = c
         .prepare_cached("SELECT has_work, horizon, xmax FROM webhooks.fanout_probe()")
         .await?;
     let r = c.query_one(&st, &[]).await?;
-    Ok(Probe {
+    Ok(IdleCheck {
         has_work: r.get(0),
         horizon: r.get(1),
         xmax: r.get(2),
@@ -393,13 +418,26 @@ pub async fn endpoint_pause(c: &impl GenericClient, endpoint_id: i64, reason: &s
     Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Delivered => "delivered",
-            Status::Failed => "failed",
-            Status::Dead => "dead",
-        }
+/// Text as Postgres accepts it: NUL (never valid in `text`) becomes U+FFFD,
+/// as invalid UTF-8 already has (`String::from_utf8_lossy`).
+pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_replaces_nul_only() {
+        assert_eq!(sanitize("ok\0\0!"), "ok\u{FFFD}\u{FFFD}!");
+        assert!(matches!(
+            sanitize("plain ✓"),
+            std::borrow::Cow::Borrowed("plain ✓")
+        ));
     }
 }

@@ -7,12 +7,12 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use super::DbError;
-use crate::deliver::sign::SigningKey;
-use crate::deliver::template::{Template, Text};
 use crate::endpoints::{
     check_signature_header_name, check_user_headers, is_make_url, split_patterns, Endpoint, Snapshot, Styles,
     DEFAULT_SECRET_HEADER, DEFAULT_SIGNATURE_HEADER,
 };
+use crate::sign::SigningKey;
+use crate::template::{Template, Text};
 
 /// Reads every endpoint and the config version in one statement (one
 /// snapshot), so the version always describes what was read.
@@ -65,7 +65,7 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
             .filter_map(|(s, exp)| match SigningKey::parse(s) {
                 Ok(k) => Some((k, exp)),
                 Err(error) => {
-                    tracing::warn!(endpoint_id = id, %error, "ignoring an unusable signing secret");
+                    tracing::warn!(endpoint_id = id, error = %crate::errors::error_chain(&error), "ignoring an unusable signing secret");
                     None
                 }
             })

@@ -3,7 +3,9 @@
 //! Every SQL statement the sidecar runs lives in this module tree, one typed
 //! function per statement, so the rest of the code never builds SQL.
 
+pub mod admin;
 pub mod conninfo;
+pub mod console;
 pub mod delivery;
 pub mod endpoints;
 pub mod migrate;
@@ -346,7 +348,7 @@ pub async fn connect(config: &DbConfig) -> Result<tokio_postgres::Client, DbErro
     let (client, connection) = config.connect_raw().await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::debug!(%error, "database connection closed");
+            tracing::debug!(error = %crate::errors::error_chain(&error), "database connection closed");
         }
     });
     Ok(client)

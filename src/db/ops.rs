@@ -51,7 +51,7 @@ impl LastFailure {
         if parts.is_empty() {
             parts.push("no answer".into());
         }
-        let line = crate::notice::redact_urls(&parts.join(": "));
+        let line = crate::redact::redact_urls(&parts.join(": "));
         if line.chars().count() > 200 {
             format!("{}…", line.chars().take(199).collect::<String>())
         } else {
@@ -62,7 +62,7 @@ impl LastFailure {
 
 /// The whole-system summary.
 #[derive(Debug)]
-pub struct Status {
+pub struct Summary {
     pub not_fanned_out: i64,
     pub waiting: i64,
     pub oldest_seconds: Option<f64>,
@@ -75,13 +75,37 @@ pub struct Status {
     pub holding_back: Option<(i32, f64, String)>,
 }
 
+/// What start-up knows about the configuration, for [`crate::notice::misconfigurations`].
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// The inbound server runs…
+    pub inbound: bool,
+    /// …with a PGWEBHOOKS_INBOUND_SECRET.
+    pub inbound_secret: bool,
+    /// Enabled inbound routes, and how many of them have no secret of their own.
+    pub routes: i64,
+    pub routes_without_secret: i64,
+    pub allow_private_targets: bool,
+    pub endpoints: Vec<SetupEndpoint>,
+}
+
+#[derive(Debug)]
+pub struct SetupEndpoint {
+    pub id: i64,
+    pub name: Option<String>,
+    pub url: String,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+}
+
 /// What start-up checks the configuration against
-/// ([`crate::notice::misconfigurations`]).
+/// ([`crate::notice::misconfigurations`]): `inbound` is `None` when the
+/// inbound server does not run, else whether it has a secret.
 pub async fn setup(
     c: &impl GenericClient,
-    inbound: Option<&crate::inbound::InboundConfig>,
+    inbound: Option<bool>,
     allow_private_targets: bool,
-) -> Result<crate::notice::Setup, DbError> {
+) -> Result<Setup, DbError> {
     let routes = c
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE secret IS NULL) FROM webhooks.inbound_routes WHERE enabled",
@@ -94,15 +118,15 @@ pub async fn setup(
             &[],
         )
         .await?;
-    Ok(crate::notice::Setup {
+    Ok(Setup {
         inbound: inbound.is_some(),
-        inbound_secret: inbound.is_some_and(|i| i.secret.is_some()),
+        inbound_secret: inbound == Some(true),
         routes: routes.get(0),
         routes_without_secret: routes.get(1),
         allow_private_targets,
         endpoints: endpoints
             .iter()
-            .map(|r| crate::notice::SetupEndpoint {
+            .map(|r| SetupEndpoint {
                 id: r.get(0),
                 name: r.get(1),
                 url: r.get(2),
@@ -113,7 +137,7 @@ pub async fn setup(
     })
 }
 
-pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
+pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
     let top = c
         .query_one(
             "SELECT coalesce(sum(pending) FILTER (WHERE endpoint_id IS NULL), 0)::bigint,
@@ -125,6 +149,30 @@ pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
             &[],
         )
         .await?;
+    let endpoints = endpoint_health(c).await?;
+    let holding_back = c
+        .query_opt(
+            "SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
+               FROM pg_stat_activity
+              WHERE backend_xid IS NOT NULL AND xact_start < now() - interval '10 seconds'
+              ORDER BY xact_start LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1), r.get(2)));
+    Ok(Summary {
+        holding_back,
+        not_fanned_out: top.get(0),
+        waiting: top.get(1),
+        oldest_seconds: top.get(2),
+        dead_letters: top.get(3),
+        notification_queue_usage: top.get(4),
+        endpoints,
+    })
+}
+
+/// Each endpoint's line of the summary (`webhooks.endpoint_health`).
+pub async fn endpoint_health(c: &impl GenericClient) -> Result<Vec<Health>, DbError> {
     let rows = c
         .query(
             "SELECT endpoint_id, endpoint, state, disabled_reason, attempts_1h, success_rate_pct::float8,
@@ -136,45 +184,27 @@ pub async fn status(c: &impl GenericClient) -> Result<Status, DbError> {
             &[],
         )
         .await?;
-    let holding_back = c
-        .query_opt(
-            "SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
-               FROM pg_stat_activity
-              WHERE backend_xid IS NOT NULL AND xact_start < now() - interval '10 seconds'
-              ORDER BY xact_start LIMIT 1",
-            &[],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1), r.get(2)));
-    Ok(Status {
-        holding_back,
-        not_fanned_out: top.get(0),
-        waiting: top.get(1),
-        oldest_seconds: top.get(2),
-        dead_letters: top.get(3),
-        notification_queue_usage: top.get(4),
-        endpoints: rows
-            .iter()
-            .map(|r| Health {
-                id: r.get(0),
-                endpoint: r.get(1),
-                state: r.get(2),
-                reason: r.get(3),
-                attempts_1h: r.get(4),
-                success_rate: r.get(5),
-                p95_ms: r.get(6),
-                pending: r.get(7),
-                dead: r.get(8),
-                last_failure: r.get::<_, Option<f64>>(9).map(|seconds_ago| LastFailure {
-                    seconds_ago,
-                    at: r.get(10),
-                    status_code: r.get(11),
-                    error: r.get(12),
-                    excerpt: r.get(13),
-                }),
-            })
-            .collect(),
-    })
+    Ok(rows
+        .iter()
+        .map(|r| Health {
+            id: r.get(0),
+            endpoint: r.get(1),
+            state: r.get(2),
+            reason: r.get(3),
+            attempts_1h: r.get(4),
+            success_rate: r.get(5),
+            p95_ms: r.get(6),
+            pending: r.get(7),
+            dead: r.get(8),
+            last_failure: r.get::<_, Option<f64>>(9).map(|seconds_ago| LastFailure {
+                seconds_ago,
+                at: r.get(10),
+                status_code: r.get(11),
+                error: r.get(12),
+                excerpt: r.get(13),
+            }),
+        })
+        .collect())
 }
 
 /// Re-queues these deliveries; returns the ids that were re-queued.

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 
 use super::retry::parse_retry_after;
-use super::{sign, target};
+use super::target;
 use crate::endpoints::Endpoint;
+use crate::sign;
 
 pub const USER_AGENT_VALUE: &str = concat!("pgwebhooks/", env!("CARGO_PKG_VERSION"));
 
@@ -217,9 +218,9 @@ fn describe(e: reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         format!("timed out after {timeout:?}")
     } else if e.is_connect() {
-        format!("connection failed: {}", crate::record::error_chain(&e))
+        format!("connection failed: {}", crate::errors::error_chain(&e))
     } else {
-        crate::record::error_chain(&e)
+        crate::errors::error_chain(&e)
     }
 }
 

@@ -1,21 +1,20 @@
 //! Delivering one job: sign, send, and decide what happens next.
 //!
-//! `sign`, `retry` and `target` (which addresses may be sent to) are pure;
+//! `retry` and `target` (which addresses may be sent to) are pure (signing
+//! is [`crate::sign`]);
 //! `http` does the I/O. [`Deliverer::attempt`] turns a job into an
 //! [`Outcome`] and never touches the database.
 
-pub mod body;
 pub mod http;
+mod request;
 pub mod retry;
-pub mod sign;
 pub mod target;
-pub mod template;
 
 use std::time::{Duration, SystemTime};
 
 use crate::endpoints::MAKE_MAX_BODY;
-use crate::event::Job;
-use crate::record::{AttemptInfo, Outcome, Status};
+use crate::job::Job;
+use crate::job::{AttemptInfo, Outcome, Status};
 use retry::Class;
 
 /// Settings every delivery shares; endpoints may override some.
@@ -103,29 +102,27 @@ impl Deliverer {
     pub async fn attempt(&self, job: &Job) -> (Outcome, SideEffect) {
         let endpoint = &job.endpoint;
         let (body, user_headers) = job.event.request_for(endpoint);
-        let mut outcome = Outcome {
-            source: job.source,
-            event_id: job.event.id,
-            endpoint_id: endpoint.id,
-            status: Status::Failed,
-            attempts: job.attempt,
-            next_attempt_at: None,
-            code: None,
-            error: None,
-            attempt: None,
-            ordered: endpoint.ordered,
-            refused: false,
-        };
         if endpoint.make && body.len() > MAKE_MAX_BODY {
-            outcome.attempts = job.attempt - 1;
-            outcome.error = Some(format!(
-                "body is {} bytes, over Make.com's 5 MB limit; not sent",
-                body.len()
-            ));
+            let outcome = Outcome {
+                source: job.source,
+                event_id: job.event.id,
+                endpoint_id: endpoint.id,
+                status: Status::Failed,
+                attempts: job.attempt - 1,
+                next_attempt_at: None,
+                code: None,
+                error: Some(format!(
+                    "body is {} bytes, over Make.com's 5 MB limit; not sent",
+                    body.len()
+                )),
+                attempt: None,
+                ordered: endpoint.ordered,
+                refused: false,
+            };
             return (outcome, SideEffect::None);
         }
         let timeout = self.timeout_for(endpoint);
-        let now = SystemTime::now();
+        let started_at = SystemTime::now();
         let sent = self
             .http
             .send(
@@ -133,64 +130,94 @@ impl Deliverer {
                 endpoint,
                 body.as_bytes(),
                 &user_headers,
-                now,
+                started_at,
                 timeout,
                 self.config.excerpt_bytes,
             )
             .await;
-        outcome.code = sent.status.map(i32::from);
-        outcome.refused = sent.refused;
-        outcome.error = sent.error.clone();
-        outcome.attempt = Some(AttemptInfo {
-            started_at: now,
+        let schedule = endpoint
+            .retry_schedule
+            .as_deref()
+            .unwrap_or(&self.config.retry_schedule);
+        decide(
+            job,
+            &sent,
+            started_at,
+            schedule,
+            SystemTime::now(),
+            fastrand::f64(),
+        )
+    }
+}
+
+/// What an attempt's answer means for its delivery: the new state, when to
+/// try again, and what else to do (pause a Make endpoint). Pure: `now` and
+/// `jitter` (uniform in [0, 1)) are given.
+pub fn decide(
+    job: &Job,
+    sent: &http::Sent,
+    started_at: SystemTime,
+    schedule: &[Duration],
+    now: SystemTime,
+    jitter: f64,
+) -> (Outcome, SideEffect) {
+    let mut outcome = Outcome {
+        source: job.source,
+        event_id: job.event.id,
+        endpoint_id: job.endpoint.id,
+        status: Status::Failed,
+        attempts: job.attempt,
+        next_attempt_at: None,
+        code: sent.status.map(i32::from),
+        error: sent.error.clone(),
+        attempt: Some(AttemptInfo {
+            started_at,
             duration_ms: sent.duration.as_secs_f64() * 1000.0,
             excerpt: Some(sent.excerpt.clone()).filter(|e| !e.is_empty()),
-        });
-        // A refused target stays refused: failed at once, retryable by hand.
-        let class = if sent.refused {
-            Class::Fatal
-        } else {
-            retry::classify(sent.status, &sent.excerpt, endpoint.make)
-        };
-        let used = match job.source {
-            crate::event::Source::Batch(_) => 1,
-            crate::event::Source::Retry { used, .. } => used + 1,
-        };
-        let mut effect = SideEffect::None;
-        match class {
-            Class::Success => outcome.status = Status::Delivered,
-            Class::Fatal => {
-                outcome.status = Status::Failed;
-                if outcome.error.is_none() {
-                    outcome.error = sent.status.map(|s| format!("HTTP {s}: not retried"));
-                }
-            }
-            Class::Gone => {
-                outcome.status = Status::Pending;
-                outcome.next_attempt_at = Some(SystemTime::now());
-                let reason = make_gone_reason(sent.status, &sent.excerpt);
-                outcome.error = Some(reason.clone());
-                effect = SideEffect::PauseEndpoint(reason);
-            }
-            Class::Retryable => {
-                let schedule = endpoint
-                    .retry_schedule
-                    .as_deref()
-                    .unwrap_or(&self.config.retry_schedule);
-                match retry::next_delay(schedule, used as u32, sent.retry_after, fastrand::f64()) {
-                    Some(delay) => {
-                        outcome.status = Status::Pending;
-                        outcome.next_attempt_at = Some(SystemTime::now() + delay);
-                    }
-                    None => outcome.status = Status::Dead,
-                }
-                if outcome.error.is_none() {
-                    outcome.error = sent.status.map(|s| format!("HTTP {s}"));
-                }
+        }),
+        ordered: job.endpoint.ordered,
+        refused: sent.refused,
+    };
+    // A refused target stays refused: failed at once, retryable by hand.
+    let class = if sent.refused {
+        Class::Fatal
+    } else {
+        retry::classify(sent.status, &sent.excerpt, job.endpoint.make)
+    };
+    let used = match job.source {
+        crate::job::Source::Batch(_) => 1,
+        crate::job::Source::Retry { used, .. } => used + 1,
+    };
+    let mut effect = SideEffect::None;
+    match class {
+        Class::Success => outcome.status = Status::Delivered,
+        Class::Fatal => {
+            outcome.status = Status::Failed;
+            if outcome.error.is_none() {
+                outcome.error = sent.status.map(|s| format!("HTTP {s}: not retried"));
             }
         }
-        (outcome, effect)
+        Class::Gone => {
+            outcome.status = Status::Pending;
+            outcome.next_attempt_at = Some(now);
+            let reason = make_gone_reason(sent.status, &sent.excerpt);
+            outcome.error = Some(reason.clone());
+            effect = SideEffect::PauseEndpoint(reason);
+        }
+        Class::Retryable => {
+            match retry::next_delay(schedule, used as u32, sent.retry_after, jitter) {
+                Some(delay) => {
+                    outcome.status = Status::Pending;
+                    outcome.next_attempt_at = Some(now + delay);
+                }
+                None => outcome.status = Status::Dead,
+            }
+            if outcome.error.is_none() {
+                outcome.error = sent.status.map(|s| format!("HTTP {s}"));
+            }
+        }
     }
+    (outcome, effect)
 }
 
 /// Why a Make.com endpoint was paused: its answer, and what it means.
@@ -213,6 +240,155 @@ fn make_gone_reason(status: Option<u16>, excerpt: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::{Event, Source};
+    use std::sync::Arc;
+
+    fn job(make: bool, source: Source) -> Job {
+        let mut endpoint = crate::endpoints::Endpoint::test(7, "https://hook.eu1.make.com/x");
+        endpoint.make = make;
+        Job {
+            source,
+            event: Arc::new(Event::new(
+                uuid::Uuid::nil(),
+                "order.created".into(),
+                None,
+                None,
+                SystemTime::UNIX_EPOCH,
+                "{}".into(),
+                None,
+            )),
+            endpoint: Arc::new(endpoint),
+            attempt: 2,
+        }
+    }
+
+    fn answer(status: Option<u16>, excerpt: &str) -> http::Sent {
+        http::Sent {
+            status,
+            error: status.is_none().then(|| "timed out".to_owned()),
+            excerpt: excerpt.into(),
+            retry_after: None,
+            duration: Duration::from_millis(12),
+            refused: false,
+        }
+    }
+
+    const NOW: SystemTime = SystemTime::UNIX_EPOCH;
+
+    fn at(secs: u64) -> Option<SystemTime> {
+        Some(NOW + Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn decide_maps_each_answer_to_the_deliverys_next_state() {
+        let schedule = [Duration::from_secs(10), Duration::from_secs(60)];
+        let first = job(false, Source::Batch(1));
+        let decide = |j: &Job, s: &http::Sent| decide(j, s, NOW, &schedule, NOW, 0.5);
+
+        let (o, e) = decide(&first, &answer(Some(204), ""));
+        assert_eq!(
+            (o.status, o.code, o.next_attempt_at, e),
+            (Status::Delivered, Some(204), None, SideEffect::None)
+        );
+        assert_eq!(o.attempt.unwrap().duration_ms, 12.0);
+
+        let (o, _) = decide(&first, &answer(Some(422), "bad field"));
+        assert_eq!(
+            (o.status, o.error.as_deref()),
+            (Status::Failed, Some("HTTP 422: not retried"))
+        );
+
+        // The first retryable answer waits the schedule's first step (jitter
+        // 0.5 is the step itself), a timeout too.
+        let (o, _) = decide(&first, &answer(Some(503), ""));
+        assert_eq!(
+            (o.status, o.next_attempt_at, o.error.as_deref()),
+            (Status::Pending, at(10), Some("HTTP 503"))
+        );
+        let (o, _) = decide(&first, &answer(None, ""));
+        assert_eq!(
+            (o.status, o.error.as_deref()),
+            (Status::Pending, Some("timed out"))
+        );
+
+        // A retry counts the attempts of its budget: the second waits the
+        // second step, the third has none left.
+        let (o, _) = decide(
+            &job(
+                false,
+                Source::Retry {
+                    delivery_id: 3,
+                    used: 1,
+                },
+            ),
+            &answer(Some(500), ""),
+        );
+        assert_eq!((o.status, o.next_attempt_at), (Status::Pending, at(60)));
+        let (o, _) = decide(
+            &job(
+                false,
+                Source::Retry {
+                    delivery_id: 3,
+                    used: 2,
+                },
+            ),
+            &answer(Some(500), ""),
+        );
+        assert_eq!((o.status, o.next_attempt_at), (Status::Dead, None));
+
+        // Retry-After is a floor.
+        let mut later = answer(Some(429), "");
+        later.retry_after = Some(Duration::from_secs(120));
+        assert_eq!(decide(&first, &later).0.next_attempt_at, at(120));
+
+        // A refused target fails at once, whatever it would have answered.
+        let mut refused = answer(None, "");
+        refused.refused = true;
+        refused.error = Some("refused: loopback".into());
+        let (o, _) = decide(&first, &refused);
+        assert_eq!((o.status, o.refused), (Status::Failed, true));
+    }
+
+    #[test]
+    fn make_gone_pauses_the_endpoint_and_keeps_the_delivery_waiting() {
+        let make = job(true, Source::Batch(1));
+        let (o, e) = decide(
+            &make,
+            &answer(Some(410), "There is no scenario listening"),
+            NOW,
+            &[],
+            NOW,
+            0.0,
+        );
+        assert_eq!((o.status, o.next_attempt_at), (Status::Pending, Some(NOW)));
+        let SideEffect::PauseEndpoint(reason) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            reason.contains("410 \"There is no scenario listening\""),
+            "{reason}"
+        );
+        // The same answer from a receiver that is not Make's is just a failure.
+        let (o, e) = decide(
+            &job(false, Source::Batch(1)),
+            &answer(Some(410), ""),
+            NOW,
+            &[],
+            NOW,
+            0.0,
+        );
+        assert_eq!((o.status, e), (Status::Failed, SideEffect::None));
+        // Make's "Queue is full" is retried.
+        let (o, _) = decide(
+            &make,
+            &answer(Some(400), "Queue is full."),
+            NOW,
+            &[Duration::from_secs(5)],
+            NOW,
+            0.5,
+        );
+        assert_eq!((o.status, o.next_attempt_at), (Status::Pending, at(5)));
+    }
 
     #[test]
     fn an_endpoint_timeout_is_clamped_to_a_fifth_of_the_lease() {

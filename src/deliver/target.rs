@@ -140,27 +140,7 @@ pub fn parse(url: &str) -> Result<Url, TargetError> {
     Ok(parsed)
 }
 
-/// The URL as it may be shown where secrets are hidden: scheme, host and
-/// port, with the path and query (a Make.com URL's token, an API key in a
-/// query) and any `user:password@` replaced: `https://hook.eu1.make.com/…`.
-/// The SQL function `webhooks.url_redact` says the same.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url
-        .split_once("://")
-        .filter(|(scheme, _)| !scheme.contains([':', '/', '?', '#']))
-    else {
-        return "…".into();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let tail = if tail.is_empty() || tail == "/" {
-        tail
-    } else {
-        "/…"
-    };
-    format!("{scheme}://{host}{tail}")
-}
+pub use crate::redact::redact;
 
 /// What a URL's host is.
 enum Host<'a> {

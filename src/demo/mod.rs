@@ -14,9 +14,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::deliver::sign::generate_secret;
 use crate::localpg::LocalPg;
 use crate::sidecar::{Sidecar, SidecarConfig};
+use crate::sign::generate_secret;
 use view::{Round, RoundResult, Tally, View};
 
 #[derive(Debug, thiserror::Error)]

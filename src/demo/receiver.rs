@@ -10,11 +10,11 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
-use crate::deliver::sign::{self, SigningKey};
+use crate::sign::{self, SigningKey};
 
 /// One request as the receiver saw it.
 #[derive(Debug, Clone)]
-pub struct Arrival {
+pub(super) struct Arrival {
     pub webhook_id: String,
     pub event_type: String,
     pub verified: bool,
@@ -32,12 +32,12 @@ struct State {
     count: u64,
 }
 
-pub struct DemoReceiver {
+pub(super) struct DemoReceiver {
     pub url: String,
     pub arrivals: mpsc::UnboundedReceiver<Arrival>,
 }
 
-pub async fn start(secret: &str) -> std::io::Result<DemoReceiver> {
+pub(super) async fn start(secret: &str) -> std::io::Result<DemoReceiver> {
     let key = SigningKey::parse(secret).map_err(|e| std::io::Error::other(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/make-webhook", listener.local_addr()?);

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use crate::db::DbError;
 
-pub struct Expected {
+pub(super) struct Expected {
     pub writes: usize,
     /// Ids of the events this round's writes emitted.
     pub events: Vec<String>,
@@ -16,7 +16,7 @@ pub struct Expected {
 }
 
 /// One round of a learning platform's day.
-pub async fn round(c: &Client, n: u32) -> Result<Expected, DbError> {
+pub(super) async fn round(c: &Client, n: u32) -> Result<Expected, DbError> {
     let before: Vec<String> = c
         .query("SELECT event_id::text FROM webhooks.events", &[])
         .await?
@@ -110,7 +110,7 @@ pub async fn round(c: &Client, n: u32) -> Result<Expected, DbError> {
 }
 
 #[derive(Debug, Clone)]
-pub struct Callback {
+pub(super) struct Callback {
     pub status: u16,
     pub applied: bool,
     pub not_echoed: bool,
@@ -118,7 +118,7 @@ pub struct Callback {
 
 impl Callback {
     /// What happened, in under 80 characters.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         format!(
             "appointment {}; its own event {}",
             if self.applied {
@@ -135,7 +135,7 @@ impl Callback {
     }
 
     /// [`Callback::describe`] in a few words.
-    pub fn short(&self) -> &'static str {
+    pub(super) fn short(&self) -> &'static str {
         match (self.applied, self.not_echoed) {
             (true, true) => "applied, not echoed back",
             (true, false) => "applied but echoed back",
@@ -146,7 +146,12 @@ impl Callback {
 
 /// What Make's HTTP module would post after a calendar confirmed the
 /// appointment; then checks it was applied and not sent back.
-pub async fn callback(c: &Client, base: &str, secret: &str, appointment: i64) -> Result<Callback, DbError> {
+pub(super) async fn callback(
+    c: &Client,
+    base: &str,
+    secret: &str,
+    appointment: i64,
+) -> Result<Callback, DbError> {
     crate::deliver::http::install_crypto_provider();
     let body = serde_json::json!({"eventType": "appointment.confirmed", "appointmentId": appointment, "status": "confirmed"});
     let status = match reqwest::Client::new()

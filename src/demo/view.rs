@@ -10,11 +10,11 @@ use super::receiver::Arrival;
 use super::traffic::Callback;
 
 /// No line the demo prints is longer than this (in characters).
-pub const WIDTH: usize = 96;
+pub(super) const WIDTH: usize = 96;
 
 /// Cumulative counts since the demo started.
 #[derive(Debug, Default)]
-pub struct Tally {
+pub(super) struct Tally {
     by_type: BTreeMap<String, TypeRow>,
     /// Attempts seen per webhook-id.
     attempts: HashMap<String, u32>,
@@ -45,7 +45,7 @@ impl TypeRow {
 }
 
 impl Tally {
-    pub fn add(&mut self, a: &Arrival) {
+    pub(super) fn add(&mut self, a: &Arrival) {
         let row = self.by_type.entry(a.event_type.clone()).or_default();
         row.events.insert(a.webhook_id.clone());
         row.attempts += 1;
@@ -65,7 +65,7 @@ impl Tally {
     }
 
     /// How many of `ids` were delivered, and how many of those needed a retry.
-    pub fn progress(&self, ids: &[String]) -> (usize, usize) {
+    pub(super) fn progress(&self, ids: &[String]) -> (usize, usize) {
         let done: Vec<&String> = ids.iter().filter(|id| self.delivered.contains(*id)).collect();
         let retried = done
             .iter()
@@ -101,7 +101,7 @@ impl Tally {
 
 /// What the latest round showed.
 #[derive(Debug, Clone, Default)]
-pub struct Round {
+pub(super) struct Round {
     pub n: u32,
     pub writes: usize,
     /// Events this round's writes emitted.
@@ -114,19 +114,19 @@ pub struct Round {
 }
 
 #[derive(Debug, Clone)]
-pub struct RoundResult {
+pub(super) struct RoundResult {
     pub delivered: bool,
     pub all_verified: bool,
     pub callback: Callback,
 }
 
 impl RoundResult {
-    pub fn ok(&self) -> bool {
+    pub(super) fn ok(&self) -> bool {
         self.delivered && self.all_verified && self.callback.applied && self.callback.not_echoed
     }
 }
 
-pub struct View {
+pub(super) struct View {
     /// Redraw one screen in place (stdout is a terminal).
     live: bool,
     color: bool,
@@ -140,7 +140,7 @@ pub struct View {
 }
 
 impl View {
-    pub fn from_env(footer: String) -> View {
+    pub(super) fn from_env(footer: String) -> View {
         let tty = std::io::stdout().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         View {
@@ -155,13 +155,13 @@ impl View {
     }
 
     /// A start-up line: printed now, and kept at the top of the live screen.
-    pub fn note(&mut self, line: String) {
+    pub(super) fn note(&mut self, line: String) {
         let line = fit(&line, WIDTH);
         println!("{line}");
         self.header.push(line);
     }
 
-    pub fn arrival(&mut self, a: &Arrival, tally: &Tally, round: &Round) {
+    pub(super) fn arrival(&mut self, a: &Arrival, tally: &Tally, round: &Round) {
         self.last_arrival = Some(arrival_line(a));
         if self.live {
             self.draw(tally, round);
@@ -169,7 +169,7 @@ impl View {
     }
 
     /// The round is under way (`round.result` is `None`) or finished.
-    pub fn round(&mut self, tally: &Tally, round: &Round) {
+    pub(super) fn round(&mut self, tally: &Tally, round: &Round) {
         if round.result.is_some() {
             self.last_done = Some(round.clone());
         }
@@ -192,7 +192,7 @@ impl View {
 
     /// The end: the live screen's last state, or (in the plain log) the
     /// cumulative table and the latest checks once.
-    pub fn finish(&mut self, tally: &Tally, round: &Round, stopped: bool) {
+    pub(super) fn finish(&mut self, tally: &Tally, round: &Round, stopped: bool) {
         if stopped {
             self.footer = "stopping: removing the throwaway cluster…".into();
         }
@@ -317,7 +317,7 @@ fn arrival_line(a: &Arrival) -> String {
 }
 
 /// `s` cut to at most `max` characters, ending in `…` if it was cut.
-pub fn fit(s: &str, max: usize) -> String {
+pub(super) fn fit(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_owned();
     }

@@ -6,7 +6,7 @@
 
 use axum::http::HeaderMap;
 
-use crate::deliver::sign::{self, SigningKey};
+use crate::sign::{self, SigningKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {

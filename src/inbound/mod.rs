@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
 use crate::db;
-use crate::deliver::sign::SigningKey;
+use crate::sign::SigningKey;
 
 pub use server::{serve, MAX_HEAD};
 
@@ -152,7 +152,7 @@ impl RouteCache {
             }
             Err(error) => match current.as_mut() {
                 Some((at, m)) => {
-                    tracing::warn!(error = %crate::record::error_chain(&error), "inbound: reading the routes failed; using the last ones read");
+                    tracing::warn!(error = %crate::errors::error_chain(&error), "inbound: reading the routes failed; using the last ones read");
                     *at = Instant::now();
                     Ok(m.clone())
                 }
@@ -168,7 +168,7 @@ impl RouteCache {
 fn warn_unusable_keys(routes: &HashMap<String, RouteSettings>) {
     for (route, r) in routes {
         if let Some(Err(error)) = r.secret.as_deref().map(SigningKey::parse) {
-            tracing::warn!(route, %error, "inbound: this route's secret cannot check signatures (only presented secrets work)");
+            tracing::warn!(route, error = %crate::errors::error_chain(&error), "inbound: this route's secret cannot check signatures (only presented secrets work)");
         }
     }
 }
@@ -233,7 +233,7 @@ pub fn router(
 }
 
 fn now_rfc3339() -> String {
-    crate::deliver::body::rfc3339(SystemTime::now())
+    crate::body::rfc3339(SystemTime::now())
 }
 
 fn answer(status: StatusCode, mut body: Value) -> Response {
@@ -379,7 +379,7 @@ async fn callback(
     let routes = match state.routes.get(&state.pool, ROUTE_TTL).await {
         Ok(r) => r,
         Err(error) => {
-            tracing::error!(route, error = %crate::record::error_chain(&error), "inbound: reading the routes failed");
+            tracing::error!(route, error = %crate::errors::error_chain(&error), "inbound: reading the routes failed");
             return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
         }
     };
@@ -428,7 +428,7 @@ async fn callback(
                     None => return failure(StatusCode::NOT_FOUND, "unknown route"),
                 },
                 Err(error) => {
-                    tracing::error!(route, error = %crate::record::error_chain(&error), "inbound: reading the routes failed");
+                    tracing::error!(route, error = %crate::errors::error_chain(&error), "inbound: reading the routes failed");
                     return failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
                 }
             }
@@ -501,7 +501,7 @@ async fn callback(
             timed_out()
         }
         Err(ApplyError::Db(error)) => {
-            tracing::error!(route, error = %crate::record::error_chain(&error), "inbound callback failed");
+            tracing::error!(route, error = %crate::errors::error_chain(&error), "inbound callback failed");
             failure(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
         Err(ApplyError::TimedOut) => {
@@ -591,7 +591,7 @@ async fn apply(
 /// that cannot be made clean is closed rather than reused.
 async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken, tls: db::tls::MakeRustls) {
     if let Err(error) = cancel.cancel_query(tls).await {
-        tracing::warn!(%error, "inbound: cancelling a timed-out apply failed");
+        tracing::warn!(error = %crate::errors::error_chain(&error), "inbound: cancelling a timed-out apply failed");
     }
     let rolled_back = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("ROLLBACK")).await;
     if !matches!(rolled_back, Ok(Ok(()))) {

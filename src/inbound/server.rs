@@ -39,24 +39,24 @@ use super::InboundConfig;
 pub const MAX_HEAD: usize = 64 * 1024;
 
 /// Requests one connection serves; the last answer says `connection: close`.
-pub const MAX_REQUESTS: usize = 1000;
+pub(super) const MAX_REQUESTS: usize = 1000;
 
 /// How long one connection may live: then it finishes the request in
 /// progress and closes (and is dropped `read_timeout` later, whatever it is
 /// doing).
-pub const MAX_LIFETIME: Duration = Duration::from_secs(300);
+pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(300);
 
 /// A stream whose writes (and flushes) fail with `TimedOut` once they have
 /// made no progress for `limit`: a peer that stops reading cannot keep the
 /// connection, and its slot, by leaving its receive window shut.
-pub struct Stalled<S> {
+pub(super) struct Stalled<S> {
     inner: S,
     limit: Duration,
     stuck: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> Stalled<S> {
-    pub fn new(inner: S, limit: Duration) -> Self {
+    pub(super) fn new(inner: S, limit: Duration) -> Self {
         Stalled {
             inner,
             limit,
@@ -221,7 +221,7 @@ async fn accept_loop(
             tokio::select! {
                 served = conn.as_mut() => {
                     if let Err(error) = served {
-                        tracing::debug!(%error, "inbound connection ended");
+                        tracing::debug!(error = %crate::errors::error_chain(&error), "inbound connection ended");
                     }
                     return;
                 }
@@ -251,6 +251,6 @@ async fn accept_failed(error: std::io::Error) {
     ) {
         return;
     }
-    tracing::error!(%error, "inbound server: accept failed; retrying in 1s");
+    tracing::error!(error = %crate::errors::error_chain(&error), "inbound server: accept failed; retrying in 1s");
     tokio::time::sleep(Duration::from_secs(1)).await; // back off instead of spinning on EMFILE
 }

@@ -472,6 +472,122 @@ async fn capture_survives_alter_table_and_refuses_silent_breakage() {
     assert_eq!(watched, 0);
 }
 
+/// id, type, payload, previous, tenant, source table, row key.
+type EmittedRow = (
+    uuid::Uuid,
+    String,
+    Value,
+    Option<Value>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// `emit_many`: one statement, ids in order, one wake; bad input is
+/// refused naming it, and nothing of the call is written.
+#[tokio::test]
+async fn emit_many_writes_a_set_in_order_and_refuses_bad_events_whole() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let app = format!("{}_app", db.name());
+    c.batch_execute(&format!("CREATE ROLE {app} LOGIN IN ROLE webhooks_app"))
+        .await
+        .unwrap();
+    let a = db.client_as(&app).await;
+    let ids: Vec<uuid::Uuid> = a
+        .query(
+            "SELECT webhooks.emit_many(jsonb_build_array(
+                 jsonb_build_object('type', 'order.created', 'data', jsonb_build_object('n', 1),
+                                    'source_table', 'shop.orders', 'row_key', '1', 'tenant_id', 't1'),
+                 jsonb_build_object('type', 'order.updated', 'data', 'null'::jsonb,
+                                    'previous', jsonb_build_object('n', 0)),
+                 jsonb_build_object('type', 'order.deleted', 'data', '{}'::jsonb, 'previous', NULL)))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let rows = c
+        .query(
+            "SELECT event_id, event_type, payload, previous, tenant_id, source_table, row_key
+               FROM webhooks.events ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<EmittedRow> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got.iter().map(|g| g.0).collect::<Vec<_>>(),
+        ids,
+        "ids in the array's order"
+    );
+    assert_eq!(
+        got[0],
+        (
+            ids[0],
+            "order.created".into(),
+            json!({"n": 1}),
+            None,
+            Some("t1".into()),
+            Some("shop.orders".into()),
+            Some("1".into())
+        )
+    );
+    assert_eq!(
+        (got[1].2.clone(), got[1].3.clone()),
+        (Value::Null, Some(json!({"n": 0})))
+    );
+    assert_eq!(got[2].3, None, "a JSON null previous is none");
+
+    for (bad, names) in [
+        (
+            "'{\"type\": \"x\", \"data\": {}}'",
+            "must be a JSON array, got object",
+        ),
+        ("NULL", "must be a JSON array, got NULL"),
+        (
+            "'[{\"type\": \"ok\", \"data\": 1}, {\"type\": \"no data\"}]'",
+            "invalid event {\"type\": \"no data\"}",
+        ),
+        ("'[{\"data\": 1}]'", "invalid event {\"data\": 1}"),
+        ("'[{\"type\": \"x;DROP\", \"data\": 1}]'", "invalid event"),
+        ("'[{\"type\": 7, \"data\": 1}]'", "invalid event"),
+        ("'[\"order.created\"]'", "invalid event \"order.created\""),
+    ] {
+        let err = a
+            .batch_execute(&format!("SELECT webhooks.emit_many({bad})"))
+            .await
+            .unwrap_err();
+        let e = err.as_db_error().unwrap();
+        assert_eq!(e.code().code(), "22023", "{bad}: {e}");
+        assert!(e.message().contains(names), "{bad}: {}", e.message());
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "a refused call writes nothing, not even its good events");
+    // An empty set is no event and no error.
+    a.batch_execute("SELECT webhooks.emit_many('[]')").await.unwrap();
+}
+
 /// The trigger functions and levels capture uses on a table, by event.
 async fn triggers(c: &Client, table: &str) -> Vec<(String, String, bool)> {
     c.query(

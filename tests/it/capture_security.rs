@@ -307,6 +307,7 @@ async fn only_a_tables_owner_may_watch_it_and_only_webhooks_app_may_emit() {
         "CREATE TABLE plain_s.t (id int PRIMARY KEY);
          CREATE TRIGGER x AFTER INSERT ON plain_s.t FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture('payment', '{}')",
         "SELECT webhooks.wake()",
+        "SELECT webhooks.emit_many('[{\"type\": \"payment.success\", \"data\": {}}]')",
     ] {
         let err = p.batch_execute(sql).await.unwrap_err();
         assert_eq!(

@@ -318,6 +318,7 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         .arg("run")
         .env("DATABASE_URL", db.url())
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_LOG", "info")
         .env_remove("NO_COLOR")
         .env_remove("PGWEBHOOKS_LOG_FORMAT")
@@ -351,4 +352,92 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         seen.iter().all(|l| !l.contains('\x1b')),
         "colour codes in piped logs: {seen:#?}"
     );
+}
+
+/// `pgwebhooks run --help`'s variables and defaults.
+fn help_variables() -> Vec<(String, Option<String>)> {
+    let (ok, out, err) = pgwebhooks(&["run", "--help"], &[]);
+    assert!(ok, "{err}");
+    let text = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut vars = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("[env: ") {
+        rest = &rest[at + 6..];
+        let end = rest.find(['=', ']']).unwrap();
+        let name = rest[..end].to_owned();
+        rest = &rest[end..];
+        let close = rest.find(']').unwrap();
+        rest = &rest[close + 1..];
+        let default = rest
+            .trim_start()
+            .strip_prefix("[default: ")
+            .map(|d| d[..d.find(']').unwrap()].to_owned());
+        vars.push((name, default));
+    }
+    vars
+}
+
+/// The README's configuration table: `PGWEBHOOKS_…` variable → default as
+/// written (`—` or a description when there is none).
+fn readme_variables() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("## Configuration")
+        .nth(1)
+        .expect("a Configuration section")
+        .split("\n\n")
+        .find(|block| block.starts_with("| variable | default |"))
+        .expect("its table");
+    let mut vars = Vec::new();
+    for row in table.lines().skip(2) {
+        let cells: Vec<&str> = row.split(" | ").map(|c| c.trim_matches(['|', ' '])).collect();
+        let names: Vec<&str> = cells[0].split(" / ").map(|n| n.trim_matches('`')).collect();
+        let defaults: Vec<&str> = cells[1].split(" / ").map(|d| d.trim_matches('`')).collect();
+        let first = names[0];
+        for (i, name) in names.iter().enumerate() {
+            // `PGWEBHOOKS_BREAKER_FAILURES` / `_WINDOW`: the first's prefix.
+            let name = match name.strip_prefix('_') {
+                Some(suffix) => format!("{}_{suffix}", &first[..first.rfind('_').unwrap()]),
+                None => name.to_string(),
+            };
+            if name.starts_with("PGWEBHOOKS_") {
+                let default = defaults.get(i).or(defaults.first()).unwrap();
+                vars.push((name, default.to_string()));
+            }
+        }
+    }
+    vars
+}
+
+/// The README's configuration table and `run --help` say the same: every
+/// variable of one is in the other, with the same default.
+#[test]
+fn the_readme_configuration_table_matches_run_help() {
+    let help = help_variables();
+    let readme = readme_variables();
+    assert!(help.len() >= 20 && readme.len() >= 20, "{help:?} {readme:?}");
+    // Read by the logger, before the command line: not `run`'s flags.
+    let not_flags = ["PGWEBHOOKS_LOG"];
+    for (name, default) in &readme {
+        if not_flags.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((_, help_default)) = help.iter().find(|(n, _)| n == name) else {
+            panic!("README lists {name}, `run --help` does not");
+        };
+        if let Some(d) = help_default {
+            assert_eq!(default, d, "{name}: README says {default}, --help {d}");
+        }
+    }
+    for (name, default) in &help {
+        if name == "DATABASE_URL" || name == "PGWEBHOOKS_CONFIG" {
+            continue; // described above the table and in its first row
+        }
+        let Some((_, readme_default)) = readme.iter().find(|(n, _)| n == name) else {
+            panic!("`run --help` has {name}, the README's table does not");
+        };
+        if let Some(d) = default {
+            assert_eq!(readme_default, d, "{name}");
+        }
+    }
 }

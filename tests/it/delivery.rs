@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use pgwebhooks::deliver::sign::{self, SigningKey};
+use pgwebhooks::sign::{self, SigningKey};
 
 use crate::support::sidecar::{self, endpoint, statuses, SECRET};
 use crate::support::{wait, Receiver, Reply, TestDb};

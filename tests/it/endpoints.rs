@@ -9,33 +9,26 @@ use pgwebhooks::env_endpoints::EnvEndpoints;
 use crate::support::sidecar;
 use crate::support::{Receiver, Reply, TestDb};
 
-fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
-    db.cli_blocking(args)
-}
-
 #[tokio::test]
 async fn endpoint_commands_add_list_disable_enable_rotate() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let (ok, out, err) = cli(
-        &db,
-        &[
-            "endpoint",
-            "add",
-            "--url",
-            "http://127.0.0.1:9/hook",
-            "--events",
-            "appointment.*, ticket.created",
-            "--tenant",
-            "acme",
-            "--name",
-            "crm",
-            "--make",
-            "--header",
-            "x-make-apikey: k-123",
-            "--allow-private-targets",
-        ],
-    );
+    let (ok, out, err) = db.cli_blocking(&[
+        "endpoint",
+        "add",
+        "--url",
+        "http://127.0.0.1:9/hook",
+        "--events",
+        "appointment.*, ticket.created",
+        "--tenant",
+        "acme",
+        "--name",
+        "crm",
+        "--make",
+        "--header",
+        "x-make-apikey: k-123",
+        "--allow-private-targets",
+    ]);
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(
@@ -59,27 +52,21 @@ async fn endpoint_commands_add_list_disable_enable_rotate() {
     assert!(row.get::<_, bool>(2));
     assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("k-123"));
 
-    let (ok, out, _) = cli(&db, &["endpoint", "list"]);
+    let (ok, out, _) = db.cli_blocking(&["endpoint", "list"]);
     assert!(
         ok && out.contains("crm") && out.contains("enabled") && !out.contains("whsec_"),
         "{out}"
     );
-    let (_, shown, _) = cli(&db, &["endpoint", "list", "--show-secrets"]);
+    let (_, shown, _) = db.cli_blocking(&["endpoint", "list", "--show-secrets"]);
     assert!(shown.contains("whsec_"));
 
-    let (ok, _, _) = cli(
-        &db,
-        &["endpoint", "disable", &id.to_string(), "--reason", "maintenance"],
-    );
+    let (ok, _, _) = db.cli_blocking(&["endpoint", "disable", &id.to_string(), "--reason", "maintenance"]);
     assert!(ok);
-    let (_, out, _) = cli(&db, &["endpoint", "list"]);
+    let (_, out, _) = db.cli_blocking(&["endpoint", "list"]);
     assert!(out.contains("disabled: maintenance"), "{out}");
-    assert!(cli(&db, &["endpoint", "enable", &id.to_string()]).0);
+    assert!(db.cli_blocking(&["endpoint", "enable", &id.to_string()]).0);
 
-    let (ok, out, _) = cli(
-        &db,
-        &["endpoint", "rotate-secret", &id.to_string(), "--overlap", "1h"],
-    );
+    let (ok, out, _) = db.cli_blocking(&["endpoint", "rotate-secret", &id.to_string(), "--overlap", "1h"]);
     assert!(ok, "{out}");
     let active: i64 = c
         .query_one(
@@ -133,7 +120,7 @@ async fn endpoint_commands_add_list_disable_enable_rotate() {
         ),
         (vec!["endpoint", "disable", "999"], "no endpoint 999"),
     ] {
-        let (ok, _, err) = cli(&db, &args);
+        let (ok, _, err) = db.cli_blocking(&args);
         assert!(!ok && err.contains(expected), "{args:?}: {err}");
     }
     let n: i64 = c
@@ -214,39 +201,33 @@ async fn endpoints_from_the_environment_route_event_groups() {
 async fn endpoint_list_hides_url_paths_and_add_refuses_huge_timeouts() {
     let db = TestDb::new().await;
     let url = "http://127.0.0.1:9/abcSECRETTOKENxyz?key=SECRETKEY";
-    let (ok, _, err) = cli(
-        &db,
-        &[
-            "endpoint",
-            "add",
-            "--url",
-            url,
-            "--allow-private-targets",
-            "--timeout",
-            "20s",
-        ],
-    );
+    let (ok, _, err) = db.cli_blocking(&[
+        "endpoint",
+        "add",
+        "--url",
+        url,
+        "--allow-private-targets",
+        "--timeout",
+        "20s",
+    ]);
     assert!(ok, "{err}");
-    let (ok, out, _) = cli(&db, &["endpoint", "list"]);
+    let (ok, out, _) = db.cli_blocking(&["endpoint", "list"]);
     assert!(
         ok && out.contains("http://127.0.0.1:9/…") && !out.contains("SECRET"),
         "{out}"
     );
-    let (ok, out, _) = cli(&db, &["endpoint", "list", "--show-secrets"]);
+    let (ok, out, _) = db.cli_blocking(&["endpoint", "list", "--show-secrets"]);
     assert!(ok && out.contains(url), "{out}");
 
-    let (ok, _, err) = cli(
-        &db,
-        &[
-            "endpoint",
-            "add",
-            "--url",
-            "http://127.0.0.1:9/",
-            "--allow-private-targets",
-            "--timeout",
-            "24days",
-        ],
-    );
+    let (ok, _, err) = db.cli_blocking(&[
+        "endpoint",
+        "add",
+        "--url",
+        "http://127.0.0.1:9/",
+        "--allow-private-targets",
+        "--timeout",
+        "24days",
+    ]);
     assert!(!ok, "refused");
     assert!(err.contains("--timeout 24days: at most 5m"), "{err}");
     assert!(!err.contains("SECRET"), "{err}");
@@ -310,7 +291,7 @@ async fn make_endpoints_skip_their_own_callbacks_by_default() {
     let add = |extra: &[&str], url: &str| {
         let mut args = vec!["endpoint", "add", "--url", url, "--allow-private-targets"];
         args.extend_from_slice(extra);
-        let (ok, out, err) = cli(&db, &args);
+        let (ok, out, err) = db.cli_blocking(&args);
         assert!(ok, "{err}");
         (out.lines().last().unwrap().parse::<i64>().unwrap(), err)
     };
@@ -393,7 +374,7 @@ async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
     let broken_id = sidecar::endpoint(&c, &broken.url, &["order.*"], "retry_schedule = '{1 hour}'").await;
 
     // Without a sidecar: a clear failure, and nothing left waiting.
-    let (ok, _, err) = cli(&db, &["endpoint", "test", &id.to_string(), "--wait", "1s"]);
+    let (ok, _, err) = db.cli_blocking(&["endpoint", "test", &id.to_string(), "--wait", "1s"]);
     assert!(!ok && err.contains("pgwebhooks run"), "{err}");
 
     let running = sidecar::start(sidecar::config(&db)).await;
@@ -408,12 +389,12 @@ async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
     let body = got.json();
     assert_eq!(body["type"], "webhooks.test");
     assert_eq!(body["data"]["endpoint"]["id"], id);
-    let key = pgwebhooks::deliver::sign::SigningKey::parse(sidecar::SECRET).unwrap();
+    let key = pgwebhooks::sign::SigningKey::parse(sidecar::SECRET).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    pgwebhooks::deliver::sign::verify(
+    pgwebhooks::sign::verify(
         std::slice::from_ref(&key),
         got.header("webhook-id"),
         got.header("webhook-timestamp"),

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::support::sidecar::{self, INBOUND_SECRET};
-use crate::support::TestDb;
+use crate::support::{one, TestDb};
 
 const SEED: &str = "
 INSERT INTO app.users (email, name) VALUES ('ada@example.com', 'Ada Student');
@@ -27,10 +27,6 @@ async fn call(base: &str, route: &str, payload: Value) -> (u16, Value) {
         .unwrap();
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap())
-}
-
-async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &tokio_postgres::Client, sql: &str) -> T {
-    c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]

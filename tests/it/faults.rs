@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use crate::support::db::Cluster;
 use crate::support::sidecar::{self, endpoint, Process, SECRET};
-use crate::support::{wait, Receiver, Reply, TestDb};
+use crate::support::{count, wait, Receiver, Reply, TestDb};
 
 fn spawn_sidecar(url: &str) -> Process {
     let child = sidecar::run_command(url)
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_TIMEOUT", "1s")
         .env("PGWEBHOOKS_LEASE", "5s")
         .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
@@ -22,10 +23,6 @@ fn spawn_sidecar(url: &str) -> Process {
         .spawn()
         .expect("spawn pgwebhooks run");
     Process(child)
-}
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]
@@ -44,7 +41,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     let mut first = spawn_sidecar(&db.url());
     wait::until(
         "the first replica to be mid-stream",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || {
             let n = r.count();
             async move { (n >= 300).then_some(()) }
@@ -68,7 +65,7 @@ async fn sigkill_mid_stream_loses_nothing() {
     }
     wait::until(
         "every delivery recorded, nothing claimed or pending",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let delivered = count(
                 &c,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use pgwebhooks::deliver::sign::SigningKey;
+use pgwebhooks::sign::SigningKey;
 use serde_json::{json, Value};
 
 use crate::support::sidecar::{self, endpoint, INBOUND_SECRET};
@@ -398,6 +398,7 @@ async fn empty_secret_and_empty_credentials_let_nobody_in() {
     // The process treats an empty secret as unset, and refuses a short one.
     let out = sidecar::run_command(&db.url())
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_INBOUND_SECRET", "s3cret")
         .output()
         .unwrap();

@@ -27,6 +27,7 @@ impl Logged {
     fn spawn(mut cmd: std::process::Command) -> Logged {
         let mut child = cmd
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_LOG_FORMAT", "json")
             .env("PGWEBHOOKS_TIMEOUT", "1s")
             .env("PGWEBHOOKS_LEASE", "5s")

@@ -2,10 +2,13 @@
 
 mod support;
 
+mod admin;
+mod admin_console;
 mod capture;
 mod capture_payload;
 mod capture_security;
 mod cli;
+mod console_browser;
 mod delivery;
 mod demo;
 mod endpoints;
@@ -23,5 +26,6 @@ mod recipes;
 mod record;
 mod roles;
 mod shaping;
+mod stages;
 mod timeouts;
 mod tls;

@@ -68,6 +68,81 @@ async fn catalog(c: &Client, schema: &str) -> Vec<String> {
     .collect()
 }
 
+/// What the migrations add up to, as `pg_dump` writes it: every table,
+/// sequence and index of schema `webhooks` (functions, views and triggers
+/// are `sql/*.sql`'s), without the dump's version-specific settings.
+async fn dump_tables(db: &TestDb, c: &tokio_postgres::Client) -> String {
+    let tables: Vec<String> = c
+        .query(
+            "SELECT 'webhooks.' || relname FROM pg_class
+              WHERE relnamespace = 'webhooks'::regnamespace AND relkind IN ('r', 'p') ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(tables.len() > 5, "{tables:?}");
+    let pg_dump = pgwebhooks::localpg::find("pg_dump").expect("pg_dump beside the server");
+    let out = std::process::Command::new(pg_dump)
+        .args(["--schema-only", "--no-owner", "--no-privileges", "--no-comments"])
+        .args(tables.iter().flat_map(|t| ["--table", t.as_str()]))
+        .arg(db.url())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut body = String::new();
+    for line in text.lines() {
+        // Triggers call functions, which are sql/*.sql's, not the migrations'.
+        let skip = line.starts_with("--")
+            || line.starts_with("CREATE TRIGGER ")
+            || line.starts_with("SET ")
+            || line.starts_with("SELECT pg_catalog.set_config")
+            || line.starts_with("\\");
+        if skip || (line.is_empty() && (body.is_empty() || body.ends_with("\n\n"))) {
+            continue;
+        }
+        body.push_str(line);
+        body.push('\n');
+    }
+    format!("{SCHEMA_HEADER}{}\n", body.trim_end())
+}
+
+const SCHEMA_HEADER: &str = "\
+-- What migrations/ add up to: every table, sequence and index pgwebhooks
+-- owns, as pg_dump writes them from a migrated database. Generated: not
+-- applied by `pgwebhooks migrate` and never edited by hand. After changing
+-- migrations/, rewrite it with
+--   PGWEBHOOKS_REWRITE_SCHEMA=1 cargo test --test it sql_schema
+-- (the test `sql_schema_is_what_the_migrations_add_up_to` fails until then).
+-- Why each table and index is there is said in its migration.
+CREATE SCHEMA IF NOT EXISTS webhooks;
+
+";
+
+/// `sql/schema.sql` is generated from a migrated database; with
+/// `PGWEBHOOKS_REWRITE_SCHEMA=1` this test writes it instead of comparing.
+#[tokio::test]
+async fn sql_schema_is_what_the_migrations_add_up_to() {
+    let db = TestDb::empty().await;
+    let mut c = db.client().await;
+    migrate::run(&mut c, false).await.unwrap();
+    let dumped = dump_tables(&db, &c).await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/schema.sql");
+    if std::env::var_os("PGWEBHOOKS_REWRITE_SCHEMA").is_some() {
+        std::fs::write(path, &dumped).unwrap();
+        return;
+    }
+    let file = std::fs::read_to_string(path).unwrap();
+    assert!(
+        file == dumped,
+        "sql/schema.sql is not what migrations/ add up to: rewrite it with \
+         PGWEBHOOKS_REWRITE_SCHEMA=1 cargo test --test it sql_schema\n--- migrated:\n{dumped}"
+    );
+}
+
 #[tokio::test]
 async fn migrations_agree_with_sql_schema_definition() {
     let migrated = TestDb::empty().await;

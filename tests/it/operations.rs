@@ -6,20 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::sidecar::{self, endpoint, statuses};
-use crate::support::{wait, Receiver, Reply, TestDb};
+use crate::support::{one, wait, Receiver, Reply, TestDb};
 
 const T: Duration = Duration::from_secs(20);
-
-/// Runs a command without blocking the runtime: the in-process sidecar
-/// shares this thread, and a blocked thread with an open transaction would
-/// deadlock a command that waits on it.
-async fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
-    db.cli(args).await
-}
-
-async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &tokio_postgres::Client, sql: &str) -> T {
-    c.query_one(sql, &[]).await.unwrap().get(0)
-}
 
 #[tokio::test]
 async fn status_and_a_dead_letter_retried_from_the_command_line() {
@@ -37,7 +26,7 @@ async fn status_and_a_dead_letter_retried_from_the_command_line() {
     })
     .await;
 
-    let (ok, out, err) = cli(&db, &["status"]).await;
+    let (ok, out, err) = db.cli(&["status"]).await;
     assert!(ok, "{err}");
     assert!(
         out.contains("dead letters: 1") && out.contains("pgwebhooks retry --dead"),
@@ -59,14 +48,14 @@ async fn status_and_a_dead_letter_retried_from_the_command_line() {
     assert_eq!(failures, 3);
 
     up.store(true, Ordering::SeqCst);
-    let (ok, out, _) = cli(&db, &["retry", "--dead"]).await;
+    let (ok, out, _) = db.cli(&["retry", "--dead"]).await;
     assert!(ok && out.contains("re-queued 1"), "{out}");
     r.next(T).await;
     wait::until("delivered after the retry", T, || async {
         (statuses(&c, id).await == [("delivered".into(), 1)]).then_some(())
     })
     .await;
-    let (ok, _, err) = cli(&db, &["retry", "424242"]).await;
+    let (ok, _, err) = db.cli(&["retry", "424242"]).await;
     assert!(!ok && err.contains("delivery 424242: not re-queued"), "{err}");
     let health: String = one(&c, "SELECT state FROM webhooks.endpoint_health").await;
     assert_eq!(health, "enabled");
@@ -98,7 +87,9 @@ async fn resend_is_a_new_event_and_replay_sends_the_originals() {
         .unwrap();
     a.next(T).await;
     b.next(T).await;
-    let (ok, out, err) = cli(&db, &["resend", "public_tasks", "7", "--event", "task.created"]).await;
+    let (ok, out, err) = db
+        .cli(&["resend", "public_tasks", "7", "--event", "task.created"])
+        .await;
     assert!(ok, "{err}");
     let new_id = out.lines().last().unwrap().to_owned();
     let resent = a.next(T).await;
@@ -113,11 +104,9 @@ async fn resend_is_a_new_event_and_replay_sends_the_originals() {
     b.next(T).await;
 
     // replay: the past events again, to one endpoint, with their original ids.
-    let (ok, out, err) = cli(
-        &db,
-        &["replay", "--endpoint", &e_b.to_string(), "--since", "1 hour ago"],
-    )
-    .await;
+    let (ok, out, err) = db
+        .cli(&["replay", "--endpoint", &e_b.to_string(), "--since", "1 hour ago"])
+        .await;
     assert!(ok && out.contains("re-queued 3"), "{out}{err}");
     let replayed: HashSet<String> = b.take(3, T).await.iter().map(|r| r.webhook_id()).collect();
     let all: HashSet<String> = c
@@ -131,19 +120,17 @@ async fn resend_is_a_new_event_and_replay_sends_the_originals() {
     s.stop().await;
     assert!(a.drain().is_empty(), "the replay went to one endpoint only");
 
-    let (ok, _, err) = cli(&db, &["resend", "no_such_table", "1"]).await;
+    let (ok, _, err) = db.cli(&["resend", "no_such_table", "1"]).await;
     assert!(!ok && err.contains("does not exist"), "{err}");
-    let (ok, _, err) = cli(
-        &db,
-        &[
+    let (ok, _, err) = db
+        .cli(&[
             "replay",
             "--endpoint",
             &e_b.to_string(),
             "--since",
             "yesterday-ish",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert!(!ok && err.contains("invalid input syntax"), "{err}");
 }
 
@@ -154,7 +141,7 @@ async fn a_disabled_endpoint_gets_nothing_then_catches_up() {
     let mut r = Receiver::ok().await;
     let id = endpoint(&c, &r.url, &["*"], "").await;
     let s = sidecar::start(sidecar::config(&db)).await;
-    assert!(cli(&db, &["endpoint", "disable", &id.to_string()]).await.0);
+    assert!(db.cli(&["endpoint", "disable", &id.to_string()]).await.0);
     c.execute(
         "SELECT webhooks.emit('x', jsonb_build_object('n', g)) FROM generate_series(1, 20) g",
         &[],
@@ -166,7 +153,7 @@ async fn a_disabled_endpoint_gets_nothing_then_catches_up() {
     })
     .await;
     assert_eq!(r.drain().len(), 0);
-    assert!(cli(&db, &["endpoint", "enable", &id.to_string()]).await.0);
+    assert!(db.cli(&["endpoint", "enable", &id.to_string()]).await.0);
     r.take(20, T).await;
     s.stop().await;
 }
@@ -225,9 +212,9 @@ async fn the_breaker_pauses_a_failing_endpoint_and_resumes_it() {
     let id = endpoint(&c, &r.url, &["*"], "").await;
     let mut config = sidecar::config_with_inbound(&db);
     config.deliver.retry_schedule = vec![Duration::from_secs(3600)];
-    config.dispatch.breaker_failures = 5;
-    config.dispatch.breaker_window = Duration::ZERO;
-    config.maintain.breaker_probe = Duration::from_millis(200);
+    config.breaker.failures = 5;
+    config.breaker.window = Duration::ZERO;
+    config.breaker.probe = Duration::from_millis(200);
     config.maintain.tick = Duration::from_millis(100);
     let s = sidecar::start(config).await;
     c.execute(
@@ -372,13 +359,13 @@ async fn status_names_a_write_transaction_that_holds_fan_out_back() {
         "status to name the open transaction",
         Duration::from_secs(40),
         || async {
-            let (ok, out, _) = cli(&db, &["status"]).await;
+            let (ok, out, _) = db.cli(&["status"]).await;
             (ok && out.contains("warning: write transaction")).then_some(())
         },
     )
     .await;
     tx.rollback().await.unwrap();
-    let (ok, out, _) = cli(&db, &["status"]).await;
+    let (ok, out, _) = db.cli(&["status"]).await;
     assert!(ok && !out.contains("warning: write transaction"), "{out}");
 }
 
@@ -413,7 +400,7 @@ async fn views_and_status_never_show_an_endpoints_path_or_query() {
     ];
     assert_eq!(labels("backlog").await, expected);
     assert_eq!(labels("endpoint_health").await, expected);
-    let (ok, out, err) = cli(&db, &["status"]).await;
+    let (ok, out, err) = db.cli(&["status"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("https://hook.eu1.make.com/…"), "{out}");
     assert!(!out.contains("SECRET"), "{out}");
@@ -468,18 +455,20 @@ async fn removing_an_endpoint_leaves_no_orphan_deliveries() {
         .await
         .unwrap();
     // Waiting deliveries: refused without --force (`remove` is `delete`'s alias).
-    let (ok, _, err) = cli(&db, &["endpoint", "remove", &gone.to_string()]).await;
+    let (ok, _, err) = db.cli(&["endpoint", "remove", &gone.to_string()]).await;
     assert!(
         !ok && err.contains("not deleted") && err.contains("--force"),
         "{err}"
     );
-    let (ok, out, err) = cli(&db, &["endpoint", "remove", "--force", &gone.to_string()]).await;
+    let (ok, out, err) = db
+        .cli(&["endpoint", "remove", "--force", &gone.to_string()])
+        .await;
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!("endpoint {gone} deleted, with its 2 deliveries")),
         "{out}"
     );
-    let (ok, _, err) = cli(&db, &["endpoint", "delete", &gone.to_string()]).await;
+    let (ok, _, err) = db.cli(&["endpoint", "delete", &gone.to_string()]).await;
     assert!(!ok && err.contains(&format!("no endpoint {gone}")), "{err}");
     c.execute("DELETE FROM webhooks.endpoints WHERE id = $1", &[&by_sql])
         .await
@@ -506,7 +495,7 @@ async fn removing_an_endpoint_leaves_no_orphan_deliveries() {
     )
     .await;
     assert!((1..=1 + notices).contains(&unfanned), "{unfanned} of {notices}");
-    let (ok, out, _) = cli(&db, &["status"]).await;
+    let (ok, out, _) = db.cli(&["status"]).await;
     assert!(
         ok && out.contains("dead letters: 0")
             && out.contains(&format!("backlog: {unfanned} waiting"))

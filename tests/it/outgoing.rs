@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::sidecar::{self, endpoint};
-use crate::support::{wait, Receiver, TestDb};
+use crate::support::{count, wait, Receiver, TestDb};
 
 const T: Duration = Duration::from_secs(20);
 const SETTING: &str = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS";
@@ -28,10 +28,6 @@ fn cli(db: &TestDb, args: &[&str], allow_env: Option<&str>) -> (bool, String, St
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
-    c.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]
@@ -221,6 +217,7 @@ async fn environment_endpoints_are_checked_before_the_sidecar_starts() {
             .arg("run")
             .env("DATABASE_URL", db.url())
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env(var, url)
             .kill_on_drop(true)
             .output();

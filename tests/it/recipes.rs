@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
-use pgwebhooks::deliver::sign::{self, SigningKey};
+use pgwebhooks::sign::{self, SigningKey};
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 

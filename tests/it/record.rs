@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use pgwebhooks::event::Source;
+use pgwebhooks::job::{AttemptInfo, Outcome, Source, Status};
 use pgwebhooks::listen::Signals;
-use pgwebhooks::record::{self, AttemptInfo, Outcome, Status};
+use pgwebhooks::record;
 
 use crate::support::sidecar::endpoint;
 use crate::support::TestDb;

@@ -6,17 +6,13 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use pgwebhooks::deliver::sign::{self, SigningKey};
+use pgwebhooks::sign::{self, SigningKey};
 use serde_json::{json, Value};
 
 use crate::support::sidecar::{self, SECRET};
 use crate::support::{wait, Receiver, TestDb};
 
 const T: Duration = Duration::from_secs(20);
-
-fn cli(db: &TestDb, args: &[&str]) -> (bool, String, String) {
-    db.cli_blocking(args)
-}
 
 /// `endpoint add --url <url> --secret SECRET …`; returns the id.
 fn add(db: &TestDb, url: &str, extra: &[&str]) -> i64 {
@@ -30,7 +26,7 @@ fn add(db: &TestDb, url: &str, extra: &[&str]) -> i64 {
         "--allow-private-targets",
     ];
     args.extend_from_slice(extra);
-    let (ok, out, err) = cli(db, &args);
+    let (ok, out, err) = db.cli_blocking(&args);
     assert!(ok, "{args:?}: {err}");
     out.lines()
         .last()
@@ -426,12 +422,12 @@ async fn bad_templates_filters_and_headers_are_refused_at_add_and_update() {
             "--allow-private-targets",
         ];
         args.extend_from_slice(flags);
-        let (ok, _, err) = cli(&db, &args);
+        let (ok, _, err) = db.cli_blocking(&args);
         assert!(!ok && err.contains(expected), "add {flags:?}: {err}");
         let id = id.to_string();
         let mut args = vec!["endpoint", "update", &id];
         args.extend_from_slice(flags);
-        let (ok, _, err) = cli(&db, &args);
+        let (ok, _, err) = db.cli_blocking(&args);
         assert!(!ok && err.contains(expected), "update {flags:?}: {err}");
     }
     let n: i64 = c
@@ -486,20 +482,17 @@ async fn endpoint_update_changes_only_what_is_given() {
     let first = row(&c).await;
     let v0 = version(&c).await;
     let sid = id.to_string();
-    let (ok, out, err) = cli(
-        &db,
-        &[
-            "endpoint",
-            "update",
-            &sid,
-            "--body-template",
-            r#"{"event": "{{type}}", "task": "{{data}}"}"#,
-            "--filter",
-            r#"$.data.priority == "high""#,
-            "--signature-header",
-            "X-Make-Signature",
-        ],
-    );
+    let (ok, out, err) = db.cli_blocking(&[
+        "endpoint",
+        "update",
+        &sid,
+        "--body-template",
+        r#"{"event": "{{type}}", "task": "{{data}}"}"#,
+        "--filter",
+        r#"$.data.priority == "high""#,
+        "--signature-header",
+        "X-Make-Signature",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(
         out.trim(),
@@ -527,37 +520,31 @@ async fn endpoint_update_changes_only_what_is_given() {
     }
 
     // The same again: nothing changes; then clear back to the defaults.
-    let (ok, out, _) = cli(
-        &db,
-        &[
-            "endpoint",
-            "update",
-            &sid,
-            "--signature-header",
-            "X-Make-Signature",
-        ],
-    );
+    let (ok, out, _) = db.cli_blocking(&[
+        "endpoint",
+        "update",
+        &sid,
+        "--signature-header",
+        "X-Make-Signature",
+    ]);
     assert!(
         ok && out.trim() == format!("endpoint {id}: nothing changed"),
         "{out}"
     );
-    let (ok, out, err) = cli(
-        &db,
-        &[
-            "endpoint",
-            "update",
-            &sid,
-            "--body-template",
-            "",
-            "--filter",
-            "",
-            "--signature-header",
-            "",
-            "--make",
-            "--events",
-            "ticket.created",
-        ],
-    );
+    let (ok, out, err) = db.cli_blocking(&[
+        "endpoint",
+        "update",
+        &sid,
+        "--body-template",
+        "",
+        "--filter",
+        "",
+        "--signature-header",
+        "",
+        "--make",
+        "--events",
+        "ticket.created",
+    ]);
     assert!(ok, "{err}");
     assert!(
         out.contains("events, make, signature-header, body-template, filter"),
@@ -572,29 +559,23 @@ async fn endpoint_update_changes_only_what_is_given() {
     assert_eq!(third["headers"], first["headers"]);
 
     // --url is checked as add checks it; unknown ids are named.
-    let (ok, _, err) = cli(&db, &["endpoint", "update", &sid, "--url", "ftp://x/"]);
+    let (ok, _, err) = db.cli_blocking(&["endpoint", "update", &sid, "--url", "ftp://x/"]);
     assert!(!ok && err.contains("http:// or https://"), "{err}");
-    let (ok, _, err) = cli(
-        &db,
-        &["endpoint", "update", &sid, "--url", "http://127.0.0.1:9/other"],
-    );
+    let (ok, _, err) = db.cli_blocking(&["endpoint", "update", &sid, "--url", "http://127.0.0.1:9/other"]);
     assert!(
         !ok && err.contains("not updated") && err.contains("loopback"),
         "a private target needs the flag: {err}"
     );
-    let (ok, out, err) = cli(
-        &db,
-        &[
-            "endpoint",
-            "update",
-            &sid,
-            "--url",
-            "http://127.0.0.1:9/other",
-            "--allow-private-targets",
-            "--make=false",
-        ],
-    );
+    let (ok, out, err) = db.cli_blocking(&[
+        "endpoint",
+        "update",
+        &sid,
+        "--url",
+        "http://127.0.0.1:9/other",
+        "--allow-private-targets",
+        "--make=false",
+    ]);
     assert!(ok && out.contains("url, make"), "{out} {err}");
-    let (ok, _, err) = cli(&db, &["endpoint", "update", "999", "--name", "x"]);
+    let (ok, _, err) = db.cli_blocking(&["endpoint", "update", "999", "--name", "x"]);
     assert!(!ok && err.contains("no endpoint 999"), "{err}");
 }

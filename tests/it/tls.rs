@@ -301,6 +301,7 @@ async fn verify_full_migrate_and_run_are_all_tls() {
 
     let child = run_command(&url)
         .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env_remove("PGSSLMODE")
         .env_remove("PGSSLROOTCERT")
         .stdout(Stdio::null())

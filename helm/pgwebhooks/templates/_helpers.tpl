@@ -76,6 +76,7 @@ app.kubernetes.io/component: sidecar
 {{/* Credential variables other than DATABASE_URL, in a stable order. */}}
 {{- define "pgwebhooks.secretKeys" -}}
 PGWEBHOOKS_INBOUND_SECRET
+PGWEBHOOKS_ADMIN_TOKEN
 WEBHOOK_SECRET
 MAKE_WEBHOOK_APPOINTMENTS_URL
 MAKE_WEBHOOK_MESSAGES_URL

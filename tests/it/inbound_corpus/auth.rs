@@ -4,7 +4,7 @@
 
 use std::time::SystemTime;
 
-use pgwebhooks::deliver::sign::SigningKey;
+use pgwebhooks::sign::SigningKey;
 use serde_json::json;
 
 use super::{request_owned, Corpus};

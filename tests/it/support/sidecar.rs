@@ -30,6 +30,22 @@ pub struct Running {
     handle: tokio::task::JoinHandle<()>,
     /// `http://127.0.0.1:<port>` of the inbound server, when configured.
     pub base: String,
+    /// `http://127.0.0.1:<port>` of the admin listener, when configured.
+    pub admin: String,
+}
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123";
+
+/// [`config_with_inbound`] plus the admin listener on a free loopback port.
+pub fn config_with_admin(db: &TestDb) -> SidecarConfig {
+    let mut c = config_with_inbound(db);
+    c.admin = Some(pgwebhooks::admin::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some(pgwebhooks::config::Secret::new(ADMIN_TOKEN)),
+        allow_private_targets: true,
+        ..Default::default()
+    });
+    c
 }
 
 pub const INBOUND_SECRET: &str = "inbound-secret-for-tests";
@@ -59,9 +75,18 @@ pub async fn start(config: SidecarConfig) -> Running {
         .inbound_addr
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
+    let admin = sidecar
+        .admin_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_default();
     let token = CancellationToken::new();
     let handle = tokio::spawn(sidecar.run_until(token.clone()));
-    Running { token, handle, base }
+    Running {
+        token,
+        handle,
+        base,
+        admin,
+    }
 }
 
 impl Running {
@@ -122,6 +147,7 @@ pub fn run_command(url: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"));
     cmd.arg("run")
         .env("DATABASE_URL", url)
+        .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
         .env("PGWEBHOOKS_ALLOW_PRIVATE_TARGETS", "true")
         .env("PGWEBHOOKS_LOG", "warn")
         .stdin(Stdio::null());

@@ -1,54 +1,16 @@
-//! An outbox event as the sidecar carries it, and a delivery job.
+//! A job's request: the body (the standard envelope, or the endpoint's
+//! template filled in) and the endpoint's extra headers, masked for it.
 
-use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
-
-use uuid::Uuid;
+use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::deliver::body;
-use crate::deliver::template::Values;
+use crate::body;
 use crate::endpoints::Endpoint;
-
-/// One row of `webhooks.events`; `payload` and `previous` stay JSON text.
-#[derive(Debug)]
-pub struct Event {
-    pub id: Uuid,
-    pub event_type: String,
-    pub tenant_id: Option<String>,
-    pub origin: Option<String>,
-    pub occurred_at: SystemTime,
-    pub payload: String,
-    pub previous: Option<String>,
-    body: OnceLock<Arc<str>>,
-    /// `payload` and `previous` parsed, for templates (once per event).
-    parsed: OnceLock<(Value, Option<Value>)>,
-}
+use crate::job::Event;
+use crate::template::Values;
 
 impl Event {
-    pub fn new(
-        id: Uuid,
-        event_type: String,
-        tenant_id: Option<String>,
-        origin: Option<String>,
-        occurred_at: SystemTime,
-        payload: String,
-        previous: Option<String>,
-    ) -> Event {
-        Event {
-            id,
-            event_type,
-            tenant_id,
-            origin,
-            occurred_at,
-            payload,
-            previous,
-            body: OnceLock::new(),
-            parsed: OnceLock::new(),
-        }
-    }
-
     /// The request body for `endpoint`: the standard envelope (built once
     /// per event and shared by every endpoint that masks nothing), or the
     /// endpoint's template filled in.
@@ -139,25 +101,4 @@ impl Event {
             previous,
         )
     }
-}
-
-/// Where a job came from, which decides how its outcome is recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A first attempt from a leased fan-out batch: recorded by inserting
-    /// the delivery row.
-    Batch(i64),
-    /// A claimed retry: recorded by updating the delivery row, if the lease
-    /// is still ours. `used` counts attempts already made in this budget.
-    Retry { delivery_id: i64, used: i32 },
-}
-
-/// One (event, endpoint) pair to attempt.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub source: Source,
-    pub event: Arc<Event>,
-    pub endpoint: Arc<Endpoint>,
-    /// The attempt number this job makes (1 for a first attempt).
-    pub attempt: i32,
 }

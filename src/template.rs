@@ -37,7 +37,7 @@ fn err<T>(msg: String) -> Result<T, TemplateError> {
 }
 
 /// The member name that merges an object in.
-pub const SPREAD: &str = "...";
+pub(crate) const SPREAD: &str = "...";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Root {
@@ -51,7 +51,7 @@ enum Root {
 
 /// `data.customer.id`: a root and the steps below it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Path {
+pub(crate) struct Path {
     root: Root,
     steps: Vec<String>,
 }

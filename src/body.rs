@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 /// Builds the envelope. `data` and `previous` must be JSON texts.
-pub fn envelope(
+pub(crate) fn envelope(
     id: &str,
     event_type: &str,
     timestamp: &str,
@@ -42,7 +42,7 @@ fn push_json_str(out: &mut String, s: &str) {
 
 /// Masks the named fields of a JSON text (`phone`, or a dotted path such
 /// as `customer.phone`); fields that are absent are ignored.
-pub fn mask(json: &str, fields: &[String]) -> String {
+pub(crate) fn mask(json: &str, fields: &[String]) -> String {
     let Ok(mut value) = serde_json::from_str::<Value>(json) else {
         return json.to_owned();
     };
@@ -51,7 +51,7 @@ pub fn mask(json: &str, fields: &[String]) -> String {
 }
 
 /// [`mask`] on a parsed value, in place.
-pub fn mask_in(value: &mut Value, fields: &[String]) {
+pub(crate) fn mask_in(value: &mut Value, fields: &[String]) {
     for field in fields {
         let mut node = Some(&mut *value);
         let mut parts = field.split('.').peekable();
@@ -89,7 +89,7 @@ fn mask_value(v: &Value) -> Value {
 }
 
 /// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 

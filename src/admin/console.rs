@@ -1,0 +1,364 @@
+//! `/console`: server-rendered pages (minijinja templates compiled into
+//! the binary, `templates/`), inline SVG plots, one stylesheet served from
+//! here, no script. Reading needs nothing but HTML; every button is a
+//! form that POSTs with the session's CSRF token (`auth.rs`) and answers
+//! with a redirect back to the page (`?notice=`). The pages' data are in
+//! `pages.rs`.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::auth::{self, Session};
+use super::{actions, api, form, Admin, Failure, Shared};
+
+pub const CSS: &str = include_str!("assets/console.css");
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("login.html", include_str!("templates/login.html")),
+    ("message.html", include_str!("templates/message.html")),
+    ("overview.html", include_str!("templates/overview.html")),
+    ("endpoints.html", include_str!("templates/endpoints.html")),
+    ("endpoint.html", include_str!("templates/endpoint.html")),
+    ("deliveries.html", include_str!("templates/deliveries.html")),
+    ("delivery.html", include_str!("templates/delivery.html")),
+    ("dead.html", include_str!("templates/dead.html")),
+    ("inbound.html", include_str!("templates/inbound.html")),
+    ("actions.html", include_str!("templates/actions.html")),
+];
+
+/// The templates, parsed once (a broken one fails the first test that
+/// starts an admin listener, not a page at run time).
+pub fn templates() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    for (name, source) in TEMPLATES {
+        env.add_template(name, source).expect("console templates parse");
+    }
+    env
+}
+
+pub fn routes() -> Router<Shared> {
+    use super::pages;
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console") }))
+        .route("/console", get(pages::overview))
+        .route("/console/", get(|| async { Redirect::to("/console") }))
+        .route("/console/login", get(login_form).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/assets/console.css", get(css))
+        .route("/console/endpoints", get(pages::endpoints))
+        .route("/console/endpoints/{id}", get(pages::endpoint))
+        .route("/console/endpoints/{id}/{action}", post(endpoint_action))
+        .route("/console/deliveries", get(pages::deliveries))
+        .route("/console/deliveries/{id}", get(pages::delivery))
+        .route("/console/deliveries/{id}/retry", post(delivery_retry))
+        .route("/console/retry", post(retry_selected))
+        .route("/console/dead", get(pages::dead))
+        .route("/console/inbound", get(pages::inbound))
+        .route("/console/search", get(search))
+        .route("/console/actions", get(pages::actions))
+}
+
+async fn css() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        CSS,
+    )
+        .into_response()
+}
+
+/// Renders `name` with `ctx` (plus the session's CSRF token for forms).
+pub fn render(
+    a: &Admin,
+    status: StatusCode,
+    name: &str,
+    session: Option<&Session>,
+    mut ctx: Value,
+) -> Response {
+    if let Some(obj) = ctx.as_object_mut() {
+        obj.insert("csrf".into(), json!(session.map(|s| s.csrf.clone())));
+        obj.insert("signed_in".into(), json!(session.is_some()));
+        obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+    }
+    match a
+        .templates
+        .get_template(name)
+        .and_then(|t| t.render(minijinja::value::Serde(&ctx)))
+    {
+        Ok(html) => (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "console: a page failed to render");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page failed to render (logged)",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A page saying what went wrong, with a way back.
+pub fn message(a: &Admin, session: Option<&Session>, f: Failure) -> Response {
+    render(
+        a,
+        f.0,
+        "message.html",
+        session,
+        json!({"title": f.0.canonical_reason(), "message": f.1}),
+    )
+}
+
+/// A signed-in console request; otherwise the login page.
+pub struct Signed(pub Session);
+
+impl FromRequestParts<Shared> for Signed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, a: &Shared) -> Result<Self, Self::Rejection> {
+        match auth::cookie(&parts.headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
+        {
+            Some(s) => Ok(Signed(s)),
+            None => Err(Redirect::to("/console/login").into_response()),
+        }
+    }
+}
+
+async fn login_form(State(a): State<Shared>) -> Response {
+    render(&a, StatusCode::OK, "login.html", None, json!({}))
+}
+
+async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    if !auth::same_origin(&headers) {
+        return message(
+            &a,
+            None,
+            Failure(StatusCode::FORBIDDEN, "cross-site request refused".into()),
+        );
+    }
+    let pairs = form::pairs(&bytes);
+    if !a
+        .keys
+        .token_ok(form::get(&pairs, "token").unwrap_or_default().trim())
+    {
+        tracing::warn!("console: a sign-in with a wrong token was refused");
+        return render(
+            &a,
+            StatusCode::UNAUTHORIZED,
+            "login.html",
+            None,
+            json!({"error": "That is not the admin token (PGWEBHOOKS_ADMIN_TOKEN)."}),
+        );
+    }
+    let ttl = a.config.session_ttl;
+    match a.keys.session_new(ttl, std::time::SystemTime::now()) {
+        Ok((value, session)) => {
+            super::record(&a, &session.actor(), "console.sign_in", None, json!({})).await;
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl)),
+                    (header::LOCATION, "/console".into()),
+                ],
+            )
+                .into_response()
+        }
+        Err(_) => message(
+            &a,
+            None,
+            Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()),
+        ),
+    }
+}
+
+/// A form's fields, in order.
+type Form = Vec<(String, String)>;
+
+/// The checks every state-changing console request passes: a session, our
+/// own origin, the session's CSRF token. Returns the session and the form.
+fn guard(a: &Admin, headers: &HeaderMap, bytes: &Bytes) -> Result<(Session, Form), Box<Response>> {
+    let refuse =
+        |m: &str, s: Option<&Session>| Err(Box::new(message(a, s, Failure(StatusCode::FORBIDDEN, m.into()))));
+    let Some(session) =
+        auth::cookie(headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
+    else {
+        return refuse("not signed in: sign in at /console/login first", None);
+    };
+    if !auth::same_origin(headers) {
+        tracing::warn!("console: a cross-site request was refused");
+        return refuse("cross-site request refused", Some(&session));
+    }
+    let pairs = form::pairs(bytes);
+    if !session.csrf_ok(form::get(&pairs, "csrf")) {
+        tracing::warn!("console: a request without the CSRF token was refused");
+        return refuse(
+            "missing or wrong CSRF token: reload the page and try again",
+            Some(&session),
+        );
+    }
+    Ok((session, pairs))
+}
+
+fn back(to: &str, notice: &str) -> Response {
+    Redirect::to(&format!("{to}?notice={notice}")).into_response()
+}
+
+async fn logout(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    if let Err(r) = guard(&a, &headers, &bytes) {
+        return *r;
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, auth::set_cookie(None, a.config.session_ttl)),
+            (header::LOCATION, "/console/login".into()),
+        ],
+    )
+        .into_response()
+}
+
+async fn endpoint_action(
+    State(a): State<Shared>,
+    headers: HeaderMap,
+    Path((raw, action)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let (session, pairs) = match guard(&a, &headers, &bytes) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let actor = session.actor();
+    let id = match api::id(&raw) {
+        Ok(id) => id,
+        Err(f) => return message(&a, Some(&session), f),
+    };
+    let to = match form::get(&pairs, "back") {
+        Some("endpoints") => "/console/endpoints".to_owned(),
+        Some("dead") => "/console/dead".to_owned(),
+        _ => format!("/console/endpoints/{id}"),
+    };
+    let done = match action.as_str() {
+        "pause" => actions::pause(
+            &a,
+            &actor,
+            id,
+            form::get(&pairs, "reason")
+                .unwrap_or_default()
+                .replace('\0', "")
+                .as_str(),
+        )
+        .await
+        .map(|_| "paused".to_owned()),
+        "resume" => actions::resume(&a, &actor, id)
+            .await
+            .map(|_| "resumed".to_owned()),
+        "rotate-secret" => actions::rotate(&a, &actor, id, None, std::time::Duration::from_secs(86_400))
+            .await
+            .map(|_| "rotated".to_owned()),
+        "retry-dead" => actions::retry_dead(&a, &actor, id)
+            .await
+            .map(|n| format!("requeued-{n}")),
+        "test" => match actions::test(&a, &actor, id).await {
+            Ok(delivery) => return back(&format!("/console/deliveries/{delivery}"), "test"),
+            Err(f) => Err(f),
+        },
+        _ => Err(Failure(StatusCode::NOT_FOUND, format!("no action {action:?}"))),
+    };
+    match done {
+        Ok(notice) => back(&to, &notice),
+        Err(f) => message(&a, Some(&session), f),
+    }
+}
+
+async fn delivery_retry(
+    State(a): State<Shared>,
+    headers: HeaderMap,
+    Path(raw): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let (session, _) = match guard(&a, &headers, &bytes) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let id = match api::id(&raw) {
+        Ok(id) => id,
+        Err(f) => return message(&a, Some(&session), f),
+    };
+    match actions::retry(&a, &session.actor(), &[id]).await {
+        Ok(done) => back(
+            &format!("/console/deliveries/{id}"),
+            &format!("requeued-{}", done.len()),
+        ),
+        Err(f) => message(&a, Some(&session), f),
+    }
+}
+
+async fn retry_selected(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let (session, pairs) = match guard(&a, &headers, &bytes) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let ids: Option<Vec<i64>> = pairs
+        .iter()
+        .filter(|(k, _)| k == "id")
+        .map(|(_, v)| v.parse().ok())
+        .collect();
+    match ids {
+        Some(ids) if !ids.is_empty() && ids.len() <= 1000 => {
+            match actions::retry(&a, &session.actor(), &ids).await {
+                Ok(done) => back("/console/dead", &format!("requeued-{}", done.len())),
+                Err(f) => message(&a, Some(&session), f),
+            }
+        }
+        _ => message(
+            &a,
+            Some(&session),
+            Failure(
+                StatusCode::BAD_REQUEST,
+                "select 1 to 1000 deliveries to retry".into(),
+            ),
+        ),
+    }
+}
+
+/// The search box: a delivery id, an event id, `table row_key`, or an
+/// event type.
+async fn search(State(a): State<Shared>, Signed(s): Signed, RawQuery(q): RawQuery) -> Response {
+    let q = match api::query(q.as_deref()) {
+        Ok(q) => q,
+        Err(f) => return message(&a, Some(&s), f),
+    };
+    let text = form::get(&q, "q").unwrap_or_default().trim().to_owned();
+    if let Ok(id) = text.trim_start_matches('#').parse::<i64>() {
+        if id > 0 {
+            return Redirect::to(&format!("/console/deliveries/{id}")).into_response();
+        }
+    }
+    if uuid::Uuid::parse_str(&text).is_ok() {
+        return Redirect::to(&format!("/console/deliveries?event_id={}", form::encode(&text)))
+            .into_response();
+    }
+    if text.split_whitespace().count() == 2 {
+        return Redirect::to(&format!("/console/deliveries?source={}", form::encode(&text))).into_response();
+    }
+    if !text.is_empty() && !text.contains(char::is_whitespace) {
+        return Redirect::to(&format!("/console/deliveries?event_type={}", form::encode(&text)))
+            .into_response();
+    }
+    message(
+        &a,
+        Some(&s),
+        Failure(
+            StatusCode::BAD_REQUEST,
+            "Search for a delivery id (42), an event id (a UUID), a source row (appointments 42) or an event type (appointment.created).".into(),
+        ),
+    )
+}

@@ -1,0 +1,214 @@
+//! The admin listener: the operator console (`/console`, server-rendered
+//! HTML, usable without JavaScript) and the management API (`/api/v1`,
+//! JSON, described by `openapi.json`), on their own address
+//! (`PGWEBHOOKS_ADMIN_LISTEN`, loopback by default), never the inbound one.
+//!
+//! Both are thin: reads are `db::admin`, actions are the operator
+//! functions the CLI calls (`db::ops`, `db::endpoints`), and each action
+//! is recorded in `webhooks.admin_actions`. Authentication (`auth.rs`):
+//! `PGWEBHOOKS_ADMIN_TOKEN` as `Authorization: Bearer` for the API, a login
+//! form and a signed HttpOnly SameSite=Strict cookie for the console, whose
+//! POSTs also carry a CSRF token and must come from the console's own
+//! origin. Without a token the listener refuses everything and says how to
+//! set one. Connections are served by the inbound server's loop (same
+//! limits).
+
+mod actions;
+pub mod api;
+pub mod auth;
+pub mod console;
+mod form;
+mod pages;
+mod plot;
+mod spec;
+mod view;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use deadpool_postgres::Pool;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::db::DbError;
+
+/// The admin API's OpenAPI document (served at `/api/v1/openapi.json`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Shortest admin token accepted.
+pub const MIN_TOKEN: usize = 16;
+
+/// What to do when no token is configured.
+pub const NO_TOKEN: &str = "the pgwebhooks admin listener is disabled: no admin token is configured. \
+Set PGWEBHOOKS_ADMIN_TOKEN (at least 16 printable characters, e.g. `openssl rand -hex 32`) and restart \
+`pgwebhooks run`; then open /console and sign in with it, or call /api/v1 with `Authorization: Bearer <token>`.";
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where to listen (port 0: any free port).
+    pub listen: SocketAddr,
+    /// `None`: every request is refused with [`NO_TOKEN`].
+    pub token: Option<Secret>,
+    /// Endpoints created or changed here may point at private addresses.
+    pub allow_private_targets: bool,
+    /// How long a console session lasts.
+    pub session_ttl: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            token: None,
+            allow_private_targets: false,
+            session_ttl: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct Admin {
+    pub pool: Pool,
+    /// The sidecar's copy of the endpoints (to rebuild a body as sent).
+    pub snapshot: crate::endpoints::Subscriptions,
+    pub config: AdminConfig,
+    pub keys: auth::Keys,
+    pub templates: minijinja::Environment<'static>,
+}
+
+type Shared = Arc<Admin>;
+
+/// The admin router; without a token, one that refuses everything.
+pub fn router(pool: Pool, snapshot: crate::endpoints::Subscriptions, config: AdminConfig) -> Router {
+    let Some(token) = config.token.clone() else {
+        return Router::new()
+            .fallback(|| async {
+                (
+                    StatusCode::FORBIDDEN,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    NO_TOKEN,
+                )
+            })
+            .layer(axum::middleware::map_response(secure_headers));
+    };
+    let admin = Arc::new(Admin {
+        pool,
+        snapshot,
+        keys: auth::Keys::new(&token),
+        config,
+        templates: console::templates(),
+    });
+    Router::new()
+        .merge(api::routes())
+        .merge(console::routes())
+        .fallback(|| async { api::error(StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::middleware::map_response(secure_headers))
+        .with_state(admin)
+}
+
+/// No framing, no sniffing, no referrer to other sites (with
+/// `no-referrer` a browser sends `Origin: null`, which our own forms would
+/// fail), nothing cached, nothing loaded
+/// from anywhere but here (the console has no inline script at all).
+async fn secure_headers(mut resp: Response) -> Response {
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        h.entry(name).or_insert(HeaderValue::from_static(value));
+    }
+    resp
+}
+
+/// Binds `config.listen` and serves `router` until `shutdown` (the inbound
+/// server's connection loop and limits).
+pub async fn serve(
+    router: Router,
+    config: &AdminConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let limits = crate::inbound::InboundConfig {
+        listen: config.listen,
+        max_connections: 64,
+        ..Default::default()
+    };
+    crate::inbound::serve(router, &limits, shutdown).await
+}
+
+/// A failed request: a status and a message safe to show.
+#[derive(Debug)]
+pub struct Failure(pub StatusCode, pub String);
+
+impl From<DbError> for Failure {
+    /// The caller's mistake (bad value, refused by a function's own
+    /// check) is a 4xx with Postgres's message; anything else is a 500
+    /// without internals (logged).
+    fn from(e: DbError) -> Failure {
+        if let Some(d) = e.as_db_error() {
+            let code = d.code().code();
+            let status = match &code[..2] {
+                _ if code == "P0002" => Some(StatusCode::NOT_FOUND),
+                "23" | "55" => Some(StatusCode::CONFLICT),
+                "22" | "P0" => Some(StatusCode::BAD_REQUEST),
+                _ => None,
+            };
+            if let Some(status) = status {
+                return Failure(status, crate::db::server_message(d));
+            }
+        }
+        if let DbError::Other(m) = &e {
+            return Failure(StatusCode::BAD_REQUEST, m.clone());
+        }
+        tracing::error!(error = %crate::errors::error_chain(&e), "admin: database error");
+        Failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error (logged)".into(),
+        )
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Failure {
+    fn from(e: deadpool_postgres::PoolError) -> Failure {
+        tracing::error!(error = %crate::errors::error_chain(&e), "admin: no database connection");
+        Failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable".into(),
+        )
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+/// Records an action; a failure to record is logged, never hidden by
+/// pretending the action did not happen.
+pub async fn record(
+    admin: &Admin,
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    detail: serde_json::Value,
+) {
+    let result = match admin.pool.get().await {
+        Ok(c) => crate::db::admin::action_record(&c, actor, action, target, &detail).await,
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
+        tracing::error!(actor, action, error = %crate::errors::error_chain(&e), "admin: could not record an action");
+    }
+}

@@ -1,0 +1,142 @@
+//! The pipeline's vocabulary: an outbox event as the sidecar carries it, a
+//! delivery job, and what became of it (its [`Outcome`]). A leaf: it
+//! imports only the endpoint it is for.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use uuid::Uuid;
+
+use serde_json::Value;
+
+use crate::endpoints::Endpoint;
+
+/// One row of `webhooks.events`; `payload` and `previous` stay JSON text.
+#[derive(Debug)]
+pub struct Event {
+    pub id: Uuid,
+    pub event_type: String,
+    pub tenant_id: Option<String>,
+    pub origin: Option<String>,
+    pub occurred_at: SystemTime,
+    pub payload: String,
+    pub previous: Option<String>,
+    /// The standard envelope, built once (`deliver::request`).
+    pub(crate) body: OnceLock<Arc<str>>,
+    /// `payload` and `previous` parsed, for templates (once per event).
+    pub(crate) parsed: OnceLock<(Value, Option<Value>)>,
+}
+
+impl Event {
+    pub fn new(
+        id: Uuid,
+        event_type: String,
+        tenant_id: Option<String>,
+        origin: Option<String>,
+        occurred_at: SystemTime,
+        payload: String,
+        previous: Option<String>,
+    ) -> Event {
+        Event {
+            id,
+            event_type,
+            tenant_id,
+            origin,
+            occurred_at,
+            payload,
+            previous,
+            body: OnceLock::new(),
+            parsed: OnceLock::new(),
+        }
+    }
+}
+
+/// Where a job came from, which decides how its outcome is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A first attempt from a leased fan-out batch: recorded by inserting
+    /// the delivery row.
+    Batch(i64),
+    /// A claimed retry: recorded by updating the delivery row, if the lease
+    /// is still ours. `used` counts attempts already made in this budget.
+    Retry { delivery_id: i64, used: i32 },
+}
+
+/// One (event, endpoint) pair to attempt.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub source: Source,
+    pub event: Arc<Event>,
+    pub endpoint: Arc<Endpoint>,
+    /// The attempt number this job makes (1 for a first attempt).
+    pub attempt: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Delivered,
+    Failed,
+    Dead,
+}
+
+/// What one HTTP attempt looked like.
+#[derive(Debug, Clone)]
+pub struct AttemptInfo {
+    pub started_at: SystemTime,
+    pub duration_ms: f64,
+    pub excerpt: Option<String>,
+}
+
+/// The new state of one delivery.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub source: Source,
+    pub event_id: Uuid,
+    pub endpoint_id: i64,
+    pub status: Status,
+    /// Attempts made so far, this one included.
+    pub attempts: i32,
+    pub next_attempt_at: Option<SystemTime>,
+    pub code: Option<i32>,
+    pub error: Option<String>,
+    /// `None` when no request was sent (released, routed to the retry path).
+    pub attempt: Option<AttemptInfo>,
+    /// The endpoint delivers each row's events in order.
+    pub ordered: bool,
+    /// Not sent: the target is refused (`deliver::target`) or its URL
+    /// unusable.
+    pub refused: bool,
+}
+
+impl Outcome {
+    /// A job put back without an attempt: pending, due now. Used when an
+    /// endpoint's lane is full or disabled, and for jobs still queued at
+    /// shutdown.
+    pub fn released(job: &Job, why: Option<&str>) -> Outcome {
+        Outcome {
+            source: job.source,
+            event_id: job.event.id,
+            endpoint_id: job.endpoint.id,
+            status: Status::Pending,
+            attempts: job.attempt - 1,
+            next_attempt_at: Some(SystemTime::now()),
+            code: None,
+            error: why.map(str::to_owned),
+            attempt: None,
+            ordered: job.endpoint.ordered,
+            refused: false,
+        }
+    }
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Delivered => "delivered",
+            Status::Failed => "failed",
+            Status::Dead => "dead",
+        }
+    }
+}

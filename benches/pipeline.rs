@@ -223,9 +223,23 @@ async fn run(b: &mut Bench, r: &mut Report) {
                 }
                 r.overhead(key, &o);
                 r.set(key, o.ratio());
+                if key == "bulk_overhead_ratio" {
+                    r.set(
+                        "bulk_capture_only_ratio",
+                        o.capture_only.rate.per_s() / o.plain.rate.per_s(),
+                    );
+                }
             }
-            Err(e) => r.fail_or_skip(key, e),
+            Err(e) => {
+                if key == "bulk_overhead_ratio" {
+                    r.skip("bulk_capture_only_ratio", "the bulk scenario did not complete");
+                }
+                r.fail_or_skip(key, e)
+            }
         }
+    }
+    if !wanted("bulk_overhead_ratio") {
+        r.skip("bulk_capture_only_ratio", "not selected by --only");
     }
 
     let one = if !wanted("drain_per_s") && !wanted("replicas_2_over_1") {
@@ -300,6 +314,7 @@ async fn run(b: &mut Bench, r: &mut Report) {
         "minimal_outbox_ratio",
         "hasura_trigger_ratio",
         "payload_fn_overhead_ratio",
+        "capture_statement_ratio",
     ];
     if !anchor_keys.iter().any(|k| wanted(k)) {
         for k in anchor_keys {
@@ -317,6 +332,7 @@ async fn run(b: &mut Bench, r: &mut Report) {
                 r.set("minimal_outbox_ratio", a.minimal.rate.per_s() / plain);
                 r.set("hasura_trigger_ratio", a.hasura.rate.per_s() / plain);
                 r.set("payload_fn_overhead_ratio", a.payload_fn.rate.per_s() / plain);
+                r.set("capture_statement_ratio", a.statement.rate.per_s() / plain);
             }
             Err(e) => {
                 for k in anchor_keys {

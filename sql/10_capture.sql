@@ -177,11 +177,14 @@ BEGIN
       FROM pg_attribute WHERE attrelid = target AND attnum > 0 AND NOT attisdropped;
 
     FOR k IN SELECT jsonb_object_keys(opts) LOOP
-        IF k NOT IN ('ops', 'status_column', 'columns', 'exclude', 'tenant_column', 'names', 'payload') THEN
+        IF k NOT IN ('ops', 'status_column', 'columns', 'exclude', 'tenant_column', 'names', 'payload', 'per_row') THEN
             RAISE EXCEPTION 'webhooks.watch: unknown option "%"', k USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Options are ops, status_column, columns, exclude, tenant_column, names, payload.';
+                HINT = 'Options are ops, status_column, columns, exclude, tenant_column, names, payload, per_row.';
         END IF;
     END LOOP;
+    IF opts ? 'per_row' AND jsonb_typeof(opts->'per_row') <> 'boolean' THEN
+        RAISE EXCEPTION 'webhooks.watch: "per_row" must be true or false' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
 
     IF opts ? 'ops' THEN
         IF jsonb_typeof(opts->'ops') <> 'array' OR jsonb_array_length(opts->'ops') = 0
@@ -255,9 +258,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The capture trigger of every watched table, FOR EACH STATEMENT over
--- transition tables: a 10,000-row INSERT is one INSERT ... SELECT. Its
--- arguments are the table's options, written by watch() (webhooks.watched
--- reads them back):
+-- transition tables: a 10,000-row INSERT is one INSERT ... SELECT (or FOR
+-- EACH ROW for the inserts and deletes of a table watched with "per_row").
+-- A plain table's inserts and deletes take webhooks.plain_capture() instead
+-- (below), which does the same without SET clauses. Its arguments are the
+-- table's options, written by watch() (webhooks.watched reads them back):
 --   0 entity          1 options (json, as given)  2 attribute numbers (json)
 --   3 created type    4 updated type              5 deleted type
 --   6 status type ('' = <entity>.<new value>)     7 tenant column ('' none)
@@ -292,9 +297,28 @@ DECLARE
     cols  text[];
     fn    text;
     n     bigint;
+    j     jsonb;
 BEGIN
     IF org IS NOT NULL THEN
         org := webhooks.origin_verified(org);
+    END IF;
+    -- Per row (watch()'s "per_row"): inserts and deletes of a fast-path
+    -- table that plain_capture() does not take (a column's type is not
+    -- built in).
+    IF TG_LEVEL = 'ROW' THEN
+        IF TG_OP = 'INSERT' THEN
+            j := to_jsonb(NEW);
+            INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+            VALUES (TG_ARGV[3], org, TG_ARGV[14], j ->> TG_ARGV[16], j);
+        ELSE
+            j := to_jsonb(OLD);
+            INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+            VALUES (TG_ARGV[5], org, TG_ARGV[14], j ->> TG_ARGV[16], j);
+        END IF;
+        IF EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+            PERFORM pg_notify('webhooks', '');
+        END IF;
+        RETURN NULL;
     END IF;
     -- The fast path: inserts and deletes of a plain table.
     IF TG_ARGV[15] = 's' AND TG_OP IN ('INSERT', 'DELETE') THEN
@@ -424,6 +448,77 @@ BEGIN
 END
 $$;
 
+-- The capture of a plain table's inserts and deletes (V10): what capture()'s
+-- fast path does, per statement over the transition table or, with
+-- watch()'s "per_row", per row (no transition table, which is what a
+-- single-row statement mostly paid for). Same arguments as capture().
+-- watch() attaches it only where it can run no code but PostgreSQL's own:
+-- the fast path (so no payload function) and columns whose types are all
+-- built in (so to_jsonb() consults no cast to json a table's owner
+-- defined). That is why it can do without capture()'s SET clauses, which a
+-- single-row INSERT paid for twice (set, then undo) at every call: every
+-- function, type and operator below is schema-qualified and nothing looks
+-- an operator up by name (no IN, NULLIF, IS DISTINCT FROM or CASE x WHEN),
+-- so the writer's search_path, whatever it holds, changes nothing it calls;
+-- the transition tables are found before any relation of the same name.
+-- The test a_hostile_search_path_changes_nothing_capture_calls puts a
+-- schema first on the writer's path that defines every name used here.
+CREATE OR REPLACE FUNCTION webhooks.plain_capture() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    org pg_catalog.text := pg_catalog.current_setting('webhooks.origin', true);
+    j   pg_catalog.jsonb;
+BEGIN
+    IF org OPERATOR(pg_catalog.=) '' THEN
+        org := NULL;
+    ELSIF org IS NOT NULL THEN
+        org := webhooks.origin_verified(org);
+    END IF;
+    IF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN
+        IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+            j := pg_catalog.to_jsonb(NEW);
+            INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+            VALUES (TG_ARGV[3], org, TG_ARGV[14], j OPERATOR(pg_catalog.->>) TG_ARGV[16], j);
+        ELSE
+            j := pg_catalog.to_jsonb(OLD);
+            INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+            VALUES (TG_ARGV[5], org, TG_ARGV[14], j OPERATOR(pg_catalog.->>) TG_ARGV[16], j);
+        END IF;
+        IF EXISTS (SELECT 1 FROM webhooks.listeners l WHERE l.idle) THEN
+            PERFORM pg_catalog.pg_notify('webhooks', '');
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+        INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+        SELECT TG_ARGV[3], org, TG_ARGV[14], s.j OPERATOR(pg_catalog.->>) TG_ARGV[16], s.j
+          FROM (SELECT pg_catalog.to_jsonb(r) AS j FROM new_rows r) s;
+    ELSE
+        INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+        SELECT TG_ARGV[5], org, TG_ARGV[14], s.j OPERATOR(pg_catalog.->>) TG_ARGV[16], s.j
+          FROM (SELECT pg_catalog.to_jsonb(r) AS j FROM old_rows r) s;
+    END IF;
+    IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners l WHERE l.idle) THEN
+        PERFORM pg_catalog.pg_notify('webhooks', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Can webhooks.plain_capture() capture this table: are all its columns of
+-- built-in types (through domains; arrays of built-in types are built in)?
+-- A type a user created may have a cast to json that to_jsonb() would call.
+CREATE OR REPLACE FUNCTION webhooks.plain_capture_ok(target regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE t(oid) AS (
+        SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT y.typbasetype FROM t JOIN pg_type y ON y.oid = t.oid WHERE y.typtype = 'd'
+    )
+    SELECT NOT EXISTS (SELECT 1 FROM t JOIN pg_type y ON y.oid = t.oid
+                        WHERE y.typtype <> 'd' AND t.oid >= 16384)
+$$;
+
 -- A row as the payload it would be captured as, computed with
 -- webhooks_capture's rights (for resend: a cast the table's owner defined
 -- never runs with the caller's rights).
@@ -453,7 +548,8 @@ DO $$
 DECLARE
     f regprocedure;
 BEGIN
-    FOREACH f IN ARRAY ARRAY['webhooks.capture()'::regprocedure, 'webhooks.row_payload(anyelement)'::regprocedure,
+    FOREACH f IN ARRAY ARRAY['webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
+                             'webhooks.row_payload(anyelement)'::regprocedure,
                              'webhooks.row_payload(oid, anyelement)'::regprocedure] LOOP
         IF (SELECT proowner FROM pg_proc WHERE oid = f) <> 'webhooks_capture'::regrole THEN
             -- Changing an owner needs the new owner to be able to create in
@@ -466,6 +562,7 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION webhooks.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.plain_capture() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.row_payload(anyelement) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.row_payload(oid, anyelement) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) FROM PUBLIC;
@@ -473,6 +570,7 @@ REVOKE ALL ON FUNCTION webhooks.emit_many(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.wake() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.origin_verified(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION webhooks.capture() TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.plain_capture() TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.emit_many(jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.wake() TO webhooks_app;
@@ -501,7 +599,7 @@ CREATE OR REPLACE VIEW webhooks.watched AS
 SELECT DISTINCT ON (t.tgrelid) t.tgrelid::regclass AS target, a[1] AS entity, a[2]::jsonb AS options,
        a[3]::jsonb AS attnums
   FROM pg_trigger t CROSS JOIN LATERAL webhooks.trigger_args(t.tgargs) a
- WHERE t.tgfoid = 'webhooks.capture()'::regprocedure
+ WHERE t.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure)
  ORDER BY t.tgrelid, t.oid;
 
 -- Drop a table's capture triggers (internal): ours by function, whatever
@@ -513,7 +611,7 @@ DECLARE
 BEGIN
     FOR t IN SELECT tgname FROM pg_trigger
               WHERE tgrelid = target AND NOT tgisinternal
-                AND (tgfoid = 'webhooks.capture()'::regprocedure
+                AND (tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure)
                      OR tgname IN ('webhooks_capture_insert', 'webhooks_capture_update', 'webhooks_capture_delete'))
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, target);
@@ -554,6 +652,10 @@ DECLARE
     pfn      regprocedure;
     fnrow    record;
     fnschema text;
+    fast     boolean;
+    ins_del  text;
+    ins_ref  text := 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT';
+    del_ref  text := 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT';
 BEGIN
     SELECT c.relkind, c.relnamespace, c.reltype INTO rel FROM pg_class c WHERE c.oid = target;
     IF rel.relkind NOT IN ('r', 'p') THEN
@@ -650,6 +752,22 @@ BEGIN
                'payload', pfn::oid))
       INTO nums;
 
+    -- The fast path: one key column, nothing excluded, no tenant column, no
+    -- payload function. Its inserts and deletes take plain_capture() when
+    -- every column's type is built in (it runs without SET clauses, see
+    -- there), and run per row with "per_row".
+    fast := cardinality(pk) = 1 AND pfn IS NULL AND NOT opts ? 'tenant_column'
+            AND jsonb_array_length(coalesce(opts->'exclude', '[]')) = 0;
+    ins_del := CASE WHEN fast AND webhooks.plain_capture_ok(target) THEN 'webhooks.plain_capture' ELSE 'webhooks.capture' END;
+    IF (opts->>'per_row')::boolean THEN
+        IF NOT fast THEN
+            RAISE EXCEPTION 'webhooks.watch: "per_row" needs a table with a one-column primary key and no "exclude", "tenant_column" or "payload"'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        ins_ref := 'FOR EACH ROW';
+        del_ref := 'FOR EACH ROW';
+    END IF;
+
     -- Every argument is a quoted literal: nothing here becomes code.
     args := concat_ws(', ',
         quote_literal(entity), quote_literal(opts::text), quote_literal(nums::text),
@@ -665,14 +783,13 @@ BEGIN
         quote_literal(coalesce(names->>'truncate', entity || '.truncated')),
         quote_literal(coalesce(pfn::oid::text, '')),
         quote_literal(target::text),
-        quote_literal(CASE WHEN cardinality(pk) = 1 AND pfn IS NULL AND NOT opts ? 'tenant_column'
-                            AND jsonb_array_length(coalesce(opts->'exclude', '[]')) = 0 THEN 's' ELSE '' END),
+        quote_literal(CASE WHEN fast THEN 's' ELSE '' END),
         quote_literal(coalesce(pk[1], '')));
 
     PERFORM webhooks.unwatch_triggers(target);
     IF 'insert' = ANY (ops) THEN
-        EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
+        EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON %s %s EXECUTE FUNCTION %s(%s)',
+                       target, ins_ref, ins_del, args);
     END IF;
     IF 'update' = ANY (ops) THEN
         EXECUTE format('CREATE TRIGGER webhooks_capture_update AFTER UPDATE ON %s '
@@ -680,8 +797,8 @@ BEGIN
                        'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
     END IF;
     IF 'delete' = ANY (ops) THEN
-        EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
+        EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s %s EXECUTE FUNCTION %s(%s)',
+                       target, del_ref, ins_del, args);
     END IF;
     IF 'truncate' = ANY (ops) THEN
         EXECUTE format('CREATE TRIGGER webhooks_capture_truncate AFTER TRUNCATE ON %s '
@@ -697,7 +814,8 @@ DECLARE
     was boolean;
 BEGIN
     PERFORM webhooks.watch_check_owner(target, 'unwatch');
-    was := EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = target AND t.tgfoid = 'webhooks.capture()'::regprocedure);
+    was := EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = target
+                      AND t.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure));
     PERFORM webhooks.unwatch_triggers(target);
     RETURN was;
 END
@@ -800,7 +918,8 @@ BEGIN
     FOR t IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
               WHERE c.classid = 'pg_class'::regclass
                 AND EXISTS (SELECT 1 FROM pg_trigger g
-                             WHERE g.tgrelid = c.objid AND g.tgfoid = 'webhooks.capture()'::regprocedure)
+                             WHERE g.tgrelid = c.objid
+                               AND g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure))
     LOOP
         PERFORM set_config('webhooks.in_on_ddl', 'on', true);
         PERFORM webhooks.watch(t::regclass, w.entity, webhooks.watch_options_now(t::regclass))
@@ -848,6 +967,31 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = 'webhooks'::regnamespace AND p.proname ~ '^capture_[0-9]+_(insert|update|delete)$' LOOP
         EXECUTE format('DROP FUNCTION %s', f);
+    END LOOP;
+END
+$$;
+
+-- From versions before V10, where every watched table's inserts and deletes
+-- ran webhooks.capture(): move the plain tables (fast path, built-in column
+-- types) to webhooks.plain_capture(), keeping their options. Only tables
+-- this role may re-watch (their owner's members; a superuser: all); the
+-- others keep working as they were until their owner runs
+-- SELECT webhooks.rewatch().
+DO $$
+DECLARE
+    w record;
+BEGIN
+    FOR w IN SELECT DISTINCT x.target, x.entity FROM webhooks.watched x
+               JOIN pg_trigger t ON t.tgrelid = x.target AND t.tgfoid = 'webhooks.capture()'::regprocedure
+              WHERE (t.tgtype::integer & (4 | 8)) <> 0
+                AND (webhooks.trigger_args(t.tgargs))[16] = 's'
+                AND webhooks.plain_capture_ok(x.target)
+              ORDER BY x.target LOOP
+        IF pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = w.target), 'USAGE') THEN
+            PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target));
+        ELSE
+            RAISE NOTICE 'pgwebhooks: % keeps its capture of before V10 until its owner runs SELECT webhooks.rewatch()', w.target;
+        END IF;
     END LOOP;
 END
 $$;

@@ -1,7 +1,8 @@
 -- Roles: what each role that touches pgwebhooks may do (least privilege).
 -- Re-applied by every `migrate`, so grants cover objects added since.
 --
--- * webhooks_capture (NOLOGIN, sql/10_capture.sql): owns webhooks.capture();
+-- * webhooks_capture (NOLOGIN, sql/10_capture.sql): owns webhooks.capture()
+--   and webhooks.plain_capture();
 --   may insert events and read the idle flag, nothing else.
 -- * webhooks_app (NOLOGIN): for the app's roles that watch their own tables
 --   or call emit(); grants USAGE on the schema and EXECUTE on watch, unwatch,
@@ -31,4 +32,4 @@ GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA webhooks TO webhooks_sidecar;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA webhooks TO webhooks_sidecar;
 -- Nothing of the sidecar's may run the capture trigger's code directly, or
 -- the event trigger's.
-REVOKE EXECUTE ON FUNCTION webhooks.capture(), webhooks.on_ddl() FROM webhooks_sidecar;
+REVOKE EXECUTE ON FUNCTION webhooks.capture(), webhooks.plain_capture(), webhooks.on_ddl() FROM webhooks_sidecar;

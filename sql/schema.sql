@@ -42,7 +42,7 @@ CREATE TABLE webhooks.endpoints (
 );
 
 CREATE TABLE webhooks.events (
-    event_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    event_id uuid DEFAULT (encode(set_bit(set_bit(OVERLAY(uuid_send(gen_random_uuid()) PLACING SUBSTRING(int8send(((date_part('epoch'::text, clock_timestamp()) * (1000)::double precision))::bigint) FROM 3) FROM 1 FOR 6), (52)::bigint, 1), (53)::bigint, 1), 'hex'::text))::uuid NOT NULL,
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
     seq bigint NOT NULL,
     event_type text NOT NULL,

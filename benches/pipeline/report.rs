@@ -35,6 +35,8 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("templated_drain_ratio", "≥ 0.90", Goal::AtLeast(0.90)),
     ("payload_fn_overhead_ratio", "report", Goal::Report),
     ("console_p95_ms", "≤ 100", Goal::AtMost(100.0)),
+    ("bulk_capture_only_ratio", "report", Goal::Report),
+    ("capture_statement_ratio", "report", Goal::Report),
 ];
 
 #[derive(Clone, Copy)]
@@ -172,7 +174,8 @@ impl Report {
         let plain = a.plain.rate.per_s();
         for (label, side) in [
             ("unwatched", &a.plain),
-            ("watch()", &a.watched),
+            ("watch(), per_row", &a.watched),
+            ("watch(), per statement", &a.statement),
             ("minimal outbox trigger", &a.minimal),
             ("Hasura's event trigger", &a.hasura),
             ("watch() + payload function", &a.payload_fn),

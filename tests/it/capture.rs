@@ -587,3 +587,178 @@ async fn emit_many_writes_a_set_in_order_and_refuses_bad_events_whole() {
     // An empty set is no event and no error.
     a.batch_execute("SELECT webhooks.emit_many('[]')").await.unwrap();
 }
+
+/// The trigger functions and levels capture uses on a table, by event.
+async fn triggers(c: &Client, table: &str) -> Vec<(String, String, bool)> {
+    c.query(
+        "SELECT CASE WHEN tgtype::int & 4 <> 0 THEN 'insert' WHEN tgtype::int & 8 <> 0 THEN 'delete'
+                     WHEN tgtype::int & 16 <> 0 THEN 'update' ELSE 'truncate' END,
+                tgfoid::regproc::text, tgtype::int & 1 = 1
+           FROM pg_trigger WHERE tgrelid = $1::text::regclass AND NOT tgisinternal ORDER BY 1",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// `per_row` captures a plain table's inserts and deletes with row-level
+/// triggers: the same events, in the same order, as the statement-level
+/// capture, for one row or many; updates stay statement-level; a table with
+/// a column of a type a user created keeps webhooks.capture() (with its SET
+/// clauses), per row too; and the option is checked.
+#[tokio::test]
+async fn per_row_capture_emits_what_statement_capture_does() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE SCHEMA shop;
+         CREATE TYPE shop.state AS ENUM ('new', 'paid');
+         CREATE TABLE shop.by_statement (id bigint PRIMARY KEY, total numeric, note text, at date);
+         CREATE TABLE shop.by_row (LIKE shop.by_statement);
+         ALTER TABLE shop.by_row ADD PRIMARY KEY (id);
+         CREATE TABLE shop.typed (id bigint PRIMARY KEY, state shop.state NOT NULL DEFAULT 'new');
+         SELECT webhooks.watch('shop.by_statement', 'order');
+         SELECT webhooks.watch('shop.by_row', 'order', '{\"per_row\": true}');
+         SELECT webhooks.watch('shop.typed', 'item', '{\"per_row\": true}');",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        triggers(&c, "shop.by_statement").await,
+        [
+            ("delete".into(), "webhooks.plain_capture".into(), false),
+            ("insert".into(), "webhooks.plain_capture".into(), false),
+            ("truncate".into(), "webhooks.capture".into(), false),
+            ("update".into(), "webhooks.capture".into(), false),
+        ]
+    );
+    assert_eq!(
+        triggers(&c, "shop.by_row").await,
+        [
+            ("delete".into(), "webhooks.plain_capture".into(), true),
+            ("insert".into(), "webhooks.plain_capture".into(), true),
+            ("truncate".into(), "webhooks.capture".into(), false),
+            ("update".into(), "webhooks.capture".into(), false),
+        ]
+    );
+    assert_eq!(
+        triggers(&c, "shop.typed").await,
+        [
+            ("delete".into(), "webhooks.capture".into(), true),
+            ("insert".into(), "webhooks.capture".into(), true),
+            ("truncate".into(), "webhooks.capture".into(), false),
+            ("update".into(), "webhooks.capture".into(), false),
+        ]
+    );
+
+    let writes = |t: &str| {
+        format!(
+            "INSERT INTO shop.{t} VALUES (1, 10, 'a', '2026-01-01');
+             INSERT INTO shop.{t} SELECT g, g * 10, 'n' || g, NULL FROM generate_series(2, 4) g;
+             UPDATE shop.{t} SET total = 11 WHERE id = 1;
+             DELETE FROM shop.{t} WHERE id IN (2, 3);
+             DELETE FROM shop.{t} WHERE id = 4;"
+        )
+    };
+    c.batch_execute(&writes("by_statement")).await.unwrap();
+    let by_statement = events(&c).await;
+    c.batch_execute("TRUNCATE webhooks.events").await.unwrap();
+    c.batch_execute(&writes("by_row")).await.unwrap();
+    let by_row = events(&c).await;
+    assert_eq!(
+        types(&by_row),
+        [
+            "order.created",
+            "order.created",
+            "order.created",
+            "order.created",
+            "order.updated",
+            "order.deleted",
+            "order.deleted",
+            "order.deleted"
+        ]
+    );
+    assert_eq!(by_row, by_statement);
+    assert_eq!(
+        by_row[0].payload,
+        json!({"id": 1, "total": 10, "note": "a", "at": "2026-01-01"})
+    );
+    let keys: Vec<_> = by_row.iter().map(|e| e.row_key.as_deref().unwrap()).collect();
+    assert_eq!(keys, ["1", "2", "3", "4", "1", "2", "3", "4"]);
+    let sources: Vec<String> = c
+        .query("SELECT DISTINCT source_table FROM webhooks.events", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(sources, ["shop.by_row"]);
+
+    c.batch_execute(
+        "TRUNCATE webhooks.events;
+         INSERT INTO shop.typed VALUES (1, 'new'), (2, 'paid');
+         DELETE FROM shop.typed WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    let typed = events(&c).await;
+    assert_eq!(types(&typed), ["item.created", "item.created", "item.deleted"]);
+    assert_eq!(typed[1].payload, json!({"id": 2, "state": "paid"}));
+
+    for (options, says) in [
+        (r#"{"per_row": "yes"}"#, "\"per_row\" must be true or false"),
+        (r#"{"per_row": true, "exclude": ["note"]}"#, "\"per_row\" needs"),
+        (
+            r#"{"per_row": true, "tenant_column": "note"}"#,
+            "\"per_row\" needs",
+        ),
+    ] {
+        let err = c
+            .execute(
+                "SELECT webhooks.watch('shop.by_row', 'order', $1::text::jsonb)",
+                &[&options],
+            )
+            .await
+            .unwrap_err();
+        let msg = err.as_db_error().unwrap().message().to_owned();
+        assert!(msg.contains(says), "{options}: {msg}");
+    }
+    // Watched again without it: statement-level again.
+    c.batch_execute("SELECT webhooks.watch('shop.by_row', 'order')")
+        .await
+        .unwrap();
+    assert!(triggers(&c, "shop.by_row").await.iter().all(|t| !t.2));
+}
+
+/// Per row, a writer still sends a NOTIFY only while a listener is idle.
+#[tokio::test]
+async fn per_row_capture_notifies_only_when_idle() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    table(&c).await;
+    c.execute(
+        "SELECT webhooks.watch('crm.tickets', 'ticket', '{\"per_row\": true}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (_listen, mut rx) = listener(&db).await;
+    c.execute("INSERT INTO crm.tickets (title) VALUES ('busy')", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        notifications_before_fence(&c, &mut rx).await,
+        Vec::<String>::new()
+    );
+    c.batch_execute(
+        "INSERT INTO webhooks.listeners (replica, idle) VALUES ('test', true);
+         INSERT INTO crm.tickets (title) SELECT 't' || g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(notifications_before_fence(&c, &mut rx).await, vec![String::new()]);
+    assert_eq!(events(&c).await.len(), 51);
+}

@@ -369,3 +369,178 @@ async fn key_changes_and_truncate_are_captured() {
     assert_eq!(find("acct.deleted", "1")["balance"], 10);
     assert_eq!(find("acct.created", "101")["balance"], 0);
 }
+
+/// webhooks.plain_capture() has no SET clause, so it runs with the writer's
+/// search_path: a writer that puts a schema of its own first, defining every
+/// function, operator and type name capture uses (each one raises), plus
+/// temporary tables named like the transition tables, changes nothing
+/// capture calls or reads — per statement and per row, with the NOTIFY and
+/// the origin check on their paths.
+#[tokio::test]
+async fn a_hostile_search_path_changes_nothing_capture_calls() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let (role, shop) = owner(&db, &admin, false).await;
+    shop.batch_execute(
+        "CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric, note text);
+         CREATE TABLE shop.lines (id bigint PRIMARY KEY, qty int, at date);",
+    )
+    .await
+    .unwrap();
+    admin
+        .batch_execute(
+            "SELECT webhooks.watch('shop.orders', 'order');
+             SELECT webhooks.watch('shop.lines', 'line', '{\"per_row\": true}');
+             INSERT INTO webhooks.listeners (replica, idle) VALUES ('idle', true);",
+        )
+        .await
+        .unwrap();
+    let plain: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid IN ('shop.orders'::regclass, 'shop.lines'::regclass)
+                AND tgfoid = 'webhooks.plain_capture()'::regprocedure",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(plain, 4, "both tables' inserts and deletes take plain_capture()");
+
+    // Every name plain_capture() and the outbox's defaults use, and more.
+    let mut traps = String::from(
+        "GRANT USAGE ON SCHEMA shop TO PUBLIC;
+         CREATE FUNCTION shop.trap(what text) RETURNS void LANGUAGE plpgsql AS
+             $$ BEGIN RAISE EXCEPTION 'hijacked: %', what; END $$;",
+    );
+    for (name, args, ret) in [
+        ("to_jsonb", "anyelement", "jsonb"),
+        ("to_json", "anyelement", "json"),
+        ("row_to_json", "record", "json"),
+        ("current_setting", "text, boolean", "text"),
+        ("pg_notify", "text, text", "void"),
+        ("cardinality", "anyarray", "int"),
+        ("quote_ident", "text", "text"),
+        ("nextval", "regclass", "bigint"),
+        ("pg_current_xact_id", "", "xid8"),
+        ("now", "", "timestamptz"),
+        ("clock_timestamp", "", "timestamptz"),
+        ("gen_random_uuid", "", "uuid"),
+        ("uuid_send", "uuid", "bytea"),
+        ("int8send", "bigint", "bytea"),
+        ("set_bit", "bytea, bigint, int", "bytea"),
+        ("encode", "bytea, text", "text"),
+        ("date_part", "text, timestamptz", "float8"),
+        ("textcat", "text, text", "text"),
+        ("texteq", "text, text", "boolean"),
+    ] {
+        traps.push_str(&format!(
+            "CREATE FUNCTION shop.{name}({args}) RETURNS {ret} LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM shop.trap('{name}'); END $$;"
+        ));
+    }
+    for (i, (op, left, right, ret)) in [
+        ("=", "text", "text", "boolean"),
+        ("<>", "text", "text", "boolean"),
+        ("=", "name", "text", "boolean"),
+        ("->>", "jsonb", "text", "text"),
+        ("->", "jsonb", "text", "jsonb"),
+        ("||", "text", "text", "text"),
+        (">", "integer", "integer", "boolean"),
+        ("*", "float8", "float8", "float8"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        traps.push_str(&format!(
+            "CREATE FUNCTION shop.op{i}(a {left}, b {right}) RETURNS {ret} LANGUAGE plpgsql AS
+                 $$ BEGIN PERFORM shop.trap('operator {op}'); END $$;
+             CREATE OPERATOR shop.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = shop.op{i});"
+        ));
+    }
+    for ty in ["text", "jsonb", "bool", "int8", "uuid"] {
+        traps.push_str(&format!(
+            "CREATE DOMAIN shop.{ty} AS pg_catalog.int4 CHECK (VALUE < 0);"
+        ));
+    }
+    shop.batch_execute(&traps).await.unwrap();
+    // A fresh session of the writer: capture is compiled under that path.
+    let w = db.client_as(&role).await;
+    w.batch_execute(
+        "SET search_path = shop, pg_catalog, pg_temp;
+         CREATE TEMP TABLE new_rows (id bigint, total numeric, note pg_catalog.text);
+         CREATE TEMP TABLE old_rows (id bigint, total numeric, note pg_catalog.text);
+         INSERT INTO pg_temp.new_rows VALUES (666, 0, 'spoofed');
+         INSERT INTO pg_temp.old_rows VALUES (667, 0, 'spoofed');
+         SET webhooks.origin = 'inbound/forged';
+         INSERT INTO shop.orders VALUES (1, 10, 'one');
+         INSERT INTO shop.orders VALUES (2, 20, 'two'), (3, 30, 'three');
+         DELETE FROM shop.orders WHERE id = 2;
+         INSERT INTO shop.lines VALUES (1, 5, '2026-01-01'), (2, 6, NULL);
+         DELETE FROM shop.lines WHERE id = 1;",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("a write under the hostile path failed: {e:?}"));
+
+    assert!(!is_superuser(&admin, &role).await, "{role} became superuser");
+    let rows = admin
+        .query(
+            "SELECT event_type, source_table, row_key, payload, origin IS NULL, event_id::text ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7'
+               FROM webhooks.events ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, Value, bool, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+        .collect();
+    let ev = |t: &str, s: &str, k: &str, p: Value| (t.to_owned(), s.to_owned(), k.to_owned(), p, true, true);
+    use serde_json::json;
+    assert_eq!(
+        got,
+        [
+            ev(
+                "order.created",
+                "shop.orders",
+                "1",
+                json!({"id": 1, "total": 10, "note": "one"})
+            ),
+            ev(
+                "order.created",
+                "shop.orders",
+                "2",
+                json!({"id": 2, "total": 20, "note": "two"})
+            ),
+            ev(
+                "order.created",
+                "shop.orders",
+                "3",
+                json!({"id": 3, "total": 30, "note": "three"})
+            ),
+            ev(
+                "order.deleted",
+                "shop.orders",
+                "2",
+                json!({"id": 2, "total": 20, "note": "two"})
+            ),
+            ev(
+                "line.created",
+                "shop.lines",
+                "1",
+                json!({"id": 1, "qty": 5, "at": "2026-01-01"})
+            ),
+            ev(
+                "line.created",
+                "shop.lines",
+                "2",
+                json!({"id": 2, "qty": 6, "at": null})
+            ),
+            ev(
+                "line.deleted",
+                "shop.lines",
+                "1",
+                json!({"id": 1, "qty": 5, "at": "2026-01-01"})
+            ),
+        ]
+    );
+}

@@ -336,3 +336,146 @@ async fn v7_removes_orphans_then_adds_the_foreign_keys() {
         Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
     );
 }
+
+/// V10 on an outbox with work pending: events written before it (random
+/// ids, a watched table still on webhooks.capture()), two of them in a
+/// batch leased by a replica that died, two not yet fanned out. After the
+/// upgrade every one is delivered exactly once under the webhook-id it was
+/// written with, new events get time-ordered ids, and the table moves to
+/// webhooks.plain_capture().
+#[tokio::test]
+async fn v10_delivers_events_pending_across_it_with_their_ids() {
+    use crate::support::{receiver::Receiver, sidecar, wait};
+    use std::time::Duration;
+
+    let db = TestDb::new().await;
+    let mut c = db.client().await;
+    // As before V10: random ids, and capture() for the table's inserts.
+    c.batch_execute(
+        "ALTER TABLE webhooks.events ALTER COLUMN event_id SET DEFAULT gen_random_uuid();
+         CREATE SCHEMA shop;
+         CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric);
+         SELECT webhooks.watch('shop.orders', 'order');
+         DO $$
+         DECLARE
+             a text;
+         BEGIN
+             SELECT string_agg(quote_literal(x), ', ' ORDER BY o) INTO a
+               FROM pg_trigger t, unnest(webhooks.trigger_args(t.tgargs)) WITH ORDINALITY u(x, o)
+              WHERE t.tgrelid = 'shop.orders'::regclass AND t.tgname = 'webhooks_capture_insert';
+             DROP TRIGGER webhooks_capture_insert ON shop.orders;
+             EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON shop.orders
+                             REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+                             EXECUTE FUNCTION webhooks.capture(%s)', a);
+         END
+         $$;
+         SELECT webhooks.emit('old.one', '{\"n\": 1}');",
+    )
+    .await
+    .unwrap();
+    // Each its own transaction: a batch claims only committed events.
+    c.batch_execute("INSERT INTO shop.orders VALUES (1, 10)")
+        .await
+        .unwrap();
+    // (Claimable once no older transaction of the cluster is still running.)
+    wait::until("a batch leased", Duration::from_secs(30), || {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM webhooks.batch_claim('replica-that-died', 2, '0 seconds')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n > 0).then_some(())
+        }
+    })
+    .await;
+    c.batch_execute("SELECT webhooks.emit('old.three', '{\"n\": 3}')")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO shop.orders VALUES (2, 20)")
+        .await
+        .unwrap();
+    let before: Vec<(String, String)> = c
+        .query(
+            "SELECT event_id::text, event_type FROM webhooks.events ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(before.len(), 4);
+    assert!(
+        before.iter().all(|(id, _)| id.as_bytes()[14] == b'4'),
+        "random ids: {before:?}"
+    );
+    let leased: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.fanout_batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leased, 1);
+
+    c.batch_execute(include_str!("../../migrations/V10__time_ordered_event_ids.sql"))
+        .await
+        .unwrap();
+    migrate::run(&mut c, false).await.unwrap();
+    let function: String = c
+        .query_one(
+            "SELECT tgfoid::regproc::text FROM pg_trigger
+              WHERE tgrelid = 'shop.orders'::regclass AND tgname = 'webhooks_capture_insert'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(function, "webhooks.plain_capture");
+    c.batch_execute(
+        "SELECT webhooks.emit('new.five', '{\"n\": 5}');
+         INSERT INTO shop.orders VALUES (3, 30);",
+    )
+    .await
+    .unwrap();
+    let all: Vec<(String, String)> = c
+        .query(
+            "SELECT event_id::text, event_type FROM webhooks.events ORDER BY txid, seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(all[..4], before[..], "the old events and their ids are untouched");
+    assert_eq!(all.len(), 6);
+    assert!(
+        all[4..].iter().all(|(id, _)| id.as_bytes()[14] == b'7'),
+        "time-ordered ids: {all:?}"
+    );
+
+    let mut receiver = Receiver::ok().await;
+    let endpoint = sidecar::endpoint(&c, &receiver.url, &["*"], "").await;
+    let running = sidecar::start(sidecar::config(&db)).await;
+    let got = receiver.take(6, Duration::from_secs(30)).await;
+    let mut ids: Vec<String> = got.iter().map(|r| r.webhook_id()).collect();
+    ids.sort();
+    let mut want: Vec<String> = all.iter().map(|(id, _)| id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each event delivered under the id it was written with");
+    let statuses = wait::until("every delivery recorded", Duration::from_secs(10), || {
+        let c = &c;
+        async move {
+            let s = sidecar::statuses(c, endpoint).await;
+            (s == [("delivered".to_owned(), 6)]).then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(statuses, [("delivered".to_owned(), 6)]);
+    running.stop().await;
+    assert_eq!(receiver.drain().len(), 0, "nothing delivered twice");
+}

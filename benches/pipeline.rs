@@ -314,7 +314,7 @@ async fn run(b: &mut Bench, r: &mut Report) {
         "minimal_outbox_ratio",
         "hasura_trigger_ratio",
         "payload_fn_overhead_ratio",
-        "capture_statement_ratio",
+        "capture_per_row_ratio",
     ];
     if !anchor_keys.iter().any(|k| wanted(k)) {
         for k in anchor_keys {
@@ -332,7 +332,7 @@ async fn run(b: &mut Bench, r: &mut Report) {
                 r.set("minimal_outbox_ratio", a.minimal.rate.per_s() / plain);
                 r.set("hasura_trigger_ratio", a.hasura.rate.per_s() / plain);
                 r.set("payload_fn_overhead_ratio", a.payload_fn.rate.per_s() / plain);
-                r.set("capture_statement_ratio", a.statement.rate.per_s() / plain);
+                r.set("capture_per_row_ratio", a.per_row.rate.per_s() / plain);
             }
             Err(e) => {
                 for k in anchor_keys {

@@ -260,8 +260,8 @@ const ANCHORS: &str = "
     CREATE TRIGGER notify_hasura_items_insert AFTER INSERT ON peers.hasura
         FOR EACH ROW EXECUTE FUNCTION peers.notify_hasura_items_insert();
 
-    CREATE TABLE bench.watched_stmt (LIKE bench.watched INCLUDING ALL);
-    SELECT webhooks.watch('bench.watched_stmt', 'item');
+    CREATE TABLE bench.watched_row (LIKE bench.watched INCLUDING ALL);
+    SELECT webhooks.watch('bench.watched_row', 'item', '{\"per_row\": true}');
     CREATE TABLE bench.watched_fn (LIKE bench.watched INCLUDING ALL);
     CREATE TABLE bench.customers (id int PRIMARY KEY, name text, phone text);
     CREATE TABLE bench.stylists (id int PRIMARY KEY, name text);
@@ -284,8 +284,9 @@ pub struct Anchors {
     pub minimal: Side,
     pub hasura: Side,
     pub payload_fn: Side,
-    /// bench.watched_stmt: watched with the default options (statement-level).
-    pub statement: Side,
+    /// bench.watched_row: watched with the `per_row` option (row-level
+    /// triggers), for tables written one row at a time.
+    pub per_row: Side,
 }
 
 /// WAL position, checkpoints, and autovacuum and autoanalyze runs on our
@@ -307,7 +308,7 @@ impl Bench {
              CREATE TABLE bench.watched (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
                  a text, b int, c timestamptz DEFAULT now(), d text);
              CREATE TABLE bench.plain (LIKE bench.watched INCLUDING ALL);
-             SELECT webhooks.watch('bench.watched', 'item', '{\"per_row\": true}');",
+             SELECT webhooks.watch('bench.watched', 'item');",
         )
         .await?;
         db.batch_execute(ANCHORS).await?;
@@ -352,7 +353,7 @@ impl Bench {
             .batch_execute(
                 // The bench tables first: a TRUNCATE of a watched table is an
                 // event (item.truncated), which the second TRUNCATE removes.
-                "TRUNCATE bench.watched, bench.plain, bench.watched_fn, bench.watched_stmt, peers.minimal, peers.hasura,
+                "TRUNCATE bench.watched, bench.plain, bench.watched_fn, bench.watched_row, peers.minimal, peers.hasura,
                           peers.outbox, peers.event_log;
                  TRUNCATE webhooks.events, webhooks.deliveries, webhooks.attempts, webhooks.fanout_batches;
                  DELETE FROM webhooks.listeners;
@@ -367,23 +368,6 @@ impl Bench {
     /// sidecar delivering (`wait_all`: until every event has arrived), then
     /// watched again with the sidecar stopped.
     pub async fn overhead(&mut self, stmt: Statement, clients: usize, wait_all: bool) -> Res<Overhead> {
-        // bench.watched is watched per row (single-row statements); bulk
-        // statements are what statement-level capture is for.
-        if matches!(stmt, Statement::Bulk) {
-            self.db
-                .batch_execute("SELECT webhooks.watch('bench.watched', 'item')")
-                .await?;
-        }
-        let o = self.overhead_once(stmt, clients, wait_all).await;
-        if matches!(stmt, Statement::Bulk) {
-            self.db
-                .batch_execute("SELECT webhooks.watch('bench.watched', 'item', '{\"per_row\": true}')")
-                .await?;
-        }
-        o
-    }
-
-    async fn overhead_once(&mut self, stmt: Statement, clients: usize, wait_all: bool) -> Res<Overhead> {
         self.reset().await?;
         let churn = self.churn().await?;
         let mut sc = self.spawn_sidecar()?;
@@ -430,7 +414,7 @@ impl Bench {
             "peers.minimal",
             "peers.hasura",
             "bench.watched_fn",
-            "bench.watched_stmt",
+            "bench.watched_row",
         ];
         load::closed_loop(&self.config, "bench.plain", stmt, clients, self.sizes.warmup_secs).await?;
         let mut sides: Vec<Vec<Side>> = tables.iter().map(|_| Vec::new()).collect();
@@ -445,7 +429,7 @@ impl Bench {
             minimal: next(),
             hasura: next(),
             payload_fn: next(),
-            statement: next(),
+            per_row: next(),
         })
     }
 

@@ -3,45 +3,19 @@
 //! here, no script. Reading needs nothing but HTML; every button is a
 //! form that POSTs with the session's CSRF token (`auth.rs`) and answers
 //! with a redirect back to the page (`?notice=`). The pages' data are in
-//! `pages.rs`.
+//! `pages.rs`, what renders them `render.rs`.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, RawQuery, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::auth::{self, Session};
+use super::render::{message, render, Signed};
 use super::{actions, api, form, Admin, Failure, Shared};
-
-pub const CSS: &str = include_str!("assets/console.css");
-
-const TEMPLATES: &[(&str, &str)] = &[
-    ("base.html", include_str!("templates/base.html")),
-    ("login.html", include_str!("templates/login.html")),
-    ("message.html", include_str!("templates/message.html")),
-    ("overview.html", include_str!("templates/overview.html")),
-    ("endpoints.html", include_str!("templates/endpoints.html")),
-    ("endpoint.html", include_str!("templates/endpoint.html")),
-    ("deliveries.html", include_str!("templates/deliveries.html")),
-    ("delivery.html", include_str!("templates/delivery.html")),
-    ("dead.html", include_str!("templates/dead.html")),
-    ("inbound.html", include_str!("templates/inbound.html")),
-    ("actions.html", include_str!("templates/actions.html")),
-];
-
-/// The templates, parsed once (a broken one fails the first test that
-/// starts an admin listener, not a page at run time).
-pub fn templates() -> minijinja::Environment<'static> {
-    let mut env = minijinja::Environment::new();
-    for (name, source) in TEMPLATES {
-        env.add_template(name, source).expect("console templates parse");
-    }
-    env
-}
 
 pub fn routes() -> Router<Shared> {
     use super::pages;
@@ -51,7 +25,7 @@ pub fn routes() -> Router<Shared> {
         .route("/console/", get(|| async { Redirect::to("/console") }))
         .route("/console/login", get(login_form).post(login))
         .route("/console/logout", post(logout))
-        .route("/console/assets/console.css", get(css))
+        .route("/console/assets/console.css", get(super::render::css))
         .route("/console/endpoints", get(pages::endpoints))
         .route("/console/endpoints/{id}", get(pages::endpoint))
         .route("/console/endpoints/{id}/{action}", post(endpoint_action))
@@ -63,73 +37,6 @@ pub fn routes() -> Router<Shared> {
         .route("/console/inbound", get(pages::inbound))
         .route("/console/search", get(search))
         .route("/console/actions", get(pages::actions))
-}
-
-async fn css() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
-            (header::CACHE_CONTROL, "max-age=3600"),
-        ],
-        CSS,
-    )
-        .into_response()
-}
-
-/// Renders `name` with `ctx` (plus the session's CSRF token for forms).
-pub fn render(
-    a: &Admin,
-    status: StatusCode,
-    name: &str,
-    session: Option<&Session>,
-    mut ctx: Value,
-) -> Response {
-    if let Some(obj) = ctx.as_object_mut() {
-        obj.insert("csrf".into(), json!(session.map(|s| s.csrf.clone())));
-        obj.insert("signed_in".into(), json!(session.is_some()));
-        obj.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
-    }
-    match a
-        .templates
-        .get_template(name)
-        .and_then(|t| t.render(minijinja::value::Serde(&ctx)))
-    {
-        Ok(html) => (status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
-        Err(e) => {
-            tracing::error!(template = name, error = %e, "console: a page failed to render");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the page failed to render (logged)",
-            )
-                .into_response()
-        }
-    }
-}
-
-/// A page saying what went wrong, with a way back.
-pub fn message(a: &Admin, session: Option<&Session>, f: Failure) -> Response {
-    render(
-        a,
-        f.0,
-        "message.html",
-        session,
-        json!({"title": f.0.canonical_reason(), "message": f.1}),
-    )
-}
-
-/// A signed-in console request; otherwise the login page.
-pub struct Signed(pub Session);
-
-impl FromRequestParts<Shared> for Signed {
-    type Rejection = Response;
-
-    async fn from_request_parts(parts: &mut Parts, a: &Shared) -> Result<Self, Self::Rejection> {
-        match auth::cookie(&parts.headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
-        {
-            Some(s) => Ok(Signed(s)),
-            None => Err(Redirect::to("/console/login").into_response()),
-        }
-    }
 }
 
 async fn login_form(State(a): State<Shared>) -> Response {

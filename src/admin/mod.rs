@@ -20,6 +20,7 @@ pub mod console;
 mod form;
 mod pages;
 mod plot;
+mod render;
 mod spec;
 mod view;
 
@@ -101,7 +102,7 @@ pub fn router(pool: Pool, snapshot: crate::endpoints::Subscriptions, config: Adm
         snapshot,
         keys: auth::Keys::new(&token),
         config,
-        templates: console::templates(),
+        templates: render::templates(),
     });
     Router::new()
         .merge(api::routes())

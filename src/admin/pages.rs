@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use super::console::{message, render, Signed};
+use super::render::{message, render, Signed};
 use super::{api, form, plot, view, Failure, Shared};
 use crate::db;
 

@@ -235,3 +235,27 @@ async fn maintenance_removes_delivered_history_past_retention() {
     assert_eq!(removed.attempts, 1, "{removed:?}");
     assert_eq!(count(c, "SELECT count(*) FROM webhooks.deliveries").await, 0);
 }
+
+#[tokio::test]
+async fn subscriptions_reload_when_the_config_version_moves() {
+    let app = TestApp::new().await;
+    let first = app.add_endpoint("http://127.0.0.1:9/a", &["*"], "").await;
+    let stages = Stages::assemble(sidecar::config(&app.db)).await.unwrap();
+    let loaded = stages.subscriptions.current();
+    assert_eq!(loaded.endpoints.len(), 1);
+    assert!(loaded.get(first).is_some());
+
+    // Unchanged version: the cached copy, not a reload.
+    let same = stages.claimer.snapshot_at(Some(loaded.version)).await.unwrap();
+    assert!(std::sync::Arc::ptr_eq(&same, &loaded));
+
+    // A new endpoint moves the version; the stage reloads and every reader
+    // of the shared copy sees it.
+    let second = app.add_endpoint("http://127.0.0.1:9/b", &["order.*"], "").await;
+    let version: i64 = app.one("SELECT version FROM webhooks.config_version").await;
+    assert!(version > loaded.version);
+    let fresh = stages.claimer.snapshot_at(Some(version)).await.unwrap();
+    assert_eq!(fresh.version, version);
+    assert!(fresh.get(second).is_some());
+    assert_eq!(stages.subscriptions.current().version, version);
+}

@@ -184,9 +184,31 @@ fn is_iso_z(v: &Value) -> bool {
         .is_some_and(|s| s.ends_with('Z') && humantime::parse_rfc3339(s).is_ok())
 }
 
-/// Nothing more arrives within a moment.
-async fn nothing_more(r: &mut Receiver) {
-    tokio::time::sleep(Duration::from_millis(700)).await;
+/// Nothing more arrives: once every event is fanned out and every delivery
+/// due is recorded (so each request made has been received), the receiver
+/// holds nothing unread.
+async fn nothing_more(db: &TestDb, r: &mut Receiver) {
+    let c = db.client().await;
+    wait::until(
+        "every event fanned out and every due delivery recorded",
+        T,
+        || async {
+            let settled: bool = c
+                .query_one(
+                    "SELECT (SELECT events FROM webhooks.fanout_pending()) = 0
+                        AND NOT EXISTS (SELECT 1 FROM webhooks.fanout_batches)
+                        AND NOT EXISTS (SELECT 1 FROM webhooks.deliveries
+                                         WHERE status = 'delivering'
+                                            OR (status = 'pending' AND next_attempt_at <= now()))",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            settled.then_some(())
+        },
+    )
+    .await;
     let extra: Vec<Value> = r.drain().iter().map(|x| x.json()).collect();
     assert!(extra.is_empty(), "unexpected deliveries: {extra:?}");
 }
@@ -258,7 +280,7 @@ async fn recipe_task_tracker() {
     assert_eq!(got["task_status_changed"]["status"], "IN_PROGRESS");
     assert_eq!(got["task_deleted"]["status"], "IN_PROGRESS", "the old row");
     assert_eq!(got["task_deleted"]["id"], task_id);
-    nothing_more(&mut hook).await;
+    nothing_more(&db, &mut hook).await;
     running.stop().await;
 }
 
@@ -325,7 +347,7 @@ async fn recipe_order_form() {
     assert_eq!(x.header("user-agent"), Some("PU-Observatory-Webhook/1.0"));
     assert_eq!(x.header("content-type"), Some("application/json"));
     assert_eq!(x.header("webhook-signature"), None, "secret-header style only");
-    nothing_more(&mut hook).await;
+    nothing_more(&db, &mut hook).await;
     running.stop().await;
 }
 
@@ -410,7 +432,7 @@ async fn recipe_salon() {
         !raw.contains("09121234567"),
         "the phone never leaves unmasked: {raw}"
     );
-    nothing_more(&mut hook).await;
+    nothing_more(&db, &mut hook).await;
     running.stop().await;
 }
 
@@ -453,7 +475,7 @@ async fn recipe_learning_platform() {
                "createdAt": "2024-01-01T00:00:00.000Z"})
     };
     assert_eq!(got, [expect("err_1", "HIGH"), expect("err_3", "CRITICAL")]);
-    nothing_more(&mut hook).await;
+    nothing_more(&db, &mut hook).await;
     running.stop().await;
 }
 
@@ -550,8 +572,8 @@ async fn recipe_multi_tenant_crm() {
         (n == 3).then_some(())
     })
     .await;
-    nothing_more(&mut hook_a).await;
-    nothing_more(&mut hook_b).await;
+    nothing_more(&db, &mut hook_a).await;
+    nothing_more(&db, &mut hook_b).await;
 
     // "Create a test webhook and verify delivery".
     let (url, id) = (db.url(), ids[0]);
@@ -565,6 +587,6 @@ async fn recipe_multi_tenant_crm() {
     verify_standard(&a_secret, &x);
     assert_eq!(x.json()["type"], "webhooks.test");
     assert_eq!(x.json()["data"]["endpoint"]["id"], id);
-    nothing_more(&mut hook_b).await;
+    nothing_more(&db, &mut hook_b).await;
     running.stop().await;
 }

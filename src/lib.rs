@@ -33,3 +33,4 @@ pub mod sidecar;
 pub mod sign;
 pub mod telemetry;
 pub(crate) mod template;
+pub(crate) mod urlencoded;

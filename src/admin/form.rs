@@ -2,6 +2,8 @@
 //! (a repeated name, such as the dead-letter page's `id` checkboxes, keeps
 //! every value).
 
+use crate::urlencoded::percent_decode;
+
 /// The pairs of `text`, percent- and `+`-decoded (invalid UTF-8 replaced).
 pub(super) fn pairs(text: &[u8]) -> Vec<(String, String)> {
     text.split(|b| *b == b'&')
@@ -11,31 +13,9 @@ pub(super) fn pairs(text: &[u8]) -> Vec<(String, String)> {
                 Some(i) => (&p[..i], &p[i + 1..]),
                 None => (p, &b""[..]),
             };
-            (decode(k), decode(v))
+            (percent_decode(k), percent_decode(v))
         })
         .collect()
-}
-
-fn decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < s.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&s[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The first value named `name`.

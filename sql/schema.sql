@@ -83,7 +83,7 @@ CREATE TABLE webhooks.attempts (
     error text,
     response_excerpt text,
     replica text,
-    endpoint_id bigint
+    endpoint_id bigint NOT NULL
 )
 WITH (autovacuum_vacuum_insert_scale_factor='0.05');
 
@@ -323,7 +323,7 @@ CREATE INDEX inbound_received_brin ON webhooks.inbound USING brin (received_at);
 CREATE INDEX inbound_route_recent_idx ON webhooks.inbound USING btree (route, id);
 
 ALTER TABLE ONLY webhooks.attempts
-    ADD CONSTRAINT attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES webhooks.deliveries(id) ON DELETE CASCADE;
+    ADD CONSTRAINT attempts_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES webhooks.endpoints(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY webhooks.dead_notices
     ADD CONSTRAINT dead_notices_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES webhooks.endpoints(id) ON DELETE CASCADE;

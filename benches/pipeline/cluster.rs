@@ -48,8 +48,12 @@ impl Cluster {
             .map_err(|e| format!("find a free port: {e}"))?
             .port();
         // Durability settings are left at their defaults on purpose.
+        // PGWEBHOOKS_BENCH_PG_OPTIONS adds server options for a diagnosis
+        // run (auto_explain, pg_stat_statements); PGWEBHOOKS_BENCH_PG_LOG
+        // names a file the server's log is copied to at the end.
+        let extra = std::env::var("PGWEBHOOKS_BENCH_PG_OPTIONS").unwrap_or_default();
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=256MB {extra}",
             dir.display()
         );
         let mut cluster = Cluster {
@@ -116,6 +120,9 @@ impl Cluster {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+        if let Some(keep) = std::env::var_os("PGWEBHOOKS_BENCH_PG_LOG") {
+            let _ = std::fs::copy(self.dir.join("postgres.log"), keep);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -296,9 +296,10 @@ async fn migrate_moves_generated_capture_to_the_capture_function() {
 async fn v7_removes_orphans_then_adds_the_foreign_keys() {
     let db = TestDb::new().await;
     let c = db.client().await;
-    // As before V7.
+    // As before V7 (and V13, which replaced the attempts' foreign key).
     c.batch_execute(
-        "ALTER TABLE webhooks.attempts DROP CONSTRAINT attempts_delivery_id_fkey;
+        "ALTER TABLE webhooks.attempts DROP CONSTRAINT attempts_endpoint_id_fkey;
+         ALTER TABLE webhooks.attempts ALTER COLUMN endpoint_id DROP NOT NULL;
          ALTER TABLE webhooks.deliveries DROP CONSTRAINT deliveries_endpoint_id_fkey;
          INSERT INTO webhooks.endpoints (id, url) VALUES (1, 'http://127.0.0.1:9/');
          SELECT webhooks.emit('x', '{}');
@@ -335,6 +336,80 @@ async fn v7_removes_orphans_then_adds_the_foreign_keys() {
         orphan.unwrap_err().code(),
         Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
     );
+    // Then V13, as an old installation upgrading goes on to.
+    c.batch_execute(include_str!("../../migrations/V13__attempts_follow_their_endpoint.sql"))
+        .await
+        .unwrap();
+    let kept: Vec<(i64, i64)> = c
+        .query("SELECT delivery_id, endpoint_id FROM webhooks.attempts", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(kept, [(10, 1)], "the attempt takes its delivery's endpoint");
+}
+
+/// V13 on attempts written before attempts.endpoint_id existed: each gets
+/// its delivery's endpoint, and deleting an endpoint still deletes its
+/// deliveries and their attempts (now through attempts.endpoint_id); an
+/// attempt naming no endpoint, or one that does not exist, is refused.
+#[tokio::test]
+async fn v13_attempts_follow_their_endpoint() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "ALTER TABLE webhooks.attempts DROP CONSTRAINT attempts_endpoint_id_fkey;
+         ALTER TABLE webhooks.attempts ALTER COLUMN endpoint_id DROP NOT NULL;
+         ALTER TABLE webhooks.attempts ADD CONSTRAINT attempts_delivery_id_fkey FOREIGN KEY (delivery_id)
+             REFERENCES webhooks.deliveries (id) ON DELETE CASCADE;
+         INSERT INTO webhooks.endpoints (id, url) VALUES (1, 'http://127.0.0.1:9/'), (2, 'http://127.0.0.1:10/');
+         SELECT webhooks.emit('x', '{}');
+         INSERT INTO webhooks.deliveries (id, event_id, endpoint_id, status)
+              SELECT 10, event_id, 1, 'delivered' FROM webhooks.events
+              UNION ALL SELECT 11, event_id, 2, 'dead' FROM webhooks.events;
+         INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, endpoint_id)
+              VALUES (10, 1, now(), 1, NULL), (11, 1, now(), 1, NULL), (11, 2, now(), 1, 2);",
+    )
+    .await
+    .unwrap();
+    c.batch_execute(include_str!("../../migrations/V13__attempts_follow_their_endpoint.sql"))
+        .await
+        .unwrap();
+    let rows = |sql: &'static str| {
+        let c = &c;
+        async move {
+            c.query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let q = "SELECT delivery_id, endpoint_id FROM webhooks.attempts ORDER BY delivery_id, attempt";
+    assert_eq!(rows(q).await, [(10, 1), (11, 2), (11, 2)]);
+    c.execute("DELETE FROM webhooks.endpoints WHERE id = 2", &[]).await.unwrap();
+    assert_eq!(rows(q).await, [(10, 1)]);
+    assert_eq!(rows("SELECT id, endpoint_id FROM webhooks.deliveries").await, [(10, 1)]);
+    for bad in ["NULL", "3"] {
+        let e = c
+            .execute(
+                &format!(
+                    "INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, endpoint_id)
+                     VALUES (10, 2, now(), 1, {bad})"
+                ),
+                &[],
+            )
+            .await
+            .unwrap_err();
+        let want = if bad == "NULL" {
+            tokio_postgres::error::SqlState::NOT_NULL_VIOLATION
+        } else {
+            tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION
+        };
+        assert_eq!(e.code(), Some(&want), "endpoint_id {bad}: {e}");
+    }
 }
 
 /// V10 on an outbox with work pending: events written before it (random

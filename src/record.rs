@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -46,6 +47,7 @@ pub struct Flushed {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Msg>,
+    unrecorded: Arc<AtomicUsize>,
 }
 
 impl Recorder {
@@ -53,6 +55,7 @@ impl Recorder {
         self.send(Msg::Batch { id, jobs });
     }
     pub fn record(&self, outcome: Outcome) {
+        self.unrecorded.fetch_add(1, Ordering::AcqRel);
         self.send(Msg::Outcome(Box::new(outcome)));
     }
     /// Tells the operator about an endpoint event (paused, resumed),
@@ -72,8 +75,16 @@ impl Recorder {
     /// the supervisor then shuts the sidecar down) can a message be lost;
     /// that is said, never silent. Nothing is lost for good: what was not
     /// recorded is taken over when its lease expires.
+    /// Outcomes handed over and not yet written: memory the claim loop
+    /// counts beside its jobs, so that a slow database holds fan-out back
+    /// instead of letting outcomes pile up here.
+    pub fn unrecorded(&self) -> usize {
+        self.unrecorded.load(Ordering::Acquire)
+    }
+
     fn send(&self, msg: Msg) {
         if let Err(mpsc::error::SendError(Msg::Outcome(o))) = self.tx.send(msg) {
+            self.unrecorded.fetch_sub(1, Ordering::AcqRel);
             tracing::error!(event_id = %o.event_id, endpoint_id = o.endpoint_id, status = o.status.as_str(),
                 "the recorder has stopped: this outcome is not recorded; its delivery is retried once its lease expires");
         }
@@ -92,6 +103,8 @@ pub struct RecordTask {
     /// Outstanding job counts of fan-out batches.
     batches: HashMap<i64, usize>,
     buffer: Vec<Outcome>,
+    /// Shared with every [`Recorder`]: outcomes sent and not yet written.
+    unrecorded: Arc<AtomicUsize>,
     /// Told after retry-path work was queued (jobs routed to pending).
     signals: Arc<Signals>,
     /// Called with each flushed outcome (metrics, the demo's live view).
@@ -108,14 +121,19 @@ const MAX_FLUSH: usize = 2000;
 
 pub fn channel(pool: Pool, replica: Arc<str>, signals: Arc<Signals>) -> (Recorder, RecordTask) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let unrecorded = Arc::new(AtomicUsize::new(0));
     (
-        Recorder { tx },
+        Recorder {
+            tx,
+            unrecorded: unrecorded.clone(),
+        },
         RecordTask {
             rx,
             pool,
             replica,
             batches: HashMap::new(),
             buffer: Vec::new(),
+            unrecorded,
             signals,
             observer: None,
             notices: None,
@@ -300,6 +318,7 @@ impl RecordTask {
         for id in &done {
             self.batches.remove(id);
         }
+        self.unrecorded.fetch_sub(self.buffer.len(), Ordering::AcqRel);
         self.buffer.clear();
         if routed {
             self.signals.retry.notify_one();

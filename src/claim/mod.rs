@@ -34,7 +34,8 @@ pub struct ClaimConfig {
     pub lease: Duration,
     /// Longest wait between scans when no notification arrives.
     pub poll_interval: Duration,
-    /// Jobs held in memory before claiming pauses.
+    /// Jobs held in memory (and, separately, outcomes not yet written)
+    /// before claiming pauses.
     pub max_in_memory: usize,
     /// Longest pause before claiming again while events arrive faster than
     /// [`LINGER_FROM_PER_S`]: bigger batches for the same database work.
@@ -93,8 +94,14 @@ pub struct Claimer {
 }
 
 impl Claimer {
+    /// Waits while the jobs in memory, or the outcomes not yet written
+    /// (a slow database), reach `max_in_memory`.
     async fn wait_for_room(&self, shutdown: &CancellationToken) {
-        while self.dispatcher.in_memory() >= self.config.max_in_memory && !shutdown.is_cancelled() {
+        let full = || {
+            self.dispatcher.in_memory() >= self.config.max_in_memory
+                || self.recorder.unrecorded() >= self.config.max_in_memory
+        };
+        while full() && !shutdown.is_cancelled() {
             tokio::select! {
                 _ = self.dispatcher.room_freed() => {}
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}

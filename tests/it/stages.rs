@@ -259,3 +259,57 @@ async fn subscriptions_reload_when_the_config_version_moves() {
     assert!(fresh.get(second).is_some());
     assert_eq!(stages.subscriptions.current().version, version);
 }
+
+/// Outcomes the recorder has not yet written count against
+/// `max_in_memory`: while the database takes none of them (the recorder is
+/// not run here), fan-out stops claiming once that many wait, instead of
+/// letting them pile up in memory; once they are written it goes on, and
+/// every event is delivered and recorded once.
+#[tokio::test]
+async fn fanout_pauses_while_outcomes_wait_to_be_written() {
+    let app = TestApp::new().await;
+    let c = &app.c;
+    let mut r = Receiver::ok().await;
+    app.add_endpoint(&r.url, &["order.*"], "").await;
+    let mut config = sidecar::config(&app.db);
+    config.claim.batch_size = 2;
+    config.claim.max_in_memory = 4;
+    config.claim.linger = Duration::ZERO;
+    let mut stages = Stages::assemble(config).await.unwrap();
+    for i in 0..20 {
+        app.emit("order.created", json!({ "i": i })).await;
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let fanout = tokio::spawn(stages.claimer.clone().run_fanout(shutdown.clone()));
+    // Claiming stops once 4 outcomes wait (and the attempts in flight then
+    // add theirs): at most 4 - 1 waiting + 4 - 1 in flight + one batch.
+    wait::until("claiming to stop with outcomes unwritten", T, || async {
+        let (waiting, in_flight) = (stages.claimer.recorder.unrecorded(), stages.dispatcher.in_memory());
+        (waiting >= 4 && in_flight == 0).then_some(())
+    })
+    .await;
+    // Nothing more is claimed while they wait: watched over many of the
+    // claim loop's 50 ms checks (what is checked is an absence, so it can
+    // only be watched for a while), once a claim already under way when
+    // the limit was reached has had time to land.
+    let window = Duration::from_millis(600);
+    tokio::time::sleep(window).await;
+    let waiting = stages.claimer.recorder.unrecorded();
+    assert!(waiting <= 8, "{waiting} outcomes unwritten (limit 4, batches of 2)");
+    tokio::time::sleep(window).await;
+    assert_eq!(stages.claimer.recorder.unrecorded(), waiting, "claiming went on");
+    assert_eq!(r.count(), waiting, "only what was claimed before the pause arrived");
+    assert!(waiting < 20);
+    // Writing them lets fan-out go on, to the end.
+    recorded(
+        &mut stages,
+        c,
+        "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
+        20,
+    )
+    .await;
+    assert_eq!(stages.claimer.recorder.unrecorded(), 0);
+    assert_eq!(r.take(20, T).await.len(), 20);
+    shutdown.cancel();
+    fanout.await.unwrap();
+}

@@ -211,11 +211,14 @@ BEGIN
         SELECT u.event_id, u.endpoint_id, u.status, u.attempts, u.next_at, u.code, u.error, now, now,
                ev.aggregate, ev.txid, ev.seq
           FROM u
-          -- Only ordered endpoints look their event up (a one-time filter:
-          -- no index probe for the others).
+          -- Only ordered endpoints look their event up: OFFSET 0 keeps the
+          -- subquery from being flattened, so `u.ordered` stays a one-time
+          -- filter inside it and the others make no index probe (flattened,
+          -- it became a join filter applied after the probe).
           LEFT JOIN LATERAL (SELECT coalesce(e.source_table, '') || ':' || coalesce(e.row_key, e.event_id::text) AS aggregate,
                                     e.txid, e.seq
-                               FROM webhooks.events e WHERE u.ordered AND e.event_id = u.event_id) ev ON true
+                               FROM webhooks.events e WHERE u.ordered AND e.event_id = u.event_id
+                             OFFSET 0) ev ON true
          -- An endpoint deleted meanwhile takes its deliveries with it.
          WHERE EXISTS (SELECT 1 FROM webhooks.endpoints ep WHERE ep.id = u.endpoint_id)
         ON CONFLICT ON CONSTRAINT deliveries_event_endpoint_key DO NOTHING

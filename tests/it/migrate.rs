@@ -337,9 +337,11 @@ async fn v7_removes_orphans_then_adds_the_foreign_keys() {
         Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
     );
     // Then V13, as an old installation upgrading goes on to.
-    c.batch_execute(include_str!("../../migrations/V13__attempts_follow_their_endpoint.sql"))
-        .await
-        .unwrap();
+    c.batch_execute(include_str!(
+        "../../migrations/V13__attempts_follow_their_endpoint.sql"
+    ))
+    .await
+    .unwrap();
     let kept: Vec<(i64, i64)> = c
         .query("SELECT delivery_id, endpoint_id FROM webhooks.attempts", &[])
         .await
@@ -373,9 +375,11 @@ async fn v13_attempts_follow_their_endpoint() {
     )
     .await
     .unwrap();
-    c.batch_execute(include_str!("../../migrations/V13__attempts_follow_their_endpoint.sql"))
-        .await
-        .unwrap();
+    c.batch_execute(include_str!(
+        "../../migrations/V13__attempts_follow_their_endpoint.sql"
+    ))
+    .await
+    .unwrap();
     let rows = |sql: &'static str| {
         let c = &c;
         async move {
@@ -389,9 +393,14 @@ async fn v13_attempts_follow_their_endpoint() {
     };
     let q = "SELECT delivery_id, endpoint_id FROM webhooks.attempts ORDER BY delivery_id, attempt";
     assert_eq!(rows(q).await, [(10, 1), (11, 2), (11, 2)]);
-    c.execute("DELETE FROM webhooks.endpoints WHERE id = 2", &[]).await.unwrap();
+    c.execute("DELETE FROM webhooks.endpoints WHERE id = 2", &[])
+        .await
+        .unwrap();
     assert_eq!(rows(q).await, [(10, 1)]);
-    assert_eq!(rows("SELECT id, endpoint_id FROM webhooks.deliveries").await, [(10, 1)]);
+    assert_eq!(
+        rows("SELECT id, endpoint_id FROM webhooks.deliveries").await,
+        [(10, 1)]
+    );
     for bad in ["NULL", "3"] {
         let e = c
             .execute(

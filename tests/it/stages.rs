@@ -284,7 +284,10 @@ async fn fanout_pauses_while_outcomes_wait_to_be_written() {
     // Claiming stops once 4 outcomes wait (and the attempts in flight then
     // add theirs): at most 4 - 1 waiting + 4 - 1 in flight + one batch.
     wait::until("claiming to stop with outcomes unwritten", T, || async {
-        let (waiting, in_flight) = (stages.claimer.recorder.unrecorded(), stages.dispatcher.in_memory());
+        let (waiting, in_flight) = (
+            stages.claimer.recorder.unrecorded(),
+            stages.dispatcher.in_memory(),
+        );
         (waiting >= 4 && in_flight == 0).then_some(())
     })
     .await;
@@ -295,10 +298,17 @@ async fn fanout_pauses_while_outcomes_wait_to_be_written() {
     let window = Duration::from_millis(600);
     tokio::time::sleep(window).await;
     let waiting = stages.claimer.recorder.unrecorded();
-    assert!(waiting <= 8, "{waiting} outcomes unwritten (limit 4, batches of 2)");
+    assert!(
+        waiting <= 8,
+        "{waiting} outcomes unwritten (limit 4, batches of 2)"
+    );
     tokio::time::sleep(window).await;
     assert_eq!(stages.claimer.recorder.unrecorded(), waiting, "claiming went on");
-    assert_eq!(r.count(), waiting, "only what was claimed before the pause arrived");
+    assert_eq!(
+        r.count(),
+        waiting,
+        "only what was claimed before the pause arrived"
+    );
     assert!(waiting < 20);
     // Writing them lets fan-out go on, to the end.
     recorded(

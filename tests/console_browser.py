@@ -28,13 +28,28 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 ADMIN, TOKEN, SHOTS, ENDPOINT, DELIVERY = sys.argv[1:6]
+STARTED = time.monotonic()
 DEADLINE = 45.0  # generous: CI runs every test at once on two cores
 
 
 def check(cond, what):
     if not cond:
         raise AssertionError(what)
-    print(f"ok: {what}", flush=True)
+    print(f"ok: {what} ({time.monotonic() - STARTED:.1f} s)", flush=True)
+
+
+def settled(what, fn):
+    """`what` holds once the page a click navigated to has loaded: a click
+    returns before the form's answer replaces the page, so the condition is
+    polled (an element gone mid-navigation counts as not yet), bounded by
+    DEADLINE."""
+    def attempt():
+        try:
+            return fn()
+        except Exception:  # stale or missing element: the old page is going
+            return False
+    until(what, attempt)
+    print(f"ok: {what} ({time.monotonic() - STARTED:.1f} s)", flush=True)
 
 
 def until(what, fn):
@@ -85,14 +100,14 @@ def main():
         shot("login")
         driver.find_element(By.NAME, "token").send_keys(TOKEN + "-wrong")
         driver.find_element(By.CSS_SELECTOR, "button[type=submit].primary").click()
-        check("not the admin token" in text(), "a wrong token is refused")
+        settled("a wrong token is refused", lambda: "not the admin token" in text())
         check(driver.get_cookie("pgwebhooks_session") is None, "no session cookie for a wrong token")
         shot("login-refused")
 
         # Sign in.
         driver.find_element(By.NAME, "token").send_keys(TOKEN)
         driver.find_element(By.CSS_SELECTOR, "button[type=submit].primary").click()
-        check(driver.current_url.endswith("/console"), "signed in: the overview")
+        settled("signed in: the overview", lambda: driver.current_url.endswith("/console"))
         cookie = driver.get_cookie("pgwebhooks_session")
         check(cookie and cookie.get("httpOnly") and cookie.get("sameSite") == "Strict", "the cookie is HttpOnly, SameSite=Strict")
 
@@ -104,16 +119,16 @@ def main():
 
         # Dead letters → the delivery → the receiver's answer → retry → delivered.
         driver.find_element(By.LINK_TEXT, "Dead letters").click()
-        check(f"#{DELIVERY}" in text(), "the dead delivery is listed")
+        settled("the dead delivery is listed", lambda: f"#{DELIVERY}" in text())
         shot("dead-letters")
         driver.find_element(By.LINK_TEXT, f"#{DELIVERY}").click()
-        check(driver.find_element(By.ID, "status").text == "dead", "the delivery is dead")
+        settled("the delivery is dead", lambda: driver.find_element(By.ID, "status").text == "dead")
         attempts = driver.find_element(By.ID, "attempts").text
         check("Make says no: scenario is off" in attempts and "HTTP 500" in attempts, "the receiver's answer is shown for each attempt")
         check("whsec_" not in text(), "no secret on the page")
         shot("delivery-dead")
         driver.find_element(By.NAME, "retry").click()
-        check("Re-queued 1 delivery" in text(), "retry says it re-queued")
+        settled("retry says it re-queued", lambda: "Re-queued 1 delivery" in text())
 
         def delivered():
             driver.refresh()
@@ -128,11 +143,11 @@ def main():
         shot("endpoints")
         row = lambda: driver.find_element(By.ID, f"endpoint-{ENDPOINT}")
         row().find_element(By.NAME, "pause").click()
-        check("Endpoint paused" in text() and "paused" in row().text, "pause")
+        settled("pause", lambda: "Endpoint paused" in text() and "paused" in row().text)
         check(api(f"/endpoints/{ENDPOINT}")["enabled"] is False, "the API sees it paused")
         shot("endpoints-paused")
         row().find_element(By.NAME, "resume").click()
-        check("Endpoint resumed" in text() and "enabled" in row().text, "resume")
+        settled("resume", lambda: "Endpoint resumed" in text() and "enabled" in row().text)
         check(api(f"/endpoints/{ENDPOINT}")["enabled"] is True, "the API sees it enabled")
 
         # The other pages.
@@ -164,8 +179,8 @@ def main():
         threading.Thread(target=evil.serve_forever, daemon=True).start()
         driver.get(f"http://localhost:{evil.server_address[1]}/")
         driver.find_element(By.ID, "go").click()
-        until("the refusal", lambda: "refused" in text() or "not signed in" in text())
-        check("Forbidden" in text(), "the cross-site POST is refused (403)")
+        settled("the cross-site POST is refused (403)",
+                lambda: ("refused" in text() or "not signed in" in text()) and "Forbidden" in text())
         shot("cross-site-refused")
         check(api(f"/endpoints/{ENDPOINT}")["enabled"] is True, "the endpoint was not paused")
         evil.shutdown()

@@ -4,7 +4,7 @@
 -- Installed by `pgwebhooks migrate --example` after sql/example/app.sql, on
 -- every run: every statement here is idempotent.
 --
--- Contract (sql/30_inbound.sql): webhooks.inbound_apply(route, key, payload)
+-- Contract (sql/40_inbound.sql): webhooks.inbound_apply(route, key, payload)
 -- records the callback and calls the route's handler, (payload jsonb)
 -- RETURNS jsonb, in the same transaction, with webhooks.origin set to
 -- 'inbound/<route>', so the events the handler's writes emit say where they
@@ -882,7 +882,7 @@ REVOKE EXECUTE ON FUNCTION
     app.inbound_errors(jsonb), app.inbound_support_tickets(jsonb),
     app.inbound_cohort_enrollments(jsonb), app.inbound_cohort_messages(jsonb)
 FROM PUBLIC;
--- The sidecar's role (sql/50_roles.sql) calls them, and nothing else of app.
+-- The sidecar's role (sql/90_roles.sql) calls them, and nothing else of app.
 GRANT USAGE ON SCHEMA app TO webhooks_sidecar;
 GRANT EXECUTE ON FUNCTION
     app.inbound_payments(jsonb), app.inbound_messages(jsonb), app.inbound_appointments(jsonb),

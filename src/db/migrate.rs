@@ -11,17 +11,19 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// The `sql/` files `migrate` applies, in order. `sql/schema.sql` is not
-/// among them: it is the readable definition of what the migrations build.
+/// The `sql/` files `migrate` applies, in order, one per noun (a file only
+/// uses what the files before it define). `sql/schema.sql` is not among
+/// them: it is the readable definition of what the migrations build.
 pub const SQL_FILES: &[(&str, &str)] = &[
     ("sql/10_capture.sql", include_str!("../../sql/10_capture.sql")),
-    ("sql/20_delivery.sql", include_str!("../../sql/20_delivery.sql")),
-    ("sql/30_inbound.sql", include_str!("../../sql/30_inbound.sql")),
-    (
-        "sql/40_operations.sql",
-        include_str!("../../sql/40_operations.sql"),
-    ),
-    ("sql/50_roles.sql", include_str!("../../sql/50_roles.sql")),
+    ("sql/20_fanout.sql", include_str!("../../sql/20_fanout.sql")),
+    ("sql/30_delivery.sql", include_str!("../../sql/30_delivery.sql")),
+    ("sql/35_breaker.sql", include_str!("../../sql/35_breaker.sql")),
+    ("sql/40_inbound.sql", include_str!("../../sql/40_inbound.sql")),
+    ("sql/50_status.sql", include_str!("../../sql/50_status.sql")),
+    ("sql/60_replay.sql", include_str!("../../sql/60_replay.sql")),
+    ("sql/70_retention.sql", include_str!("../../sql/70_retention.sql")),
+    ("sql/90_roles.sql", include_str!("../../sql/90_roles.sql")),
 ];
 
 /// The example app (schema `app`), installed by `migrate --example`.

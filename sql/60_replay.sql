@@ -28,7 +28,7 @@ DECLARE
 BEGIN
     SELECT * INTO ep FROM webhooks.endpoints e WHERE e.id = replay.endpoint_id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no endpoint %', endpoint_id USING ERRCODE = 'no_data_found';
+        RAISE EXCEPTION 'no endpoint %', endpoint_id USING ERRCODE = 'WH404';
     END IF;
     WITH r AS (
         INSERT INTO webhooks.deliveries AS d (event_id, endpoint_id, status, next_attempt_at, created_at, updated_at)
@@ -79,7 +79,7 @@ BEGIN
         EXECUTE format('SELECT webhooks.row_payload(%L::oid, t) FROM %s t WHERE t.%I = %L',
                        w.attnums->>'payload', target, pk[1], row_key) INTO row_j;
         IF row_j IS NULL THEN
-            RAISE EXCEPTION 'webhooks.resend: % has no row %', target, row_key USING ERRCODE = 'no_data_found';
+            RAISE EXCEPTION 'webhooks.resend: % has no row %', target, row_key USING ERRCODE = 'WH404';
         END IF;
         IF w.options ? 'exclude' THEN
             row_j := row_j - ARRAY(SELECT jsonb_array_elements_text(w.options->'exclude'));
@@ -91,7 +91,7 @@ BEGIN
     END IF;
     IF last.event_id IS NULL THEN
         RAISE EXCEPTION 'webhooks.resend: % is not watched and has no % event for row %', target,
-            coalesce(quote_literal(etype), 'recorded'), row_key USING ERRCODE = 'no_data_found';
+            coalesce(quote_literal(etype), 'recorded'), row_key USING ERRCODE = 'WH404';
     END IF;
     RETURN webhooks.emit(last.event_type, last.payload, last.tenant_id, last.source_table, last.row_key, last.previous);
 END
@@ -110,12 +110,12 @@ DECLARE
 BEGIN
     SELECT * INTO ep FROM webhooks.endpoints e WHERE e.id = endpoint_test.id;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'no endpoint %', endpoint_test.id USING ERRCODE = 'no_data_found';
+        RAISE EXCEPTION 'no endpoint %', endpoint_test.id USING ERRCODE = 'WH404';
     END IF;
     IF NOT ep.enabled THEN
         RAISE EXCEPTION 'endpoint % is paused (%): enable it first (pgwebhooks endpoint enable %)',
                         ep.id, coalesce(ep.disabled_reason, 'no reason given'), ep.id
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+            USING ERRCODE = 'WH409';
     END IF;
     INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
     VALUES ('webhooks.test', 'webhooks/test', 'webhooks.endpoints', ep.id::text,

@@ -159,8 +159,11 @@ impl From<DbError> for Failure {
     fn from(e: DbError) -> Failure {
         if let Some(d) = e.as_db_error() {
             let code = d.code().code();
+            use crate::db::sqlstate;
             let status = match &code[..2] {
-                _ if code == "P0002" => Some(StatusCode::NOT_FOUND),
+                _ if code == sqlstate::NOT_FOUND || code == "P0002" => Some(StatusCode::NOT_FOUND),
+                _ if code == sqlstate::CONFLICT => Some(StatusCode::CONFLICT),
+                _ if code == "42501" => Some(StatusCode::FORBIDDEN),
                 "23" | "55" => Some(StatusCode::CONFLICT),
                 "22" | "P0" => Some(StatusCode::BAD_REQUEST),
                 _ => None,

@@ -12,6 +12,21 @@ pub mod migrate;
 pub mod ops;
 pub mod tls;
 
+/// The SQLSTATEs pgwebhooks' own functions raise where no standard code
+/// says it exactly (class `WH`, which PostgreSQL leaves to applications).
+/// Bad arguments keep the standard `22023` (invalid_parameter_value) and a
+/// caller without the rights `42501` (insufficient_privilege).
+pub mod sqlstate {
+    /// What was asked for does not exist: no such endpoint, row or event
+    /// (`webhooks.replay`, `resend`, `endpoint_test`).
+    pub const NOT_FOUND: &str = "WH404";
+    /// Not now: the endpoint is paused (`webhooks.endpoint_test`).
+    pub const CONFLICT: &str = "WH409";
+    /// An inbound handler rejected the callback (raised by the app's
+    /// handler; answered 422).
+    pub const HANDLER_REJECTED: &str = "WH422";
+}
+
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;

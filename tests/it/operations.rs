@@ -513,3 +513,41 @@ async fn removing_an_endpoint_leaves_no_orphan_deliveries() {
     let removed: i64 = one(&c, "SELECT events FROM webhooks.retention_run(interval '0')").await;
     assert_eq!(removed, 2 + notices + 1 - unfanned);
 }
+
+/// pgwebhooks' own functions fail with SQLSTATEs a script can match:
+/// WH404 for what does not exist, WH409 for what cannot be done now, the
+/// standard 22023 for a bad argument.
+#[tokio::test]
+async fn operations_fail_with_sqlstates_of_their_own() {
+    use pgwebhooks::db::sqlstate;
+    let app = crate::support::TestApp::new().await;
+    let c = &app.c;
+    c.batch_execute(
+        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id int PRIMARY KEY, state text);
+         SELECT webhooks.watch('shop.orders', 'order');",
+    )
+    .await
+    .unwrap();
+    let id = app.add_endpoint("http://127.0.0.1:9/hook", &["*"], "").await;
+    c.execute("SELECT webhooks.endpoint_pause($1, 'maintenance')", &[&id])
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "SELECT webhooks.replay(999999, now() - interval '1 hour')",
+            sqlstate::NOT_FOUND,
+        ),
+        ("SELECT webhooks.endpoint_test(999999)", sqlstate::NOT_FOUND),
+        ("SELECT webhooks.resend('shop.orders', '42')", sqlstate::NOT_FOUND),
+        ("SELECT webhooks.emit('Not A Type!', '{}')", "22023"),
+    ];
+    for (sql, want) in cases {
+        let e = c.execute(sql, &[]).await.unwrap_err();
+        assert_eq!(e.code().map(|c| c.code()), Some(want), "{sql}: {e}");
+    }
+    let e = c
+        .execute("SELECT webhooks.endpoint_test($1)", &[&id])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some(sqlstate::CONFLICT), "{e}");
+}

@@ -4,7 +4,7 @@
 //!
 //! The streak of failures is counted per replica ([`Breaker::observe`]);
 //! opening and closing are Postgres's (`webhooks.endpoint_trip`,
-//! `webhooks.endpoint_close_breaker` in `sql/40_operations.sql`, which also
+//! `webhooks.endpoint_close_breaker` in `sql/35_breaker.sql`, which also
 //! emit `webhooks.endpoint.circuit_opened/closed`), so every replica sees
 //! the same state and one [`Prober`] pass probes each open endpoint.
 
@@ -86,7 +86,7 @@ impl Breaker {
             "circuit open: {} failed attempts in a row over at least {:?} (last: {}); probing until it answers",
             self.config.failures,
             self.config.window,
-            outcome.error.as_deref().unwrap_or("no answer")
+            outcome.error.as_ref().map_or_else(|| "no answer".to_owned(), ToString::to_string)
         );
         let result = match pool.get().await {
             Ok(c) => db::delivery::endpoint_trip(&c, id, &reason).await,

@@ -2,8 +2,9 @@
 //! delivery job, and what became of it (its [`Outcome`]). A leaf: it
 //! imports only the endpoint it is for.
 
+use std::fmt;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use uuid::Uuid;
 
@@ -99,21 +100,82 @@ pub struct Outcome {
     pub attempts: i32,
     pub next_attempt_at: Option<SystemTime>,
     pub code: Option<i32>,
-    pub error: Option<String>,
+    pub error: Option<AttemptError>,
     /// `None` when no request was sent (released, routed to the retry path).
     pub attempt: Option<AttemptInfo>,
     /// The endpoint delivers each row's events in order.
     pub ordered: bool,
-    /// Not sent: the target is refused (`deliver::target`) or its URL
-    /// unusable.
-    pub refused: bool,
+}
+
+/// Why an attempt failed, or why no request was sent. What is recorded
+/// (`webhooks.attempts.error`, `webhooks.deliveries.last_error`) is its
+/// text: the `Display` below, never a URL (a Make.com URL is a credential).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptError {
+    /// Not sent: the URL is malformed or its target refused
+    /// (`deliver::target`). Retrying will not help.
+    Refused(String),
+    /// Not sent: a header could not be built (the endpoint's own headers).
+    Headers(String),
+    /// Not sent: the body is over Make.com's 5 MB limit.
+    TooLarge { bytes: usize },
+    /// No answer within the timeout.
+    TimedOut(Duration),
+    /// The connection could not be made (the cause chain).
+    Connect(String),
+    /// Any other transport failure (the cause chain).
+    Transport(String),
+    /// A 3xx answer: redirects are not followed.
+    Redirect { to: String },
+    /// An answer that failed the attempt; `retried`: the delivery goes on.
+    Status { code: u16, retried: bool },
+    /// A Make.com webhook that no longer exists: the endpoint is paused.
+    Gone(String),
+    /// Not sent: put back for the retry path (lane full, endpoint disabled,
+    /// shutting down), or nothing left to send.
+    Skipped(&'static str),
+    /// Postgres refused the error's text; recorded in its place.
+    NotRecordable,
+}
+
+impl AttemptError {
+    /// Not sent because the target is not allowed (or its URL unusable).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, AttemptError::Refused(_))
+    }
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Refused(why) | AttemptError::Headers(why) => f.write_str(why),
+            AttemptError::TooLarge { bytes } => {
+                write!(f, "body is {bytes} bytes, over Make.com's 5 MB limit; not sent")
+            }
+            AttemptError::TimedOut(after) => write!(f, "timed out after {after:?}"),
+            AttemptError::Connect(chain) => write!(f, "connection failed: {chain}"),
+            AttemptError::Transport(chain) => f.write_str(chain),
+            AttemptError::Redirect { to } => write!(f, "redirect to {to} not followed"),
+            AttemptError::Status { code, retried: true } => write!(f, "HTTP {code}"),
+            AttemptError::Status { code, retried: false } => write!(f, "HTTP {code}: not retried"),
+            AttemptError::Gone(reason) => f.write_str(reason),
+            AttemptError::Skipped(why) => f.write_str(why),
+            AttemptError::NotRecordable => f.write_str("(error text not recordable)"),
+        }
+    }
 }
 
 impl Outcome {
+    /// Not sent: the target is refused (`deliver::target`) or its URL
+    /// unusable.
+    pub fn refused(&self) -> bool {
+        self.error.as_ref().is_some_and(AttemptError::is_refused)
+    }
+
     /// A job put back without an attempt: pending, due now. Used when an
     /// endpoint's lane is full or disabled, and for jobs still queued at
     /// shutdown.
-    pub fn released(job: &Job, why: Option<&str>) -> Outcome {
+    pub fn released(job: &Job, why: Option<&'static str>) -> Outcome {
         Outcome {
             source: job.source,
             event_id: job.event.id,
@@ -122,10 +184,9 @@ impl Outcome {
             attempts: job.attempt - 1,
             next_attempt_at: Some(SystemTime::now()),
             code: None,
-            error: why.map(str::to_owned),
+            error: why.map(AttemptError::Skipped),
             attempt: None,
             ordered: job.endpoint.ordered,
-            refused: false,
         }
     }
 }

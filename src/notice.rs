@@ -72,7 +72,7 @@ pub(crate) struct Detail {
 /// [`Kind::Dead`] when the delivery is given up. Pure.
 pub(crate) fn kinds(o: &Outcome) -> Vec<Kind> {
     let mut out = Vec::with_capacity(2);
-    let attempt = match (o.status, o.refused, o.attempt.is_some(), o.code) {
+    let attempt = match (o.status, o.refused(), o.attempt.is_some(), o.code) {
         (Status::Delivered, ..) => None,
         (_, true, ..) => Some(Kind::Refused),
         // Not sent: put back (lane full, endpoint disabled), or refused
@@ -95,7 +95,7 @@ pub(crate) fn kinds(o: &Outcome) -> Vec<Kind> {
 /// The reason as said in a line: the error, else the HTTP status.
 fn reason_of(o: &Outcome) -> String {
     let mut reason = match (&o.error, o.code) {
-        (Some(e), _) => e.clone(),
+        (Some(e), _) => e.to_string(),
         (None, Some(c)) => format!("HTTP {c}"),
         (None, None) => "no answer".into(),
     };
@@ -267,14 +267,13 @@ mod tests {
             attempts: 3,
             next_attempt_at: None,
             code,
-            error: None,
+            error: refused.then(|| crate::job::AttemptError::Refused("refused: loopback".into())),
             attempt: sent.then(|| AttemptInfo {
                 started_at: std::time::SystemTime::now(),
                 duration_ms: 1.0,
                 excerpt: Some("  Service\n unavailable ".into()),
             }),
             ordered: false,
-            refused,
         }
     }
 
@@ -391,7 +390,9 @@ mod tests {
         let o = outcome(Status::Pending, Some(503), true, false);
         assert_eq!(reason_of(&o), "HTTP 503: Service unavailable");
         let mut o = outcome(Status::Pending, None, false, false);
-        o.error = Some("timed out after 2s".into());
+        o.error = Some(crate::job::AttemptError::TimedOut(
+            std::time::Duration::from_secs(2),
+        ));
         assert_eq!(reason_of(&o), "timed out after 2s");
         let mut o = outcome(Status::Pending, Some(500), true, false);
         o.attempt.as_mut().unwrap().excerpt = Some("x".repeat(500));

@@ -7,8 +7,8 @@
 //! batches whose every job is recorded are completed.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -436,7 +436,7 @@ async fn write(pool: &Pool, replica: &str, outcomes: &[&Outcome], done: &[i64]) 
 /// The outcome with its texts replaced, for when Postgres refuses them.
 fn placeholder(o: &Outcome) -> Outcome {
     let mut p = o.clone();
-    p.error = p.error.map(|_| "(error text not recordable)".to_owned());
+    p.error = p.error.map(|_| crate::job::AttemptError::NotRecordable);
     if let Some(a) = &mut p.attempt {
         a.excerpt = a
             .excerpt
@@ -474,17 +474,17 @@ mod tests {
             attempts: 1,
             next_attempt_at: None,
             code: Some(200),
-            error: Some("bad".into()),
+            error: Some(crate::job::AttemptError::Transport("bad".into())),
             attempt: Some(AttemptInfo {
                 started_at: SystemTime::now(),
                 duration_ms: 1.0,
                 excerpt: Some("bad".into()),
             }),
             ordered: false,
-            refused: false,
         };
         let p = placeholder(&o);
-        assert_eq!(p.error.as_deref(), Some("(error text not recordable)"));
+        assert_eq!(p.error, Some(crate::job::AttemptError::NotRecordable));
+        assert_eq!(p.error.unwrap().to_string(), "(error text not recordable)");
         assert_eq!(
             p.attempt.unwrap().excerpt.as_deref(),
             Some("(response excerpt not recordable)")

@@ -46,10 +46,11 @@ impl Claimer {
                     attempts: c.attempt - 1,
                     next_attempt_at: None,
                     code: None,
-                    error: Some("the event or the endpoint no longer exists".into()),
+                    error: Some(crate::job::AttemptError::Skipped(
+                        "the event or the endpoint no longer exists",
+                    )),
                     attempt: None,
                     ordered: false,
-                    refused: false,
                 });
                 continue;
             };

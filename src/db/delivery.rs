@@ -1,5 +1,5 @@
 //! The delivery statements: one typed function per call into
-//! `sql/20_delivery.sql`.
+//! `sql/20_fanout.sql`, `sql/30_delivery.sql` and `sql/35_breaker.sql`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -143,7 +143,7 @@ impl Columns {
         self.next_at.push(o.next_attempt_at);
         self.codes.push(o.code);
         self.errors
-            .push(o.error.as_deref().map(|e| sanitize(e).into_owned()));
+            .push(o.error.as_ref().map(|e| sanitize(&e.to_string()).into_owned()));
         self.started.push(o.attempt.as_ref().map(|a| a.started_at));
         self.durations.push(o.attempt.as_ref().map(|a| a.duration_ms));
         self.excerpts.push(

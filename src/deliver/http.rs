@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AF
 use super::retry::parse_retry_after;
 use super::target;
 use crate::endpoints::Endpoint;
+use crate::job::AttemptError;
 use crate::sign;
 
 pub const USER_AGENT_VALUE: &str = concat!("pgwebhooks/", env!("CARGO_PKG_VERSION"));
@@ -28,13 +29,18 @@ pub struct Http {
 #[derive(Debug, Default)]
 pub struct Sent {
     pub status: Option<u16>,
-    pub error: Option<String>,
+    pub error: Option<AttemptError>,
     pub excerpt: String,
     pub retry_after: Option<Duration>,
     pub duration: Duration,
+}
+
+impl Sent {
     /// Not sent: the URL is malformed or its target refused (`error` says
     /// why). Retrying will not help.
-    pub refused: bool,
+    pub fn refused(&self) -> bool {
+        self.error.as_ref().is_some_and(AttemptError::is_refused)
+    }
 }
 
 impl Http {
@@ -92,8 +98,7 @@ impl Http {
         let url = match target::check(&endpoint.url, self.allow_private) {
             Ok(url) => url,
             Err(e) => {
-                sent.error = Some(e.to_string());
-                sent.refused = true;
+                sent.error = Some(AttemptError::Refused(e.to_string()));
                 sent.duration = started.elapsed();
                 return sent;
             }
@@ -101,7 +106,7 @@ impl Http {
         let headers = match headers(msg_id, endpoint, body, user_headers, now) {
             Ok(h) => h,
             Err(e) => {
-                sent.error = Some(e);
+                sent.error = Some(AttemptError::Headers(e));
                 return sent;
             }
         };
@@ -130,7 +135,7 @@ impl Http {
                         .get("location")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("?");
-                    sent.error = Some(format!("redirect to {to} not followed"));
+                    sent.error = Some(AttemptError::Redirect { to: to.to_owned() });
                 }
                 let mut bytes = Vec::new();
                 while bytes.len() < excerpt {
@@ -145,10 +150,7 @@ impl Http {
                 sent.excerpt = String::from_utf8_lossy(&bytes).into_owned();
             }
             Err(e) => match target::find_refused(&e) {
-                Some(refused) => {
-                    sent.error = Some(refused.to_string());
-                    sent.refused = true;
-                }
+                Some(refused) => sent.error = Some(AttemptError::Refused(refused.to_string())),
                 None => sent.error = Some(describe(e.without_url(), timeout)),
             },
         }
@@ -214,13 +216,13 @@ fn headers(
 }
 
 /// The error without the URL (a Make.com URL is a credential).
-fn describe(e: reqwest::Error, timeout: Duration) -> String {
+fn describe(e: reqwest::Error, timeout: Duration) -> AttemptError {
     if e.is_timeout() {
-        format!("timed out after {timeout:?}")
+        AttemptError::TimedOut(timeout)
     } else if e.is_connect() {
-        format!("connection failed: {}", crate::errors::error_chain(&e))
+        AttemptError::Connect(crate::errors::error_chain(&e))
     } else {
-        crate::errors::error_chain(&e)
+        AttemptError::Transport(crate::errors::error_chain(&e))
     }
 }
 
@@ -254,12 +256,11 @@ mod tests {
                 64,
             )
             .await;
-        assert!(sent.refused, "{sent:?}");
+        assert!(sent.refused(), "{sent:?}");
         assert!(
             sent.error
-                .as_deref()
-                .unwrap_or_default()
-                .contains("a loopback address"),
+                .as_ref()
+                .is_some_and(|e| e.to_string().contains("a loopback address")),
             "{sent:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::endpoints::MAKE_MAX_BODY;
 use crate::job::Job;
-use crate::job::{AttemptInfo, Outcome, Status};
+use crate::job::{AttemptError, AttemptInfo, Outcome, Status};
 use retry::Class;
 
 /// Settings every delivery shares; endpoints may override some.
@@ -111,13 +111,9 @@ impl Deliverer {
                 attempts: job.attempt - 1,
                 next_attempt_at: None,
                 code: None,
-                error: Some(format!(
-                    "body is {} bytes, over Make.com's 5 MB limit; not sent",
-                    body.len()
-                )),
+                error: Some(AttemptError::TooLarge { bytes: body.len() }),
                 attempt: None,
                 ordered: endpoint.ordered,
-                refused: false,
             };
             return (outcome, SideEffect::None);
         }
@@ -176,10 +172,9 @@ pub fn decide(
             excerpt: Some(sent.excerpt.clone()).filter(|e| !e.is_empty()),
         }),
         ordered: job.endpoint.ordered,
-        refused: sent.refused,
     };
     // A refused target stays refused: failed at once, retryable by hand.
-    let class = if sent.refused {
+    let class = if sent.refused() {
         Class::Fatal
     } else {
         retry::classify(sent.status, &sent.excerpt, job.endpoint.make)
@@ -194,14 +189,16 @@ pub fn decide(
         Class::Fatal => {
             outcome.status = Status::Failed;
             if outcome.error.is_none() {
-                outcome.error = sent.status.map(|s| format!("HTTP {s}: not retried"));
+                outcome.error = sent
+                    .status
+                    .map(|code| AttemptError::Status { code, retried: false });
             }
         }
         Class::Gone => {
             outcome.status = Status::Pending;
             outcome.next_attempt_at = Some(now);
             let reason = make_gone_reason(sent.status, &sent.excerpt);
-            outcome.error = Some(reason.clone());
+            outcome.error = Some(AttemptError::Gone(reason.clone()));
             effect = SideEffect::PauseEndpoint(reason);
         }
         Class::Retryable => {
@@ -213,7 +210,9 @@ pub fn decide(
                 None => outcome.status = Status::Dead,
             }
             if outcome.error.is_none() {
-                outcome.error = sent.status.map(|s| format!("HTTP {s}"));
+                outcome.error = sent
+                    .status
+                    .map(|code| AttemptError::Status { code, retried: true });
             }
         }
     }
@@ -265,11 +264,12 @@ mod tests {
     fn answer(status: Option<u16>, excerpt: &str) -> http::Sent {
         http::Sent {
             status,
-            error: status.is_none().then(|| "timed out".to_owned()),
+            error: status
+                .is_none()
+                .then_some(AttemptError::TimedOut(Duration::from_secs(2))),
             excerpt: excerpt.into(),
             retry_after: None,
             duration: Duration::from_millis(12),
-            refused: false,
         }
     }
 
@@ -294,7 +294,7 @@ mod tests {
 
         let (o, _) = decide(&first, &answer(Some(422), "bad field"));
         assert_eq!(
-            (o.status, o.error.as_deref()),
+            (o.status, o.error.as_ref().map(ToString::to_string).as_deref()),
             (Status::Failed, Some("HTTP 422: not retried"))
         );
 
@@ -302,13 +302,20 @@ mod tests {
         // 0.5 is the step itself), a timeout too.
         let (o, _) = decide(&first, &answer(Some(503), ""));
         assert_eq!(
-            (o.status, o.next_attempt_at, o.error.as_deref()),
-            (Status::Pending, at(10), Some("HTTP 503"))
+            (o.status, o.next_attempt_at, o.error),
+            (
+                Status::Pending,
+                at(10),
+                Some(AttemptError::Status {
+                    code: 503,
+                    retried: true
+                })
+            )
         );
         let (o, _) = decide(&first, &answer(None, ""));
         assert_eq!(
-            (o.status, o.error.as_deref()),
-            (Status::Pending, Some("timed out"))
+            (o.status, o.error.as_ref().map(ToString::to_string).as_deref()),
+            (Status::Pending, Some("timed out after 2s"))
         );
 
         // A retry counts the attempts of its budget: the second waits the
@@ -343,10 +350,9 @@ mod tests {
 
         // A refused target fails at once, whatever it would have answered.
         let mut refused = answer(None, "");
-        refused.refused = true;
-        refused.error = Some("refused: loopback".into());
+        refused.error = Some(AttemptError::Refused("refused: loopback".into()));
         let (o, _) = decide(&first, &refused);
-        assert_eq!((o.status, o.refused), (Status::Failed, true));
+        assert_eq!((o.status, o.refused()), (Status::Failed, true));
     }
 
     #[test]

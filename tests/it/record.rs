@@ -26,7 +26,6 @@ fn delivered(event_id: uuid::Uuid, endpoint_id: i64, batch: i64) -> Outcome {
             excerpt: None,
         }),
         ordered: false,
-        refused: false,
     }
 }
 
@@ -193,7 +192,7 @@ async fn one_refused_outcome_is_isolated_and_the_rest_recorded() {
         SystemTime::UNIX_EPOCH.checked_sub(std::time::Duration::from_secs(7000 * 366 * 86400));
     let mut nul = delivered(event_id, eps[2], batch);
     nul.attempt.as_mut().unwrap().excerpt = Some("a\0b".into());
-    nul.error = Some("e\0".into());
+    nul.error = Some(pgwebhooks::job::AttemptError::Transport("e\0".into()));
     recorder.record(delivered(event_id, eps[0], batch));
     recorder.record(bad);
     recorder.record(nul);

@@ -38,6 +38,16 @@ $$;
 GRANT USAGE ON SCHEMA webhooks TO webhooks_capture, webhooks_app;
 GRANT INSERT ON webhooks.events TO webhooks_capture;
 GRANT SELECT ON webhooks.listeners TO webhooks_capture;
+GRANT SELECT ON SEQUENCE webhooks.listeners_idle TO webhooks_capture;
+
+-- Is some listener idle? The count webhooks.listeners_idle keeps (V14;
+-- NULL until first set: nobody). An SQL function of one expression, so it
+-- is inlined where it is called: no query, no function call of its own.
+-- Every name is qualified: writers call it with their own search_path.
+CREATE OR REPLACE FUNCTION webhooks.someone_idle() RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    SELECT pg_catalog.pg_sequence_last_value('webhooks.listeners_idle'::pg_catalog.regclass) OPERATOR(pg_catalog.>) 0
+$$;
 
 -- Wake an idle sidecar. Listeners set webhooks.listeners.idle just before
 -- they wait on LISTEN; while every listener is busy, writers skip the NOTIFY
@@ -46,7 +56,7 @@ GRANT SELECT ON webhooks.listeners TO webhooks_capture;
 CREATE OR REPLACE FUNCTION webhooks.wake() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+    IF webhooks.someone_idle() THEN
         PERFORM pg_notify('webhooks', '');
     END IF;
 END
@@ -315,7 +325,7 @@ BEGIN
             INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
             VALUES (TG_ARGV[5], org, TG_ARGV[14], j ->> TG_ARGV[16], j);
         END IF;
-        IF EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+        IF webhooks.someone_idle() THEN
             PERFORM pg_notify('webhooks', '');
         END IF;
         RETURN NULL;
@@ -331,7 +341,7 @@ BEGIN
             SELECT TG_ARGV[5], org, TG_ARGV[14], s.j ->> TG_ARGV[16], s.j
               FROM (SELECT to_jsonb(r) AS j FROM old_rows r) s;
         END IF;
-        IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+        IF FOUND AND webhooks.someone_idle() THEN
             PERFORM pg_notify('webhooks', '');
         END IF;
         RETURN NULL;
@@ -391,7 +401,7 @@ BEGIN
                   nullif(TG_ARGV[10], ''), TG_ARGV[6], TG_ARGV[0], nullif(TG_ARGV[11], '')::text[], TG_ARGV[5];
         END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
-        IF n > 0 AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+        IF n > 0 AND webhooks.someone_idle() THEN
             PERFORM pg_notify('webhooks', '');
         END IF;
         RETURN NULL;
@@ -441,7 +451,7 @@ BEGIN
         INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
         VALUES (TG_ARGV[12], NULL, org, src, NULL, '{}'::jsonb);
     END IF;
-    IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners WHERE idle) THEN
+    IF FOUND AND webhooks.someone_idle() THEN
         PERFORM pg_notify('webhooks', '');
     END IF;
     RETURN NULL;
@@ -484,7 +494,7 @@ BEGIN
             INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
             VALUES (TG_ARGV[5], org, TG_ARGV[14], j OPERATOR(pg_catalog.->>) TG_ARGV[16], j);
         END IF;
-        IF EXISTS (SELECT 1 FROM webhooks.listeners l WHERE l.idle) THEN
+        IF webhooks.someone_idle() THEN
             PERFORM pg_catalog.pg_notify('webhooks', '');
         END IF;
         RETURN NULL;
@@ -498,7 +508,7 @@ BEGIN
         SELECT TG_ARGV[5], org, TG_ARGV[14], s.j OPERATOR(pg_catalog.->>) TG_ARGV[16], s.j
           FROM (SELECT pg_catalog.to_jsonb(r) AS j FROM old_rows r) s;
     END IF;
-    IF FOUND AND EXISTS (SELECT 1 FROM webhooks.listeners l WHERE l.idle) THEN
+    IF FOUND AND webhooks.someone_idle() THEN
         PERFORM pg_catalog.pg_notify('webhooks', '');
     END IF;
     RETURN NULL;

@@ -197,8 +197,27 @@ BEGIN
 END
 $$;
 
+-- webhooks.listeners_idle (V14) counts the idle listeners, for writers to
+-- read without a query. Every change to webhooks.listeners recounts it,
+-- one transaction at a time (the lock), so concurrent replicas cannot leave
+-- a stale count. SECURITY DEFINER: setval needs rights on the sequence that
+-- only this function uses.
+CREATE OR REPLACE FUNCTION webhooks.listeners_idle_sync() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('webhooks.listeners_idle'));
+    PERFORM setval('webhooks.listeners_idle', (SELECT count(*) FROM webhooks.listeners l WHERE l.idle), true);
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION webhooks.listeners_idle_sync() FROM PUBLIC;
+
+DROP TRIGGER IF EXISTS listeners_idle_sync ON webhooks.listeners;
+CREATE TRIGGER listeners_idle_sync AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON webhooks.listeners
+    FOR EACH STATEMENT EXECUTE FUNCTION webhooks.listeners_idle_sync();
+
 -- A listener says whether it is idle (waiting on LISTEN). Writers NOTIFY
--- only while some listener is idle.
+-- only while some listener is idle (webhooks.listeners_idle > 0).
 CREATE OR REPLACE FUNCTION webhooks.listener_set(replica text, idle boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column

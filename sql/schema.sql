@@ -233,6 +233,13 @@ CREATE UNLOGGED TABLE webhooks.listeners (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE UNLOGGED SEQUENCE webhooks.listeners_idle
+    START WITH 0
+    INCREMENT BY 1
+    MINVALUE 0
+    NO MAXVALUE
+    CACHE 1;
+
 CREATE TABLE webhooks.refinery_schema_history (
     version integer NOT NULL,
     name character varying(255),

@@ -762,3 +762,47 @@ async fn per_row_capture_notifies_only_when_idle() {
     assert_eq!(notifications_before_fence(&c, &mut rx).await, vec![String::new()]);
     assert_eq!(events(&c).await.len(), 51);
 }
+
+/// Writers read "is some listener idle?" from webhooks.listeners_idle, a
+/// count every change to webhooks.listeners keeps (listener_set, _forget,
+/// _rescue, a plain INSERT/DELETE/TRUNCATE): it never says idle when
+/// nobody is, nor busy when somebody is.
+#[tokio::test]
+async fn the_idle_count_follows_the_listeners() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let idle = || async {
+        let r = c
+            .query_one(
+                "SELECT coalesce(pg_sequence_last_value('webhooks.listeners_idle'), 0), webhooks.someone_idle()",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get::<_, i64>(0), r.get::<_, Option<bool>>(1).unwrap_or(false))
+    };
+    assert_eq!(idle().await, (0, false), "nobody has said anything");
+    let steps: [(&str, (i64, bool)); 8] = [
+        ("SELECT webhooks.listener_set('a', true)", (1, true)),
+        ("SELECT webhooks.listener_set('b', true)", (2, true)),
+        ("SELECT webhooks.listener_set('a', false)", (1, true)),
+        ("SELECT webhooks.listener_forget('b')", (0, false)),
+        (
+            "INSERT INTO webhooks.listeners (replica, idle) VALUES ('test', true)",
+            (1, true),
+        ),
+        (
+            "DELETE FROM webhooks.listeners WHERE replica = 'test'",
+            (0, false),
+        ),
+        (
+            "INSERT INTO webhooks.listeners (replica, idle) VALUES ('t2', true)",
+            (1, true),
+        ),
+        ("TRUNCATE webhooks.listeners", (0, false)),
+    ];
+    for (sql, want) in steps {
+        c.batch_execute(sql).await.unwrap();
+        assert_eq!(idle().await, want, "after {sql}");
+    }
+}

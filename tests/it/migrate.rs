@@ -75,7 +75,12 @@ async fn dump_tables(db: &TestDb, c: &tokio_postgres::Client) -> String {
     let tables: Vec<String> = c
         .query(
             "SELECT 'webhooks.' || relname FROM pg_class
-              WHERE relnamespace = 'webhooks'::regnamespace AND relkind IN ('r', 'p') ORDER BY relname",
+              WHERE relnamespace = 'webhooks'::regnamespace
+                AND (relkind IN ('r', 'p')
+                     -- sequences of their own (a column's come with its table)
+                     OR (relkind = 'S' AND NOT EXISTS (SELECT 1 FROM pg_depend d
+                                                        WHERE d.objid = pg_class.oid AND d.deptype IN ('a', 'i'))))
+              ORDER BY relname",
             &[],
         )
         .await

@@ -71,10 +71,6 @@ impl Recorder {
         });
     }
 
-    /// Only once the recording task has ended (it stopped, or panicked:
-    /// the supervisor then shuts the sidecar down) can a message be lost;
-    /// that is said, never silent. Nothing is lost for good: what was not
-    /// recorded is taken over when its lease expires.
     /// Outcomes handed over and not yet written: memory the claim loop
     /// counts beside its jobs, so that a slow database holds fan-out back
     /// instead of letting outcomes pile up here.
@@ -82,6 +78,10 @@ impl Recorder {
         self.unrecorded.load(Ordering::Acquire)
     }
 
+    /// Only once the recording task has ended (it stopped, or panicked:
+    /// the supervisor then shuts the sidecar down) can a message be lost;
+    /// that is said, never silent. Nothing is lost for good: what was not
+    /// recorded is taken over when its lease expires.
     fn send(&self, msg: Msg) {
         if let Err(mpsc::error::SendError(Msg::Outcome(o))) = self.tx.send(msg) {
             self.unrecorded.fetch_sub(1, Ordering::AcqRel);

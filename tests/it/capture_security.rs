@@ -434,6 +434,7 @@ async fn a_hostile_search_path_changes_nothing_capture_calls() {
         ("date_part", "text, timestamptz", "float8"),
         ("textcat", "text, text", "text"),
         ("texteq", "text, text", "boolean"),
+        ("pg_sequence_last_value", "regclass", "bigint"),
     ] {
         traps.push_str(&format!(
             "CREATE FUNCTION shop.{name}({args}) RETURNS {ret} LANGUAGE plpgsql AS
@@ -448,6 +449,7 @@ async fn a_hostile_search_path_changes_nothing_capture_calls() {
         ("->", "jsonb", "text", "jsonb"),
         ("||", "text", "text", "text"),
         (">", "integer", "integer", "boolean"),
+        (">", "bigint", "integer", "boolean"),
         ("*", "float8", "float8", "float8"),
     ]
     .iter()
@@ -459,7 +461,7 @@ async fn a_hostile_search_path_changes_nothing_capture_calls() {
              CREATE OPERATOR shop.{op} (LEFTARG = {left}, RIGHTARG = {right}, FUNCTION = shop.op{i});"
         ));
     }
-    for ty in ["text", "jsonb", "bool", "int8", "uuid"] {
+    for ty in ["text", "jsonb", "bool", "int8", "uuid", "regclass"] {
         traps.push_str(&format!(
             "CREATE DOMAIN shop.{ty} AS pg_catalog.int4 CHECK (VALUE < 0);"
         ));

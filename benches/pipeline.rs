@@ -43,6 +43,10 @@
 //!   a steady emit() run and a wait; the run's latency, first vs last
 //!   fifth, is reported beside it).
 //!
+//! - `update_capture_ratio`: single-row UPDATEs (one column, by primary
+//!   key) of a 20-column, 10,000-row table, watched ÷ unwatched, 8 clients,
+//!   no sidecar (ABBA).
+//!
 //! - `console_p95_ms`: the admin listener (console pages, `/api/v1`) over
 //!   1,000,000 deliveries seeded in SQL: the slowest route's p95
 //!   (`pipeline/console.rs`).
@@ -339,6 +343,21 @@ async fn run(b: &mut Bench, r: &mut Report) {
                     r.skip(k, &format!("the anchors did not run: {e}"));
                 }
             }
+        }
+    }
+
+    if !wanted("update_capture_ratio") {
+        r.skip("update_capture_ratio", "not selected by --only");
+    } else {
+        r.heading(&format!(
+            "update_capture_ratio: single-row UPDATEs of a 20-column table, 8 clients, no sidecar, 2 × {secs} s per side"
+        ));
+        match b.updates(8).await {
+            Ok((plain, watched)) => {
+                r.sides(&[("unwatched", &plain), ("watch()", &watched)], &plain);
+                r.set("update_capture_ratio", watched.rate.per_s() / plain.rate.per_s());
+            }
+            Err(e) => r.skip("update_capture_ratio", &e.to_string()),
         }
     }
 

@@ -273,7 +273,22 @@ const ANCHORS: &str = "
             'customer', (SELECT jsonb_build_object('name', c.name, 'phone', c.phone) FROM customers c WHERE c.id = r.b % 100),
             'stylist', (SELECT jsonb_build_object('name', s.name) FROM stylists s WHERE s.id = r.b % 7))
     $$;
-    SELECT webhooks.watch('bench.watched_fn', 'booking', '{\"payload\": \"bench.item_payload\"}');";
+    SELECT webhooks.watch('bench.watched_fn', 'booking', '{\"payload\": \"bench.item_payload\"}');
+
+    -- An app's record (an appointment): 20 columns, 10,000 rows, updated one
+    -- row at a time; bench.wide is watched, bench.wide_plain is not.
+    CREATE TABLE bench.wide_plain (id bigint PRIMARY KEY, status text NOT NULL, b int NOT NULL,
+        customer text, phone text, email text, service text, stylist text, room text, notes text,
+        starts_at timestamptz, ends_at timestamptz, created_at timestamptz, updated_at timestamptz,
+        price numeric, paid boolean, channel text, locale text, reminder_sent boolean, source text);
+    INSERT INTO bench.wide_plain
+        SELECT g, 'booked', g, 'customer ' || g, '0912' || lpad(g::text, 6, '0'), 'c' || g || '@example.com',
+               'haircut', 'stylist ' || g % 7, 'room ' || g % 3, 'first visit', now(), now() + interval '1 hour',
+               now(), now(), 35.50, false, 'web', 'zh-TW', false, 'booking-form'
+          FROM generate_series(1, 10000) g;
+    CREATE TABLE bench.wide (LIKE bench.wide_plain INCLUDING ALL);
+    INSERT INTO bench.wide SELECT * FROM bench.wide_plain;
+    SELECT webhooks.watch('bench.wide', 'appointment');";
 
 /// Capture alone (no sidecar), single-row INSERTs, side by side in one run:
 /// the unwatched table, watch(), the two peers, watch() with a payload
@@ -431,6 +446,32 @@ impl Bench {
             payload_fn: next(),
             per_row: next(),
         })
+    }
+
+    /// Capture of single-row UPDATEs alone (no sidecar): the unwatched and
+    /// the watched 20-column table in turn, twice (ABBA). Returns (plain,
+    /// watched).
+    pub async fn updates(&mut self, clients: usize) -> Res<(Side, Side)> {
+        self.reset().await?;
+        let stmt = Statement::Update;
+        load::closed_loop(
+            &self.config,
+            "bench.wide_plain",
+            stmt,
+            clients,
+            self.sizes.warmup_secs,
+        )
+        .await?;
+        let (mut plain, mut watched) = (Vec::new(), Vec::new());
+        for table in ["bench.wide_plain", "bench.wide", "bench.wide", "bench.wide_plain"] {
+            let side = self.side(table, stmt, clients, None).await?;
+            if table == "bench.wide" {
+                watched.push(side);
+            } else {
+                plain.push(side);
+            }
+        }
+        Ok((Side::merge(&plain), Side::merge(&watched)))
     }
 
     /// The drain of `drain` to the same endpoint given a body template, a

@@ -28,12 +28,18 @@ pub enum Statement {
     Row,
     /// A 1,000-row `INSERT ... SELECT generate_series` (one transaction).
     Bulk,
+    /// A single-row UPDATE of one column by primary key (one transaction),
+    /// rows 1..=[`UPDATE_ROWS`]: an app changing a record's status.
+    Update,
 }
+
+/// The rows an [`Statement::Update`] table holds (ids 1..=this).
+pub const UPDATE_ROWS: i64 = 10_000;
 
 impl Statement {
     pub fn rows(self) -> u64 {
         match self {
-            Statement::Row => 1,
+            Statement::Row | Statement::Update => 1,
             Statement::Bulk => 1000,
         }
     }
@@ -44,6 +50,7 @@ impl Statement {
                 "INSERT INTO {table} (a, b, d) SELECT 'item-' || g, g, $2::text \
                  FROM generate_series($1::int, $1::int + 999) g"
             ),
+            Statement::Update => format!("UPDATE {table} SET b = b + 1 WHERE id = $1"),
         }
     }
 }
@@ -88,6 +95,11 @@ pub async fn closed_loop(
                 match statement {
                     Statement::Row => c.execute(&stmt, &[&format!("item-{b}"), &b, &D]).await?,
                     Statement::Bulk => c.execute(&stmt, &[&b, &D]).await?,
+                    Statement::Update => {
+                        // Clients spread over the rows (no two wait on one row lock).
+                        let id = (i as i64 * 1237 + n as i64 * 7919) % UPDATE_ROWS + 1;
+                        c.execute(&stmt, &[&id]).await?
+                    }
                 };
                 n += 1;
             }

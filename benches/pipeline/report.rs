@@ -37,6 +37,7 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("console_p95_ms", "≤ 100", Goal::AtMost(100.0)),
     ("bulk_capture_only_ratio", "report", Goal::Report),
     ("capture_per_row_ratio", "report", Goal::Report),
+    ("update_capture_ratio", "report", Goal::Report),
 ];
 
 #[derive(Clone, Copy)]
@@ -171,15 +172,24 @@ impl Report {
     }
 
     pub fn anchors(&mut self, a: &Anchors) {
-        let plain = a.plain.rate.per_s();
-        for (label, side) in [
-            ("unwatched", &a.plain),
-            ("watch()", &a.watched),
-            ("watch(), per_row", &a.per_row),
-            ("minimal outbox trigger", &a.minimal),
-            ("Hasura's event trigger", &a.hasura),
-            ("watch() + payload function", &a.payload_fn),
-        ] {
+        self.sides(
+            &[
+                ("unwatched", &a.plain),
+                ("watch()", &a.watched),
+                ("watch(), per_row", &a.per_row),
+                ("minimal outbox trigger", &a.minimal),
+                ("Hasura's event trigger", &a.hasura),
+                ("watch() + payload function", &a.payload_fn),
+            ],
+            &a.plain,
+        );
+    }
+
+    /// One line per side: its rate, its ratio to `plain`'s, WAL and
+    /// Postgres CPU per transaction.
+    pub fn sides(&mut self, sides: &[(&str, &Side)], plain: &Side) {
+        let plain = plain.rate.per_s();
+        for (label, side) in sides {
             let n = side.rate.transactions.max(1) as f64;
             self.note(format!(
                 "{label:<28} {:>7.0} tx/s  ratio {:.3}  WAL {:>5.0} B/tx  Postgres CPU {:.3} ms/tx",

@@ -180,6 +180,80 @@ async fn updates_that_change_nothing_watched_emit_nothing() {
     assert_eq!(ev[2].row_key.as_deref(), Some("1"));
 }
 
+/// Capture turns each row into JSON once per side: a column whose type has
+/// a cast to json counts the casts (one per to_jsonb() of its row). The
+/// planner used to write to_jsonb(r) in again wherever the row's JSON was
+/// used, so an insert built it twice and an update of a 10-column row once
+/// more for every column (the changed-columns filter).
+#[tokio::test]
+async fn a_rows_json_is_built_once_per_row_and_side() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE SCHEMA crm;
+         CREATE TYPE crm.mood AS ENUM ('calm', 'busy');
+         CREATE SEQUENCE crm.json_casts;
+         CREATE FUNCTION crm.mood_json(crm.mood) RETURNS json LANGUAGE sql VOLATILE AS $$
+             SELECT to_json($1::text || ' #' || nextval('crm.json_casts'))
+         $$;
+         CREATE CAST (crm.mood AS json) WITH FUNCTION crm.mood_json(crm.mood);
+         -- Capture runs casts with webhooks_capture's rights only.
+         GRANT USAGE ON SCHEMA crm TO webhooks_capture;
+         GRANT USAGE ON SEQUENCE crm.json_casts TO webhooks_capture;
+         CREATE TABLE crm.visits (id int PRIMARY KEY, mood crm.mood NOT NULL DEFAULT 'calm',
+             a int DEFAULT 0, b int DEFAULT 0, c int DEFAULT 0, d int DEFAULT 0,
+             e int DEFAULT 0, f int DEFAULT 0, g int DEFAULT 0, h int DEFAULT 0);
+         SELECT webhooks.watch('crm.visits', 'visit');",
+    )
+    .await
+    .unwrap();
+    let casts = || async {
+        let r = c
+            .query_one(
+                "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM crm.json_casts",
+                &[],
+            )
+            .await
+            .unwrap();
+        r.get::<_, i64>(0)
+    };
+    let mut seen = 0;
+    for (statement, rows_json) in [
+        ("INSERT INTO crm.visits (id) VALUES (1), (2), (3)", 3),
+        ("UPDATE crm.visits SET a = 1 WHERE id = 1", 2),
+        ("UPDATE crm.visits SET b = b + 1", 6),
+        ("DELETE FROM crm.visits WHERE id = 3", 1),
+    ] {
+        c.batch_execute(statement).await.unwrap();
+        let now = casts().await;
+        assert_eq!(
+            now - seen,
+            rows_json,
+            "{statement}: rows turned into JSON (one cast to json each)"
+        );
+        seen = now;
+    }
+    let ev = events(&c).await;
+    assert_eq!(
+        types(&ev),
+        [
+            "visit.created",
+            "visit.created",
+            "visit.created",
+            "visit.updated",
+            "visit.updated",
+            "visit.updated",
+            "visit.updated",
+            "visit.deleted"
+        ]
+    );
+    // The payload carries the cast's value, from the one JSON built (each
+    // cast numbers itself, so the old and new rows' moods differ too).
+    assert_eq!(ev[0].payload["mood"], "calm #1");
+    assert_eq!(ev[3].previous.as_ref().map(|p| &p["a"]), Some(&json!(0)));
+    assert_eq!(ev[7].payload["b"], 1);
+}
+
 #[tokio::test]
 async fn rolled_back_writes_emit_nothing_and_origin_is_recorded() {
     let db = TestDb::new().await;

@@ -293,12 +293,13 @@ $$;
 -- gets its own cached plans. An UPDATE pairs old and new rows by key; a row
 -- whose key changed has no partner and is emitted as deleted (old key) and
 -- created (new key), so no change is ever skipped.
--- Every `(SELECT to_jsonb(r) AS j FROM new_rows r OFFSET 0) s` keeps its
--- OFFSET 0: without it the planner pulls the subquery up and writes
--- to_jsonb(r) in again wherever s.j is used, so a row's JSON was built
--- twice per insert (key and payload) and, for an UPDATE, once more for
--- every column of the old row (the changed-columns filter): a 1,000-row
--- UPDATE of a 20-column table cost 4 times what it does now.
+-- Every `(SELECT to_jsonb(r) AS j FROM new_rows r OFFSET 0) s`, here and in
+-- plain_capture(), keeps its OFFSET 0: without it the planner pulls the
+-- subquery up and writes to_jsonb(r) in again wherever s.j is used, so a
+-- row's JSON was built twice per insert (key and payload) and, for an
+-- UPDATE, once more for every column of the old row (the changed-columns
+-- filter): a 1,000-row UPDATE of a 20-column table cost 4 times what it
+-- does now.
 CREATE OR REPLACE FUNCTION webhooks.capture() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 DECLARE

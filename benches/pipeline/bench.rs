@@ -275,20 +275,14 @@ const ANCHORS: &str = "
     $$;
     SELECT webhooks.watch('bench.watched_fn', 'booking', '{\"payload\": \"bench.item_payload\"}');
 
-    -- An app's record (an appointment): 20 columns, 10,000 rows, updated one
-    -- row at a time; bench.wide is watched, bench.wide_plain is not.
+    -- An app's record (an appointment): 20 columns, updated one row at a
+    -- time; `setup` fills both with load::UPDATE_ROWS rows, then watches
+    -- bench.wide (bench.wide_plain stays unwatched).
     CREATE TABLE bench.wide_plain (id bigint PRIMARY KEY, status text NOT NULL, b int NOT NULL,
         customer text, phone text, email text, service text, stylist text, room text, notes text,
         starts_at timestamptz, ends_at timestamptz, created_at timestamptz, updated_at timestamptz,
         price numeric, paid boolean, channel text, locale text, reminder_sent boolean, source text);
-    INSERT INTO bench.wide_plain
-        SELECT g, 'booked', g, 'customer ' || g, '0912' || lpad(g::text, 6, '0'), 'c' || g || '@example.com',
-               'haircut', 'stylist ' || g % 7, 'room ' || g % 3, 'first visit', now(), now() + interval '1 hour',
-               now(), now(), 35.50, false, 'web', 'zh-TW', false, 'booking-form'
-          FROM generate_series(1, 10000) g;
-    CREATE TABLE bench.wide (LIKE bench.wide_plain INCLUDING ALL);
-    INSERT INTO bench.wide SELECT * FROM bench.wide_plain;
-    SELECT webhooks.watch('bench.wide', 'appointment');";
+    CREATE TABLE bench.wide (LIKE bench.wide_plain INCLUDING ALL);";
 
 /// Capture alone (no sidecar), single-row INSERTs, side by side in one run:
 /// the unwatched table, watch(), the two peers, watch() with a payload
@@ -327,6 +321,17 @@ impl Bench {
         )
         .await?;
         db.batch_execute(ANCHORS).await?;
+        db.batch_execute(&format!(
+            "INSERT INTO bench.wide_plain
+                 SELECT g, 'booked', g, 'customer ' || g, '0912' || lpad(g::text, 6, '0'), 'c' || g || '@example.com',
+                        'haircut', 'stylist ' || g % 7, 'room ' || g % 3, 'first visit', now(), now() + interval '1 hour',
+                        now(), now(), 35.50, false, 'web', 'zh-TW', false, 'booking-form'
+                   FROM generate_series(1, {}) g;
+             INSERT INTO bench.wide SELECT * FROM bench.wide_plain;
+             SELECT webhooks.watch('bench.wide', 'appointment');",
+            load::UPDATE_ROWS
+        ))
+        .await?;
         let secret = pgwebhooks::sign::generate_secret()?;
         let receiver = Receiver::start(&secret)?;
         let id: i64 = db

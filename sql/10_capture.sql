@@ -118,11 +118,12 @@ BEGIN
      WHERE jsonb_typeof(e) <> 'object' OR NOT e ? 'data'
         OR jsonb_typeof(e -> 'type') IS DISTINCT FROM 'string'
         OR (e ->> 'type') !~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$'
+        OR lower(e ->> 'type') LIKE 'webhooks.%'
      LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION 'webhooks.emit_many: invalid event %', left(bad::text, 200)
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Each event is an object with "type" (letters, digits and _ . : -) and "data".';
+                  HINT = 'Each event is an object with "type" (letters, digits and _ . : -, not webhooks.*: those are pgwebhooks'' own) and "data".';
     END IF;
     RETURN QUERY
         INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
@@ -150,10 +151,10 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id uuid;
 BEGIN
-    IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$' THEN
+    IF event_type IS NULL OR event_type !~ '^[A-Za-z0-9_][A-Za-z0-9_.:-]*$' OR lower(event_type) LIKE 'webhooks.%' THEN
         RAISE EXCEPTION 'webhooks.emit: invalid event type %', coalesce(quote_literal(event_type), 'NULL')
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Event types are letters, digits and _ . : - (e.g. appointment.created).';
+                  HINT = 'Event types are letters, digits and _ . : - (e.g. appointment.created); webhooks.* are pgwebhooks'' own.';
     END IF;
     IF payload IS NULL THEN
         RAISE EXCEPTION 'webhooks.emit: payload must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -187,11 +188,22 @@ BEGIN
       FROM pg_attribute WHERE attrelid = target AND attnum > 0 AND NOT attisdropped;
 
     FOR k IN SELECT jsonb_object_keys(opts) LOOP
-        IF k NOT IN ('ops', 'status_column', 'columns', 'exclude', 'tenant_column', 'names', 'payload', 'per_row') THEN
+        IF k NOT IN ('ops', 'status_column', 'columns', 'exclude', 'tenant_column', 'names', 'payload', 'per_row', 'on_error') THEN
             RAISE EXCEPTION 'webhooks.watch: unknown option "%"', k USING ERRCODE = 'invalid_parameter_value',
-                HINT = 'Options are ops, status_column, columns, exclude, tenant_column, names, payload, per_row.';
+                HINT = 'Options are ops, status_column, columns, exclude, tenant_column, names, payload, per_row, on_error.';
         END IF;
     END LOOP;
+    IF opts ? 'on_error' AND (jsonb_typeof(opts->'on_error') <> 'string' OR opts->>'on_error' NOT IN ('open', 'fail')) THEN
+        RAISE EXCEPTION 'webhooks.watch: "on_error" must be "open" (capture the row as it is, marked; the default) or "fail" (fail the write)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- webhooks.* events are pgwebhooks' own (operational events).
+    IF lower(entity) = 'webhooks' OR lower(entity) LIKE 'webhooks.%'
+       OR EXISTS (SELECT 1 FROM jsonb_each_text(CASE WHEN jsonb_typeof(opts->'names') = 'object' THEN opts->'names' END) x
+                   WHERE lower(x.value) LIKE 'webhooks.%') THEN
+        RAISE EXCEPTION 'webhooks.watch: event types webhooks.* are pgwebhooks'' own; choose another entity or name'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF opts ? 'per_row' AND jsonb_typeof(opts->'per_row') <> 'boolean' THEN
         RAISE EXCEPTION 'webhooks.watch: "per_row" must be true or false' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -267,6 +279,193 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (SELECT jsonb_agg(j -> u.c ORDER BY u.o) FROM unnest(keys) WITH ORDINALITY u(c, o))::text
 $$;
 
+-- The shaping half of a shaped table's capture (V15): a table with a
+-- payload function, or with a column whose type has a cast to json a user
+-- defined. Such a table's code must never run as webhooks_capture (a role
+-- every table owner's capture shares, audit N1) nor with the migrate
+-- role's or a superuser's rights (first audit, C1/C2), so it runs here, in
+-- a SECURITY INVOKER trigger that fires just before the table's capture()
+-- trigger of the same statement (trigger names sort it first):
+-- * with the writer's rights, in the writer's session, with its
+--   search_path: what the app would get calling the function itself, and
+--   nothing the table's owner could not already do with a trigger of its
+--   own (a trigger function runs as the writer). So a payload function
+--   written the natural way (LANGUAGE sql, no SECURITY DEFINER) works for
+--   the app's own role; a writer that lacks a right it needs gets the
+--   row's own JSON, marked (below).
+-- * never in a superuser's session on a table the superuser does not own
+--   (code there could SET ROLE to anyone): such rows are captured as
+--   their own JSON (a column whose cast is the owner's code: as text),
+--   marked, unless the write happens inside a SECURITY DEFINER function,
+--   where Postgres refuses SET ROLE.
+-- * fail-open: if shaping the statement's rows fails, each row is shaped on
+--   its own, and a row that still fails is captured with its own JSON and
+--   the error (events.shape_error); a WARNING tells the writer. With
+--   watch()'s {"on_error": "fail"} the error fails the write instead.
+-- It hands capture() the rows as JSON through a transaction-local setting
+-- named after the table, the operation and the trigger depth, which
+-- capture() reads and clears: {"n": new rows, "o": old rows, each
+-- [{"j": row, "p": payload} or {"j": row, "e": error}], "f": failures,
+-- "err": the first error}. What a writer could put there itself is only
+-- what it could write into the table anyway: types, key, tenant, origin and
+-- source are still capture()'s. Every name is qualified; the writer needs
+-- no right on schema webhooks.
+-- Arguments: 0 payload function's oid ('' none), 1 the watched table's oid
+-- (the partitioned root for a partition), 2 on_error ('open' or 'fail'),
+-- 3 key columns (text[]), 4 'c' when a column's cast to json is a user's.
+CREATE OR REPLACE FUNCTION webhooks.capture_shape() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    root   pg_catalog.oid := TG_ARGV[1]::pg_catalog.oid;
+    closed pg_catalog.bool := TG_ARGV[2] OPERATOR(pg_catalog.=) 'fail';
+    keys   pg_catalog.text[] := TG_ARGV[3]::pg_catalog.text[];
+    casts  pg_catalog.bool := TG_ARGV[4] OPERATOR(pg_catalog.=) 'c';
+    fn     pg_catalog.text;
+    rname  pg_catalog.text;
+    owner  pg_catalog.text;
+    skip   pg_catalog.text;
+    conv   pg_catalog.text;
+    keyx   pg_catalog.text;
+    side   pg_catalog.text;
+    tt     pg_catalog.text;
+    q      pg_catalog.text;
+    arr    pg_catalog.jsonb;
+    out    pg_catalog.jsonb := '{}';
+    rec    record;
+    j      pg_catalog.jsonb;
+    p      pg_catalog.jsonb;
+    e      pg_catalog.text;
+    items  pg_catalog.jsonb[];
+    nkeys  pg_catalog.text[];
+    failed pg_catalog.int8 := 0;
+    err    pg_catalog.text;
+BEGIN
+    SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname),
+           pg_catalog.pg_get_userbyid(c.relowner)
+      INTO rname, owner
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE c.oid OPERATOR(pg_catalog.=) root;
+    IF TG_ARGV[0] OPERATOR(pg_catalog.<>) '' THEN
+        SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(f.proname)
+          INTO fn
+          FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) f.pronamespace
+         WHERE f.oid OPERATOR(pg_catalog.=) TG_ARGV[0]::pg_catalog.oid;
+        -- A function dropped since watch(): every row fails to shape.
+        fn := COALESCE(fn, pg_catalog.format('"payload function %s, dropped"', TG_ARGV[0]));
+    END IF;
+    -- A superuser's session on another owner's table: no owner code, unless
+    -- in a SECURITY DEFINER function (where setting the role is refused).
+    IF session_user OPERATOR(pg_catalog.<>) owner
+       AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user) THEN
+        BEGIN
+            PERFORM pg_catalog.set_config('role', pg_catalog.current_setting('role'), true);
+            skip := pg_catalog.format('not shaped: written in a session of superuser %s, which runs no code of the table''s owner %s',
+                                      session_user, owner);
+        EXCEPTION WHEN OTHERS THEN
+            skip := NULL;
+        END;
+    END IF;
+    IF skip IS NOT NULL THEN
+        FOREACH side IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY['n'] WHEN 'DELETE' THEN ARRAY['o'] ELSE ARRAY['n', 'o'] END LOOP
+            EXECUTE pg_catalog.format(
+                'SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', %s, ''e'', $1)) FROM %s r',
+                CASE WHEN casts THEN 'pg_catalog.jsonb_build_object(''row'', r::pg_catalog.text)' ELSE 'pg_catalog.to_jsonb(r)' END,
+                CASE side WHEN 'n' THEN 'new_rows' ELSE 'old_rows' END)
+               INTO arr USING skip;
+            out := out OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(side, COALESCE(arr, '[]'::pg_catalog.jsonb));
+        END LOOP;
+        RAISE WARNING 'webhooks: %; the rows are captured as they are, marked', skip
+            USING HINT = 'Write as the table''s owner (or through a SECURITY DEFINER function), or resend the rows as the owner.';
+        PERFORM pg_catalog.set_config(pg_catalog.format('webhooks.shape_%s_%s_%s', TG_RELID, TG_OP, pg_catalog.pg_trigger_depth()),
+                                      out::pg_catalog.text, true);
+        RETURN NULL;
+    END IF;
+    -- A partition's row becomes a row of the watched table by column name.
+    conv := CASE WHEN TG_RELID OPERATOR(pg_catalog.=) root THEN pg_catalog.format('ROW(r.*)::%s', rname)
+                 ELSE pg_catalog.format('pg_catalog.jsonb_populate_record(NULL::%s, pg_catalog.to_jsonb(r))', rname) END;
+    keyx := CASE WHEN pg_catalog.cardinality(keys) OPERATOR(pg_catalog.>) 1
+                 THEN '(SELECT pg_catalog.jsonb_agg(x.j OPERATOR(pg_catalog.->) u.c ORDER BY u.o) FROM pg_catalog.unnest($1) WITH ORDINALITY u(c, o))::pg_catalog.text'
+                 ELSE 'x.j OPERATOR(pg_catalog.->>) ($1)[1]' END;
+    FOREACH side IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY['n'] WHEN 'DELETE' THEN ARRAY['o'] ELSE ARRAY['n', 'o'] END LOOP
+        tt := CASE side WHEN 'n' THEN 'new_rows' ELSE 'old_rows' END;
+        -- The whole statement at once; an update's old rows need a payload
+        -- only when their key changed (they become a deleted event).
+        q := CASE WHEN fn IS NULL THEN
+                 pg_catalog.format('SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', pg_catalog.to_jsonb(r))) FROM %s r', tt)
+             ELSE pg_catalog.format(
+                 'SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', y.j) OPERATOR(pg_catalog.||)
+                         CASE WHEN y.skip THEN ''{}''::pg_catalog.jsonb
+                              WHEN y.p IS NULL THEN pg_catalog.jsonb_build_object(''e'', ''the payload function returned NULL'')
+                              ELSE pg_catalog.jsonb_build_object(''p'', y.p) END)
+                    FROM (SELECT x.j, x.skip, CASE WHEN x.skip THEN NULL ELSE %s(x.v) END AS p
+                            FROM (SELECT x.j, x.v, %s AS skip
+                                    FROM (SELECT pg_catalog.to_jsonb(r) AS j, %s AS v FROM %s r OFFSET 0) x OFFSET 0) x OFFSET 0) y',
+                 fn,
+                 CASE WHEN side OPERATOR(pg_catalog.=) 'o' AND TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
+                      THEN pg_catalog.format('%s OPERATOR(pg_catalog.=) ANY ($2)', keyx) ELSE 'false' END,
+                 conv, tt) END;
+        IF side OPERATOR(pg_catalog.=) 'o' AND TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+            nkeys := ARRAY(SELECT CASE WHEN pg_catalog.cardinality(keys) OPERATOR(pg_catalog.>) 1
+                                       THEN (SELECT pg_catalog.jsonb_agg((x.value OPERATOR(pg_catalog.->) 'j') OPERATOR(pg_catalog.->) u.c ORDER BY u.o)
+                                               FROM pg_catalog.unnest(keys) WITH ORDINALITY u(c, o))::pg_catalog.text
+                                       ELSE (x.value OPERATOR(pg_catalog.->) 'j') OPERATOR(pg_catalog.->>) keys[1] END
+                             FROM pg_catalog.jsonb_array_elements(out OPERATOR(pg_catalog.->) 'n') x);
+        END IF;
+        BEGIN
+            EXECUTE q INTO arr USING keys, nkeys;
+        EXCEPTION WHEN OTHERS THEN
+            IF closed THEN
+                RAISE;
+            END IF;
+            -- Row by row: only the rows that fail lose their shape. (If
+            -- even that cannot run, the side is left to capture(), which
+            -- then captures every row as it is, marked.)
+            items := '{}';
+            BEGIN
+                FOR rec IN EXECUTE pg_catalog.format('SELECT ROW(r.*)::%s AS v FROM %s r', rname, tt) LOOP
+                    j := NULL;
+                    p := NULL;
+                    BEGIN
+                        j := pg_catalog.to_jsonb(rec.v);
+                        IF fn IS NOT NULL AND NOT (nkeys IS NOT NULL AND
+                               CASE WHEN pg_catalog.cardinality(keys) OPERATOR(pg_catalog.>) 1
+                                    THEN (SELECT pg_catalog.jsonb_agg(j OPERATOR(pg_catalog.->) u.c ORDER BY u.o)
+                                            FROM pg_catalog.unnest(keys) WITH ORDINALITY u(c, o))::pg_catalog.text
+                                    ELSE j OPERATOR(pg_catalog.->>) keys[1] END OPERATOR(pg_catalog.=) ANY (nkeys)) THEN
+                            EXECUTE pg_catalog.format('SELECT %s($1)', fn) INTO p USING rec.v;
+                            IF p IS NULL THEN
+                                RAISE EXCEPTION 'the payload function returned NULL';
+                            END IF;
+                        END IF;
+                        items := items OPERATOR(pg_catalog.||) (pg_catalog.jsonb_build_object('j', j)
+                                 OPERATOR(pg_catalog.||) pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('p', p)));
+                    EXCEPTION WHEN OTHERS THEN
+                        e := pg_catalog.left(SQLSTATE OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) SQLERRM, 1000);
+                        failed := failed OPERATOR(pg_catalog.+) 1;
+                        err := COALESCE(err, e);
+                        -- A cast to json that raised: the row as its text.
+                        items := items OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(
+                            'j', COALESCE(j, pg_catalog.jsonb_build_object('row', rec.v::pg_catalog.text)), 'e', e);
+                    END;
+                END LOOP;
+                arr := pg_catalog.to_jsonb(items);
+            EXCEPTION WHEN OTHERS THEN
+                arr := 'null';
+            END;
+        END;
+        out := out OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(side, COALESCE(arr, '[]'::pg_catalog.jsonb));
+    END LOOP;
+    IF failed OPERATOR(pg_catalog.>) 0 THEN
+        out := out OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('f', failed, 'err', err);
+        RAISE WARNING 'webhooks: % of the rows this statement wrote to % could not be shaped (%); they are captured with the row''s own JSON and the error', failed, rname, err
+            USING HINT = 'Fix the payload function; webhooks.watched shows the table as degraded, and `pgwebhooks resend` sends a row again.';
+    END IF;
+    PERFORM pg_catalog.set_config(pg_catalog.format('webhooks.shape_%s_%s_%s', TG_RELID, TG_OP, pg_catalog.pg_trigger_depth()),
+                                  out::pg_catalog.text, true);
+    RETURN NULL;
+END
+$$;
+
 -- The capture trigger of every watched table, FOR EACH STATEMENT over
 -- transition tables: a 10,000-row INSERT is one INSERT ... SELECT (or FOR
 -- EACH ROW for the inserts and deletes of a table watched with "per_row").
@@ -283,12 +482,19 @@ $$;
 --  15 's' when the table takes the fast path: one key column (16), nothing
 --     excluded, no tenant column, no payload function — one statement with
 --     no work before it, as cheap as per-table generated code was
+--  17 'y' when the table is shaped (a payload function, or a column type
+--     with a cast to json of a user's): its rows come from
+--     webhooks.capture_shape(), which ran just before (V15)
+--  18 the watched table's oid: a partition's triggers carry the
+--     partitioned root's, and its name in 14, so a write straight into a
+--     partition is captured as the root's (V15)
 -- (Triggers written by older versions lack the last ones and take the
 -- general path.)
--- With a payload function, data is f(row) instead of the row as JSON, by
--- dynamic SQL (the function is named by its oid, so its regproc text is a
--- quoted, qualified name and a rename is followed); the key, tenant, status
--- and previous values still come from the row's columns.
+-- With a payload function, data is f(row) instead of the row as JSON,
+-- computed by capture_shape() (the function is named by its oid, so a
+-- rename is followed); the key, tenant, status and previous values still
+-- come from the row's columns. A row capture_shape() could not shape is
+-- written with its own JSON and the error in shape_error (fail-open).
 -- PL/pgSQL compiles a trigger function once per trigger, so every table
 -- gets its own cached plans. An UPDATE pairs old and new rows by key; a row
 -- whose key changed has no partner and is emitted as deleted (old key) and
@@ -312,9 +518,10 @@ DECLARE
     src   text;
     scol  text;
     cols  text[];
-    fn    text;
     n     bigint;
     j     jsonb;
+    sh    jsonb;
+    sname text;
 BEGIN
     IF org IS NOT NULL THEN
         org := webhooks.origin_verified(org);
@@ -359,55 +566,82 @@ BEGIN
     k1 := keys[1];
     multi := cardinality(keys) > 1;
     src := coalesce(TG_ARGV[14], quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME));
-    IF TG_ARGV[13] <> '' AND TG_OP <> 'TRUNCATE' THEN
-        -- $1 created/deleted type, $2 tenant column, $3 origin, $4 source,
-        -- $5 multi-column key?, $6 key columns, $7 first key column,
-        -- $8 excluded columns; for updates also $9 updated type, $10 status
-        -- column, $11 status type, $12 entity, $13 filter columns.
-        fn := TG_ARGV[13]::oid::regproc::text;
+    IF (TG_ARGV[17] = 'y' OR TG_ARGV[13] <> '') AND TG_OP <> 'TRUNCATE' THEN
+        -- A shaped table: the rows as webhooks.capture_shape() made them,
+        -- with the table owner's rights, just before this trigger. Nothing
+        -- of the table's owner runs here.
+        sname := format('webhooks.shape_%s_%s_%s', TG_RELID, TG_OP, pg_trigger_depth());
+        sh := nullif(current_setting(sname, true), '')::jsonb;
+        IF sh IS NOT NULL THEN
+            PERFORM set_config(sname, '', true);
+        END IF;
+        -- Not shaped (its shaping trigger was disabled, or could not run):
+        -- every row as it is, marked. A type whose cast to json is the
+        -- owner's code is written as the row's text instead.
+        IF sh IS NULL OR TG_OP IN ('INSERT', 'UPDATE') AND jsonb_typeof(sh -> 'n') IS DISTINCT FROM 'array' THEN
+            sh := coalesce(sh, '{}') || jsonb_build_object('n',
+                (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'j', CASE WHEN TG_ARGV[17] = 'y' THEN jsonb_build_object('row', r::text) ELSE to_jsonb(r) END,
+                            'e', 'not shaped: the table''s shaping trigger did not run')), '[]')
+                   FROM new_rows r));
+            sh := sh || jsonb_build_object('f', (SELECT count(*) FROM jsonb_array_elements(sh -> 'n') x WHERE x ? 'e'),
+                                           'err', 'not shaped: the table''s shaping trigger did not run');
+        END IF;
+        IF TG_OP IN ('DELETE', 'UPDATE') AND jsonb_typeof(sh -> 'o') IS DISTINCT FROM 'array' THEN
+            sh := sh || jsonb_build_object('o',
+                (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'j', CASE WHEN TG_ARGV[17] = 'y' THEN jsonb_build_object('row', r::text) ELSE to_jsonb(r) END,
+                            'e', 'not shaped: the table''s shaping trigger did not run')), '[]')
+                   FROM old_rows r));
+            sh := sh || jsonb_build_object('f', coalesce((sh ->> 'f')::bigint, 0)
+                                                + (SELECT count(*) FROM jsonb_array_elements(sh -> 'o') x WHERE x ? 'e'),
+                                           'err', coalesce(sh ->> 'err', 'not shaped: the table''s shaping trigger did not run'));
+        END IF;
         IF TG_OP IN ('INSERT', 'DELETE') THEN
-            EXECUTE format($q$
-            INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload)
-            SELECT $1, s.j ->> $2, $3, $4,
-                   CASE WHEN $5 THEN webhooks.row_key(s.j, $6)
-                        ELSE s.j ->> $7 END,
-                   %s(s.r) - $8
-              FROM (SELECT ROW(r.*)::%s AS r, to_jsonb(r) AS j FROM %s r OFFSET 0) s$q$,
-                fn, TG_RELID::regclass, CASE TG_OP WHEN 'INSERT' THEN 'new_rows' ELSE 'old_rows' END)
-            USING CASE TG_OP WHEN 'INSERT' THEN TG_ARGV[3] ELSE TG_ARGV[5] END, tcol, org, src,
-                  multi, keys, k1, excl;
+            INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, shape_error)
+            SELECT CASE WHEN TG_OP = 'INSERT' THEN TG_ARGV[3] ELSE TG_ARGV[5] END, s.j ->> tcol, org, src,
+                   CASE WHEN multi THEN webhooks.row_key(s.j, keys) ELSE s.j ->> k1 END,
+                   coalesce(s.p, s.j) - excl, s.e
+              FROM (SELECT x -> 'j' AS j, x -> 'p' AS p, x ->> 'e' AS e
+                      FROM jsonb_array_elements(sh -> CASE WHEN TG_OP = 'INSERT' THEN 'n' ELSE 'o' END) x OFFSET 0) s;
         ELSE
-            EXECUTE format($q$
-            INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
-            SELECT CASE WHEN x.oj IS NULL THEN $1
-                        WHEN x.j IS NULL THEN $14
-                        WHEN $10 IS NOT NULL AND x.c ? $10
-                            THEN coalesce(nullif($11, ''),
-                                          $12 || '.' || nullif(regexp_replace(lower(x.j ->> $10), '[^a-z0-9_.:-]+', '_', 'g'), ''),
-                                          $9)
-                        ELSE $9 END,
-                   coalesce(x.j, x.oj) ->> $2, $3, $4, x.k,
-                   CASE WHEN x.j IS NOT NULL THEN %1$s(x.r) ELSE %1$s(x.ro) END - $8, x.c - $8
-              FROM (SELECT n.j, n.r, o.j AS oj, o.r AS ro, coalesce(n.k, o.k) AS k,
+            scol := nullif(TG_ARGV[10], '');
+            cols := nullif(TG_ARGV[11], '')::text[];
+            INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous, shape_error)
+            SELECT CASE WHEN x.oj IS NULL THEN TG_ARGV[3]
+                        WHEN x.j IS NULL THEN TG_ARGV[5]
+                        WHEN scol IS NOT NULL AND x.c ? scol
+                            THEN coalesce(nullif(TG_ARGV[6], ''),
+                                          TG_ARGV[0] || '.' || nullif(regexp_replace(lower(x.j ->> scol), '[^a-z0-9_.:-]+', '_', 'g'), ''),
+                                          TG_ARGV[4])
+                        ELSE TG_ARGV[4] END,
+                   coalesce(x.j, x.oj) ->> tcol, org, src, x.k,
+                   CASE WHEN x.j IS NOT NULL THEN coalesce(x.p, x.j) ELSE coalesce(x.op, x.oj) END - excl, x.c - excl,
+                   CASE WHEN x.j IS NOT NULL THEN x.e ELSE x.oe END
+              FROM (SELECT n.j, n.p, n.e, o.j AS oj, o.p AS op, o.e AS oe, coalesce(n.k, o.k) AS k,
                            CASE WHEN n.j IS NOT NULL AND o.j IS NOT NULL THEN
                                (SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(o.j) e
                                  WHERE n.j -> e.key IS DISTINCT FROM e.value) END AS c
-                      FROM (SELECT s.r, s.j, CASE WHEN $5 THEN webhooks.row_key(s.j, $6)
-                                                  ELSE s.j ->> $7 END AS k
-                              FROM (SELECT ROW(r.*)::%2$s AS r, to_jsonb(r) AS j FROM new_rows r OFFSET 0) s) n
+                      FROM (SELECT s.j, s.p, s.e, CASE WHEN multi THEN webhooks.row_key(s.j, keys) ELSE s.j ->> k1 END AS k
+                              FROM (SELECT y -> 'j' AS j, y -> 'p' AS p, y ->> 'e' AS e
+                                      FROM jsonb_array_elements(sh -> 'n') y OFFSET 0) s) n
                       FULL JOIN
-                           (SELECT s.r, s.j, CASE WHEN $5 THEN webhooks.row_key(s.j, $6)
-                                                  ELSE s.j ->> $7 END AS k
-                              FROM (SELECT ROW(r.*)::%2$s AS r, to_jsonb(r) AS j FROM old_rows r OFFSET 0) s) o
+                           (SELECT s.j, s.p, s.e, CASE WHEN multi THEN webhooks.row_key(s.j, keys) ELSE s.j ->> k1 END AS k
+                              FROM (SELECT y -> 'j' AS j, y -> 'p' AS p, y ->> 'e' AS e
+                                      FROM jsonb_array_elements(sh -> 'o') y OFFSET 0) s) o
                         ON o.k = n.k
                     OFFSET 0) x
              WHERE x.j IS NULL OR x.oj IS NULL
-                OR CASE WHEN $13 IS NULL THEN x.c IS NOT NULL
-                        ELSE x.c ?| $13 OR ($10 IS NOT NULL AND x.c ? $10) END$q$, fn, TG_RELID::regclass)
-            USING TG_ARGV[3], tcol, org, src, multi, keys, k1, excl, TG_ARGV[4],
-                  nullif(TG_ARGV[10], ''), TG_ARGV[6], TG_ARGV[0], nullif(TG_ARGV[11], '')::text[], TG_ARGV[5];
+                OR CASE WHEN cols IS NULL THEN x.c IS NOT NULL
+                        ELSE x.c ?| cols OR (scol IS NOT NULL AND x.c ? scol) END;
         END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
+        -- Degraded while shaping fails; healthy again at its next success.
+        IF coalesce((sh ->> 'f')::bigint, 0) > 0 THEN
+            PERFORM webhooks.capture_fault(coalesce(nullif(TG_ARGV[18], '')::oid, TG_RELID), (sh ->> 'f')::bigint, sh ->> 'err');
+        ELSE
+            PERFORM webhooks.capture_recovered(coalesce(nullif(TG_ARGV[18], '')::oid, TG_RELID));
+        END IF;
         IF n > 0 AND webhooks.someone_idle() THEN
             PERFORM pg_notify('webhooks', '');
         END IF;
@@ -536,28 +770,79 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                         WHERE y.typtype <> 'd' AND t.oid >= 16384)
 $$;
 
--- A row as the payload it would be captured as, computed with
--- webhooks_capture's rights (for resend: a cast the table's owner defined
--- never runs with the caller's rights).
-CREATE OR REPLACE FUNCTION webhooks.row_payload(r anyelement) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT to_jsonb(r)
+-- Does a column of this table have a type whose cast to json a user
+-- defined (through domains, arrays and composite types)? to_jsonb() calls
+-- such a cast: code of the type's owner, which capture then runs only in
+-- webhooks.capture_shape(), never as webhooks_capture.
+CREATE OR REPLACE FUNCTION webhooks.json_cast_ok(target regclass) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE t(oid) AS (
+        SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT x.next FROM t JOIN pg_type y ON y.oid = t.oid
+         CROSS JOIN LATERAL (SELECT y.typbasetype WHERE y.typtype = 'd'
+                             UNION ALL SELECT y.typelem WHERE y.typelem <> 0 AND y.typsubscript = 'array_subscript_handler'::regproc
+                             UNION ALL SELECT a.atttypid FROM pg_attribute a
+                                        WHERE y.typtype = 'c' AND a.attrelid = y.typrelid AND a.attnum > 0 AND NOT a.attisdropped) x(next)
+    )
+    SELECT NOT EXISTS (SELECT 1 FROM t JOIN pg_cast c ON c.castsource = t.oid
+                        WHERE t.oid >= 16384 AND c.casttarget IN ('json'::regtype, 'jsonb'::regtype))
 $$;
 
--- The same through the table's payload function (by oid), with the same
--- rights as capture.
-CREATE OR REPLACE FUNCTION webhooks.row_payload(fn oid, r anyelement) RETURNS jsonb
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A watched table's capture failed to shape `n` rows (capture(), as
+-- webhooks_capture) or an ALTER TABLE broke one of its options
+-- (webhooks.on_ddl): counted in webhooks.capture_health, and told as one
+-- webhooks.capture.failed operational event per table per minute at most
+-- (the failures since the last one). Only a writer that takes the table's
+-- advisory lock without waiting records it, so concurrent writers never
+-- queue here; the count is then a lower bound.
+CREATE OR REPLACE FUNCTION webhooks.capture_fault(target oid, n bigint, error text, now timestamptz DEFAULT clock_timestamp())
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    out jsonb;
+    h webhooks.capture_health;
 BEGIN
-    IF fn IS NULL THEN
-        RETURN to_jsonb(r);
+    IF NOT pg_try_advisory_xact_lock(1751477099, (target::bigint - 2147483648)::integer) THEN
+        RETURN;
     END IF;
-    EXECUTE format('SELECT %s($1)', fn::regproc) INTO out USING r;
-    RETURN out;
+    INSERT INTO webhooks.capture_health AS c (target, failures, last_error, last_failed_at, unreported)
+    VALUES (capture_fault.target, n, left(error, 1000), now, n)
+    ON CONFLICT ON CONSTRAINT capture_health_pkey DO UPDATE
+       SET failures = c.failures + excluded.failures, last_error = excluded.last_error,
+           last_failed_at = excluded.last_failed_at, unreported = c.unreported + excluded.unreported
+    RETURNING * INTO h;
+    IF h.reported_at IS NULL OR h.reported_at <= now - interval '1 minute' THEN
+        UPDATE webhooks.capture_health c SET reported_at = now, unreported = 0 WHERE c.target = capture_fault.target;
+        INSERT INTO webhooks.events (event_type, origin, source_table, payload)
+        SELECT 'webhooks.capture.failed', 'webhooks/capture', cl.oid::regclass::text,
+               jsonb_build_object('table', cl.oid::regclass::text, 'error', h.last_error,
+                                  'failures', h.unreported, 'failuresTotal', h.failures)
+          FROM pg_class cl WHERE cl.oid = capture_fault.target;
+        IF webhooks.someone_idle() THEN
+            PERFORM pg_notify('webhooks', '');
+        END IF;
+    END IF;
 END
 $$;
+
+-- A shaped table's statement was captured whole: if the table was
+-- degraded, it is not any more (one index probe when it was not).
+CREATE OR REPLACE FUNCTION webhooks.capture_recovered(target oid, now timestamptz DEFAULT clock_timestamp())
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM webhooks.capture_health c
+                WHERE c.target = capture_recovered.target AND c.last_failed_at > coalesce(c.last_ok_at, '-infinity'))
+       AND pg_try_advisory_xact_lock(1751477099, (target::bigint - 2147483648)::integer) THEN
+        UPDATE webhooks.capture_health c SET last_ok_at = now WHERE c.target = capture_recovered.target;
+    END IF;
+END
+$$;
+
+-- Before V15, resend shaped a row with webhooks_capture's rights; it now
+-- takes the table owner's (sql/60_replay.sql).
+DROP FUNCTION IF EXISTS webhooks.row_payload(anyelement);
+DROP FUNCTION IF EXISTS webhooks.row_payload(oid, anyelement);
 
 -- Ownership and EXECUTE: capture code belongs to the role that can do
 -- nothing else; migrate is a member of it, so it can still replace them.
@@ -566,8 +851,9 @@ DECLARE
     f regprocedure;
 BEGIN
     FOREACH f IN ARRAY ARRAY['webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
-                             'webhooks.row_payload(anyelement)'::regprocedure,
-                             'webhooks.row_payload(oid, anyelement)'::regprocedure] LOOP
+                             'webhooks.capture_shape()'::regprocedure,
+                             'webhooks.capture_fault(oid, bigint, text, timestamptz)'::regprocedure,
+                             'webhooks.capture_recovered(oid, timestamptz)'::regprocedure] LOOP
         IF (SELECT proowner FROM pg_proc WHERE oid = f) <> 'webhooks_capture'::regrole THEN
             -- Changing an owner needs the new owner to be able to create in
             -- the schema: granted for this statement only.
@@ -578,20 +864,51 @@ BEGIN
     END LOOP;
 END
 $$;
+GRANT SELECT, INSERT, UPDATE ON webhooks.capture_health TO webhooks_capture;
 REVOKE ALL ON FUNCTION webhooks.capture() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.plain_capture() FROM PUBLIC;
-REVOKE ALL ON FUNCTION webhooks.row_payload(anyelement) FROM PUBLIC;
-REVOKE ALL ON FUNCTION webhooks.row_payload(oid, anyelement) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.capture_shape() FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.capture_fault(oid, bigint, text, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.capture_recovered(oid, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.emit_many(jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.wake() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.origin_verified(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION webhooks.capture() TO webhooks_app;
-GRANT EXECUTE ON FUNCTION webhooks.plain_capture() TO webhooks_app;
+-- Only watch() creates capture triggers (through webhooks.capture_install,
+-- below): a trigger written by hand can neither call capture with options
+-- watch() would refuse nor break anyone's ALTER TABLE (audit N3). Before
+-- V15 webhooks_app could.
+REVOKE EXECUTE ON FUNCTION webhooks.capture(), webhooks.plain_capture() FROM webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.emit(text, jsonb, text, text, text, jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.emit_many(jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.wake() TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.origin_verified(text) TO webhooks_capture, webhooks_app;
+
+-- Before V15 watch() granted webhooks_capture EXECUTE on every payload
+-- function and USAGE on its schema, so one owner's capture could call
+-- another's (audit N1). No owner's code runs as webhooks_capture now: take
+-- those grants back (a superuser migrate can; otherwise each owner can).
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT format('REVOKE EXECUTE ON FUNCTION %s FROM webhooks_capture', p.oid::regprocedure) AS q
+               FROM pg_proc p
+              WHERE p.pronamespace <> 'webhooks'::regnamespace
+                AND EXISTS (SELECT 1 FROM aclexplode(p.proacl) x WHERE x.grantee = 'webhooks_capture'::regrole)
+             UNION ALL
+             SELECT format('REVOKE USAGE ON SCHEMA %I FROM webhooks_capture', n.nspname)
+               FROM pg_namespace n
+              WHERE n.nspname <> 'webhooks'
+                AND EXISTS (SELECT 1 FROM aclexplode(n.nspacl) x WHERE x.grantee = 'webhooks_capture'::regrole) LOOP
+        BEGIN
+            EXECUTE r.q;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+    END LOOP;
+END
+$$;
 
 -- The arguments of a trigger (pg_trigger.tgargs: NUL-terminated strings).
 CREATE OR REPLACE FUNCTION webhooks.trigger_args(args bytea) RETURNS text[]
@@ -611,27 +928,68 @@ END
 $$;
 
 -- Which tables are captured, and how: read from the capture triggers
--- themselves, so it can never disagree with what runs.
+-- themselves, so it can never disagree with what runs. Only a watched
+-- table's own triggers count: not a partition's (they carry the root's oid
+-- in argument 18, V15), not the clones Postgres makes of a partitioned
+-- table's row triggers (tgparentid), not a trigger whose options are not
+-- JSON. And how its capture is doing (webhooks.capture_health, V15):
+-- degraded while its last failure to shape an event, or the last option an
+-- ALTER TABLE broke, is newer than its last success.
+CREATE OR REPLACE FUNCTION webhooks.try_jsonb(t text) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN t::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END
+$$;
+
 CREATE OR REPLACE VIEW webhooks.watched AS
-SELECT DISTINCT ON (t.tgrelid) t.tgrelid::regclass AS target, a[1] AS entity, a[2]::jsonb AS options,
-       a[3]::jsonb AS attnums
+SELECT DISTINCT ON (t.tgrelid) t.tgrelid::regclass AS target, a[1] AS entity, webhooks.try_jsonb(a[2]) AS options,
+       webhooks.try_jsonb(a[3]) AS attnums,
+       coalesce(h.last_failed_at > coalesce(h.last_ok_at, '-infinity'), false) AS degraded,
+       h.last_error, coalesce(h.failures, 0) AS failures, h.last_failed_at
   FROM pg_trigger t CROSS JOIN LATERAL webhooks.trigger_args(t.tgargs) a
+  LEFT JOIN webhooks.capture_health h ON h.target = t.tgrelid
  WHERE t.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure)
+   AND t.tgparentid = 0
+   AND (a[19] IS NULL OR a[19] = t.tgrelid::oid::text)
+   AND jsonb_typeof(webhooks.try_jsonb(a[2])) = 'object'
  ORDER BY t.tgrelid, t.oid;
 
+-- The tables that share a watched table's capture: a partitioned table's
+-- partitions at every level (writes that name one fire only its own
+-- statement triggers); none for any other table.
+CREATE OR REPLACE FUNCTION webhooks.capture_members(target regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.relid FROM pg_partition_tree(target) p WHERE p.relid <> target ORDER BY p.level, p.relid::oid
+$$;
+
 -- Drop a table's capture triggers (internal): ours by function, whatever
--- their names, and those of pgwebhooks versions that generated code.
+-- their names, and those of pgwebhooks versions that generated code; on its
+-- partitions too, and on tables that were its partitions (detached: their
+-- triggers still name it). Never a clone of a partitioned table's row
+-- trigger (dropped with its parent's).
 CREATE OR REPLACE FUNCTION webhooks.unwatch_triggers(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
     t record;
 BEGIN
-    FOR t IN SELECT tgname FROM pg_trigger
-              WHERE tgrelid = target AND NOT tgisinternal
-                AND (tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure)
-                     OR tgname IN ('webhooks_capture_insert', 'webhooks_capture_update', 'webhooks_capture_delete'))
+    FOR t IN SELECT g.tgname, g.tgrelid::regclass AS rel FROM pg_trigger g
+              WHERE NOT g.tgisinternal AND g.tgparentid = 0
+                AND (g.tgrelid = target OR g.tgrelid IN (SELECT webhooks.capture_members(target)))
+                AND (g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
+                                  'webhooks.capture_shape()'::regprocedure)
+                     OR g.tgname IN ('webhooks_capture_insert', 'webhooks_capture_update', 'webhooks_capture_delete'))
+             UNION
+             SELECT g.tgname, g.tgrelid::regclass FROM pg_trigger g
+              WHERE g.tgparentid = 0 AND g.tgrelid <> target
+                AND g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
+                                 'webhooks.capture_shape()'::regprocedure)
+                AND (webhooks.trigger_args(g.tgargs))[CASE WHEN g.tgfoid = 'webhooks.capture_shape()'::regprocedure THEN 2 ELSE 19 END]
+                    = target::oid::text
     LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, target);
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
     END LOOP;
 END
 $$;
@@ -653,11 +1011,47 @@ BEGIN
 END
 $$;
 
--- Attach capture to a table. Calling it again replaces the options. Runs
--- with the caller's rights: the table's owner (which needs the role
--- webhooks_app, for the EXECUTE on webhooks.capture()) or a superuser.
-CREATE OR REPLACE FUNCTION webhooks.watch(target regclass, entity text, options jsonb DEFAULT '{}') RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- The payload function an option names: f(<the table's row>) RETURNS jsonb.
+CREATE OR REPLACE FUNCTION webhooks.watch_payload_fn(target regclass, payload text) RETURNS regprocedure
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rowtype text := format_type((SELECT c.reltype FROM pg_class c WHERE c.oid = target), NULL);
+    pfn     regprocedure;
+    fnrow   record;
+BEGIN
+    IF payload IS NULL OR payload = '' THEN
+        RAISE EXCEPTION 'webhooks.watch: "payload" must name a function, e.g. "app.order_payload"'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    pfn := to_regprocedure(CASE WHEN strpos(payload, '(') > 0 THEN payload ELSE format('%s(%s)', payload, rowtype) END);
+    IF pfn IS NULL THEN
+        RAISE EXCEPTION 'webhooks.watch: "payload" names %, but there is no function %(%)', payload, payload, rowtype
+            USING ERRCODE = 'undefined_function',
+                  HINT = format('A payload function takes the table''s row: CREATE FUNCTION %s(r %s) RETURNS jsonb ...', payload, rowtype);
+    END IF;
+    SELECT p.pronargs, p.proargtypes[0] AS arg, p.prorettype, p.proretset, p.prokind INTO fnrow FROM pg_proc p WHERE p.oid = pfn;
+    IF fnrow.pronargs <> 1 OR fnrow.arg <> (SELECT c.reltype FROM pg_class c WHERE c.oid = target) THEN
+        RAISE EXCEPTION 'webhooks.watch: payload function % must take exactly one argument, a row of %', pfn, target
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF fnrow.prorettype <> 'jsonb'::regtype OR fnrow.proretset OR fnrow.prokind <> 'f' THEN
+        RAISE EXCEPTION 'webhooks.watch: payload function % must return jsonb (one value, not a set)', pfn
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN pfn;
+END
+$$;
+
+-- Create a watched table's capture triggers (internal, called by watch()
+-- after it has checked its caller and dropped the old triggers).
+-- SECURITY DEFINER as webhooks_capture, the one role that may EXECUTE the
+-- capture functions (and so name them in CREATE TRIGGER): a trigger that
+-- calls them is one this function made, from options it validated, never
+-- one a table's owner wrote by hand. It can only act on a table whose owner
+-- granted it TRIGGER (watch() does, for this transaction only), and builds
+-- every argument itself: calling it directly gets exactly what watch() does.
+CREATE OR REPLACE FUNCTION webhooks.capture_install(target regclass, entity text, options jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel      record;
     opts     jsonb;
@@ -667,21 +1061,27 @@ DECLARE
     args     text;
     names    jsonb;
     pfn      regprocedure;
-    fnrow    record;
-    fnschema text;
     fast     boolean;
+    shaped   boolean;
+    per_row  boolean;
     ins_del  text;
+    shape    text;
+    m        regclass;
     ins_ref  text := 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT';
     del_ref  text := 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT';
 BEGIN
-    SELECT c.relkind, c.relnamespace, c.reltype INTO rel FROM pg_class c WHERE c.oid = target;
+    SELECT c.relkind, c.relnamespace, c.relispartition INTO rel FROM pg_class c WHERE c.oid = target;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'webhooks.watch: % is not a table', target USING ERRCODE = 'wrong_object_type';
     END IF;
     IF rel.relnamespace = 'webhooks'::regnamespace THEN
         RAISE EXCEPTION 'webhooks.watch: % belongs to pgwebhooks itself', target USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM webhooks.watch_check_owner(target, 'watch');
+    IF rel.relispartition THEN
+        RAISE EXCEPTION 'webhooks.watch: % is a partition of %: watch that table (writes straight into any of its partitions are captured as its own)',
+                        target, pg_partition_root(target)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     opts := webhooks.watch_options(target, entity, options);
     names := coalesce(opts->'names', '{}');
     ops := CASE WHEN opts ? 'ops' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'ops'))
@@ -697,62 +1097,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Add a primary key, or watch only inserts and deletes: {"ops": ["insert", "delete"]}.';
     END IF;
-
-    -- The payload function: f(<the table's row>) RETURNS jsonb, owned by
-    -- the caller (or a role it belongs to), so that capture calls only code
-    -- the table's owner already controls; capture runs it as webhooks_capture
-    -- unless it is SECURITY DEFINER.
     IF opts ? 'payload' THEN
-        IF jsonb_typeof(opts->'payload') <> 'string' OR opts->>'payload' = '' THEN
-            RAISE EXCEPTION 'webhooks.watch: "payload" must name a function, e.g. "app.order_payload"'
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        pfn := to_regprocedure(CASE WHEN strpos(opts->>'payload', '(') > 0 THEN opts->>'payload'
-                                    ELSE format('%s(%s)', opts->>'payload', format_type(rel.reltype, NULL)) END);
-        IF pfn IS NULL THEN
-            RAISE EXCEPTION 'webhooks.watch: "payload" names %, but there is no function %(%)',
-                            opts->>'payload', opts->>'payload', format_type(rel.reltype, NULL)
-                USING ERRCODE = 'undefined_function',
-                      HINT = format('A payload function takes the table''s row: CREATE FUNCTION %s(r %s) RETURNS jsonb ...',
-                                    opts->>'payload', format_type(rel.reltype, NULL));
-        END IF;
-        SELECT p.pronargs, p.proargtypes[0] AS arg, p.prorettype, p.proretset, p.prokind, p.prosecdef,
-               p.proowner, p.proconfig INTO fnrow FROM pg_proc p WHERE p.oid = pfn;
-        IF fnrow.pronargs <> 1 OR fnrow.arg <> rel.reltype THEN
-            RAISE EXCEPTION 'webhooks.watch: payload function % must take exactly one argument, a row of %', pfn, target
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF fnrow.prorettype <> 'jsonb'::regtype OR fnrow.proretset OR fnrow.prokind <> 'f' THEN
-            RAISE EXCEPTION 'webhooks.watch: payload function % must return jsonb (one value, not a set)', pfn
-                USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        IF NOT pg_has_role(current_user, fnrow.proowner, 'USAGE') THEN
-            RAISE EXCEPTION 'webhooks.watch: payload function % belongs to role %; only its owner may make capture call it',
-                            pfn, fnrow.proowner::regrole
-                USING ERRCODE = 'insufficient_privilege';
-        END IF;
-        -- Calling it by name needs the schema too (USAGE finds objects in
-        -- it; it reads nothing).
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO webhooks_capture', pfn);
-        SELECT p.pronamespace::regnamespace::text INTO fnschema FROM pg_proc p WHERE p.oid = pfn;
-        IF NOT has_schema_privilege('webhooks_capture', fnschema, 'USAGE') THEN
-            BEGIN
-                EXECUTE format('GRANT USAGE ON SCHEMA %s TO webhooks_capture', fnschema);
-            EXCEPTION WHEN insufficient_privilege THEN
-                NULL;
-            END;
-            IF NOT has_schema_privilege('webhooks_capture', fnschema, 'USAGE') THEN
-                RAISE EXCEPTION 'webhooks.watch: capture cannot reach schema % of payload function %', fnschema, pfn
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = format('Have the schema''s owner run: GRANT USAGE ON SCHEMA %s TO webhooks_capture;', fnschema);
-            END IF;
-        END IF;
-        IF NOT fnrow.prosecdef THEN
-            RAISE WARNING 'webhooks.watch: payload function % is SECURITY INVOKER: capture runs it as webhooks_capture, which can read no table', pfn
-                USING HINT = 'If it reads other tables (joins), declare it SECURITY DEFINER, owned by the table''s owner, with SET search_path.';
-        ELSIF NOT EXISTS (SELECT 1 FROM unnest(fnrow.proconfig) c WHERE c LIKE 'search_path=%') THEN
-            RAISE NOTICE 'webhooks.watch: payload function % runs with search_path pg_catalog, pg_temp (capture''s): qualify the tables it reads, or give it SET search_path', pfn;
-        END IF;
+        pfn := webhooks.watch_payload_fn(target, opts->>'payload');
         opts := jsonb_set(opts, '{payload}', to_jsonb(pfn::text));
     END IF;
 
@@ -769,16 +1115,25 @@ BEGIN
                'payload', pfn::oid))
       INTO nums;
 
+    -- Shaped: the table's owner has code in its capture (a payload
+    -- function, a cast to json), which only capture_shape() runs.
+    shaped := pfn IS NOT NULL OR NOT webhooks.json_cast_ok(target);
     -- The fast path: one key column, nothing excluded, no tenant column, no
     -- payload function. Its inserts and deletes take plain_capture() when
     -- every column's type is built in (it runs without SET clauses, see
     -- there), and run per row with "per_row".
-    fast := cardinality(pk) = 1 AND pfn IS NULL AND NOT opts ? 'tenant_column'
+    fast := cardinality(pk) = 1 AND NOT shaped AND NOT opts ? 'tenant_column'
             AND jsonb_array_length(coalesce(opts->'exclude', '[]')) = 0;
     ins_del := CASE WHEN fast AND webhooks.plain_capture_ok(target) THEN 'webhooks.plain_capture' ELSE 'webhooks.capture' END;
-    IF (opts->>'per_row')::boolean THEN
+    per_row := coalesce((opts->>'per_row')::boolean, false);
+    IF per_row AND rel.relkind = 'p' THEN
+        RAISE EXCEPTION 'webhooks.watch: "per_row" is for tables that are not partitioned; % is captured per statement on each of its partitions', target
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Postgres copies row triggers onto every new partition as the role that creates it, which may not call capture''s functions: leave "per_row" out.';
+    END IF;
+    IF per_row THEN
         IF NOT fast THEN
-            RAISE EXCEPTION 'webhooks.watch: "per_row" needs a table with a one-column primary key and no "exclude", "tenant_column" or "payload"'
+            RAISE EXCEPTION 'webhooks.watch: "per_row" needs a table with a one-column primary key, no "exclude", "tenant_column" or "payload", and no column type with a cast to json of its own'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         ins_ref := 'FOR EACH ROW';
@@ -801,26 +1156,124 @@ BEGIN
         quote_literal(coalesce(pfn::oid::text, '')),
         quote_literal(target::text),
         quote_literal(CASE WHEN fast THEN 's' ELSE '' END),
-        quote_literal(coalesce(pk[1], '')));
+        quote_literal(coalesce(pk[1], '')),
+        quote_literal(CASE WHEN shaped THEN 'y' ELSE '' END),
+        quote_literal(target::oid::text));
+    shape := concat_ws(', ', quote_literal(coalesce(pfn::oid::text, '')), quote_literal(target::oid::text),
+                       quote_literal(coalesce(opts->>'on_error', 'open')), quote_literal(coalesce(pk, '{}')::text),
+                       quote_literal(CASE WHEN webhooks.json_cast_ok(target) THEN '' ELSE 'c' END));
+
+    -- The table, then every partition (not truncate: truncating the parent
+    -- fires its partitions' truncate triggers too; per_row's row triggers
+    -- are cloned to the partitions by Postgres itself).
+    FOR m IN SELECT target UNION ALL SELECT webhooks.capture_members(target) LOOP
+        IF 'insert' = ANY (ops) AND (m = target OR NOT per_row) THEN
+            IF shaped THEN
+                EXECUTE format('CREATE TRIGGER webhooks_capture_a_shape_insert AFTER INSERT ON %s %s '
+                               'EXECUTE FUNCTION webhooks.capture_shape(%s)', m, ins_ref, shape);
+            END IF;
+            EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON %s %s EXECUTE FUNCTION %s(%s)',
+                           m, ins_ref, ins_del, args);
+        END IF;
+        IF 'update' = ANY (ops) THEN
+            IF shaped THEN
+                EXECUTE format('CREATE TRIGGER webhooks_capture_a_shape_update AFTER UPDATE ON %s '
+                               'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                               'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture_shape(%s)', m, shape);
+            END IF;
+            EXECUTE format('CREATE TRIGGER webhooks_capture_update AFTER UPDATE ON %s '
+                           'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', m, args);
+        END IF;
+        IF 'delete' = ANY (ops) AND (m = target OR NOT per_row) THEN
+            IF shaped THEN
+                EXECUTE format('CREATE TRIGGER webhooks_capture_a_shape_delete AFTER DELETE ON %s %s '
+                               'EXECUTE FUNCTION webhooks.capture_shape(%s)', m, del_ref, shape);
+            END IF;
+            EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s %s EXECUTE FUNCTION %s(%s)',
+                           m, del_ref, ins_del, args);
+        END IF;
+        IF 'truncate' = ANY (ops) AND m = target THEN
+            EXECUTE format('CREATE TRIGGER webhooks_capture_truncate AFTER TRUNCATE ON %s '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', m, args);
+        END IF;
+    END LOOP;
+    -- Watched anew: whatever was degraded is to be seen again.
+    UPDATE webhooks.capture_health h SET last_ok_at = clock_timestamp()
+     WHERE h.target = capture_install.target AND h.last_failed_at > coalesce(h.last_ok_at, '-infinity');
+END
+$$;
+
+-- Attach capture to a table. Calling it again replaces the options. Runs
+-- with the caller's rights: the table's owner (which needs the role
+-- webhooks_app) or a superuser. It checks its caller, drops the old
+-- triggers (an owner's right), lets webhooks.capture_install() create the
+-- new ones for this transaction only (TRIGGER on the table and its
+-- partitions, USAGE on their schemas where webhooks_capture lacks it), and
+-- takes that back.
+CREATE OR REPLACE FUNCTION webhooks.watch(target regclass, entity text, options jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel      record;
+    opts     jsonb;
+    pfn      regprocedure;
+    fnowner  oid;
+    m        regclass;
+    granted  text[] := '{}';
+    g        text;
+BEGIN
+    SELECT c.relkind, c.relnamespace, c.relispartition INTO rel FROM pg_class c WHERE c.oid = target;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'webhooks.watch: % is not a table', target USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF rel.relnamespace = 'webhooks'::regnamespace THEN
+        RAISE EXCEPTION 'webhooks.watch: % belongs to pgwebhooks itself', target USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM webhooks.watch_check_owner(target, 'watch');
+    opts := webhooks.watch_options(target, entity, options);
+
+    -- The payload function: owned by the caller (or a role it belongs to),
+    -- so that capture calls only code the table's owner already controls;
+    -- capture runs it with the table owner's rights (capture_shape()).
+    IF opts ? 'payload' THEN
+        IF jsonb_typeof(opts->'payload') <> 'string' THEN
+            RAISE EXCEPTION 'webhooks.watch: "payload" must name a function, e.g. "app.order_payload"'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        pfn := webhooks.watch_payload_fn(target, opts->>'payload');
+        SELECT p.proowner INTO fnowner FROM pg_proc p WHERE p.oid = pfn;
+        IF NOT pg_has_role(current_user, fnowner, 'USAGE') THEN
+            RAISE EXCEPTION 'webhooks.watch: payload function % belongs to role %; only its owner may make capture call it',
+                            pfn, fnowner::regrole
+                USING ERRCODE = 'insufficient_privilege';
+        END IF;
+        opts := jsonb_set(opts, '{payload}', to_jsonb(pfn::text));
+    END IF;
 
     PERFORM webhooks.unwatch_triggers(target);
-    IF 'insert' = ANY (ops) THEN
-        EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON %s %s EXECUTE FUNCTION %s(%s)',
-                       target, ins_ref, ins_del, args);
-    END IF;
-    IF 'update' = ANY (ops) THEN
-        EXECUTE format('CREATE TRIGGER webhooks_capture_update AFTER UPDATE ON %s '
-                       'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
-    END IF;
-    IF 'delete' = ANY (ops) THEN
-        EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s %s EXECUTE FUNCTION %s(%s)',
-                       target, del_ref, ins_del, args);
-    END IF;
-    IF 'truncate' = ANY (ops) THEN
-        EXECUTE format('CREATE TRIGGER webhooks_capture_truncate AFTER TRUNCATE ON %s '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', target, args);
-    END IF;
+    FOR m IN SELECT target UNION ALL SELECT webhooks.capture_members(target) LOOP
+        IF NOT has_table_privilege('webhooks_capture', m, 'TRIGGER') THEN
+            EXECUTE format('GRANT TRIGGER ON %s TO webhooks_capture', m);
+            granted := granted || format('TRIGGER ON %s', m);
+        END IF;
+    END LOOP;
+    FOR g IN SELECT DISTINCT c.relnamespace::regnamespace::text FROM pg_class c
+              WHERE c.oid = target OR c.oid IN (SELECT webhooks.capture_members(target)) LOOP
+        IF NOT has_schema_privilege('webhooks_capture', g, 'USAGE') THEN
+            BEGIN
+                EXECUTE format('GRANT USAGE ON SCHEMA %s TO webhooks_capture', g);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'webhooks.watch: % cannot let capture find tables in schema % while it installs their triggers', current_user, g
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = format('Have the schema''s owner run: GRANT USAGE ON SCHEMA %s TO webhooks_capture; (it finds names: it reads nothing)', g);
+            END;
+            granted := granted || format('USAGE ON SCHEMA %s', g);
+        END IF;
+    END LOOP;
+    PERFORM webhooks.capture_install(target, entity, opts);
+    FOREACH g IN ARRAY granted LOOP
+        EXECUTE format('REVOKE %s FROM webhooks_capture', g);
+    END LOOP;
 END
 $$;
 
@@ -831,17 +1284,54 @@ DECLARE
     was boolean;
 BEGIN
     PERFORM webhooks.watch_check_owner(target, 'unwatch');
-    was := EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = target
-                      AND t.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure));
+    was := EXISTS (SELECT 1 FROM webhooks.watched w WHERE w.target = unwatch.target);
     PERFORM webhooks.unwatch_triggers(target);
     RETURN was;
 END
 $$;
 
+-- What a DDL broke in a watched table's options: a status, tenant or
+-- columns entry whose column is gone, a payload function that is gone.
+-- (An excluded column that is gone breaks nothing.) One line each.
+CREATE OR REPLACE FUNCTION webhooks.watch_drift(target regclass) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    w   record;
+    k   text;
+    out text[] := '{}';
+BEGIN
+    SELECT * INTO w FROM webhooks.watched x WHERE x.target = watch_drift.target;
+    IF NOT FOUND THEN
+        RETURN out;
+    END IF;
+    FOREACH k IN ARRAY ARRAY['status_column', 'tenant_column'] LOOP
+        IF w.options ? k AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = target AND NOT a.attisdropped
+                                                                       AND a.attnum = (w.attnums->>k)::smallint) THEN
+            out := out || format('"%s" named column "%s", which is gone: %s', k, w.options->>k,
+                                 CASE k WHEN 'status_column' THEN 'updates are <entity>.updated now'
+                                        ELSE 'events have no tenant now' END);
+        END IF;
+    END LOOP;
+    IF w.options ? 'columns' AND NOT EXISTS (
+           SELECT 1 FROM pg_attribute a WHERE a.attrelid = target AND NOT a.attisdropped
+              AND a.attnum IN (SELECT jsonb_array_elements_text(coalesce(w.attnums->'columns', '[]'))::smallint)) THEN
+        out := out || format('every column "columns" named (%s) is gone: any change emits now', w.options->'columns');
+    END IF;
+    IF w.attnums ? 'payload' AND NOT EXISTS (SELECT 1 FROM pg_proc p WHERE p.oid = (w.attnums->>'payload')::oid)
+       AND to_regprocedure(w.options->>'payload') IS NULL THEN
+        out := out || format('payload function %s is gone: events carry the row''s own JSON now', w.options->>'payload');
+    END IF;
+    RETURN out;
+END
+$$;
+
 -- A watched table's options with the names its columns have now (found by
 -- attribute number): renamed columns keep their role; an excluded column
--- stays excluded under its old name too (fail closed); a status or tenant
--- column that is gone is an error, since capture would silently change.
+-- stays excluded under its old name too (fail closed). What a change broke
+-- (webhooks.watch_drift) is left out, so that capture keeps working: a
+-- status or tenant column that is gone, a "columns" list with nothing
+-- left, a payload function that is gone (one created again under its name
+-- is found by that name).
 CREATE OR REPLACE FUNCTION webhooks.watch_options_now(target regclass) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -872,43 +1362,45 @@ BEGIN
              WHERE a.attrelid = target AND NOT a.attisdropped
                AND a.attnum IN (SELECT jsonb_array_elements_text(coalesce(w.attnums->'columns', '[]'))::smallint)));
         IF jsonb_array_length(opts->'columns') = 0 THEN
-            RAISE EXCEPTION 'webhooks.watch: every column named in "columns" of % is gone', target
-                USING ERRCODE = 'undefined_column',
-                      HINT = 'Call webhooks.watch() with new options first, then alter the table.';
+            opts := opts - 'columns';
         END IF;
     END IF;
     IF opts ? 'payload' AND w.attnums ? 'payload' THEN
-        opts := jsonb_set(opts, '{payload}', to_jsonb(coalesce(
-            (SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = (w.attnums->>'payload')::oid),
-            opts->>'payload')));
+        col := coalesce((SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.oid = (w.attnums->>'payload')::oid),
+                        to_regprocedure(opts->>'payload')::text);
+        opts := CASE WHEN col IS NULL THEN opts - 'payload' ELSE jsonb_set(opts, '{payload}', to_jsonb(col)) END;
     END IF;
     FOREACH k IN ARRAY ARRAY['status_column', 'tenant_column'] LOOP
         IF opts ? k THEN
             SELECT a.attname::text INTO col FROM pg_attribute a
              WHERE a.attrelid = target AND NOT a.attisdropped AND a.attnum = (w.attnums->>k)::smallint;
-            IF col IS NULL THEN
-                RAISE EXCEPTION 'webhooks.watch: "%" names column "%", which % does not have any more', k, opts->>k, target
-                    USING ERRCODE = 'undefined_column',
-                          HINT = 'Call webhooks.watch() with new options first, then alter the table.';
-            END IF;
-            opts := jsonb_set(opts, ARRAY[k], to_jsonb(col));
+            opts := CASE WHEN col IS NULL THEN opts - k ELSE jsonb_set(opts, ARRAY[k], to_jsonb(col)) END;
         END IF;
     END LOOP;
+    IF NOT opts ? 'status_column' AND opts ? 'names' THEN
+        opts := jsonb_set(opts, '{names}', (opts->'names') - 'status');
+    END IF;
     RETURN opts;
 END
 $$;
 
 -- Refresh the capture of the watched tables the caller owns (all of them
 -- for a superuser) after their columns changed, where no event trigger does
--- it (migrate run without a superuser).
+-- it (migrate run without a superuser). What a change broke is said as a
+-- WARNING (webhooks.watch_drift).
 CREATE OR REPLACE FUNCTION webhooks.rewatch() RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w record;
+    d text;
     n integer := 0;
 BEGIN
     FOR w IN SELECT x.target, x.entity FROM webhooks.watched x JOIN pg_class c ON c.oid = x.target
               WHERE pg_has_role(current_user, c.relowner, 'USAGE') ORDER BY x.target::oid LOOP
+        FOREACH d IN ARRAY webhooks.watch_drift(w.target) LOOP
+            RAISE WARNING 'webhooks: capture of %: %', w.target, d
+                USING HINT = 'Call webhooks.watch() with options that name what the table has now.';
+        END LOOP;
         PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target));
         n := n + 1;
     END LOOP;
@@ -916,36 +1408,72 @@ BEGIN
 END
 $$;
 
--- After any DDL on a watched table (ALTER TABLE, but also ALTER VIEW ...
--- RENAME COLUMN and ALTER INDEX ... RENAME, which Postgres accepts on a
--- table), refresh its capture from the stored options by attribute number.
--- Every other DDL returns at once, having read nothing but the catalog: a
--- role with no rights on schema webhooks alters and drops its tables as
--- before. SECURITY DEFINER (owned by the superuser who installed the event
--- trigger) so that a table's owner needs no grant either; what it runs is
--- only watch(), which builds no code from names.
+-- After DDL on a watched table (ALTER TABLE, but also ALTER VIEW ... RENAME
+-- COLUMN and ALTER INDEX ... RENAME, which Postgres accepts on a table) or
+-- on one of its partitions, or a partition created or attached (or
+-- detached), refresh its capture from the stored options by attribute
+-- number. What the change broke is said as a WARNING and shown as degraded
+-- (webhooks.watch_drift); the DDL itself never fails because of capture:
+-- an error refreshing one table is a WARNING, and that table keeps the
+-- capture it had. Only the commands above are looked at, which watch()
+-- itself never issues (it creates and drops triggers and grants), so no
+-- setting is needed against recursion (before V15 a session could set one
+-- to skip this, audit L7). Every other DDL returns at once, having read
+-- nothing but the catalog: a role with no rights on schema webhooks alters
+-- and drops its tables as before. SECURITY DEFINER (owned by the superuser
+-- who installed the event trigger) so that a table's owner needs no grant
+-- either; what it runs is only watch(), which builds no code from names.
 CREATE OR REPLACE FUNCTION webhooks.on_ddl() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t oid;
+    t     oid;
+    tag   text;
+    d     text;
+    drift text[];
 BEGIN
-    IF current_setting('webhooks.in_on_ddl', true) = 'on' THEN
-        RETURN;
-    END IF;
-    FOR t IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
-              WHERE c.classid = 'pg_class'::regclass
-                AND EXISTS (SELECT 1 FROM pg_trigger g
-                             WHERE g.tgrelid = c.objid
-                               AND g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure))
+    FOR t, tag IN
+        SELECT DISTINCT r.root, c.command_tag FROM pg_event_trigger_ddl_commands() c
+         CROSS JOIN LATERAL (SELECT c.objid UNION SELECT pg_partition_root(c.objid)::oid) r(root)
+         WHERE c.classid = 'pg_class'::regclass
+           AND c.command_tag IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER INDEX', 'ALTER VIEW')
+           AND r.root IS NOT NULL
+           AND EXISTS (SELECT 1 FROM pg_trigger g
+                        WHERE g.tgrelid = r.root AND g.tgparentid = 0
+                          AND g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure))
     LOOP
-        PERFORM set_config('webhooks.in_on_ddl', 'on', true);
-        PERFORM webhooks.watch(t::regclass, w.entity, webhooks.watch_options_now(t::regclass))
-           FROM webhooks.watched w WHERE w.target = t::regclass;
-        PERFORM set_config('webhooks.in_on_ddl', 'off', true);
+        CONTINUE WHEN NOT EXISTS (SELECT 1 FROM webhooks.watched w WHERE w.target = t::regclass);
+        BEGIN
+            drift := webhooks.watch_drift(t::regclass);
+            PERFORM webhooks.watch(t::regclass, w.entity, webhooks.watch_options_now(t::regclass))
+               FROM webhooks.watched w WHERE w.target = t::regclass;
+            FOREACH d IN ARRAY drift LOOP
+                RAISE WARNING 'webhooks: % of % broke its capture: %', tag, t::regclass, d
+                    USING HINT = 'Capture goes on; call webhooks.watch() with options that name what the table has now.';
+            END LOOP;
+            IF cardinality(drift) > 0 THEN
+                PERFORM webhooks.capture_fault(t, 0, format('%s: %s', tag, array_to_string(drift, '; ')));
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'webhooks: capture of % was not refreshed after %: %', t::regclass, tag, SQLERRM
+                USING HINT = 'It keeps the capture it had; call webhooks.rewatch() as its owner to try again.';
+            PERFORM webhooks.capture_fault(t, 0, format('%s: capture not refreshed: %s', tag, SQLERRM));
+        END;
     END LOOP;
 END
 $$;
 REVOKE ALL ON FUNCTION webhooks.on_ddl() FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.capture_install(regclass, text, jsonb) FROM PUBLIC;
+DO $$
+BEGIN
+    IF (SELECT proowner FROM pg_proc WHERE oid = 'webhooks.capture_install(regclass, text, jsonb)'::regprocedure)
+       <> 'webhooks_capture'::regrole THEN
+        GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
+        ALTER FUNCTION webhooks.capture_install(regclass, text, jsonb) OWNER TO webhooks_capture;
+        REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
+    END IF;
+END
+$$;
+GRANT EXECUTE ON FUNCTION webhooks.capture_install(regclass, text, jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.watch(regclass, text, jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.unwatch(regclass) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.rewatch() TO webhooks_app;
@@ -1008,6 +1536,32 @@ BEGIN
             PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target));
         ELSE
             RAISE NOTICE 'pgwebhooks: % keeps its capture of before V10 until its owner runs SELECT webhooks.rewatch()', w.target;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- From versions before V15, where a payload function ran inside capture()
+-- as webhooks_capture and a partitioned table's partitions had no
+-- triggers: shaped tables (a payload function, a cast to json of a user's)
+-- and partitioned tables get their V15 triggers. Until then (their owner
+-- runs SELECT webhooks.rewatch()), a shaped table's writes are captured as
+-- the rows' own JSON, marked, and it shows as degraded.
+DO $$
+DECLARE
+    w record;
+BEGIN
+    FOR w IN SELECT x.target, x.entity FROM webhooks.watched x JOIN pg_class c ON c.oid = x.target
+              WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = x.target
+                                   AND t.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure)
+                                   AND cardinality(webhooks.trigger_args(t.tgargs)) >= 19)
+                AND (x.options ? 'payload' OR c.relkind = 'p' OR NOT webhooks.json_cast_ok(x.target))
+              ORDER BY x.target::oid LOOP
+        IF pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = w.target), 'USAGE') THEN
+            -- (per_row is refused on partitioned tables now)
+            PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target) - 'per_row');
+        ELSE
+            RAISE NOTICE 'pgwebhooks: % keeps its capture of before V15 until its owner runs SELECT webhooks.rewatch()', w.target;
         END IF;
     END LOOP;
 END

@@ -47,23 +47,70 @@ BEGIN
 END
 $$;
 
+-- A table as an operator types its name: `app.orders`, `"Task"`, and the
+-- way ORMs (Prisma, TypeORM) name tables, mixed case unquoted (`Task`,
+-- `app.Task`), which Postgres would fold to lower case. A name with upper
+-- case and no quotes is tried as written first, then folded.
+CREATE OR REPLACE FUNCTION webhooks.table_named(name text) RETURNS regclass
+LANGUAGE plpgsql STABLE AS $$
+-- No SET search_path: the name is found as the caller would find it.
+DECLARE
+    t pg_catalog.regclass;
+BEGIN
+    IF name IS NULL OR pg_catalog.btrim(name) OPERATOR(pg_catalog.=) '' THEN
+        RAISE EXCEPTION 'no table named %', COALESCE(pg_catalog.quote_literal(name), 'NULL') USING ERRCODE = 'undefined_table';
+    END IF;
+    IF pg_catalog.strpos(name, '"') OPERATOR(pg_catalog.=) 0 AND name OPERATOR(pg_catalog.<>) pg_catalog.lower(name) THEN
+        t := pg_catalog.to_regclass((SELECT pg_catalog.string_agg(pg_catalog.quote_ident(u.p), '.' ORDER BY u.o)
+                                       FROM pg_catalog.unnest(pg_catalog.string_to_array(name, '.')) WITH ORDINALITY u(p, o)));
+    END IF;
+    t := COALESCE(t, pg_catalog.to_regclass(name));
+    IF t IS NULL THEN
+        RAISE EXCEPTION 'no table named %', pg_catalog.quote_literal(name) USING ERRCODE = 'undefined_table',
+            HINT = 'Name it as webhooks.watched lists it, e.g. app.orders or app."Task".';
+    END IF;
+    RETURN t;
+END
+$$;
+
+-- The type of a row's latest event, for resend by the table's owner (who
+-- cannot read webhooks.events): only to a session of the table's owner
+-- (or a member of it) or of the sidecar.
+CREATE OR REPLACE FUNCTION webhooks.resend_last_type(target regclass, row_key text) RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT e.event_type FROM webhooks.events e
+     WHERE e.source_table = target::text AND e.row_key = resend_last_type.row_key
+       AND (pg_has_role(session_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = target), 'USAGE')
+            OR pg_has_role(session_user, 'webhooks_sidecar', 'USAGE'))
+     ORDER BY e.txid DESC, e.seq DESC LIMIT 1
+$$;
+REVOKE ALL ON FUNCTION webhooks.resend_last_type(regclass, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.resend_last_type(regclass, text) TO webhooks_app;
+
 -- Emit a fresh event (new id) for an existing row: the row as it is now if
 -- the table is watched, else the payload of the row's latest event.
+-- A table whose capture runs its owner's code (a payload function, a cast
+-- to json of the owner's) is read and shaped only in the owner's own
+-- session: in any other, that code would run with the caller's rights (an
+-- operator's, a superuser's), so resend refuses, saying who may. Any other
+-- table is read by any caller, running no code of the owner's.
+-- Row-level security is off for the read (SET row_security = off), so a
+-- table under a policy raises instead of running its owner's policy with
+-- the caller's rights (audit N4).
 CREATE OR REPLACE FUNCTION webhooks.resend(target regclass, row_key text, event_type text DEFAULT NULL)
 RETURNS uuid
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
 #variable_conflict use_variable
 DECLARE
     w      webhooks.watched;
     pk     text[];
     row_j  jsonb;
+    data   jsonb;
     last   webhooks.events;
     etype  text := event_type;
+    owner  text;
+    fn     text;
 BEGIN
-    SELECT * INTO last FROM webhooks.events e
-     WHERE e.source_table = target::text AND e.row_key = resend.row_key
-       AND (etype IS NULL OR e.event_type = etype)
-     ORDER BY e.txid DESC, e.seq DESC LIMIT 1;
     SELECT * INTO w FROM webhooks.watched x WHERE x.target = resend.target;
     IF FOUND THEN
         SELECT array_agg(a.attname::text) INTO pk
@@ -73,22 +120,44 @@ BEGIN
             RAISE EXCEPTION 'webhooks.resend: % needs a single-column primary key', target
                 USING ERRCODE = 'feature_not_supported';
         END IF;
-        -- The key is read by the column type's input function, and the row
-        -- becomes JSON with webhooks_capture's rights (row_payload), as in
-        -- capture itself: nothing the table's owner defined runs as the caller.
-        EXECUTE format('SELECT webhooks.row_payload(%L::oid, t) FROM %s t WHERE t.%I = %L',
-                       w.attnums->>'payload', target, pk[1], row_key) INTO row_j;
+        IF w.attnums ? 'payload' THEN
+            SELECT format('%I.%I', n.nspname, p.proname) INTO fn
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = (w.attnums->>'payload')::oid;
+        END IF;
+        SELECT pg_get_userbyid(c.relowner) INTO owner FROM pg_class c WHERE c.oid = target;
+        IF session_user <> owner AND (fn IS NOT NULL OR NOT webhooks.json_cast_ok(target)) THEN
+            RAISE EXCEPTION 'webhooks.resend: %''s events are shaped by its owner''s code, which runs only in the owner''s own session, not in one of %',
+                            target, session_user
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = format('Connect as role %I and run SELECT webhooks.resend(...) there.', owner);
+        END IF;
+        -- The key is read by the column type's input function.
+        EXECUTE format('SELECT to_jsonb(t), %s FROM %s t WHERE t.%I = %L',
+                       CASE WHEN fn IS NULL THEN 'NULL::jsonb' ELSE fn || '(t)' END, target, pk[1], row_key)
+           INTO row_j, data;
         IF row_j IS NULL THEN
             RAISE EXCEPTION 'webhooks.resend: % has no row %', target, row_key USING ERRCODE = 'WH404';
         END IF;
-        IF w.options ? 'exclude' THEN
-            row_j := row_j - ARRAY(SELECT jsonb_array_elements_text(w.options->'exclude'));
+        IF fn IS NOT NULL AND data IS NULL THEN
+            RAISE EXCEPTION 'webhooks.resend: the payload function % returned NULL for row % of %', fn, row_key, target
+                USING ERRCODE = 'null_value_not_allowed';
         END IF;
-        etype := coalesce(etype, last.event_type, w.entity || '.created');
-        RETURN webhooks.emit(etype, row_j,
+        data := coalesce(data, row_j);
+        IF w.options ? 'exclude' THEN
+            data := data - ARRAY(SELECT jsonb_array_elements_text(w.options->'exclude'));
+        END IF;
+        etype := coalesce(etype, webhooks.resend_last_type(target, row_key), w.entity || '.created');
+        IF lower(etype) LIKE 'webhooks.%' THEN
+            RAISE EXCEPTION 'webhooks.resend: % events are pgwebhooks'' own', etype USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RETURN webhooks.emit(etype, data,
                              CASE WHEN w.options ? 'tenant_column' THEN row_j->>(w.options->>'tenant_column') END,
                              target::text, row_key);
     END IF;
+    SELECT * INTO last FROM webhooks.events e
+     WHERE e.source_table = target::text AND e.row_key = resend.row_key
+       AND (etype IS NULL OR e.event_type = etype)
+     ORDER BY e.txid DESC, e.seq DESC LIMIT 1;
     IF last.event_id IS NULL THEN
         RAISE EXCEPTION 'webhooks.resend: % is not watched and has no % event for row %', target,
             coalesce(quote_literal(etype), 'recorded'), row_key USING ERRCODE = 'WH404';

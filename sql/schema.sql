@@ -52,7 +52,8 @@ CREATE TABLE webhooks.events (
     row_key text,
     payload jsonb NOT NULL,
     previous jsonb,
-    occurred_at timestamp with time zone DEFAULT now() NOT NULL
+    occurred_at timestamp with time zone DEFAULT now() NOT NULL,
+    shape_error text
 )
 WITH (autovacuum_vacuum_insert_scale_factor='0.05', autovacuum_analyze_scale_factor='0.05');
 
@@ -86,6 +87,16 @@ CREATE TABLE webhooks.attempts (
     endpoint_id bigint NOT NULL
 )
 WITH (autovacuum_vacuum_insert_scale_factor='0.05');
+
+CREATE TABLE webhooks.capture_health (
+    target oid NOT NULL,
+    failures bigint DEFAULT 0 NOT NULL,
+    last_error text,
+    last_failed_at timestamp with time zone,
+    last_ok_at timestamp with time zone,
+    reported_at timestamp with time zone,
+    unreported bigint DEFAULT 0 NOT NULL
+);
 
 CREATE TABLE webhooks.config_version (
     singleton boolean DEFAULT true NOT NULL,
@@ -252,6 +263,9 @@ ALTER TABLE ONLY webhooks.admin_actions
 
 ALTER TABLE ONLY webhooks.attempts
     ADD CONSTRAINT attempts_pkey PRIMARY KEY (delivery_id, attempt);
+
+ALTER TABLE ONLY webhooks.capture_health
+    ADD CONSTRAINT capture_health_pkey PRIMARY KEY (target);
 
 ALTER TABLE ONLY webhooks.config_version
     ADD CONSTRAINT config_version_pkey PRIMARY KEY (singleton);

@@ -78,7 +78,8 @@ pub struct DeliveryFilter {
     pub since: Option<SystemTime>,
     pub until: Option<SystemTime>,
     pub event_id: Option<Uuid>,
-    /// A source row: (table, with or without its schema; row key).
+    /// A source row: (table, with or without its schema, quoted or as an
+    /// ORM writes it: `Task` finds `app."Task"`; row key).
     pub source: Option<(String, String)>,
     /// Only ids below this (the cursor).
     pub before: Option<i64>,
@@ -208,7 +209,9 @@ pub async fn deliveries(
         let (k, t) = (params.len() - 1, params.len());
         conds.push(format!(
             "d.event_id IN (SELECT s.event_id FROM webhooks.events s WHERE s.row_key = ${k}
-                              AND (s.source_table = ${t} OR split_part(s.source_table, '.', 2) = ${t}))"
+                              AND ${t} IN (s.source_table, split_part(s.source_table, '.', 2),
+                                           replace(s.source_table, '\"', ''),
+                                           replace(split_part(s.source_table, '.', 2), '\"', '')))"
         ));
     }
     params.push(Box::new(limit));

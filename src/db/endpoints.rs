@@ -551,7 +551,8 @@ pub enum Deleted {
 /// Deletes an endpoint with its secrets, deliveries and their attempts
 /// (foreign keys, ON DELETE CASCADE). Refused while deliveries wait
 /// (pending, delivering, failed, dead) unless `force`; then, in the same
-/// transaction, `webhooks.emit('webhooks.endpoint.deleted', …)` records
+/// transaction, a `webhooks.endpoint.deleted` event (written directly:
+/// `emit()` refuses webhooks.* types, which are pgwebhooks' own) records
 /// the endpoint, how many were dropped by status, the first ids, the
 /// database user and `by` (the operator's login).
 pub async fn delete(
@@ -609,9 +610,12 @@ pub async fn delete(
         });
         let row = tx
             .query_one(
-                "SELECT webhooks.emit('webhooks.endpoint.deleted',
-                                      $1::jsonb || jsonb_build_object('deletedBy', session_user::text,
-                                                                      'deletedAt', now()))",
+                "WITH e AS (INSERT INTO webhooks.events (event_type, payload)
+                            VALUES ('webhooks.endpoint.deleted',
+                                    $1::jsonb || jsonb_build_object('deletedBy', session_user::text,
+                                                                    'deletedAt', now()))
+                            RETURNING event_id)
+                 SELECT e.event_id FROM e, LATERAL webhooks.wake() w",
                 &[&payload],
             )
             .await?;

@@ -244,7 +244,7 @@ pub async fn resend(
     event: Option<&str>,
 ) -> Result<uuid::Uuid, DbError> {
     Ok(c.query_one(
-        "SELECT webhooks.resend($1::text::regclass, $2, $3)",
+        "SELECT webhooks.resend(webhooks.table_named($1), $2, $3)",
         &[&table, &row_key, &event],
     )
     .await?

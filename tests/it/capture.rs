@@ -529,13 +529,30 @@ async fn capture_survives_alter_table_and_refuses_silent_breakage() {
             e.payload
         );
     }
-    // Dropping the status column the options name is refused, saying why.
-    let err = c
-        .batch_execute("ALTER TABLE crm.tickets DROP COLUMN status")
+    // Dropping the status column the options name is the app's own
+    // migration: it succeeds (capture never fails a DDL), says what it
+    // broke, shows the table as degraded, and updates are .updated now.
+    c.batch_execute("ALTER TABLE crm.tickets DROP COLUMN status; UPDATE crm.tickets SET title = 'x'")
         .await
-        .unwrap_err();
-    let msg = err.as_db_error().unwrap().message().to_owned();
-    assert!(msg.contains("\"status_column\" names column \"status\""), "{msg}");
+        .unwrap();
+    let (degraded, error): (bool, Option<String>) = {
+        let r = c
+            .query_one(
+                "SELECT degraded, last_error FROM webhooks.watched WHERE target = 'crm.tickets'::regclass",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(degraded);
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("\"status_column\" named column \"status\", which is gone"),
+        "{error}"
+    );
+    let ev = events(&c).await;
+    assert_eq!(ev.last().unwrap().event_type, "ticket.updated");
     // Dropping the table forgets it.
     c.batch_execute("DROP TABLE crm.tickets").await.unwrap();
     let watched: i64 = c

@@ -108,7 +108,8 @@ async fn a_payload_function_shapes_data_inside_the_writing_transaction() {
         )
         .await
         .unwrap();
-    admin
+    // (as the table's owner: its payload function runs in no other session)
+    salon
         .batch_execute("SELECT webhooks.resend('salon.appointments', '43')")
         .await
         .unwrap();
@@ -177,7 +178,9 @@ async fn payload_function_problems_are_refused_when_configured() {
         .get(0);
     assert_eq!(watched, 0, "a refused watch() leaves nothing behind");
 
-    // A payload function that raises fails the app's write with its message.
+    // A payload function that raises fails the app's write only when the
+    // table asks for it ({"on_error": "fail"}); fail-open is
+    // capture_failopen.rs's.
     salon
         .batch_execute(
             "CREATE FUNCTION salon.strict(a salon.appointments) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -185,7 +188,8 @@ async fn payload_function_problems_are_refused_when_configured() {
                  IF a.customer_id IS NULL THEN RAISE EXCEPTION 'appointment % has no customer', a.id; END IF;
                  RETURN jsonb_build_object('id', a.id);
              END $$;
-             SELECT webhooks.watch('salon.appointments', 'appointment', '{\"payload\": \"salon.strict\"}');",
+             SELECT webhooks.watch('salon.appointments', 'appointment',
+                                   '{\"payload\": \"salon.strict\", \"on_error\": \"fail\"}');",
         )
         .await
         .unwrap();
@@ -206,6 +210,14 @@ async fn payload_function_problems_are_refused_when_configured() {
         .unwrap()
         .get(0);
     assert_eq!(rows, 0, "the write failed whole: never a silent drop");
+    let err = salon
+        .batch_execute(
+            "SELECT webhooks.watch('salon.appointments', 'appointment', '{\"on_error\": \"maybe\"}')",
+        )
+        .await
+        .unwrap_err();
+    let msg = err.as_db_error().unwrap().message();
+    assert!(msg.contains("\"on_error\" must be"), "{msg}");
 }
 
 #[tokio::test]
@@ -213,8 +225,11 @@ async fn a_payload_function_never_runs_with_more_than_its_owners_rights() {
     let db = TestDb::new().await;
     let admin = db.client().await;
     let (role, salon) = setup(&db, &admin).await;
-    // An invoker function runs as webhooks_capture: it can read nothing,
-    // whoever writes (a superuser here) — it cannot escalate through them.
+    // An invoker function runs as the writer, in the writer's session: the
+    // owner's own writes run it as the owner. A superuser's writes to the
+    // owner's table never run it (it could escalate through them, as a
+    // trigger of the owner's own could): the rows are captured as they
+    // are, marked. It never runs as webhooks_capture.
     salon
         .batch_execute(&format!(
             "CREATE FUNCTION salon.greedy(a salon.appointments) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -222,29 +237,55 @@ async fn a_payload_function_never_runs_with_more_than_its_owners_rights() {
                  IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
                      EXECUTE 'ALTER ROLE {role} SUPERUSER';
                  END IF;
+                 BEGIN
+                     EXECUTE 'RESET ROLE; SET ROLE postgres';
+                     EXECUTE 'ALTER ROLE {role} SUPERUSER';
+                 EXCEPTION WHEN OTHERS THEN NULL;
+                 END;
                  RETURN jsonb_build_object('ran_as', current_user::text);
              END $$;
-             SELECT webhooks.watch('salon.appointments', 'appointment', '{{\"payload\": \"salon.greedy\"}}');"
+             SELECT webhooks.watch('salon.appointments', 'appointment', '{{\"payload\": \"salon.greedy\"}}');
+             INSERT INTO salon.customers VALUES (1, 'Ada', '0912345678');
+             INSERT INTO salon.appointments (id, customer_id) VALUES (1, 1);"
         ))
         .await
         .unwrap();
     admin
-        .batch_execute(
-            "INSERT INTO salon.customers VALUES (1, 'Ada', '0912345678');
-             INSERT INTO salon.appointments (id, customer_id) VALUES (1, 1);",
+        .batch_execute("INSERT INTO salon.appointments (id, customer_id) VALUES (2, 1)")
+        .await
+        .unwrap();
+    let rows = admin
+        .query(
+            "SELECT payload, shape_error FROM webhooks.events ORDER BY txid, seq",
+            &[],
         )
         .await
         .unwrap();
-    let ev = events(&admin).await;
-    assert_eq!(ev[0].1, json!({"ran_as": "webhooks_capture"}));
-    // A superuser's resend calls it with capture's rights too
-    // (webhooks.row_payload), never the caller's.
-    admin
+    let first: Value = rows[0].get(0);
+    assert_eq!(first, json!({"ran_as": role}));
+    let second: Value = rows[1].get(0);
+    let marker: Option<String> = rows[1].get(1);
+    assert_eq!(second["id"], 2, "the row as it is: {second}");
+    assert!(
+        marker
+            .as_deref()
+            .unwrap_or("")
+            .contains("not shaped: written in a session of superuser"),
+        "{marker:?}"
+    );
+    // A superuser's resend is refused, saying who may; the owner's works.
+    let err = admin
         .batch_execute("SELECT webhooks.resend('salon.appointments', '1')")
+        .await
+        .unwrap_err();
+    let msg = err.as_db_error().unwrap().message();
+    assert!(msg.contains("runs only in the owner's own session"), "{msg}");
+    salon
+        .batch_execute("SELECT webhooks.resend('salon.appointments', '2')")
         .await
         .unwrap();
     let ev = events(&admin).await;
-    assert_eq!(ev.last().unwrap().1, json!({"ran_as": "webhooks_capture"}));
+    assert_eq!(ev.last().unwrap().1, json!({"ran_as": role}));
     let sup: bool = admin
         .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&role])
         .await

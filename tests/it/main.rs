@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod admin_console;
 mod capture;
+mod capture_failopen;
 mod capture_payload;
 mod capture_security;
 mod cli;

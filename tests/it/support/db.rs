@@ -159,6 +159,18 @@ async fn connect(config: &Config) -> Client {
     client
 }
 
+/// The notices a connection received, in order.
+#[derive(Clone, Default)]
+pub struct Notices(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Notices {
+    /// Takes what arrived so far.
+    #[allow(dead_code)]
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
 /// A database of its own for one test, dropped with it.
 pub struct TestDb {
     name: String,
@@ -208,6 +220,32 @@ impl TestDb {
         let mut config = self.config.clone();
         config.user(role);
         connect(&config).await
+    }
+
+    /// A connection as `role` that keeps the notices and warnings the
+    /// server sends it ("WARNING: message"), as a writer's session sees them.
+    #[allow(dead_code)]
+    pub async fn client_with_notices(&self, role: &str) -> (Client, Notices) {
+        let mut config = self.config.clone();
+        config.user(role);
+        let (client, mut connection) = config.connect(NoTls).await.expect("connect to test Postgres");
+        let notices = Notices::default();
+        let sink = notices.clone();
+        tokio::spawn(async move {
+            while let Some(m) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match m {
+                    Ok(tokio_postgres::AsyncMessage::Notice(n)) => {
+                        sink.0
+                            .lock()
+                            .unwrap()
+                            .push(format!("{}: {}", n.severity(), n.message()))
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        (client, notices)
     }
 
     /// `pgwebhooks args…` against this database: (success, stdout, stderr).

@@ -8,5 +8,5 @@ pub mod sidecar;
 pub mod wait;
 
 pub use app::{count, one, TestApp};
-pub use db::TestDb;
+pub use db::{Notices, TestDb};
 pub use receiver::{Receiver, Reply};

@@ -6,6 +6,7 @@ mod admin;
 mod admin_console;
 mod capture;
 mod capture_failopen;
+mod capture_isolation;
 mod capture_payload;
 mod capture_security;
 mod cli;

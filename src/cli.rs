@@ -657,6 +657,17 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
             age(Some(*secs))
         );
     }
+    for d in &s.degraded {
+        println!(
+            "capture degraded: {} ({} event(s) went out unshaped or an option broke, last {} ago): {}\n  \
+             fix it, then `pgwebhooks resend {} <row key>`; the table is healthy again at its next shaped write",
+            d.table,
+            d.failures,
+            age(d.seconds_ago),
+            d.last_error.as_deref().unwrap_or("-"),
+            d.table
+        );
+    }
     println!();
     println!(
         "{:>4}  {:<40}  {:<12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>7}",

@@ -111,6 +111,9 @@ pub(super) async fn overview(State(a): State<Shared>, Signed(s): Signed, RawQuer
             "not_fanned_out": status.not_fanned_out, "dead_letters": status.dead_letters,
             "holding_back": status.holding_back.as_ref().map(|(pid, secs, _)| json!({"pid": pid, "age": age(Some(*secs))})),
             "attention": attention, "endpoints": endpoints,
+            "degraded": status.degraded.iter().map(|d| json!({
+                "table": d.table, "failures": d.failures, "error": d.last_error, "ago": age(d.seconds_ago),
+            })).collect::<Vec<_>>(),
         })))
     }
     .await)

@@ -65,6 +65,7 @@ pub async fn status(c: &impl GenericClient) -> Result<super::ops::Summary, DbErr
         notification_queue_usage: r.get(5),
         endpoints: super::ops::endpoint_health(c).await?,
         holding_back,
+        degraded: super::ops::degraded(c).await?,
     })
 }
 

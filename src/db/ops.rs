@@ -73,6 +73,40 @@ pub struct Summary {
     /// back: events are handed out once every older writer has ended):
     /// (pid, seconds open, state).
     pub holding_back: Option<(i32, f64, String)>,
+    /// Watched tables whose capture is degraded ([`degraded`]).
+    pub degraded: Vec<Degraded>,
+}
+
+/// A watched table whose capture could not shape some events (they went out
+/// as the rows' own JSON, marked) or whose options a DDL broke
+/// (`webhooks.watched.degraded`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Degraded {
+    pub table: String,
+    /// Failures counted since the table was first degraded.
+    pub failures: i64,
+    pub last_error: Option<String>,
+    pub seconds_ago: Option<f64>,
+}
+
+/// The degraded watched tables, most recent failure first.
+pub async fn degraded(c: &impl GenericClient) -> Result<Vec<Degraded>, DbError> {
+    let rows = c
+        .query(
+            "SELECT target::text, failures, last_error, extract(epoch FROM now() - last_failed_at)::float8
+               FROM webhooks.watched WHERE degraded ORDER BY last_failed_at DESC, 1",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Degraded {
+            table: r.get(0),
+            failures: r.get(1),
+            last_error: r.get(2),
+            seconds_ago: r.get(3),
+        })
+        .collect())
 }
 
 /// What start-up knows about the configuration, for [`crate::notice::misconfigurations`].
@@ -168,6 +202,7 @@ pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
         dead_letters: top.get(3),
         notification_queue_usage: top.get(4),
         endpoints,
+        degraded: degraded(c).await?,
     })
 }
 

@@ -272,3 +272,66 @@ async fn schemathesis_finds_no_server_error_or_schema_violation_in_the_admin_api
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A table whose capture is degraded (issue #23) is shown by
+/// `pgwebhooks status`, `/api/v1/status` and the console's overview, with
+/// its last error; and the overview escapes it.
+#[tokio::test]
+async fn degraded_capture_is_shown_everywhere_an_operator_looks() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let app = format!("{}_app", db.name());
+    c.batch_execute(&format!(
+        "CREATE ROLE {app} LOGIN IN ROLE webhooks_app; CREATE SCHEMA shop AUTHORIZATION {app};"
+    ))
+    .await
+    .unwrap();
+    db.client_as(&app)
+        .await
+        .batch_execute(
+            "CREATE TABLE shop.orders (id bigint PRIMARY KEY, total numeric);
+             CREATE FUNCTION shop.order_payload(o shop.orders) RETURNS jsonb LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION '<b>bad</b> order %', o.id; END $$;
+             SELECT webhooks.watch('shop.orders', 'order', '{\"payload\": \"shop.order_payload\"}');
+             INSERT INTO shop.orders VALUES (1, 2);",
+        )
+        .await
+        .unwrap();
+    let (ok, out, err) = db.cli(&["status"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("capture degraded: shop.orders (1 event(s)") && out.contains("<b>bad</b> order 1"),
+        "{out}"
+    );
+    let s = sidecar::start(sidecar::config_with_admin(&db)).await;
+    let status: serde_json::Value = http()
+        .get(format!("{}/api/v1/status", s.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let d = &status["capture_degraded"][0];
+    assert_eq!(d["table"], "shop.orders");
+    assert_eq!(d["failures"], 1);
+    assert!(d["last_error"].as_str().unwrap().contains("order 1"), "{status}");
+    let (cookie, _) = sign_in(&s.admin).await;
+    let html = http()
+        .get(format!("{}/console", s.admin))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Capture degraded"), "{html}");
+    assert!(
+        html.contains("&lt;b&gt;bad&lt;&#x2f;b&gt; order 1")
+            || html.contains("&lt;b&gt;bad&lt;/b&gt; order 1"),
+        "{html}"
+    );
+    s.stop().await;
+}

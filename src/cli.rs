@@ -341,7 +341,7 @@ fn changed(a: &NewEndpoint, b: &NewEndpoint) -> Vec<&'static str> {
 }
 
 async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
-    let config = args.connection()?;
+    let config = args.connection()?.bounded(&db::SessionBounds::tool());
     let pool = db::pool(config.clone(), 1);
     // The error says where it connected and why it failed.
     Ok(pool.get().await.map_err(|e| config.pool_error(e))?)

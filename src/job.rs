@@ -6,6 +6,8 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use tokio::time::Instant;
+
 use uuid::Uuid;
 
 use serde_json::Value;
@@ -71,6 +73,25 @@ pub struct Job {
     pub endpoint: Arc<Endpoint>,
     /// The attempt number this job makes (1 for a first attempt).
     pub attempt: i32,
+    /// The fence: past this moment of the monotonic clock the job is
+    /// released, not sent ([`send_by`]).
+    pub send_by: Instant,
+}
+
+/// When a job claimed under `lease` by a statement sent at `claim_sent`
+/// (monotonic) must have been sent by: the lease, less a quarter of it.
+///
+/// The server starts the lease at its `now()`, after the statement was
+/// sent, so counting from `claim_sent` never runs past the lease the
+/// server holds, whatever the wall clocks say. The quarter kept back is
+/// longer than any attempt may take (a fifth of the lease, the endpoint
+/// timeout's ceiling) with time left to record it: what is sent before
+/// the fence ends before another replica may take the work over. A
+/// replica that was frozen or cut off for longer finds its jobs past the
+/// fence when it resumes, and releases them instead of sending twice what
+/// another replica may already be sending.
+pub fn send_by(claim_sent: Instant, lease: Duration) -> Instant {
+    claim_sent + (lease - lease / 4)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +153,7 @@ pub enum AttemptError {
     /// A Make.com webhook that no longer exists: the endpoint is paused.
     Gone(String),
     /// Not sent: put back for the retry path (lane full, endpoint disabled,
-    /// shutting down), or nothing left to send.
+    /// shutting down, past the lease's fence), or nothing left to send.
     Skipped(&'static str),
     /// Postgres refused the error's text; recorded in its place.
     NotRecordable,
@@ -199,5 +220,19 @@ impl Status {
             Status::Failed => "failed",
             Status::Dead => "dead",
         }
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_keeps_a_quarter_of_the_lease_back() {
+        let sent = Instant::now();
+        let lease = Duration::from_secs(60);
+        assert_eq!(send_by(sent, lease), sent + Duration::from_secs(45));
+        // Longer than the longest attempt (a fifth of the lease) by a twentieth.
+        assert!(send_by(sent, lease) + lease / 5 < sent + lease);
     }
 }

@@ -7,16 +7,21 @@ use std::time::{Duration, SystemTime};
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+use tokio::time::Instant;
+
 use super::DbError;
-use crate::job::{Event, Outcome};
+use crate::job::{send_by, Event, Outcome};
 
 /// A claimed fan-out batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub id: i64,
     pub config_version: i64,
     /// Events, with the endpoints that already have a delivery (rescues).
     pub events: Vec<(Arc<Event>, Vec<i64>)>,
+    /// Its jobs' fence (`job::send_by`): the lease counted on the monotonic
+    /// clock from when the claiming statement was sent.
+    pub send_by: Instant,
 }
 
 /// The columns of a claimed event, as every claiming function returns them
@@ -58,8 +63,9 @@ pub async fn batch_claim(
             " FROM webhooks.batch_claim(replica => $1, max_events => $2, lease => make_interval(secs => $3))"
         ))
         .await?;
+    let fence = send_by(Instant::now(), lease);
     let rows = c.query(&st, &[&replica, &max_events, &secs(lease)]).await?;
-    Ok(batch_from(&rows, false))
+    Ok(batch_from(&rows, false, fence))
 }
 
 /// Which of these (event, filter) pairs does the filter reject? Returns
@@ -92,17 +98,24 @@ pub async fn batch_rescue(c: &impl GenericClient, replica: &str, lease: Duration
             " FROM webhooks.batch_rescue(replica => $1, lease => make_interval(secs => $2))"
         ))
         .await?;
+    let fence = send_by(Instant::now(), lease);
     let rows = c.query(&st, &[&replica, &secs(lease)]).await?;
-    Ok(batch_from(&rows, true))
+    Ok(batch_from(&rows, true, fence))
 }
 
-fn batch_from(rows: &[tokio_postgres::Row], with_done: bool) -> Batch {
+fn batch_from(rows: &[tokio_postgres::Row], with_done: bool, send_by: Instant) -> Batch {
     let Some(first) = rows.first() else {
-        return Batch::default();
+        return Batch {
+            id: 0,
+            config_version: 0,
+            events: Vec::new(),
+            send_by,
+        };
     };
     Batch {
         id: first.get("batch_id"),
         config_version: first.get("config_version"),
+        send_by,
         events: rows
             .iter()
             .map(|r| {
@@ -248,6 +261,8 @@ pub struct ClaimedRetry {
     pub used: i32,
     /// `None` when the event is no longer in the outbox.
     pub event: Option<Arc<Event>>,
+    /// The job's fence (`job::send_by`), as for [`Batch::send_by`].
+    pub send_by: Instant,
 }
 
 /// `webhooks.delivery_claim`: due retries, at most `rooms[i]` for endpoint
@@ -267,10 +282,11 @@ pub async fn delivery_claim(
                                                lease => make_interval(secs => $4))"
         ))
         .await?;
+    let fence = send_by(Instant::now(), lease);
     let rows = c
         .query(&st, &[&replica, &endpoint_ids, &rooms, &secs(lease)])
         .await?;
-    Ok(claimed_from(&rows))
+    Ok(claimed_from(&rows, fence))
 }
 
 /// `webhooks.delivery_claim_probe`: one pending delivery of a paused endpoint.
@@ -280,6 +296,7 @@ pub async fn delivery_claim_probe(
     endpoint_id: i64,
     lease: Duration,
 ) -> Result<Vec<ClaimedRetry>, DbError> {
+    let fence = send_by(Instant::now(), lease);
     let rows = c
         .query(
             concat!(
@@ -290,7 +307,7 @@ pub async fn delivery_claim_probe(
             &[&replica, &endpoint_id, &secs(lease)],
         )
         .await?;
-    Ok(claimed_from(&rows))
+    Ok(claimed_from(&rows, fence))
 }
 
 /// `webhooks.endpoint_trip`: the breaker pauses an endpoint.
@@ -321,9 +338,10 @@ pub async fn breaker_open(c: &impl GenericClient) -> Result<Vec<i64>, DbError> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<ClaimedRetry> {
+fn claimed_from(rows: &[tokio_postgres::Row], send_by: Instant) -> Vec<ClaimedRetry> {
     rows.iter()
         .map(|r| ClaimedRetry {
+            send_by,
             delivery_id: r.get("delivery_id"),
             endpoint_id: r.get("endpoint_id"),
             attempt: r.get("attempt"),

@@ -2,6 +2,7 @@
 //! delivery job, and what became of it (its [`Outcome`]). A leaf: it
 //! imports only the endpoint it is for.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -13,6 +14,25 @@ use uuid::Uuid;
 use serde_json::Value;
 
 use crate::endpoints::Endpoint;
+
+/// The most of any text from a receiver that is kept: an answer's excerpt
+/// (no more of the answer is read), an attempt's error (a redirect's
+/// `Location` with it), the reason of a pause in `webhooks.endpoints` and
+/// its operational event. 1 KiB.
+pub const TEXT_BOUND: usize = 1024;
+
+/// `text` cut to at most [`TEXT_BOUND`] bytes at a character boundary,
+/// ending in "…" when it was cut.
+pub fn bounded(text: &str) -> Cow<'_, str> {
+    if text.len() <= TEXT_BOUND {
+        return Cow::Borrowed(text);
+    }
+    let mut end = TEXT_BOUND - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
 
 /// One row of `webhooks.events`; `payload` and `previous` stay JSON text.
 #[derive(Debug)]
@@ -146,7 +166,8 @@ pub enum AttemptError {
     Connect(String),
     /// Any other transport failure (the cause chain).
     Transport(String),
-    /// A 3xx answer: redirects are not followed.
+    /// A 3xx answer: redirects are not followed. `to` is the `Location`,
+    /// cut to [`TEXT_BOUND`].
     Redirect { to: String },
     /// An answer that failed the attempt; `retried`: the delivery goes on.
     Status { code: u16, retried: bool },

@@ -1,6 +1,7 @@
 //! The delivery statements: one typed function per call into
 //! `sql/20_fanout.sql`, `sql/30_delivery.sql` and `sql/35_breaker.sql`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use tokio::time::Instant;
 
 use super::DbError;
-use crate::job::{send_by, Event, Outcome};
+use crate::job::{bounded, send_by, Event, Outcome};
 
 /// A claimed fan-out batch.
 #[derive(Debug)]
@@ -313,7 +314,10 @@ pub async fn delivery_claim_probe(
 /// `webhooks.endpoint_trip`: the breaker pauses an endpoint.
 pub async fn endpoint_trip(c: &impl GenericClient, endpoint_id: i64, reason: &str) -> Result<bool, DbError> {
     let r = c
-        .query_opt("SELECT webhooks.endpoint_trip($1, $2)", &[&endpoint_id, &reason])
+        .query_opt(
+            "SELECT webhooks.endpoint_trip($1, $2)",
+            &[&endpoint_id, &sanitize(reason)],
+        )
         .await?;
     Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
 }
@@ -431,18 +435,24 @@ pub async fn endpoint_pace(
 /// `webhooks.endpoint_pause`.
 pub async fn endpoint_pause(c: &impl GenericClient, endpoint_id: i64, reason: &str) -> Result<bool, DbError> {
     let r = c
-        .query_opt("SELECT webhooks.endpoint_pause($1, $2)", &[&endpoint_id, &reason])
+        .query_opt(
+            "SELECT webhooks.endpoint_pause($1, $2)",
+            &[&endpoint_id, &sanitize(reason)],
+        )
         .await?;
     Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
 }
 
-/// Text as Postgres accepts it: NUL (never valid in `text`) becomes U+FFFD,
-/// as invalid UTF-8 already has (`String::from_utf8_lossy`).
-pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+/// Text as Postgres accepts it and as much of it as we keep: NUL (never
+/// valid in `text`) becomes U+FFFD, as invalid UTF-8 already has
+/// (`String::from_utf8_lossy`), and the whole is cut to
+/// [`crate::job::TEXT_BOUND`]. Every text that may hold a receiver's words
+/// goes through it on its way into a table.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+        Cow::Owned(bounded(&s.replace('\0', "\u{FFFD}")).into_owned())
     } else {
-        std::borrow::Cow::Borrowed(s)
+        bounded(s)
     }
 }
 
@@ -451,11 +461,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sanitize_replaces_nul_only() {
+    fn sanitize_replaces_nul_and_cuts_to_the_bound() {
         assert_eq!(sanitize("ok\0\0!"), "ok\u{FFFD}\u{FFFD}!");
-        assert!(matches!(
-            sanitize("plain ✓"),
-            std::borrow::Cow::Borrowed("plain ✓")
-        ));
+        assert!(matches!(sanitize("plain ✓"), Cow::Borrowed("plain ✓")));
+        let long = "é".repeat(1000);
+        let cut = sanitize(&long);
+        assert!(
+            cut.len() <= crate::job::TEXT_BOUND && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        let nuls = "\0".repeat(1000);
+        assert!(sanitize(&nuls).len() <= crate::job::TEXT_BOUND);
     }
 }

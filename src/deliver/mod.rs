@@ -27,7 +27,8 @@ pub struct DeliverConfig {
     /// The longest an endpoint's own timeout may be: a fifth of the lease
     /// (set by the sidecar), so an attempt in flight is never taken over.
     pub max_timeout: Option<Duration>,
-    /// Bytes of the response body kept on the attempt row (no more is read).
+    /// Bytes of the response body kept on the attempt row (no more is read;
+    /// at most `job::TEXT_BOUND` is stored).
     pub excerpt_bytes: usize,
     /// Send to private, loopback and link-local addresses too
     /// (`PGWEBHOOKS_ALLOW_PRIVATE_TARGETS`); cloud metadata never.
@@ -40,7 +41,7 @@ impl Default for DeliverConfig {
             retry_schedule: retry::parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("valid default"),
             timeout: Duration::from_secs(10),
             max_timeout: None,
-            excerpt_bytes: 1024,
+            excerpt_bytes: crate::job::TEXT_BOUND,
             allow_private_targets: false,
         }
     }

@@ -320,15 +320,20 @@ async fn start_up_says_each_misconfiguration_and_status_the_last_failure() {
 }
 
 /// A flush that waits on the database (here: on a lock a test transaction
-/// holds on webhooks.deliveries) is said at `warn` every few seconds with
-/// the pool's state, and the outcomes are recorded once it can go on.
+/// holds on webhooks.deliveries, with the URL's own `lock_timeout=0` and
+/// `statement_timeout=0`, which win over ours) is said at `warn` every few seconds with the pool's
+/// state, and the outcomes are recorded once it can go on.
 #[tokio::test]
 async fn a_recorder_waiting_on_the_database_says_so() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let mut rx = Receiver::ok().await;
     let id = endpoint(&c, &rx.url, &["*"], "").await;
-    let run = Logged::spawn(sidecar::run_command(&db.url()));
+    let url = format!(
+        "{}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D0",
+        db.url()
+    );
+    let run = Logged::spawn(sidecar::run_command(&url));
     // Up and delivering: one event goes through first.
     c.batch_execute("SELECT webhooks.emit('first', '{}')")
         .await
@@ -357,6 +362,48 @@ async fn a_recorder_waiting_on_the_database_says_so() {
     .await;
     assert_eq!(said["pending"], 1, "{said}");
     assert!(said["pool_size"].as_u64().is_some(), "{said}");
+    tx.rollback().await.unwrap();
+    wait::until("recorded once the lock is gone", T, || async {
+        (statuses(&c, id).await == [("delivered".to_owned(), 2)]).then_some(())
+    })
+    .await;
+}
+
+/// Issue #24: a replica's flush no longer waits on another session's lock
+/// for longer than `lock_timeout` (a fifth of the lease): it gives up, says
+/// why at `warn`, keeps its outcomes and records them once it can.
+#[tokio::test]
+async fn a_recorder_blocked_by_a_lock_gives_up_after_the_lock_timeout_and_retries() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut rx = Receiver::ok().await;
+    let id = endpoint(&c, &rx.url, &["*"], "").await;
+    let run = Logged::spawn(sidecar::run_command(&db.url()));
+    c.batch_execute("SELECT webhooks.emit('first', '{}')")
+        .await
+        .unwrap();
+    rx.next(T).await;
+    wait::until("the first recorded", T, || async {
+        (statuses(&c, id).await == [("delivered".to_owned(), 1)]).then_some(())
+    })
+    .await;
+    let mut blocker = db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE webhooks.deliveries IN SHARE MODE")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT webhooks.emit('held.up', '{}')")
+        .await
+        .unwrap();
+    rx.next(T).await;
+    let said = wait::until("the flush's lock timeout said at warn", T, || async {
+        run.fields("WARN").into_iter().find(|f| {
+            f["message"].as_str() == Some("recording outcomes failed; retrying")
+                && f["error"].as_str().is_some_and(|e| e.contains("lock timeout"))
+        })
+    })
+    .await;
+    assert_eq!(said["pending"], 1, "{said}");
     tx.rollback().await.unwrap();
     wait::until("recorded once the lock is gone", T, || async {
         (statuses(&c, id).await == [("delivered".to_owned(), 2)]).then_some(())

@@ -24,11 +24,14 @@ struct Logged {
 }
 
 impl Logged {
+    /// JSON logs unless `cmd` sets `PGWEBHOOKS_LOG_FORMAT` itself.
     fn spawn(mut cmd: std::process::Command) -> Logged {
+        if !cmd.get_envs().any(|(k, _)| k == "PGWEBHOOKS_LOG_FORMAT") {
+            cmd.env("PGWEBHOOKS_LOG_FORMAT", "json");
+        }
         let mut child = cmd
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("PGWEBHOOKS_LOG_FORMAT", "json")
             .env("PGWEBHOOKS_TIMEOUT", "1s")
             .env("PGWEBHOOKS_LEASE", "5s")
             .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
@@ -409,4 +412,46 @@ async fn a_recorder_blocked_by_a_lock_gives_up_after_the_lock_timeout_and_retrie
         (statuses(&c, id).await == [("delivered".to_owned(), 2)]).then_some(())
     })
     .await;
+}
+
+/// L6 (security audit 2): a receiver's answer with ESC, NUL and newlines
+/// once reached the text log raw: it could colour the operator's terminal
+/// and forge a log line. Its control characters are now escaped.
+#[tokio::test]
+async fn receiver_text_reaches_the_text_log_with_its_control_characters_escaped() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let forged = "x\r\n2026-12-06T00:00:00Z ERROR pgwebhooks::admin: FORGED\u{1b}[31mRED\u{1b}[0m\0nul";
+    let hostile = Receiver::start(move |_| Reply::status(422).body(forged)).await;
+    let id = endpoint(&c, &hostile.url, &["*"], "name = 'hostile'").await;
+    let run = Logged::spawn({
+        let mut cmd = sidecar::run_command(&db.url());
+        cmd.env("PGWEBHOOKS_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .env("PGWEBHOOKS_INBOUND_SECRET", INBOUND_SECRET);
+        cmd
+    });
+    c.execute("SELECT webhooks.emit('hostile.answer', '{}')", &[])
+        .await
+        .unwrap();
+    let line = wait::until("the rejection said in the text log", T, || async {
+        let text = run.text();
+        text.lines()
+            .find(|l| {
+                l.contains("deliveries failed: the endpoint rejected them")
+                    && l.contains(&format!("endpoint_id={id}"))
+            })
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(line.contains("FORGED\\u{1b}[31mRED\\u{1b}[0m\\u{0}nul"), "{line}");
+    let text = run.text();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\0'),
+        "raw control characters logged: {text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-12-06T00:00:00Z")),
+        "a forged line: {text}"
+    );
 }

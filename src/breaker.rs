@@ -212,6 +212,7 @@ impl Prober {
             event,
             endpoint,
             attempt: c.attempt,
+            send_by: c.send_by,
         };
         let (mut outcome, _) = self.deliverer.attempt(&job).await;
         let ok = outcome.status == Status::Delivered;

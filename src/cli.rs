@@ -146,7 +146,8 @@ pub struct EndpointFlags {
     /// Extra header sent with every request, e.g. 'x-make-apikey: …' or
     /// 'Idempotency-Key: appointment:{{data.appointment.id}}:{{type}}'
     /// (placeholders as in --body-template; repeatable). Replaces a header
-    /// of ours (user-agent), never a signature header or content-type.
+    /// of ours (user-agent), never a signature header or content-type;
+    /// host, connection, proxy-* and expect are refused (never sent).
     #[arg(long = "header")]
     headers: Vec<String>,
     /// Skip events whose origin matches, e.g. 'inbound/*' (repeatable).
@@ -307,6 +308,7 @@ fn apply(flags: &EndpointFlags, url: Option<&str>, e: &mut NewEndpoint) -> anyho
         e.signature_header.clone(),
         e.secret_header.clone(),
     )
+    .and_then(|s| s.check_configured())
     .map_err(|m| anyhow::anyhow!("{m}"))?;
     Ok(())
 }
@@ -341,7 +343,7 @@ fn changed(a: &NewEndpoint, b: &NewEndpoint) -> Vec<&'static str> {
 }
 
 async fn pool(args: &DatabaseArgs) -> anyhow::Result<deadpool_postgres::Client> {
-    let config = args.connection()?;
+    let config = args.connection()?.bounded(&db::SessionBounds::tool());
     let pool = db::pool(config.clone(), 1);
     // The error says where it connected and why it failed.
     Ok(pool.get().await.map_err(|e| config.pool_error(e))?)

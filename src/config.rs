@@ -42,6 +42,10 @@ pub struct DatabaseArgs {
     /// default), require, verify-ca or verify-full, with sslrootcert=FILE
     /// (or system), sslcert=FILE and sslkey=FILE (or PGSSLMODE,
     /// PGSSLROOTCERT, PGSSLCERT, PGSSLKEY); connect_timeout defaults to 10 s.
+    /// Our sessions set idle_in_transaction_session_timeout (run: lease/5,
+    /// others: 60 s), statement_timeout (run: lease/2) and lock_timeout
+    /// (run: lease/5), TCP keepalives and tcp_user_timeout; the URL's own
+    /// options=-c ... and keepalive settings win.
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<Secret>,
 }
@@ -229,7 +233,8 @@ pub struct RunArgs {
     pub max_in_flight: u32,
 
     /// How long claimed work stays ours before another replica may take it
-    /// over; at least 5 x PGWEBHOOKS_TIMEOUT.
+    /// over; at least 5 x PGWEBHOOKS_TIMEOUT. Our sessions' server-side
+    /// timeouts are fractions of it (see DATABASE_URL).
     #[arg(long, env = "PGWEBHOOKS_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: std::time::Duration,
 

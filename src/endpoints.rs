@@ -49,6 +49,26 @@ pub const PROTECTED_HEADERS: &[&str] = &[
     "webhook-signature",
 ];
 
+/// Headers a user's `--header` never sends: `host` would pick another
+/// virtual host behind the URL's address (a shared ingress or CDN), around
+/// the checks of the URL's target; the others belong to the connection
+/// (hop-by-hop) or to a proxy (any `proxy-*`). Refused when an endpoint is
+/// configured; dropped at send from rows written with SQL.
+pub const NEVER_SENT_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+];
+
+/// Is `name` (lowercase) a header no user's header may set?
+pub fn never_sent(name: &str) -> bool {
+    NEVER_SENT_HEADERS.contains(&name) || name.starts_with("proxy-")
+}
+
 /// Checks a `--signature-header`/`--secret-header` name; returns it lowercase.
 pub fn check_signature_header_name(flag: &str, name: &str) -> Result<String, String> {
     let lower = name.trim().to_ascii_lowercase();
@@ -151,9 +171,12 @@ impl Endpoint {
     }
 
     /// Is `name` (lowercase) one of the headers a user's header may not
-    /// replace?
+    /// replace, or never sends ([`never_sent`])?
     pub fn protects(&self, name: &str) -> bool {
-        PROTECTED_HEADERS.contains(&name) || name == self.signature_header || name == self.secret_header
+        PROTECTED_HEADERS.contains(&name)
+            || name == self.signature_header
+            || name == self.secret_header
+            || never_sent(name)
     }
 
     /// Keys that sign now (a rotated-out key signs until it expires).

@@ -2,15 +2,37 @@
 //! delivery job, and what became of it (its [`Outcome`]). A leaf: it
 //! imports only the endpoint it is for.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use uuid::Uuid;
 
 use serde_json::Value;
 
 use crate::endpoints::Endpoint;
+
+/// The most of any text from a receiver that is kept: an answer's excerpt
+/// (no more of the answer is read), an attempt's error (a redirect's
+/// `Location` with it), the reason of a pause in `webhooks.endpoints` and
+/// its operational event. 1 KiB.
+pub const TEXT_BOUND: usize = 1024;
+
+/// `text` cut to at most [`TEXT_BOUND`] bytes at a character boundary,
+/// ending in "…" when it was cut.
+pub fn bounded(text: &str) -> Cow<'_, str> {
+    if text.len() <= TEXT_BOUND {
+        return Cow::Borrowed(text);
+    }
+    let mut end = TEXT_BOUND - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…", &text[..end]))
+}
 
 /// One row of `webhooks.events`; `payload` and `previous` stay JSON text.
 #[derive(Debug)]
@@ -71,6 +93,25 @@ pub struct Job {
     pub endpoint: Arc<Endpoint>,
     /// The attempt number this job makes (1 for a first attempt).
     pub attempt: i32,
+    /// The fence: past this moment of the monotonic clock the job is
+    /// released, not sent ([`send_by`]).
+    pub send_by: Instant,
+}
+
+/// When a job claimed under `lease` by a statement sent at `claim_sent`
+/// (monotonic) must have been sent by: the lease, less a quarter of it.
+///
+/// The server starts the lease at its `now()`, after the statement was
+/// sent, so counting from `claim_sent` never runs past the lease the
+/// server holds, whatever the wall clocks say. The quarter kept back is
+/// longer than any attempt may take (a fifth of the lease, the endpoint
+/// timeout's ceiling) with time left to record it: what is sent before
+/// the fence ends before another replica may take the work over. A
+/// replica that was frozen or cut off for longer finds its jobs past the
+/// fence when it resumes, and releases them instead of sending twice what
+/// another replica may already be sending.
+pub fn send_by(claim_sent: Instant, lease: Duration) -> Instant {
+    claim_sent + (lease - lease / 4)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,14 +166,15 @@ pub enum AttemptError {
     Connect(String),
     /// Any other transport failure (the cause chain).
     Transport(String),
-    /// A 3xx answer: redirects are not followed.
+    /// A 3xx answer: redirects are not followed. `to` is the `Location`,
+    /// cut to [`TEXT_BOUND`].
     Redirect { to: String },
     /// An answer that failed the attempt; `retried`: the delivery goes on.
     Status { code: u16, retried: bool },
     /// A Make.com webhook that no longer exists: the endpoint is paused.
     Gone(String),
     /// Not sent: put back for the retry path (lane full, endpoint disabled,
-    /// shutting down), or nothing left to send.
+    /// shutting down, past the lease's fence), or nothing left to send.
     Skipped(&'static str),
     /// Postgres refused the error's text; recorded in its place.
     NotRecordable,
@@ -199,5 +241,19 @@ impl Status {
             Status::Failed => "failed",
             Status::Dead => "dead",
         }
+    }
+}
+
+#[cfg(test)]
+mod fence_tests {
+    use super::*;
+
+    #[test]
+    fn the_fence_keeps_a_quarter_of_the_lease_back() {
+        let sent = Instant::now();
+        let lease = Duration::from_secs(60);
+        assert_eq!(send_by(sent, lease), sent + Duration::from_secs(45));
+        // Longer than the longest attempt (a fifth of the lease) by a twentieth.
+        assert!(send_by(sent, lease) + lease / 5 < sent + lease);
     }
 }

@@ -291,7 +291,8 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Migrate { db: args, example } => {
-            let mut client = db::connect(&args.connection()?).await?;
+            // No statement or lock timeout: a migration may run long over a big table.
+            let mut client = db::connect(&args.connection()?.bounded(&db::SessionBounds::tool())).await?;
             let report = db::migrate::run(&mut client, example).await.context("migrate")?;
             if report.applied.is_empty() {
                 println!("migrations: up to date");

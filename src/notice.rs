@@ -186,7 +186,8 @@ impl Notices {
             }
         };
         let code = or_none(detail.code);
-        let reason = detail.reason;
+        // A receiver's words: no control character reaches the log (L6).
+        let reason = crate::redact::printable(&detail.reason);
         let says = kind.says().replace("<id>", &endpoint_id.to_string());
         if kind == Kind::Resumed {
             tracing::info!(endpoint_id, endpoint = %name, url = %url, reason = %reason, count, "{says}");
@@ -237,7 +238,7 @@ pub(crate) fn misconfigurations(s: &Setup) -> Vec<String> {
         out.push(format!(
             "{} is disabled: {}; its deliveries wait (`pgwebhooks endpoint enable {}` resumes it)",
             label(e),
-            e.disabled_reason.as_deref().unwrap_or("no reason recorded"),
+            crate::redact::printable(e.disabled_reason.as_deref().unwrap_or("no reason recorded")),
             e.id
         ));
     }

@@ -104,8 +104,9 @@ impl Bench {
             .get(0);
         let row = rows / 2;
 
-        // As `pgwebhooks run` connects (its session settings: JIT off).
-        let pool = pgwebhooks::db::pool(pgwebhooks::db::tuned(self.config.clone()), 4);
+        // As `pgwebhooks run` connects (its session settings: JIT off, bounds of the default 60 s lease).
+        let bounds = pgwebhooks::db::SessionBounds::for_lease(std::time::Duration::from_secs(60));
+        let pool = pgwebhooks::db::pool(pgwebhooks::db::tuned(self.config.clone(), &bounds), 4);
         let snapshot = {
             let c = pool.get().await?;
             pgwebhooks::endpoints::Subscriptions::new(pgwebhooks::db::endpoints::load(&c).await?)

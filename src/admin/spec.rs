@@ -132,6 +132,7 @@ pub(super) fn apply(s: &Spec, e: &mut NewEndpoint) -> Result<(), String> {
         e.body_template.as_ref(),
         e.signature_header.clone(),
         e.secret_header.clone(),
-    )?;
+    )?
+    .check_configured()?;
     Ok(())
 }

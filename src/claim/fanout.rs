@@ -45,6 +45,7 @@ impl Claimer {
                         event: event.clone(),
                         endpoint: endpoint.clone(),
                         attempt: 1,
+                        send_by: batch.send_by,
                     });
                 }
             }

@@ -60,6 +60,7 @@ impl Claimer {
                     event,
                     endpoint,
                     attempt: c.attempt,
+                    send_by: c.send_by,
                 })
                 .await;
         }

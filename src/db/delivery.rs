@@ -1,22 +1,28 @@
 //! The delivery statements: one typed function per call into
 //! `sql/20_fanout.sql`, `sql/30_delivery.sql` and `sql/35_breaker.sql`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
+use tokio::time::Instant;
+
 use super::DbError;
-use crate::job::{Event, Outcome};
+use crate::job::{bounded, send_by, Event, Outcome};
 
 /// A claimed fan-out batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub id: i64,
     pub config_version: i64,
     /// Events, with the endpoints that already have a delivery (rescues).
     pub events: Vec<(Arc<Event>, Vec<i64>)>,
+    /// Its jobs' fence (`job::send_by`): the lease counted on the monotonic
+    /// clock from when the claiming statement was sent.
+    pub send_by: Instant,
 }
 
 /// The columns of a claimed event, as every claiming function returns them
@@ -58,8 +64,9 @@ pub async fn batch_claim(
             " FROM webhooks.batch_claim(replica => $1, max_events => $2, lease => make_interval(secs => $3))"
         ))
         .await?;
+    let fence = send_by(Instant::now(), lease);
     let rows = c.query(&st, &[&replica, &max_events, &secs(lease)]).await?;
-    Ok(batch_from(&rows, false))
+    Ok(batch_from(&rows, false, fence))
 }
 
 /// Which of these (event, filter) pairs does the filter reject? Returns
@@ -92,17 +99,24 @@ pub async fn batch_rescue(c: &impl GenericClient, replica: &str, lease: Duration
             " FROM webhooks.batch_rescue(replica => $1, lease => make_interval(secs => $2))"
         ))
         .await?;
+    let fence = send_by(Instant::now(), lease);
     let rows = c.query(&st, &[&replica, &secs(lease)]).await?;
-    Ok(batch_from(&rows, true))
+    Ok(batch_from(&rows, true, fence))
 }
 
-fn batch_from(rows: &[tokio_postgres::Row], with_done: bool) -> Batch {
+fn batch_from(rows: &[tokio_postgres::Row], with_done: bool, send_by: Instant) -> Batch {
     let Some(first) = rows.first() else {
-        return Batch::default();
+        return Batch {
+            id: 0,
+            config_version: 0,
+            events: Vec::new(),
+            send_by,
+        };
     };
     Batch {
         id: first.get("batch_id"),
         config_version: first.get("config_version"),
+        send_by,
         events: rows
             .iter()
             .map(|r| {
@@ -248,6 +262,8 @@ pub struct ClaimedRetry {
     pub used: i32,
     /// `None` when the event is no longer in the outbox.
     pub event: Option<Arc<Event>>,
+    /// The job's fence (`job::send_by`), as for [`Batch::send_by`].
+    pub send_by: Instant,
 }
 
 /// `webhooks.delivery_claim`: due retries, at most `rooms[i]` for endpoint
@@ -267,10 +283,11 @@ pub async fn delivery_claim(
                                                lease => make_interval(secs => $4))"
         ))
         .await?;
+    let fence = send_by(Instant::now(), lease);
     let rows = c
         .query(&st, &[&replica, &endpoint_ids, &rooms, &secs(lease)])
         .await?;
-    Ok(claimed_from(&rows))
+    Ok(claimed_from(&rows, fence))
 }
 
 /// `webhooks.delivery_claim_probe`: one pending delivery of a paused endpoint.
@@ -280,6 +297,7 @@ pub async fn delivery_claim_probe(
     endpoint_id: i64,
     lease: Duration,
 ) -> Result<Vec<ClaimedRetry>, DbError> {
+    let fence = send_by(Instant::now(), lease);
     let rows = c
         .query(
             concat!(
@@ -290,13 +308,16 @@ pub async fn delivery_claim_probe(
             &[&replica, &endpoint_id, &secs(lease)],
         )
         .await?;
-    Ok(claimed_from(&rows))
+    Ok(claimed_from(&rows, fence))
 }
 
 /// `webhooks.endpoint_trip`: the breaker pauses an endpoint.
 pub async fn endpoint_trip(c: &impl GenericClient, endpoint_id: i64, reason: &str) -> Result<bool, DbError> {
     let r = c
-        .query_opt("SELECT webhooks.endpoint_trip($1, $2)", &[&endpoint_id, &reason])
+        .query_opt(
+            "SELECT webhooks.endpoint_trip($1, $2)",
+            &[&endpoint_id, &sanitize(reason)],
+        )
         .await?;
     Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
 }
@@ -321,9 +342,10 @@ pub async fn breaker_open(c: &impl GenericClient) -> Result<Vec<i64>, DbError> {
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-fn claimed_from(rows: &[tokio_postgres::Row]) -> Vec<ClaimedRetry> {
+fn claimed_from(rows: &[tokio_postgres::Row], send_by: Instant) -> Vec<ClaimedRetry> {
     rows.iter()
         .map(|r| ClaimedRetry {
+            send_by,
             delivery_id: r.get("delivery_id"),
             endpoint_id: r.get("endpoint_id"),
             attempt: r.get("attempt"),
@@ -413,18 +435,24 @@ pub async fn endpoint_pace(
 /// `webhooks.endpoint_pause`.
 pub async fn endpoint_pause(c: &impl GenericClient, endpoint_id: i64, reason: &str) -> Result<bool, DbError> {
     let r = c
-        .query_opt("SELECT webhooks.endpoint_pause($1, $2)", &[&endpoint_id, &reason])
+        .query_opt(
+            "SELECT webhooks.endpoint_pause($1, $2)",
+            &[&endpoint_id, &sanitize(reason)],
+        )
         .await?;
     Ok(r.and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
 }
 
-/// Text as Postgres accepts it: NUL (never valid in `text`) becomes U+FFFD,
-/// as invalid UTF-8 already has (`String::from_utf8_lossy`).
-pub fn sanitize(s: &str) -> std::borrow::Cow<'_, str> {
+/// Text as Postgres accepts it and as much of it as we keep: NUL (never
+/// valid in `text`) becomes U+FFFD, as invalid UTF-8 already has
+/// (`String::from_utf8_lossy`), and the whole is cut to
+/// [`crate::job::TEXT_BOUND`]. Every text that may hold a receiver's words
+/// goes through it on its way into a table.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
     if s.contains('\0') {
-        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+        Cow::Owned(bounded(&s.replace('\0', "\u{FFFD}")).into_owned())
     } else {
-        std::borrow::Cow::Borrowed(s)
+        bounded(s)
     }
 }
 
@@ -433,11 +461,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sanitize_replaces_nul_only() {
+    fn sanitize_replaces_nul_and_cuts_to_the_bound() {
         assert_eq!(sanitize("ok\0\0!"), "ok\u{FFFD}\u{FFFD}!");
-        assert!(matches!(
-            sanitize("plain ✓"),
-            std::borrow::Cow::Borrowed("plain ✓")
-        ));
+        assert!(matches!(sanitize("plain ✓"), Cow::Borrowed("plain ✓")));
+        let long = "é".repeat(1000);
+        let cut = sanitize(&long);
+        assert!(
+            cut.len() <= crate::job::TEXT_BOUND && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        let nuls = "\0".repeat(1000);
+        assert!(sanitize(&nuls).len() <= crate::job::TEXT_BOUND);
     }
 }

@@ -8,8 +8,8 @@ use tokio_postgres::types::ToSql;
 
 use super::DbError;
 use crate::endpoints::{
-    check_signature_header_name, check_user_headers, is_make_url, split_patterns, Endpoint, Snapshot, Styles,
-    DEFAULT_SECRET_HEADER, DEFAULT_SIGNATURE_HEADER,
+    check_signature_header_name, check_user_headers, is_make_url, never_sent, split_patterns, Endpoint,
+    Snapshot, Styles, DEFAULT_SECRET_HEADER, DEFAULT_SIGNATURE_HEADER,
 };
 use crate::sign::SigningKey;
 use crate::template::{Template, Text};
@@ -109,7 +109,7 @@ pub async fn load(c: &impl GenericClient) -> Result<Snapshot, DbError> {
 }
 
 /// An endpoint's shaping settings, checked and compiled (the same checks
-/// as `endpoint add|update` make).
+/// as `endpoint add|update` make, but [`Shaping::check_configured`]'s).
 pub struct Shaping {
     pub headers: Vec<(String, Text)>,
     pub body_template: Option<Template>,
@@ -118,6 +118,19 @@ pub struct Shaping {
 }
 
 impl Shaping {
+    /// What only configuring an endpoint refuses (`endpoint add|update`, the
+    /// API and the console): a header that is never sent ([`never_sent`]).
+    /// A row written with SQL still loads; the header is dropped at send.
+    pub fn check_configured(&self) -> Result<(), String> {
+        match self.headers.iter().find(|(k, _)| never_sent(k)) {
+            Some((k, _)) => Err(format!(
+                "--header {k:?}: never sent: `host` would choose another virtual host than the URL's \
+                 (put the host in --url); connection, proxy and expect headers are the HTTP client's own"
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// `headers` is the `headers` column (an object of strings);
     /// `signature_header`/`secret_header` NULL mean the defaults.
     pub fn compile(

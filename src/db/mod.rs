@@ -369,19 +369,140 @@ pub async fn connect(config: &DbConfig) -> Result<tokio_postgres::Client, DbErro
     Ok(client)
 }
 
-/// The sidecar's session settings, added to whatever the URL set: its
-/// statements are short, and JIT only ever slows them down (the endpoints
-/// load was JIT-compiled for ~0.6 s at every start and reload).
-pub fn tuned(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+/// TCP keepalives on every connection of ours, at both ends (unless
+/// `DATABASE_URL` sets them): an idle connection whose peer is gone (a
+/// partition, a host that died) is found in about 5 + 3 x 2 = 11 s instead
+/// of the kernel's two hours.
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(5);
+/// Between keepalive probes (see [`KEEPALIVES_IDLE`]).
+pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered keepalive probes before the connection is dropped.
+pub const KEEPALIVES_RETRIES: u32 = 3;
+/// How long data we sent may stay unacknowledged before the kernel drops
+/// the connection (`TCP_USER_TIMEOUT`, Linux) for sessions whose lease is
+/// not known; the sidecar's own use a third of the lease.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+/// `idle_in_transaction_session_timeout` of sessions whose lease is not
+/// known (`migrate`, the one-shot commands): none of them waits on anything
+/// between two statements of a transaction.
+pub const TOOL_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
+
+/// Server-side bounds on one session of ours, sent as its startup
+/// `options` (never set on a role or the database, so the app's sessions
+/// keep theirs). A session frozen or cut off inside a transaction is ended
+/// by the server after `idle_in_transaction`, which releases its locks and
+/// its snapshot (it would otherwise hold back every replica's fan-out
+/// horizon); a statement that waits on a lock gives up after `lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionBounds {
+    pub idle_in_transaction: Duration,
+    /// `statement_timeout`; `None` leaves the server's (migrations over big
+    /// tables, an operator's replay).
+    pub statement: Option<Duration>,
+    /// `lock_timeout`; `None` leaves the server's.
+    pub lock: Option<Duration>,
+    /// `TCP_USER_TIMEOUT` of the connection.
+    pub tcp_user_timeout: Duration,
+}
+
+impl SessionBounds {
+    /// The sidecar's sessions (the pool, the admin listener's pool, the
+    /// LISTEN connection), from the lease its claims are taken under:
+    /// idle in a transaction and waiting on a lock at most a fifth of it,
+    /// one statement at most half of it, unacknowledged data at most a
+    /// third of it. Another replica can so take a stopped one's work over
+    /// well within one lease. The LISTEN connection is idle outside any
+    /// transaction, which none of these limits (no `idle_session_timeout`
+    /// is set).
+    pub fn for_lease(lease: Duration) -> SessionBounds {
+        let floor = Duration::from_millis(250);
+        SessionBounds {
+            idle_in_transaction: (lease / 5).max(floor),
+            statement: Some((lease / 2).max(floor)),
+            lock: Some((lease / 5).max(floor)),
+            tcp_user_timeout: (lease / 3).max(Duration::from_secs(1)),
+        }
+    }
+
+    /// `pgwebhooks migrate` and the one-shot commands: a migration may run
+    /// long over a big table and wait for a busy table's lock, so neither
+    /// `statement_timeout` nor `lock_timeout` is set; only a transaction
+    /// left idle (the command frozen or cut off) is ended.
+    pub fn tool() -> SessionBounds {
+        SessionBounds {
+            idle_in_transaction: TOOL_IDLE_IN_TRANSACTION,
+            statement: None,
+            lock: None,
+            tcp_user_timeout: TCP_USER_TIMEOUT,
+        }
+    }
+
+    /// The `-c name=value` options, in milliseconds.
+    fn options(&self) -> String {
+        let ms = |d: Duration| d.as_millis().max(1);
+        let mut out = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            ms(self.idle_in_transaction)
+        );
+        if let Some(d) = self.statement {
+            out.push_str(&format!(" -c statement_timeout={}", ms(d)));
+        }
+        if let Some(d) = self.lock {
+            out.push_str(&format!(" -c lock_timeout={}", ms(d)));
+        }
+        // The server's end of the connection too (its backend of a replica
+        // cut off would otherwise hold a session advisory lock for hours).
+        out.push_str(&format!(
+            " -c tcp_keepalives_idle={} -c tcp_keepalives_interval={} -c tcp_keepalives_count={} \
+             -c tcp_user_timeout={}",
+            KEEPALIVES_IDLE.as_secs(),
+            KEEPALIVES_INTERVAL.as_secs(),
+            KEEPALIVES_RETRIES,
+            ms(self.tcp_user_timeout)
+        ));
+        out
+    }
+}
+
+/// The settings every session of ours runs with, added to whatever the URL
+/// set: `jit=off` (our statements are short, and JIT only ever slows them
+/// down: the endpoints load was JIT-compiled for ~0.6 s at every start and
+/// reload), `bounds` as startup options, TCP keepalives and the TCP user
+/// timeout. What `DATABASE_URL` says wins: its `options` come after ours
+/// (the server applies the last `-c` of a name), and a keepalive or
+/// `tcp_user_timeout` it sets is kept.
+pub fn tuned(mut config: tokio_postgres::Config, bounds: &SessionBounds) -> tokio_postgres::Config {
+    let ours = format!("-c jit=off {}", bounds.options());
     let options = match config.get_options() {
-        Some(o) if !o.trim().is_empty() => format!("{o} -c jit=off"),
-        _ => "-c jit=off".to_owned(),
+        Some(o) if !o.trim().is_empty() => format!("{ours} {o}"),
+        _ => ours,
     };
     config.options(&options);
     if config.get_application_name().is_none() {
         config.application_name("pgwebhooks");
     }
+    // The driver's default keepalive idle is two hours: only that is ours to change.
+    if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVES_INTERVAL);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVES_RETRIES);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(bounds.tcp_user_timeout);
+    }
     config
+}
+
+impl DbConfig {
+    /// These settings with [`tuned`] applied.
+    pub fn bounded(mut self, bounds: &SessionBounds) -> DbConfig {
+        self.pg = tuned(self.pg, bounds);
+        self
+    }
 }
 
 /// A pool of `size` connections; health is checked when a connection is
@@ -409,4 +530,57 @@ pub fn pool_with_wait(config: impl Into<DbConfig>, size: usize, wait: Duration) 
         .create_timeout(Some(config.attempt_timeout()))
         .build()
         .expect("a pool with a runtime and no hooks always builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_fractions_of_the_lease() {
+        let b = SessionBounds::for_lease(Duration::from_secs(60));
+        assert_eq!(b.idle_in_transaction, Duration::from_secs(12));
+        assert_eq!(b.statement, Some(Duration::from_secs(30)));
+        assert_eq!(b.lock, Some(Duration::from_secs(12)));
+        assert_eq!(b.tcp_user_timeout, Duration::from_secs(20));
+        let tool = SessionBounds::tool();
+        assert_eq!(
+            (tool.statement, tool.lock),
+            (None, None),
+            "migrations may run long"
+        );
+    }
+
+    #[test]
+    fn the_urls_own_settings_win() {
+        let bounds = SessionBounds::for_lease(Duration::from_secs(10));
+        let plain = tuned(
+            parse_url_with_env("postgres://u@h/db", &|_| None).unwrap().pg,
+            &bounds,
+        );
+        assert_eq!(
+            plain.get_options(),
+            Some(
+                "-c jit=off -c idle_in_transaction_session_timeout=2000 -c statement_timeout=5000 \
+                 -c lock_timeout=2000 -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 \
+                 -c tcp_keepalives_count=3 -c tcp_user_timeout=3333"
+            )
+        );
+        assert_eq!(plain.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(plain.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(plain.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        assert_eq!(plain.get_tcp_user_timeout(), Some(&(Duration::from_secs(10) / 3)));
+
+        let url =
+            "postgres://u@h/db?options=-c%20statement_timeout%3D0&keepalives_idle=30&tcp_user_timeout=9";
+        let own = tuned(parse_url_with_env(url, &|_| None).unwrap().pg, &bounds);
+        let options = own.get_options().unwrap();
+        assert!(
+            options.ends_with(" -c statement_timeout=0"),
+            "the URL's last: {options}"
+        );
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(30));
+        // The driver reads it in seconds (libpq: milliseconds).
+        assert_eq!(own.get_tcp_user_timeout(), Some(&Duration::from_secs(9)));
+    }
 }

@@ -33,7 +33,8 @@ pub struct LastFailure {
 
 impl LastFailure {
     /// `HTTP 503: <excerpt>`, `refused: …`, `timed out after 10s`: one
-    /// line, at most about 200 characters, URLs redacted.
+    /// line, at most about 200 characters, URLs redacted, control
+    /// characters escaped.
     pub fn reason(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
         if let Some(code) = self.status_code {
@@ -51,7 +52,7 @@ impl LastFailure {
         if parts.is_empty() {
             parts.push("no answer".into());
         }
-        let line = crate::redact::redact_urls(&parts.join(": "));
+        let line = crate::redact::printable(&crate::redact::redact_urls(&parts.join(": "))).into_owned();
         if line.chars().count() > 200 {
             format!("{}…", line.chars().take(199).collect::<String>())
         } else {

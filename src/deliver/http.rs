@@ -135,7 +135,9 @@ impl Http {
                         .get("location")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("?");
-                    sent.error = Some(AttemptError::Redirect { to: to.to_owned() });
+                    sent.error = Some(AttemptError::Redirect {
+                        to: crate::job::bounded(to).into_owned(),
+                    });
                 }
                 let mut bytes = Vec::new();
                 while bytes.len() < excerpt {

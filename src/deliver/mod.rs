@@ -27,7 +27,8 @@ pub struct DeliverConfig {
     /// The longest an endpoint's own timeout may be: a fifth of the lease
     /// (set by the sidecar), so an attempt in flight is never taken over.
     pub max_timeout: Option<Duration>,
-    /// Bytes of the response body kept on the attempt row (no more is read).
+    /// Bytes of the response body kept on the attempt row (no more is read;
+    /// at most `job::TEXT_BOUND` is stored).
     pub excerpt_bytes: usize,
     /// Send to private, loopback and link-local addresses too
     /// (`PGWEBHOOKS_ALLOW_PRIVATE_TARGETS`); cloud metadata never.
@@ -40,11 +41,15 @@ impl Default for DeliverConfig {
             retry_schedule: retry::parse_schedule(DEFAULT_RETRY_SCHEDULE).expect("valid default"),
             timeout: Duration::from_secs(10),
             max_timeout: None,
-            excerpt_bytes: 1024,
+            excerpt_bytes: crate::job::TEXT_BOUND,
             allow_private_targets: false,
         }
     }
 }
+
+/// Why a job was released unsent: past its fence (`job::send_by`).
+pub const PAST_FENCE: &str =
+    "not sent: its lease may have run out (the replica was paused or cut off); released";
 
 /// The default `PGWEBHOOKS_RETRY_SCHEDULE`: 8 attempts over about 10 hours.
 pub const DEFAULT_RETRY_SCHEDULE: &str = "5s,30s,2m,10m,1h,3h,6h";
@@ -99,7 +104,13 @@ impl Deliverer {
     }
 
     /// Makes one attempt of `job` and says what state its delivery is in now.
+    /// A job past its fence (`job::send_by`: a replica that was frozen or cut
+    /// off since it claimed it) is released, not sent.
     pub async fn attempt(&self, job: &Job) -> (Outcome, SideEffect) {
+        if tokio::time::Instant::now() >= job.send_by {
+            tracing::debug!(event_id = %job.event.id, endpoint_id = job.endpoint.id, "past the lease's fence: released");
+            return (Outcome::released(job, Some(PAST_FENCE)), SideEffect::None);
+        }
         let endpoint = &job.endpoint;
         let (body, user_headers) = job.event.request_for(endpoint);
         if endpoint.make && body.len() > MAKE_MAX_BODY {
@@ -258,6 +269,7 @@ mod tests {
             )),
             endpoint: Arc::new(endpoint),
             attempt: 2,
+            send_by: tokio::time::Instant::now() + Duration::from_secs(3600),
         }
     }
 

@@ -126,7 +126,10 @@ impl Stages {
     /// Checks the schema, writes the environment's endpoints, says what is
     /// misconfigured, and builds every stage.
     pub async fn assemble(mut config: SidecarConfig) -> Result<Stages, StartError> {
-        config.database.pg = db::tuned(config.database.pg);
+        // Every session of ours (this pool, the admin listener's, LISTEN) is bounded by the lease.
+        config.database = config
+            .database
+            .bounded(&db::SessionBounds::for_lease(config.claim.lease));
         if config.pool_size < 4 {
             return Err(StartError::Config(format!(
                 "a pool of {} connections is too small: fan-out, retries, the recorder and the inbound server \

@@ -24,11 +24,14 @@ struct Logged {
 }
 
 impl Logged {
+    /// JSON logs unless `cmd` sets `PGWEBHOOKS_LOG_FORMAT` itself.
     fn spawn(mut cmd: std::process::Command) -> Logged {
+        if !cmd.get_envs().any(|(k, _)| k == "PGWEBHOOKS_LOG_FORMAT") {
+            cmd.env("PGWEBHOOKS_LOG_FORMAT", "json");
+        }
         let mut child = cmd
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("PGWEBHOOKS_LOG_FORMAT", "json")
             .env("PGWEBHOOKS_TIMEOUT", "1s")
             .env("PGWEBHOOKS_LEASE", "5s")
             .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
@@ -320,15 +323,20 @@ async fn start_up_says_each_misconfiguration_and_status_the_last_failure() {
 }
 
 /// A flush that waits on the database (here: on a lock a test transaction
-/// holds on webhooks.deliveries) is said at `warn` every few seconds with
-/// the pool's state, and the outcomes are recorded once it can go on.
+/// holds on webhooks.deliveries, with the URL's own `lock_timeout=0` and
+/// `statement_timeout=0`, which win over ours) is said at `warn` every few seconds with the pool's
+/// state, and the outcomes are recorded once it can go on.
 #[tokio::test]
 async fn a_recorder_waiting_on_the_database_says_so() {
     let db = TestDb::new().await;
     let c = db.client().await;
     let mut rx = Receiver::ok().await;
     let id = endpoint(&c, &rx.url, &["*"], "").await;
-    let run = Logged::spawn(sidecar::run_command(&db.url()));
+    let url = format!(
+        "{}?options=-c%20lock_timeout%3D0%20-c%20statement_timeout%3D0",
+        db.url()
+    );
+    let run = Logged::spawn(sidecar::run_command(&url));
     // Up and delivering: one event goes through first.
     c.batch_execute("SELECT webhooks.emit('first', '{}')")
         .await
@@ -362,4 +370,88 @@ async fn a_recorder_waiting_on_the_database_says_so() {
         (statuses(&c, id).await == [("delivered".to_owned(), 2)]).then_some(())
     })
     .await;
+}
+
+/// Issue #24: a replica's flush no longer waits on another session's lock
+/// for longer than `lock_timeout` (a fifth of the lease): it gives up, says
+/// why at `warn`, keeps its outcomes and records them once it can.
+#[tokio::test]
+async fn a_recorder_blocked_by_a_lock_gives_up_after_the_lock_timeout_and_retries() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut rx = Receiver::ok().await;
+    let id = endpoint(&c, &rx.url, &["*"], "").await;
+    let run = Logged::spawn(sidecar::run_command(&db.url()));
+    c.batch_execute("SELECT webhooks.emit('first', '{}')")
+        .await
+        .unwrap();
+    rx.next(T).await;
+    wait::until("the first recorded", T, || async {
+        (statuses(&c, id).await == [("delivered".to_owned(), 1)]).then_some(())
+    })
+    .await;
+    let mut blocker = db.client().await;
+    let tx = blocker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE webhooks.deliveries IN SHARE MODE")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT webhooks.emit('held.up', '{}')")
+        .await
+        .unwrap();
+    rx.next(T).await;
+    let said = wait::until("the flush's lock timeout said at warn", T, || async {
+        run.fields("WARN").into_iter().find(|f| {
+            f["message"].as_str() == Some("recording outcomes failed; retrying")
+                && f["error"].as_str().is_some_and(|e| e.contains("lock timeout"))
+        })
+    })
+    .await;
+    assert_eq!(said["pending"], 1, "{said}");
+    tx.rollback().await.unwrap();
+    wait::until("recorded once the lock is gone", T, || async {
+        (statuses(&c, id).await == [("delivered".to_owned(), 2)]).then_some(())
+    })
+    .await;
+}
+
+/// L6 (security audit 2): a receiver's answer with ESC, NUL and newlines
+/// once reached the text log raw: it could colour the operator's terminal
+/// and forge a log line. Its control characters are now escaped.
+#[tokio::test]
+async fn receiver_text_reaches_the_text_log_with_its_control_characters_escaped() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let forged = "x\r\n2026-12-06T00:00:00Z ERROR pgwebhooks::admin: FORGED\u{1b}[31mRED\u{1b}[0m\0nul";
+    let hostile = Receiver::start(move |_| Reply::status(422).body(forged)).await;
+    let id = endpoint(&c, &hostile.url, &["*"], "name = 'hostile'").await;
+    let run = Logged::spawn({
+        let mut cmd = sidecar::run_command(&db.url());
+        cmd.env("PGWEBHOOKS_LOG_FORMAT", "text")
+            .env("NO_COLOR", "1")
+            .env("PGWEBHOOKS_INBOUND_SECRET", INBOUND_SECRET);
+        cmd
+    });
+    c.execute("SELECT webhooks.emit('hostile.answer', '{}')", &[])
+        .await
+        .unwrap();
+    let line = wait::until("the rejection said in the text log", T, || async {
+        let text = run.text();
+        text.lines()
+            .find(|l| {
+                l.contains("deliveries failed: the endpoint rejected them")
+                    && l.contains(&format!("endpoint_id={id}"))
+            })
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(line.contains("FORGED\\u{1b}[31mRED\\u{1b}[0m\\u{0}nul"), "{line}");
+    let text = run.text();
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\0'),
+        "raw control characters logged: {text:?}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-12-06T00:00:00Z")),
+        "a forged line: {text}"
+    );
 }

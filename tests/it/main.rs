@@ -17,6 +17,7 @@ mod endpoints;
 mod example_app;
 mod example_routes;
 mod faults;
+mod fencing;
 mod inbound;
 mod inbound_corpus;
 mod logs;

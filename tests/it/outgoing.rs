@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::sidecar::{self, endpoint};
-use crate::support::{count, wait, Receiver, TestDb};
+use crate::support::{count, wait, Receiver, Reply, TestDb};
 
 const T: Duration = Duration::from_secs(20);
 const SETTING: &str = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS";
@@ -314,5 +314,50 @@ async fn an_endless_answer_is_read_only_up_to_the_excerpt() {
         "stopped reading early: {written} bytes written"
     );
     assert_eq!(count(&c, "SELECT count(*) FROM webhooks.attempts").await, 1);
+    s.stop().await;
+}
+
+/// N7 (security audit 2): a receiver answering a redirect with a 300 KB
+/// `Location` once had it stored whole on every attempt and delivery row
+/// (600 KB per event). Every text from a receiver is kept to the 1 KiB
+/// excerpt bound.
+#[tokio::test]
+async fn a_huge_redirect_location_is_stored_cut_to_the_bound() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let location = format!("http://x.example/{}", "a".repeat(300_000));
+    let receiver = Receiver::start(move |_| {
+        Reply::status(307)
+            .header("location", &location)
+            .body(&"b".repeat(300_000))
+    })
+    .await;
+    endpoint(&c, &receiver.url, &["*"], "").await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    c.execute("SELECT webhooks.emit('huge.redirect', '{}')", &[])
+        .await
+        .unwrap();
+    let (last_error, error, excerpt): (String, String, String) =
+        wait::until("the redirect recorded as failed", T, || async {
+            c.query_opt(
+                "SELECT d.last_error, a.error, a.response_excerpt FROM webhooks.attempts a
+                   JOIN webhooks.deliveries d ON d.id = a.delivery_id WHERE d.status = 'failed'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+        })
+        .await;
+    assert_eq!(receiver.count(), 1);
+    let bound = pgwebhooks::job::TEXT_BOUND;
+    for text in [&last_error, &error, &excerpt] {
+        assert!(text.len() <= bound, "{} bytes stored", text.len());
+    }
+    assert!(
+        last_error.starts_with("redirect to http://x.example/aaa"),
+        "{last_error}"
+    );
+    assert!(last_error.contains('…'), "the cut is marked: {last_error}");
     s.stop().await;
 }

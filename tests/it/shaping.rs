@@ -377,6 +377,20 @@ async fn bad_templates_filters_and_headers_are_refused_at_add_and_update() {
             &["--header", "webhook-signature: v1,x"],
             "--header \"webhook-signature\"",
         ),
+        // L1 (security audit 2): the URL's virtual host, and the client's own headers.
+        (
+            &["--header", "Host: internal.example"],
+            "--header \"host\": never sent",
+        ),
+        (&["--header", "host: {{data.x}}"], "--header \"host\": never sent"),
+        (
+            &["--header", "Proxy-Authorization: Basic eA=="],
+            "--header \"proxy-authorization\": never sent",
+        ),
+        (
+            &["--header", "Connection: close"],
+            "--header \"connection\": never sent",
+        ),
         (
             &["--header", "X-Webhook-Signature: x"],
             "--header \"x-webhook-signature\"",
@@ -578,4 +592,31 @@ async fn endpoint_update_changes_only_what_is_given() {
     assert!(ok && out.contains("url, make"), "{out} {err}");
     let (ok, _, err) = db.cli_blocking(&["endpoint", "update", "999", "--name", "x"]);
     assert!(!ok && err.contains("no endpoint 999"), "{err}");
+}
+
+/// L1 (security audit 2): a `host` header written into an endpoint's row
+/// with SQL (`endpoint add` refuses it) is dropped at send: the request
+/// reaches the URL's virtual host, the endpoint's other headers still go.
+#[tokio::test]
+async fn a_host_header_written_with_sql_is_dropped_at_send() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut rx = Receiver::ok().await;
+    crate::support::sidecar::endpoint(
+        &c,
+        &rx.url,
+        &["*"],
+        r#"headers = '{"host": "internal.example", "proxy-authorization": "Basic eA==", "x-kept": "yes"}'"#,
+    )
+    .await;
+    let s = sidecar::start(sidecar::config(&db)).await;
+    c.execute("SELECT webhooks.emit('vhost.test', '{}')", &[])
+        .await
+        .unwrap();
+    let got = rx.next(T).await;
+    let url_host = rx.url.trim_start_matches("http://").split('/').next().unwrap();
+    assert_eq!(got.header("host"), Some(url_host));
+    assert_eq!(got.header("proxy-authorization"), None);
+    assert_eq!(got.header("x-kept"), Some("yes"));
+    s.stop().await;
 }

@@ -22,6 +22,7 @@ mod inbound;
 mod inbound_corpus;
 mod logs;
 mod migrate;
+mod migrate_v15;
 mod operations;
 mod ops_events;
 mod outgoing;

@@ -46,6 +46,8 @@
 //! - `update_capture_ratio`: single-row UPDATEs (one column, by primary
 //!   key) of a 20-column, 10,000-row table, watched ÷ unwatched, 8 clients,
 //!   no sidecar (ABBA).
+//! - `payload_fn_failing_ratio`: beside the capture anchors, a table whose
+//!   payload function raises for every row (capture fails open) ÷ unwatched.
 //!
 //! - `console_p95_ms`: the admin listener (console pages, `/api/v1`) over
 //!   1,000,000 deliveries seeded in SQL: the slowest route's p95
@@ -319,6 +321,7 @@ async fn run(b: &mut Bench, r: &mut Report) {
         "hasura_trigger_ratio",
         "payload_fn_overhead_ratio",
         "capture_per_row_ratio",
+        "payload_fn_failing_ratio",
     ];
     if !anchor_keys.iter().any(|k| wanted(k)) {
         for k in anchor_keys {
@@ -337,6 +340,7 @@ async fn run(b: &mut Bench, r: &mut Report) {
                 r.set("hasura_trigger_ratio", a.hasura.rate.per_s() / plain);
                 r.set("payload_fn_overhead_ratio", a.payload_fn.rate.per_s() / plain);
                 r.set("capture_per_row_ratio", a.per_row.rate.per_s() / plain);
+                r.set("payload_fn_failing_ratio", a.payload_failing.rate.per_s() / plain);
             }
             Err(e) => {
                 for k in anchor_keys {

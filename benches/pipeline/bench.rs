@@ -274,6 +274,16 @@ const ANCHORS: &str = "
             'stylist', (SELECT jsonb_build_object('name', s.name) FROM stylists s WHERE s.id = r.b % 7))
     $$;
     SELECT webhooks.watch('bench.watched_fn', 'booking', '{\"payload\": \"bench.item_payload\"}');
+    -- A payload function that raises for every row (a bug shipped): what
+    -- capture's fail-open path costs (each statement tried whole, then row
+    -- by row; the rows captured as their own JSON, marked).
+    CREATE TABLE bench.watched_fn_failing (LIKE bench.watched INCLUDING ALL);
+    CREATE FUNCTION bench.failing_payload(r bench.watched_fn_failing) RETURNS jsonb
+    LANGUAGE plpgsql STABLE AS $$
+    BEGIN
+        RAISE EXCEPTION 'item % has no customer', r.id;
+    END $$;
+    SELECT webhooks.watch('bench.watched_fn_failing', 'booking', '{\"payload\": \"bench.failing_payload\"}');
 
     -- An app's record (an appointment): 20 columns, updated one row at a
     -- time; `setup` fills both with load::UPDATE_ROWS rows, then watches
@@ -296,6 +306,9 @@ pub struct Anchors {
     /// bench.watched_row: watched with the `per_row` option (row-level
     /// triggers), for tables written one row at a time.
     pub per_row: Side,
+    /// bench.watched_fn_failing: a payload function that raises for every
+    /// row (capture fails open).
+    pub payload_failing: Side,
 }
 
 /// WAL position, checkpoints, and autovacuum and autoanalyze runs on our
@@ -435,6 +448,7 @@ impl Bench {
             "peers.hasura",
             "bench.watched_fn",
             "bench.watched_row",
+            "bench.watched_fn_failing",
         ];
         load::closed_loop(&self.config, "bench.plain", stmt, clients, self.sizes.warmup_secs).await?;
         let mut sides: Vec<Vec<Side>> = tables.iter().map(|_| Vec::new()).collect();
@@ -442,7 +456,7 @@ impl Bench {
             sides[i].push(self.side(table, stmt, clients, None).await?);
         }
         let mut merged = sides.into_iter().map(|two| Side::merge(&two));
-        let mut next = || merged.next().expect("six sides");
+        let mut next = || merged.next().expect("seven sides");
         Ok(Anchors {
             plain: next(),
             watched: next(),
@@ -450,6 +464,7 @@ impl Bench {
             hasura: next(),
             payload_fn: next(),
             per_row: next(),
+            payload_failing: next(),
         })
     }
 

@@ -37,6 +37,7 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("console_p95_ms", "≤ 100", Goal::AtMost(100.0)),
     ("bulk_capture_only_ratio", "report", Goal::Report),
     ("capture_per_row_ratio", "report", Goal::Report),
+    ("payload_fn_failing_ratio", "report", Goal::Report),
     ("update_capture_ratio", "report", Goal::Report),
 ];
 
@@ -180,6 +181,7 @@ impl Report {
                 ("minimal outbox trigger", &a.minimal),
                 ("Hasura's event trigger", &a.hasura),
                 ("watch() + payload function", &a.payload_fn),
+                ("… the function raising", &a.payload_failing),
             ],
             &a.plain,
         );

@@ -26,3 +26,14 @@ CREATE TABLE webhooks.capture_health (
     reported_at    timestamptz,
     unreported     bigint NOT NULL DEFAULT 0
 );
+
+-- Who may emit() events for which tenant: once a tenant has rows here,
+-- only a session whose login role is a member of one of them may emit for
+-- it (emit(), emit_many(), resend). A tenant with no rows is open to every
+-- member of webhooks_app, as before. Written by the operator (migrate role
+-- or sidecar), never by an app.
+CREATE TABLE webhooks.tenant_emitters (
+    tenant_id text NOT NULL,
+    emitter   name NOT NULL,
+    CONSTRAINT tenant_emitters_pkey PRIMARY KEY (tenant_id, emitter)
+);

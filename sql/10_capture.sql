@@ -125,6 +125,19 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Each event is an object with "type" (letters, digits and _ . : -, not webhooks.*: those are pgwebhooks'' own) and "data".';
     END IF;
+    -- A tenant listed in webhooks.tenant_emitters takes events only from
+    -- sessions whose login role is a member of one of its emitters.
+    SELECT e -> 'tenant_id' INTO bad FROM jsonb_array_elements(events) e
+     WHERE e ->> 'tenant_id' IS NOT NULL
+       AND EXISTS (SELECT 1 FROM webhooks.tenant_emitters t WHERE t.tenant_id = e ->> 'tenant_id')
+       AND NOT EXISTS (SELECT 1 FROM webhooks.tenant_emitters t
+                        WHERE t.tenant_id = e ->> 'tenant_id' AND pg_has_role(session_user, t.emitter, 'MEMBER'))
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'webhooks.emit: role % may not emit events for tenant %', session_user, bad #>> '{}'
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'webhooks.tenant_emitters lists the roles that may emit for that tenant.';
+    END IF;
     RETURN QUERY
         INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, previous)
         SELECT x.e ->> 'type', x.e ->> 'tenant_id', webhooks.current_origin(), x.e ->> 'source_table',

@@ -258,6 +258,11 @@ CREATE TABLE webhooks.refinery_schema_history (
     checksum character varying(255)
 );
 
+CREATE TABLE webhooks.tenant_emitters (
+    tenant_id text NOT NULL,
+    emitter name NOT NULL
+);
+
 ALTER TABLE ONLY webhooks.admin_actions
     ADD CONSTRAINT admin_actions_pkey PRIMARY KEY (id);
 
@@ -314,6 +319,9 @@ ALTER TABLE ONLY webhooks.listeners
 
 ALTER TABLE ONLY webhooks.refinery_schema_history
     ADD CONSTRAINT refinery_schema_history_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY webhooks.tenant_emitters
+    ADD CONSTRAINT tenant_emitters_pkey PRIMARY KEY (tenant_id, emitter);
 
 CREATE INDEX attempts_endpoint_idx ON webhooks.attempts USING btree (endpoint_id, started_at);
 

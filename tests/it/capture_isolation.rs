@@ -54,7 +54,7 @@ const CAREFUL_B: &str = "
 async fn one_owners_capture_cannot_call_anothers_code_or_forge_events() {
     let db = TestDb::new().await;
     let admin = db.client().await;
-    let (_, ta, _, tb) = tenants(&db, &admin).await;
+    let (_, ta, tb_role, tb) = tenants(&db, &admin).await;
     tb.batch_execute(CAREFUL_B).await.unwrap();
     let acl: (Option<String>, Option<String>) = {
         let r = admin
@@ -125,6 +125,35 @@ async fn one_owners_capture_cannot_call_anothers_code_or_forge_events() {
         .await
         .unwrap_err();
     assert!(err.as_db_error().unwrap().message().contains("pgwebhooks' own"));
+
+    // Who may emit for which tenant: open until the operator lists a
+    // tenant's emitters; then only sessions of those roles.
+    ta.batch_execute("SELECT webhooks.emit('note.added', '{}', 'tenant-B')")
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO webhooks.tenant_emitters VALUES ('tenant-B', '{tb_role}')"
+        ))
+        .await
+        .unwrap();
+    let err = ta
+        .batch_execute("SELECT webhooks.emit('note.added', '{}', 'tenant-B')")
+        .await
+        .unwrap_err();
+    let e = err.as_db_error().unwrap();
+    assert_eq!(e.code().code(), "42501");
+    assert!(
+        e.message().contains("may not emit events for tenant tenant-B"),
+        "{}",
+        e.message()
+    );
+    tb.batch_execute("SELECT webhooks.emit('note.added', '{}', 'tenant-B')")
+        .await
+        .unwrap();
+    ta.batch_execute("SELECT webhooks.emit('note.added', '{}', 'tenant-A')")
+        .await
+        .unwrap();
 }
 
 /// N3: a trigger written by hand cannot call capture at all, so it can

@@ -542,3 +542,36 @@ fn run_refuses_a_weak_admin_token_and_the_inbound_address_and_help_documents_bot
         assert!(help.contains(var), "--help documents {var}");
     }
 }
+
+/// The deliveries' source search finds a table named the way ORMs name it
+/// ("Task") however the operator types it (issue #23).
+#[tokio::test]
+async fn the_source_search_finds_tables_named_the_way_orms_name_them() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let rx = crate::support::Receiver::ok().await;
+    sidecar::endpoint(&c, &rx.url, &["*"], "").await;
+    c.execute(
+        "SELECT webhooks.emit('task.created', '{}', source_table => 'public.\"Task\"', row_key => 't2')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let s = sidecar::start(sidecar::config_with_admin(&db)).await;
+    let v1 = format!("{}/api/v1", s.admin);
+    for query in [
+        "source=Task%20t2",
+        "source=%22Task%22%20t2",
+        "source=public.Task%20t2",
+        "source=public.%22Task%22%20t2",
+    ] {
+        wait::until(query, T, || async {
+            let (_, b) = api("GET", format!("{v1}/deliveries?{query}"), None).await;
+            (b["items"].as_array().map(Vec::len) == Some(1)).then_some(())
+        })
+        .await;
+    }
+    let (_, b) = api("GET", format!("{v1}/deliveries?source=task%20t2"), None).await;
+    assert_eq!(b["items"], json!([]), "a lower-case name is another table");
+    s.stop().await;
+}

@@ -115,6 +115,9 @@ def main():
         card = driver.find_element(By.ID, f"endpoint-{ENDPOINT}")
         check("failing" in card.text and "HTTP 500" in card.text, "the failing endpoint shows on the overview with its answer")
         check(len(card.find_elements(By.CSS_SELECTOR, "svg.plot rect")) > 0, "its attempts per minute are plotted")
+        degraded = driver.find_element(By.ID, "capture-degraded")
+        check("shop.orders" in degraded.text and "order 7 cannot be shaped" in degraded.text,
+              "a degraded capture shows on the overview with its last error")
         shot("overview")
 
         # Dead letters → the delivery → the receiver's answer → retry → delivered.

@@ -46,6 +46,17 @@ async fn the_console_in_a_real_browser() {
     })
     .await;
     up.store(true, std::sync::atomic::Ordering::SeqCst);
+    // A watched table whose payload function raises: capture degraded.
+    c.batch_execute(
+        "CREATE SCHEMA shop;
+         CREATE TABLE shop.orders (id bigint PRIMARY KEY);
+         CREATE FUNCTION shop.order_payload(o shop.orders) RETURNS jsonb LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'order % cannot be shaped', o.id; END $$;
+         SELECT webhooks.watch('shop.orders', 'order', '{\"payload\": \"shop.order_payload\"}');
+         INSERT INTO shop.orders VALUES (7);",
+    )
+    .await
+    .unwrap();
     let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots");
     let out = tokio::process::Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py"))

@@ -1304,13 +1304,15 @@ END
 $$;
 
 -- What a DDL broke in a watched table's options: a status, tenant or
--- columns entry whose column is gone, a payload function that is gone.
+-- columns entry whose column is gone, a payload function that is gone or
+-- (LANGUAGE sql) names what is gone.
 -- (An excluded column that is gone breaks nothing.) One line each.
 CREATE OR REPLACE FUNCTION webhooks.watch_drift(target regclass) RETURNS text[]
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     w   record;
     k   text;
+    fn  oid;
     out text[] := '{}';
 BEGIN
     SELECT * INTO w FROM webhooks.watched x WHERE x.target = watch_drift.target;
@@ -1334,6 +1336,32 @@ BEGIN
        AND to_regprocedure(w.options->>'payload') IS NULL THEN
         out := out || format('payload function %s is gone: events carry the row''s own JSON now', w.options->>'payload');
     END IF;
+    -- A LANGUAGE sql payload function that names a column the change took
+    -- away: its body is parsed and analysed again by Postgres's own
+    -- validator (as at CREATE FUNCTION), which runs none of its code.
+    -- With the function's own settings (its SET clauses), else the
+    -- session's default search_path (what a writer would have); only
+    -- "does not exist"-like errors (class 42) count; the settings are
+    -- rolled back with the block.
+    FOR fn IN SELECT p.oid FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+               WHERE p.oid = (w.attnums->>'payload')::oid AND l.lanname = 'sql' LOOP
+        BEGIN
+            PERFORM set_config('search_path', (SELECT s.reset_val FROM pg_settings s WHERE s.name = 'search_path'), true);
+            PERFORM set_config(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), true)
+               FROM pg_proc p CROSS JOIN LATERAL unnest(p.proconfig) c WHERE p.oid = fn;
+            PERFORM set_config('check_function_bodies', 'on', true);
+            PERFORM fmgr_sql_validator(fn);
+            RAISE EXCEPTION USING ERRCODE = 'WH000';
+        EXCEPTION
+            WHEN SQLSTATE 'WH000' THEN
+                NULL;
+            WHEN OTHERS THEN
+                IF left(SQLSTATE, 2) = '42' THEN
+                    out := out || format('payload function %s no longer fits the table (%s): those rows are captured as their own JSON, marked',
+                                         fn::regprocedure, SQLERRM);
+                END IF;
+        END;
+    END LOOP;
     RETURN out;
 END
 $$;

@@ -235,7 +235,13 @@ async fn schema_drift_never_fails_the_app() {
         ["ticket.created", "ticket.created", "ticket.updated"]
     );
     assert_eq!(ev[1].payload["title"], "after the migration");
-    // (the function's own words: SQL functions are parsed when called)
+    let warned = notices.take();
+    assert!(
+        warned.iter().any(|n| n.starts_with("WARNING")
+            && n.contains("payload function shop.ticket_payload(shop.tickets) no longer fits the table")),
+        "said at the DDL: {warned:?}"
+    );
+    // (the function's own words)
     let err = ev[1].shape_error.as_deref().unwrap();
     assert!(
         err.starts_with("42P01: missing FROM-clause entry for table \"t\""),

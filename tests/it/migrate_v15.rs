@@ -43,7 +43,7 @@ async fn v15_upgrades_in_place_while_the_app_writes_and_the_sidecar_delivers() {
     .unwrap();
     // Back to how a release before V15 left them (what its watch() wrote).
     admin
-        .batch_execute(&format!(
+        .batch_execute(
             "DO $$
              DECLARE
                  r record;
@@ -55,21 +55,21 @@ async fn v15_upgrades_in_place_while_the_app_writes_and_the_sidecar_delivers() {
                      EXECUTE format('DROP TRIGGER %I ON %s', r.tgname, r.rel);
                  END LOOP;
                  args := format('%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L',
-                     'order', '{{\"payload\": \"shop.order_payload(shop.orders)\"}}',
-                     format('{{\"payload\": %s}}', 'shop.order_payload(shop.orders)'::regprocedure::oid),
-                     'order.created', 'order.updated', 'order.deleted', '', '', '{{}}', '{{id}}', '', '',
+                     'order', '{\"payload\": \"shop.order_payload(shop.orders)\"}',
+                     format('{\"payload\": %s}', 'shop.order_payload(shop.orders)'::regprocedure::oid),
+                     'order.created', 'order.updated', 'order.deleted', '', '', '{}', '{id}', '', '',
                      'order.truncated', 'shop.order_payload(shop.orders)'::regprocedure::oid::text, 'shop.orders', '', 'id');
                  EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON shop.orders
                                  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', args);
                  args := format('%L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L, %L',
-                     'visit', '{{}}', '{{}}', 'visit.created', 'visit.updated', 'visit.deleted', '', '', '{{}}', '{{id,at}}',
+                     'visit', '{}', '{}', 'visit.created', 'visit.updated', 'visit.deleted', '', '', '{}', '{id,at}',
                      '', '', 'visit.truncated', '', 'shop.visits', '', 'id');
                  EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON shop.visits
                                  REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', args);
              END $$;
              GRANT EXECUTE ON FUNCTION shop.order_payload(shop.orders) TO webhooks_capture;
              GRANT USAGE ON SCHEMA shop TO webhooks_capture;",
-        ))
+        )
         .await
         .unwrap();
     let old_args: i64 = admin

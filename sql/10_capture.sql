@@ -353,17 +353,17 @@ DECLARE
     failed pg_catalog.int8 := 0;
     err    pg_catalog.text;
 BEGIN
+    -- The table's and the function's names (by oid: renames are followed).
     SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname),
-           pg_catalog.pg_get_userbyid(c.relowner)
-      INTO rname, owner
+           pg_catalog.pg_get_userbyid(c.relowner),
+           (SELECT pg_catalog.quote_ident(fs.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(f.proname)
+              FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace fs ON fs.oid OPERATOR(pg_catalog.=) f.pronamespace
+             WHERE f.oid OPERATOR(pg_catalog.=) NULLIF(TG_ARGV[0], '')::pg_catalog.oid)
+      INTO rname, owner, fn
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
      WHERE c.oid OPERATOR(pg_catalog.=) root;
+    -- A function dropped since watch(): every row fails to shape.
     IF TG_ARGV[0] OPERATOR(pg_catalog.<>) '' THEN
-        SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(f.proname)
-          INTO fn
-          FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) f.pronamespace
-         WHERE f.oid OPERATOR(pg_catalog.=) TG_ARGV[0]::pg_catalog.oid;
-        -- A function dropped since watch(): every row fails to shape.
         fn := COALESCE(fn, pg_catalog.format('"payload function %s, dropped"', TG_ARGV[0]));
     END IF;
     -- A superuser's session on another owner's table: no owner code, unless
@@ -652,7 +652,9 @@ BEGIN
         -- Degraded while shaping fails; healthy again at its next success.
         IF coalesce((sh ->> 'f')::bigint, 0) > 0 THEN
             PERFORM webhooks.capture_fault(coalesce(nullif(TG_ARGV[18], '')::oid, TG_RELID), (sh ->> 'f')::bigint, sh ->> 'err');
-        ELSE
+        ELSIF EXISTS (SELECT 1 FROM webhooks.capture_health h
+                       WHERE h.target = coalesce(nullif(TG_ARGV[18], '')::oid, TG_RELID)
+                         AND h.last_failed_at > coalesce(h.last_ok_at, '-infinity')) THEN
             PERFORM webhooks.capture_recovered(coalesce(nullif(TG_ARGV[18], '')::oid, TG_RELID));
         END IF;
         IF n > 0 AND webhooks.someone_idle() THEN

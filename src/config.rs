@@ -54,6 +54,8 @@ pub struct DatabaseArgs {
 pub enum ConfigError {
     #[error("DATABASE_URL is not set: pass --database-url or set DATABASE_URL (postgres://user:pass@host:5432/db)")]
     MissingDatabaseUrl,
+    #[error("DATABASE_URL is set but empty: set it to the database's URL (export DATABASE_URL=postgres://user:pass@host:5432/db) or pass --database-url")]
+    EmptyDatabaseUrl,
     #[error("invalid DATABASE_URL: {0}")]
     DatabaseUrl(String),
     #[error("reading config file {path}: {source}")]
@@ -88,6 +90,11 @@ impl DatabaseArgs {
             .database_url
             .as_ref()
             .ok_or(ConfigError::MissingDatabaseUrl)?;
+        // An empty value would mean libpq's defaults (localhost:5432, the
+        // user's name): say what is wrong instead of where it then failed.
+        if url.expose().trim().is_empty() {
+            return Err(ConfigError::EmptyDatabaseUrl);
+        }
         // Neither the driver's messages nor ours include the URL, so they are safe to show.
         crate::db::parse_url(url.expose()).map_err(|e| match e {
             crate::db::DbError::Url(e) => ConfigError::DatabaseUrl(crate::db::driver_reason(&e)),

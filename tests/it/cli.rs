@@ -88,6 +88,25 @@ fn an_invalid_database_url_says_why() {
 }
 
 #[test]
+fn an_empty_database_url_says_it_is_empty() {
+    for args in [&["status"][..], &["migrate"], &["endpoint", "list"], &["run"]] {
+        for url in ["", "  "] {
+            let (ok, _, err) = pgwebhooks(args, &[("DATABASE_URL", url)]);
+            assert!(!ok, "{args:?}");
+            assert!(
+                err.contains("DATABASE_URL is set but empty")
+                    && err.contains("export DATABASE_URL=postgres://"),
+                "{args:?} {url:?}: {err}"
+            );
+            assert!(
+                !err.contains("localhost") && !err.contains("hostaddr"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_url_without_a_host_is_refused() {
     for url in ["http:///nohost", "https:///x/y"] {
         let (ok, _, err) = pgwebhooks(

@@ -321,7 +321,7 @@ pub struct RunArgs {
     /// Token for the admin listener: `Authorization: Bearer <token>` for
     /// /api/v1, the console's sign-in form for /console. At least 16
     /// printable characters (e.g. `openssl rand -hex 32`). Unset or empty:
-    /// the admin listener refuses every request.
+    /// the admin listener is not started (a warning says so).
     #[arg(long, env = "PGWEBHOOKS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 

@@ -315,7 +315,7 @@ pub struct RunArgs {
     /// Address of the admin listener: the operator console (/console) and
     /// the management API (/api/v1). Never the inbound port; loopback by
     /// default (reach it with `kubectl port-forward`).
-    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9477")]
     pub admin_listen: std::net::SocketAddr,
 
     /// Token for the admin listener: `Authorization: Bearer <token>` for

@@ -65,7 +65,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
             token: None,
             allow_private_targets: false,
             session_ttl: Duration::from_secs(12 * 3600),

@@ -553,10 +553,11 @@ fn run_refuses_a_weak_admin_token_and_the_inbound_address_and_help_documents_bot
     for var in [
         "PGWEBHOOKS_ADMIN_LISTEN",
         "PGWEBHOOKS_ADMIN_TOKEN",
-        "127.0.0.1:9090",
+        "127.0.0.1:9477",
     ] {
         assert!(help.contains(var), "--help documents {var}");
     }
+    assert!(!help.contains(":9090"), "not Prometheus's own port");
 }
 
 /// The deliveries' source search finds a table named the way ORMs name it

@@ -362,7 +362,22 @@ fn check_url(url: &str) -> anyhow::Result<()> {
 /// the addresses at every delivery.
 async fn check_target(url: &str, allow_private: bool, refused: &str) -> anyhow::Result<()> {
     match target::check_resolved(url, allow_private).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            // Allowed by the flag alone: `run` must allow it too, or every
+            // delivery is refused. One setting serves both: say which.
+            if allow_private && !TargetArgs::allowed_by_environment() {
+                if let Err(TargetError::Refused(r)) = target::check_resolved(url, false).await {
+                    eprintln!(
+                        "note: {} (allowed by --allow-private-targets); `pgwebhooks run` refuses to deliver to it \
+                         unless it allows private targets too: set {}=true where both commands run \
+                         (one setting for both), or pass --allow-private-targets to `run` as well",
+                        r.what(),
+                        TargetArgs::VAR
+                    );
+                }
+            }
+            Ok(())
+        }
         Err(TargetError::Unresolved { host, source }) => {
             eprintln!(
                 "warning: cannot resolve {host} now ({source}); its addresses are checked at every delivery"

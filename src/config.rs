@@ -77,10 +77,28 @@ pub struct TargetArgs {
     /// non-public addresses. By default a URL that is, or resolves to, such
     /// an address is refused, when added and at every delivery; cloud
     /// metadata addresses are refused even with this set. For tests, demos
-    /// and receivers inside your own network.
+    /// and receivers inside your own network. One variable for `run` and
+    /// `endpoint add`/`update` alike: export it once.
     #[arg(long, env = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_targets: bool,
+}
+
+impl TargetArgs {
+    /// The variable that allows private targets, as both `run` and
+    /// `endpoint add`/`update` read it.
+    pub const VAR: &'static str = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS";
+
+    /// Whether the environment (not a flag) allows private targets: then
+    /// every command started from it does.
+    pub fn allowed_by_environment() -> bool {
+        std::env::var(Self::VAR).is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "y" | "yes" | "t" | "true" | "on" | "1"
+            )
+        })
+    }
 }
 
 impl DatabaseArgs {

@@ -954,3 +954,47 @@ async fn nested_idempotency_fields_are_paths_into_the_body() {
         assert!(db_err.hint().unwrap().contains("task.id"), "{fields}");
     }
 }
+
+/// The task tracker's inbound endpoint (`?secret=`, reference 003) answers
+/// a missing secret with `Unauthorized: Missing secret parameter` and a
+/// wrong one with `Unauthorized: Invalid secret`; its replacement route
+/// answers the same texts, so what read them keeps working.
+#[tokio::test]
+async fn the_401_texts_are_the_reference_apps() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    notes_route(&c).await;
+    let s = sidecar::start(sidecar::config_with_inbound(&db)).await;
+    let h = http();
+    let url = format!("{}/inbound/notes", s.base);
+    let body = json!({"event": "task_created", "task": {"id": "test123"}, "text": "x"});
+    for (what, req, error) in [
+        (
+            "no secret",
+            h.post(&url),
+            "Unauthorized: Missing secret parameter",
+        ),
+        (
+            "empty secret",
+            h.post(format!("{url}?secret=")),
+            "Unauthorized: Missing secret parameter",
+        ),
+        (
+            "wrong secret",
+            h.post(format!("{url}?secret=not-the-secret-0123")),
+            "Unauthorized: Invalid secret",
+        ),
+        (
+            "wrong header",
+            h.post(&url).header("x-webhook-secret", "not-the-secret-0123"),
+            "Unauthorized: Invalid secret",
+        ),
+    ] {
+        let (st, b) = post(req.json(&body)).await;
+        assert_eq!((st, b["error"].as_str()), (401, Some(error)), "{what}: {b}");
+    }
+    let (st, b) = post(h.post(format!("{url}?secret={INBOUND_SECRET}")).json(&body)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(notes(&c).await, 1);
+    s.stop().await;
+}

@@ -80,7 +80,7 @@ SETS: list[dict[str, Any]] = [
         "api_versions": [],
         "expect": {"replicas": 1, "pdb": False, "servicemonitor": False, "ingress": False,
                    "secret": True, "job": True, "hpa": False, "backlog": False, "netpol": False,
-                   "admin_listen": "0.0.0.0:9090"},
+                   "admin_listen": "0.0.0.0:9477"},
     },
     {
         "name": "full (3 replicas, ServiceMonitor + CRD, ingress)",
@@ -108,7 +108,7 @@ SETS: list[dict[str, Any]] = [
         "api_versions": [MONITORING_API, CUSTOM_METRICS_API],
         "expect": {"replicas": None, "pdb": True, "servicemonitor": True, "ingress": True,
                    "secret": True, "job": True, "hpa": True, "backlog": True, "netpol": True,
-                   "admin_listen": "0.0.0.0:9090"},
+                   "admin_listen": "0.0.0.0:9477"},
     },
     {
         "name": "existing Secret (ServiceMonitor on, no CRD)",
@@ -118,14 +118,14 @@ SETS: list[dict[str, Any]] = [
             "allowPrivateTargets": True,
             "serviceMonitor": {"enabled": True},
             "podDisruptionBudget": {"enabled": True},
-            "admin": {"containerPort": 9090, "service": False, "servicePort": 9090},
+            "admin": {"containerPort": 9477, "service": False, "servicePort": 9477},
             "autoscaling": {"enabled": True, "backlog": {"enabled": True}},
             "networkPolicy": {"enabled": True},
         },
         "api_versions": [],
         "expect": {"replicas": None, "pdb": True, "servicemonitor": False, "ingress": False,
                    "secret": False, "job": True, "hpa": True, "backlog": False, "netpol": True,
-                   "admin_listen": "127.0.0.1:9090"},
+                   "admin_listen": "127.0.0.1:9477"},
     },
 ]
 
@@ -331,7 +331,7 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     c.check(main.get("args") == ["run"], f"[{name}] sidecar runs `pgwebhooks run`")
     ports = {p["name"]: p["containerPort"] for p in main.get("ports", [])}
     c.check(ports.get("http") == 8080, f"[{name}] container port http = 8080")
-    c.check(ports.get("admin") == 9090, f"[{name}] container port admin = 9090")
+    c.check(ports.get("admin") == 9477, f"[{name}] container port admin = 9477")
     live = main.get("livenessProbe", {}).get("httpGet", {})
     ready = main.get("readinessProbe", {}).get("httpGet", {})
     c.check(live.get("path") == "/healthz" and live.get("port") in ("http", 8080),
@@ -383,8 +383,8 @@ def check_set(c: Checker, chart: helm.Chart, spec: dict[str, Any]) -> dict[str, 
     admin_ports = [p for p in svc["spec"]["ports"] if p["name"] == "admin"]
     want_admin = merged["admin"]["service"]
     c.check(bool(admin_ports) == want_admin
-            and all((p["port"], p["targetPort"]) == (9090, "admin") for p in admin_ports),
-            f"[{name}] Service port admin 9090 -> admin: {want_admin}")
+            and all((p["port"], p["targetPort"]) == (9477, "admin") for p in admin_ports),
+            f"[{name}] Service port admin 9477 -> admin: {want_admin}")
     hpas = by_kind.get("HorizontalPodAutoscaler", [])
     c.check(bool(hpas) == expect["hpa"], f"[{name}] HorizontalPodAutoscaler present: {expect['hpa']}")
     for hpa in hpas:

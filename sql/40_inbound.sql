@@ -158,6 +158,17 @@ BEGIN
     IF secret LIKE 'whsec\_%' AND substr(secret, 7) !~ '^[A-Za-z0-9+/]+={0,2}$' THEN
         RAISE EXCEPTION 'route %: a whsec_ secret must be base64 after the prefix', route USING ERRCODE = '22023';
     END IF;
+    -- A field is a top-level key or a dotted path into the body (task.id);
+    -- one with an empty part could never match: every key would fall back
+    -- to the body's hash.
+    IF EXISTS (SELECT FROM unnest(idempotency_fields) f
+                WHERE f IS NULL OR rtrim(f, '?') = '' OR rtrim(f, '?') ~ '(^\.|\.\.|\.$)') THEN
+        RAISE EXCEPTION 'route %: idempotency field % is not a key or a dotted path into the body',
+                        route, (SELECT quote_nullable(f) FROM unnest(idempotency_fields) f
+                                 WHERE f IS NULL OR rtrim(f, '?') = '' OR rtrim(f, '?') ~ '(^\.|\.\.|\.$)' LIMIT 1)
+              USING ERRCODE = '22023',
+                    HINT = 'name a top-level key (event) or a path of keys and array indexes (task.id, items.0.sku); a trailing ? makes it optional';
+    END IF;
     SELECT * INTO p FROM pg_proc WHERE oid = handler;
     IF p.pronamespace IN ('webhooks'::regnamespace, 'pg_catalog'::regnamespace) THEN
         RAISE EXCEPTION 'route %: handler % is in schema %; a handler must be one of the app''s own functions',

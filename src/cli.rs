@@ -13,6 +13,8 @@ use pgwebhooks::deliver::MAX_ENDPOINT_TIMEOUT;
 use pgwebhooks::endpoints::{is_make_url, split_patterns};
 use pgwebhooks::sign::{generate_secret, SigningKey};
 
+use crate::out::outln;
+
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once from the command line")]
 pub enum EndpointCommand {
@@ -360,7 +362,22 @@ fn check_url(url: &str) -> anyhow::Result<()> {
 /// the addresses at every delivery.
 async fn check_target(url: &str, allow_private: bool, refused: &str) -> anyhow::Result<()> {
     match target::check_resolved(url, allow_private).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            // Allowed by the flag alone: `run` must allow it too, or every
+            // delivery is refused. One setting serves both: say which.
+            if allow_private && !TargetArgs::allowed_by_environment() {
+                if let Err(TargetError::Refused(r)) = target::check_resolved(url, false).await {
+                    eprintln!(
+                        "note: {} (allowed by --allow-private-targets); `pgwebhooks run` refuses to deliver to it \
+                         unless it allows private targets too: set {}=true where both commands run \
+                         (one setting for both), or pass --allow-private-targets to `run` as well",
+                        r.what(),
+                        TargetArgs::VAR
+                    );
+                }
+            }
+            Ok(())
+        }
         Err(TargetError::Unresolved { host, source }) => {
             eprintln!(
                 "warning: cannot resolve {host} now ({source}); its addresses are checked at every delivery"
@@ -425,9 +442,9 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 .await
                 .context("adding the endpoint")?;
             if generated {
-                println!("secret: {secret}");
+                outln!("secret: {secret}");
             }
-            println!("{id}");
+            outln!("{id}");
         }
         EndpointCommand::Update {
             db: args,
@@ -467,9 +484,9 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             };
             let changes = changed(&before, &after);
             if changes.is_empty() {
-                println!("endpoint {id}: nothing changed");
+                outln!("endpoint {id}: nothing changed");
             } else {
-                println!("endpoint {id} updated: {}", changes.join(", "));
+                outln!("endpoint {id} updated: {}", changes.join(", "));
             }
         }
         EndpointCommand::List {
@@ -479,7 +496,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             let client = pool(&args).await?;
             let rows = db::endpoints::list(&client).await?;
             if rows.is_empty() {
-                println!("no endpoints (add one with `pgwebhooks endpoint add --url …`)");
+                outln!("no endpoints (add one with `pgwebhooks endpoint add --url …`)");
             }
             for e in rows {
                 let state = if e.enabled {
@@ -487,7 +504,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 } else {
                     format!("disabled: {}", e.disabled_reason.as_deref().unwrap_or("-"))
                 };
-                println!(
+                outln!(
                     "{:>4}  {}  {}  events={}  tenant={}  {}{}",
                     e.id,
                     e.name.as_deref().unwrap_or("-"),
@@ -508,8 +525,8 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                         "••••••"
                     };
                     match exp {
-                        Some(exp) => println!("      secret {shown} (expires {exp})"),
-                        None => println!("      secret {shown}"),
+                        Some(exp) => outln!("      secret {shown} (expires {exp})"),
+                        None => outln!("      secret {shown}"),
                     }
                 }
             }
@@ -519,7 +536,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             if !db::endpoints::set_enabled(&client, id, false, &reason).await? {
                 bail!("no endpoint {id}");
             }
-            println!("endpoint {id} disabled; its deliveries wait until it is enabled");
+            outln!("endpoint {id} disabled; its deliveries wait until it is enabled");
         }
         EndpointCommand::Delete { db: args, id, force } => {
             let mut client = pool(&args).await?;
@@ -538,9 +555,9 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                     dropped,
                     event,
                 } => {
-                    println!("endpoint {id} deleted, with its {deliveries} deliveries and their attempts");
+                    outln!("endpoint {id} deleted, with its {deliveries} deliveries and their attempts");
                     if let Some(event) = event {
-                        println!(
+                        outln!(
                             "dropped {} waiting deliveries ({}; first ids {}); recorded as event {event} \
                              (webhooks.endpoint.deleted)",
                             dropped.total(),
@@ -561,7 +578,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             if !db::endpoints::set_enabled(&client, id, true, "").await? {
                 bail!("no endpoint {id}");
             }
-            println!("endpoint {id} enabled");
+            outln!("endpoint {id} enabled");
         }
         EndpointCommand::RotateSecret {
             db: args,
@@ -575,9 +592,9 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 bail!("no endpoint {id}");
             }
             if generated {
-                println!("secret: {secret}");
+                outln!("secret: {secret}");
             }
-            println!(
+            outln!(
                 "endpoint {id}: new secret active; previous secrets sign for another {}",
                 humantime::format_duration(overlap)
             );
@@ -594,7 +611,7 @@ async fn endpoint_test(args: &DatabaseArgs, id: i64, wait: Duration) -> anyhow::
     let delivery = db::ops::endpoint_test(&client, id)
         .await
         .with_context(|| format!("testing endpoint {id}"))?;
-    println!(
+    outln!(
         "endpoint {id}: webhooks.test queued as delivery {delivery}; waiting up to {}",
         humantime::format_duration(wait)
     );
@@ -616,12 +633,12 @@ async fn endpoint_test(args: &DatabaseArgs, id: i64, wait: Duration) -> anyhow::
     let status = attempt
         .status
         .map_or("no answer".to_owned(), |s| format!("HTTP {s}"));
-    println!("{status} in {:.0} ms", attempt.duration_ms);
+    outln!("{status} in {:.0} ms", attempt.duration_ms);
     if let Some(e) = attempt.error.as_deref().filter(|e| !e.is_empty()) {
-        println!("error: {e}");
+        outln!("error: {e}");
     }
     if let Some(x) = attempt.excerpt.as_deref().filter(|x| !x.is_empty()) {
-        println!("answer: {}", x.chars().take(500).collect::<String>());
+        outln!("answer: {}", x.chars().take(500).collect::<String>());
     }
     if attempt.status.is_some_and(|s| (200..300).contains(&s)) {
         Ok(())
@@ -643,7 +660,7 @@ fn age(seconds: Option<f64>) -> String {
 pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
     let client = pool(args).await?;
     let s = db::ops::status(&client).await.context("reading the status")?;
-    println!(
+    outln!(
         "backlog: {} waiting (oldest {}), {} not yet fanned out; dead letters: {}; NOTIFY queue {:.1}% used",
         s.waiting,
         age(s.oldest_seconds),
@@ -652,7 +669,7 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
         s.notification_queue_usage * 100.0
     );
     if let Some((pid, secs, state)) = &s.holding_back {
-        println!(
+        outln!(
             "warning: write transaction of backend {pid} ({state}) has been open for {}: \
              events committed after it started wait until it ends \
              (SELECT pg_terminate_backend({pid}) ends it; idle_in_transaction_session_timeout prevents it)",
@@ -660,7 +677,7 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
         );
     }
     for d in &s.degraded {
-        println!(
+        outln!(
             "capture degraded: {} ({} event(s) went out unshaped or an option broke, last {} ago): {}\n  \
              fix it, then `pgwebhooks resend {} <row key>`; the table is healthy again at its next shaped write",
             d.table,
@@ -670,17 +687,24 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
             d.table
         );
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "{:>4}  {:<40}  {:<12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>7}",
-        "id", "endpoint", "state", "pending", "dead", "1h tries", "success", "p95 ms"
+        "id",
+        "endpoint",
+        "state",
+        "pending",
+        "dead",
+        "1h tries",
+        "success",
+        "p95 ms"
     );
     for e in &s.endpoints {
         let mut name = e.endpoint.clone();
         if name.len() > 40 {
             name = format!("{}…", name.chars().take(39).collect::<String>());
         }
-        println!(
+        outln!(
             "{:>4}  {:<40}  {:<12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>7}",
             e.id,
             name,
@@ -692,10 +716,10 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
             e.p95_ms.map_or("-".into(), |p| format!("{p:.0}")),
         );
         if let Some(reason) = &e.reason {
-            println!("      {reason}");
+            outln!("      {reason}");
         }
         if let Some(f) = &e.last_failure {
-            println!(
+            outln!(
                 "      last failure {} ago ({}): {}",
                 age(Some(f.seconds_ago)),
                 f.at,
@@ -704,10 +728,10 @@ pub async fn status(args: &DatabaseArgs) -> anyhow::Result<()> {
         }
     }
     if s.endpoints.is_empty() {
-        println!("(no endpoints: events are recorded and wait for one)");
+        outln!("(no endpoints: events are recorded and wait for one)");
     }
     if s.dead_letters > 0 {
-        println!(
+        outln!(
             "\n{} dead letter(s): `pgwebhooks retry --dead` re-queues them",
             s.dead_letters
         );
@@ -728,13 +752,13 @@ pub async fn retry(
         for id in ids.iter().filter(|id| !done.contains(id)) {
             eprintln!("delivery {id}: not re-queued (no such delivery, already delivered, or in flight)");
         }
-        println!("re-queued {} of {} deliveries", done.len(), ids.len());
+        outln!("re-queued {} of {} deliveries", done.len(), ids.len());
         if done.len() < ids.len() {
             bail!("some deliveries were not re-queued");
         }
     } else if dead || endpoint.is_some() {
         let n = db::ops::retry_dead(&client, endpoint).await?;
-        println!("re-queued {n} failed or dead deliveries");
+        outln!("re-queued {n} failed or dead deliveries");
     } else {
         bail!("name delivery ids, or pass --dead (all failed and dead) or --endpoint <id>");
     }
@@ -745,8 +769,8 @@ pub async fn retry(
 pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&str>) -> anyhow::Result<()> {
     let client = pool(args).await?;
     let id = db::ops::resend(&client, table, row, event).await?;
-    println!("emitted a new event for {table} row {row}");
-    println!("{id}");
+    outln!("emitted a new event for {table} row {row}");
+    outln!("{id}");
     Ok(())
 }
 
@@ -754,6 +778,6 @@ pub async fn resend(args: &DatabaseArgs, table: &str, row: &str, event: Option<&
 pub async fn replay(args: &DatabaseArgs, endpoint: i64, since: &str) -> anyhow::Result<()> {
     let client = pool(args).await?;
     let n = db::ops::replay(&client, endpoint, since).await?;
-    println!("re-queued {n} past event(s) for endpoint {endpoint} (original ids)");
+    outln!("re-queued {n} past event(s) for endpoint {endpoint} (original ids)");
     Ok(())
 }

@@ -54,6 +54,8 @@ pub struct DatabaseArgs {
 pub enum ConfigError {
     #[error("DATABASE_URL is not set: pass --database-url or set DATABASE_URL (postgres://user:pass@host:5432/db)")]
     MissingDatabaseUrl,
+    #[error("DATABASE_URL is set but empty: set it to the database's URL (export DATABASE_URL=postgres://user:pass@host:5432/db) or pass --database-url")]
+    EmptyDatabaseUrl,
     #[error("invalid DATABASE_URL: {0}")]
     DatabaseUrl(String),
     #[error("reading config file {path}: {source}")]
@@ -75,10 +77,28 @@ pub struct TargetArgs {
     /// non-public addresses. By default a URL that is, or resolves to, such
     /// an address is refused, when added and at every delivery; cloud
     /// metadata addresses are refused even with this set. For tests, demos
-    /// and receivers inside your own network.
+    /// and receivers inside your own network. One variable for `run` and
+    /// `endpoint add`/`update` alike: export it once.
     #[arg(long, env = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_targets: bool,
+}
+
+impl TargetArgs {
+    /// The variable that allows private targets, as both `run` and
+    /// `endpoint add`/`update` read it.
+    pub const VAR: &'static str = "PGWEBHOOKS_ALLOW_PRIVATE_TARGETS";
+
+    /// Whether the environment (not a flag) allows private targets: then
+    /// every command started from it does.
+    pub fn allowed_by_environment() -> bool {
+        std::env::var(Self::VAR).is_ok_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "y" | "yes" | "t" | "true" | "on" | "1"
+            )
+        })
+    }
 }
 
 impl DatabaseArgs {
@@ -88,6 +108,11 @@ impl DatabaseArgs {
             .database_url
             .as_ref()
             .ok_or(ConfigError::MissingDatabaseUrl)?;
+        // An empty value would mean libpq's defaults (localhost:5432, the
+        // user's name): say what is wrong instead of where it then failed.
+        if url.expose().trim().is_empty() {
+            return Err(ConfigError::EmptyDatabaseUrl);
+        }
         // Neither the driver's messages nor ours include the URL, so they are safe to show.
         crate::db::parse_url(url.expose()).map_err(|e| match e {
             crate::db::DbError::Url(e) => ConfigError::DatabaseUrl(crate::db::driver_reason(&e)),
@@ -308,13 +333,13 @@ pub struct RunArgs {
     /// Address of the admin listener: the operator console (/console) and
     /// the management API (/api/v1). Never the inbound port; loopback by
     /// default (reach it with `kubectl port-forward`).
-    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_LISTEN", default_value = "127.0.0.1:9477")]
     pub admin_listen: std::net::SocketAddr,
 
     /// Token for the admin listener: `Authorization: Bearer <token>` for
     /// /api/v1, the console's sign-in form for /console. At least 16
     /// printable characters (e.g. `openssl rand -hex 32`). Unset or empty:
-    /// the admin listener refuses every request.
+    /// the admin listener is not started (a warning says so).
     #[arg(long, env = "PGWEBHOOKS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod cli;
+mod out;
+
+use out::outln;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -168,6 +171,16 @@ fn main() -> ExitCode {
         .expect("tokio runtime");
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
+        // The reader of our stdout went away (`status | head -1`): it has
+        // what it wanted; nothing to say, and not a failure.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<out::Closed>()
+                    .is_some_and(out::Closed::is_broken_pipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("pgwebhooks: {}", error_chain(&e));
             ExitCode::FAILURE
@@ -295,13 +308,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let mut client = db::connect(&args.connection()?.bounded(&db::SessionBounds::tool())).await?;
             let report = db::migrate::run(&mut client, example).await.context("migrate")?;
             if report.applied.is_empty() {
-                println!("migrations: up to date");
+                outln!("migrations: up to date");
             } else {
                 for m in &report.applied {
-                    println!("applied {m}");
+                    outln!("applied {m}");
                 }
             }
-            println!("sql definitions applied: {} file(s)", report.sql_files);
+            outln!("sql definitions applied: {} file(s)", report.sql_files);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {

@@ -243,17 +243,17 @@ mod tests {
             }
             m
         };
-        assert!(same_origin(&h(&[("host", "127.0.0.1:9090")])));
+        assert!(same_origin(&h(&[("host", "127.0.0.1:9477")])));
         assert!(same_origin(&h(&[
-            ("host", "127.0.0.1:9090"),
-            ("origin", "http://127.0.0.1:9090")
+            ("host", "127.0.0.1:9477"),
+            ("origin", "http://127.0.0.1:9477")
         ])));
         assert!(!same_origin(&h(&[
-            ("host", "127.0.0.1:9090"),
+            ("host", "127.0.0.1:9477"),
             ("origin", "http://evil.example")
         ])));
         assert!(!same_origin(&h(&[
-            ("host", "127.0.0.1:9090"),
+            ("host", "127.0.0.1:9477"),
             ("origin", "null")
         ])));
         assert!(!same_origin(&h(&[

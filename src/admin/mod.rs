@@ -53,7 +53,8 @@ Set PGWEBHOOKS_ADMIN_TOKEN (at least 16 printable characters, e.g. `openssl rand
 pub struct AdminConfig {
     /// Where to listen (port 0: any free port).
     pub listen: SocketAddr,
-    /// `None`: every request is refused with [`NO_TOKEN`].
+    /// `None`: `Sidecar::start` does not bind the listener (it warns);
+    /// a router built without one refuses every request with [`NO_TOKEN`].
     pub token: Option<Secret>,
     /// Endpoints created or changed here may point at private addresses.
     pub allow_private_targets: bool,
@@ -64,7 +65,7 @@ pub struct AdminConfig {
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
             token: None,
             allow_private_targets: false,
             session_ttl: Duration::from_secs(12 * 3600),

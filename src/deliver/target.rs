@@ -71,15 +71,22 @@ pub struct Refused {
     pub kind: Kind,
 }
 
-impl fmt::Display for Refused {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Refused {
+    /// What the target is: `127.0.0.1 is a loopback address`.
+    pub fn what(&self) -> String {
         let what = self.kind.describe();
         match (&self.name, self.ip) {
-            (Some(name), Some(ip)) => write!(f, "refused: {name} resolves to {ip}, {what}")?,
-            (None, Some(ip)) => write!(f, "refused: {ip} is {what}")?,
-            (Some(name), None) => write!(f, "refused: {name} is {what}")?,
-            (None, None) => write!(f, "refused: {what}")?,
+            (Some(name), Some(ip)) => format!("{name} resolves to {ip}, {what}"),
+            (None, Some(ip)) => format!("{ip} is {what}"),
+            (Some(name), None) => format!("{name} is {what}"),
+            (None, None) => what.to_owned(),
         }
+    }
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refused: {}", self.what())?;
         if self.kind.allowed_when_private() {
             write!(f, "; set {ALLOW_SETTING} to allow private targets")
         } else {

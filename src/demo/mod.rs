@@ -67,11 +67,14 @@ const ROUND_EVERY: Duration = Duration::from_secs(3);
 
 /// Runs the demo until `shutdown` fires (or, with `check`, for one round).
 pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, DemoError> {
-    let mut view = View::from_env(format!(
-        "a new round every {} s · Ctrl-C stops and removes everything",
-        ROUND_EVERY.as_secs()
-    ));
-    println!("▶ starting a throwaway PostgreSQL (deleted on exit)…");
+    let mut view = View::from_env(
+        format!(
+            "a new round every {} s · Ctrl-C stops and removes everything",
+            ROUND_EVERY.as_secs()
+        ),
+        shutdown.clone(),
+    );
+    view.print("▶ starting a throwaway PostgreSQL (deleted on exit)…");
     let pg = tokio::task::spawn_blocking(|| {
         LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"])
     })
@@ -207,13 +210,13 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
     tokio::task::spawn_blocking(move || drop(pg))
         .await
         .map_err(other)?;
-    println!(
+    view.print(&format!(
         "\n▶ {}; the throwaway database is gone",
         match (outcome, check) {
             (Outcome::Stopped, true) => "stopped before the check finished",
             _ => "stopped",
         }
-    );
+    ));
     Ok(outcome)
 }
 

@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
 
+use tokio_util::sync::CancellationToken;
+
 use super::receiver::Arrival;
 use super::traffic::Callback;
 
@@ -137,10 +139,15 @@ pub(super) struct View {
     last_arrival: Option<String>,
     footer: String,
     drawn: bool,
+    /// Cancelled when stdout is closed (`demo | head -1`): the demo stops
+    /// as on Ctrl-C, removing its cluster.
+    stop: CancellationToken,
+    /// Stdout could not be written: nothing more is.
+    closed: bool,
 }
 
 impl View {
-    pub(super) fn from_env(footer: String) -> View {
+    pub(super) fn from_env(footer: String, stop: CancellationToken) -> View {
         let tty = std::io::stdout().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb");
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         View {
@@ -151,13 +158,37 @@ impl View {
             last_arrival: None,
             footer,
             drawn: false,
+            stop,
+            closed: false,
         }
+    }
+
+    /// Writes to stdout; a write that fails (the reader went away) stops
+    /// the demo instead of panicking, and nothing more is written.
+    fn write(&mut self, text: &str) {
+        if self.closed {
+            return;
+        }
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            self.closed = true;
+            self.stop.cancel();
+        }
+    }
+
+    /// One line on stdout (see `write`).
+    pub(super) fn print(&mut self, line: &str) {
+        self.write(&format!("{line}\n"));
     }
 
     /// A start-up line: printed now, and kept at the top of the live screen.
     pub(super) fn note(&mut self, line: String) {
         let line = fit(&line, WIDTH);
-        println!("{line}");
+        self.print(&line);
         self.header.push(line);
     }
 
@@ -186,7 +217,7 @@ impl View {
                 r.callback.status,
                 r.callback.short(),
             );
-            println!("{}", fit(&line, WIDTH));
+            self.print(&fit(&line, WIDTH));
         }
     }
 
@@ -201,17 +232,17 @@ impl View {
             return;
         }
         if stopped && round.n > 0 && round.result.is_none() {
-            println!(
+            self.print(&format!(
                 "  round {}: stopped while waiting ({} of {} events verified so far)",
                 round.n, round.arrived, round.events
-            );
+            ));
         }
-        println!();
+        self.print("");
         for l in tally.table() {
-            println!("{l}");
+            self.print(&l);
         }
         for l in self.checks() {
-            println!("{l}");
+            self.print(&l);
         }
     }
 
@@ -270,9 +301,7 @@ impl View {
         }
         out.push_str("\x1b[J");
         self.drawn = true;
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(out.as_bytes());
-        let _ = stdout.flush();
+        self.write(&out);
     }
 }
 

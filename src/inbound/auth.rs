@@ -22,10 +22,13 @@ pub enum Denied {
 }
 
 impl Denied {
+    /// The 401's `error`. A missing or wrong secret is said in the words of
+    /// the apps whose endpoints routes replace (the task tracker's
+    /// `?secret=` endpoint, reference 003), so what read them keeps working.
     pub fn message(self) -> &'static str {
         match self {
-            Denied::Missing => "Unauthorized: missing secret",
-            Denied::Invalid => "Unauthorized: invalid secret",
+            Denied::Missing => "Unauthorized: Missing secret parameter",
+            Denied::Invalid => "Unauthorized: Invalid secret",
             Denied::NotConfigured => "Unauthorized: no inbound secret is configured",
             Denied::MissingId => "Unauthorized: a signed callback needs a non-empty webhook-id header",
         }

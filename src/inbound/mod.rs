@@ -280,7 +280,9 @@ pub const MAX_KEY: usize = 200;
 /// unsigned `Idempotency-Key`: a replay with another key is a duplicate.
 /// The fields' values are a JSON array (`["a|b","c"]` and `["a","b|c"]`
 /// differ); every field must be present, except those declared with a
-/// trailing `?` (e.g. `newScheduledAt?`), which are `null` when absent.
+/// trailing `?` (e.g. `newScheduledAt?`), which are `null` when absent. A
+/// field is a top-level key or a dotted path into the body (`task.id`,
+/// `items.0.sku`: see [`field`]).
 pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, body: &[u8]) -> String {
     let header = |n: &str| {
         headers
@@ -311,7 +313,7 @@ pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, 
                     Some(name) => (name, true),
                     None => (f.as_str(), false),
                 };
-                match payload.get(name) {
+                match field(payload, name) {
                     // "42" and 42 are one id, as before.
                     Some(Value::String(s)) => Some(Value::String(s.clone())),
                     Some(Value::Null) | None => optional.then_some(Value::Null),
@@ -324,6 +326,23 @@ pub fn idempotency_key(headers: &HeaderMap, fields: &[String], payload: &Value, 
         }
     }
     format!("sha256:{}", sha256_hex(body))
+}
+
+/// An idempotency field's value: the top-level key `name` if the body has
+/// one (a key may hold a dot), else the dotted path `name` walks through
+/// objects' keys and arrays' indexes (`task.id`, `items.0.sku`).
+pub fn field<'a>(payload: &'a Value, name: &str) -> Option<&'a Value> {
+    if let Some(v) = payload.get(name) {
+        return Some(v);
+    }
+    if !name.contains('.') {
+        return None;
+    }
+    name.split('.').try_fold(payload, |v, part| match v {
+        Value::Object(o) => o.get(part),
+        Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -596,5 +615,35 @@ async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken,
     let rolled_back = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("ROLLBACK")).await;
     if !matches!(rolled_back, Ok(Ok(()))) {
         drop(Object::take(client));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_fields_may_be_dotted_paths_into_the_body() {
+        let fields = |f: &[&str]| f.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let key = |f: &[&str], body: Value| {
+            idempotency_key(&HeaderMap::new(), &fields(f), &body, body.to_string().as_bytes())
+        };
+        let task = |status: &str| json!({"event": "task_updated", "task": {"id": 7, "status": status}});
+        assert_eq!(
+            key(&["event", "task.id", "task.status"], task("done")),
+            r#"fields:["task_updated","7","done"]"#
+        );
+        assert_ne!(
+            key(&["event", "task.id", "task.status"], task("done")),
+            key(&["event", "task.id", "task.status"], task("open"))
+        );
+        // Into arrays by index; a missing part is absent (optional: null).
+        let order = json!({"items": [{"sku": "a-1"}], "n": 1});
+        assert_eq!(key(&["items.0.sku"], order.clone()), r#"fields:["a-1"]"#);
+        assert_eq!(key(&["n", "items.1.sku?"], order.clone()), r#"fields:["1",null]"#);
+        assert!(key(&["items.1.sku"], order).starts_with("sha256:"));
+        // A top-level key that holds a dot is itself first.
+        let dotted = json!({"task.id": "top", "task": {"id": "nested"}});
+        assert_eq!(key(&["task.id"], dotted), r#"fields:["top"]"#);
     }
 }

@@ -286,6 +286,17 @@ impl Sidecar {
             None => None,
         };
         let admin_addr = match &config.admin {
+            // It would only refuse every request, and its port may be
+            // another tool's (say Prometheus's): not bound at all.
+            Some(admin) if admin.token.is_none() => {
+                tracing::warn!(
+                    listen = %admin.listen,
+                    "admin listener (console, /api/v1) not started: PGWEBHOOKS_ADMIN_TOKEN is not set; \
+                     set it (at least 16 printable characters, e.g. `openssl rand -hex 32`) to serve it \
+                     on PGWEBHOOKS_ADMIN_LISTEN"
+                );
+                None
+            }
             Some(admin) => {
                 // A pool of its own: the console cannot take delivery's connections.
                 let admin_pool = db::pool(config.database.clone(), 4);
@@ -293,11 +304,7 @@ impl Sidecar {
                 let (addr, task) = crate::admin::serve(router, admin, inbound_stop.clone())
                     .await
                     .map_err(|e| StartError::Listen(admin.listen, e))?;
-                if admin.token.is_none() {
-                    tracing::info!(%addr, "admin listener refuses every request until PGWEBHOOKS_ADMIN_TOKEN is set");
-                } else {
-                    tracing::info!(%addr, "admin listener (console, /api/v1) listening");
-                }
+                tracing::info!(%addr, "admin listener (console, /api/v1) listening");
                 inbound_tasks.spawn("admin listener", async move {
                     let _ = task.await;
                 });

@@ -40,11 +40,26 @@ pub async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn without_a_token_the_admin_listener_refuses_everything_and_says_how_to_set_one() {
+async fn without_a_token_the_admin_listener_is_not_bound_and_its_router_refuses_everything() {
     let db = TestDb::new().await;
     let mut config = sidecar::config_with_admin(&db);
     config.admin.as_mut().unwrap().token = None;
+    let admin_config = config.admin.clone().unwrap();
+    let database = config.database.clone();
     let s = sidecar::start(config).await;
+    assert_eq!(s.admin, "", "no admin listener without a token");
+    // A router built without a token (by a library user) refuses everything
+    // and says how to set one.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let router = pgwebhooks::admin::router(
+        pgwebhooks::db::pool(database, 1),
+        Default::default(),
+        admin_config.clone(),
+    );
+    let (addr, _task) = pgwebhooks::admin::serve(router, &admin_config, stop.clone())
+        .await
+        .unwrap();
+    let admin = format!("http://{addr}");
     for path in [
         "/console",
         "/console/login",
@@ -53,7 +68,7 @@ async fn without_a_token_the_admin_listener_refuses_everything_and_says_how_to_s
         "/anything",
     ] {
         let resp = http()
-            .get(format!("{}{path}", s.admin))
+            .get(format!("{}{path}", admin))
             .bearer_auth("x")
             .send()
             .await
@@ -65,7 +80,7 @@ async fn without_a_token_the_admin_listener_refuses_everything_and_says_how_to_s
         );
     }
     let resp = http()
-        .post(format!("{}/console/login", s.admin))
+        .post(format!("{}/console/login", admin))
         .body("token=")
         .send()
         .await
@@ -76,6 +91,7 @@ async fn without_a_token_the_admin_listener_refuses_everything_and_says_how_to_s
         let resp = http().get(format!("{}{path}", s.base)).send().await.unwrap();
         assert_eq!(resp.status(), 404, "inbound {path}");
     }
+    stop.cancel();
     s.stop().await;
 }
 
@@ -537,10 +553,11 @@ fn run_refuses_a_weak_admin_token_and_the_inbound_address_and_help_documents_bot
     for var in [
         "PGWEBHOOKS_ADMIN_LISTEN",
         "PGWEBHOOKS_ADMIN_TOKEN",
-        "127.0.0.1:9090",
+        "127.0.0.1:9477",
     ] {
         assert!(help.contains(var), "--help documents {var}");
     }
+    assert!(!help.contains(":9090"), "not Prometheus's own port");
 }
 
 /// The deliveries' source search finds a table named the way ORMs name it

@@ -88,6 +88,25 @@ fn an_invalid_database_url_says_why() {
 }
 
 #[test]
+fn an_empty_database_url_says_it_is_empty() {
+    for args in [&["status"][..], &["migrate"], &["endpoint", "list"], &["run"]] {
+        for url in ["", "  "] {
+            let (ok, _, err) = pgwebhooks(args, &[("DATABASE_URL", url)]);
+            assert!(!ok, "{args:?}");
+            assert!(
+                err.contains("DATABASE_URL is set but empty")
+                    && err.contains("export DATABASE_URL=postgres://"),
+                "{args:?} {url:?}: {err}"
+            );
+            assert!(
+                !err.contains("localhost") && !err.contains("hostaddr"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn a_url_without_a_host_is_refused() {
     for url in ["http:///nohost", "https:///x/y"] {
         let (ok, _, err) = pgwebhooks(
@@ -440,4 +459,57 @@ fn the_readme_configuration_table_matches_run_help() {
             assert_eq!(readme_default, d, "{name}");
         }
     }
+}
+
+/// Runs `pgwebhooks args…` with stdout a pipe whose reader is already
+/// gone (as in `pgwebhooks status | head -0`): every write gets EPIPE.
+/// Returns the exit status and stderr.
+fn with_stdout_closed(args: &[&str], env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"));
+    cmd.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("PGWEBHOOKS_CONFIG")
+        .stdout(writer);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_every_command_quietly() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let env = [("DATABASE_URL", url.as_str())];
+    let (ok, _, err) = pgwebhooks(
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            "http://127.0.0.1:9/a",
+            "--allow-private-targets",
+        ],
+        &env,
+    );
+    assert!(ok, "{err}");
+    for args in [
+        &["status"][..],
+        &["endpoint", "list"],
+        &["migrate"],
+        &["retry", "--dead"],
+        &["--help"],
+        &["status", "--help"],
+    ] {
+        let (status, err) = with_stdout_closed(args, &env);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_ne!(status.code(), Some(101), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: quietly: {err}");
+        assert!(status.success(), "{args:?}: {status:?}");
+    }
+    // A command's own failure is still one (the pipe is not all it says).
+    let (status, err) = with_stdout_closed(&["endpoint", "disable", "999"], &env);
+    assert!(!status.success() && err.contains("no endpoint 999"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! `pgwebhooks demo`, the real binary: Ctrl-C after a round is a normal
 //! stop (exit 0, "stopped", the throwaway cluster removed), and the output
-//! to a pipe is a plain log that fits in 100 columns.
+//! to a pipe is a plain log that fits in 100 columns; a reader that goes
+//! away stops it as Ctrl-C does.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -111,4 +112,37 @@ fn ctrl_c_after_a_round_stops_cleanly_with_exit_0() {
         );
         assert!(!line.contains('\x1b'), "escape code in piped output: {line:?}");
     }
+}
+
+/// `pgwebhooks demo | head -1`: the demo stops as on Ctrl-C (cluster
+/// removed, exit 0) when its reader goes away, instead of panicking.
+#[test]
+fn the_demo_stops_cleanly_when_its_reader_goes_away() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+        .arg("demo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The BufReader, and with it the pipe's read end, is dropped here.
+    assert!(first.contains("starting a throwaway PostgreSQL"), "{first}");
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        let _ = tx.send((child.wait().unwrap(), err));
+    });
+    let (status, err) = done
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the demo exits within 60 s of its reader going away");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(clusters_of(pid).is_empty(), "the throwaway cluster is removed");
 }

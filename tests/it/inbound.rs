@@ -885,3 +885,116 @@ async fn handlers_with_unqualified_names_work_and_a_500_names_its_record() {
     assert!(error.contains("no_such_table"), "{error}");
     s.stop().await;
 }
+
+/// Nested idempotency fields (`'{event,task.id,task.status}'`) are paths
+/// into the body, not keys that are never found (every callback then fell
+/// back to its body's hash); a field that could never match is refused
+/// when the route is set.
+#[tokio::test]
+async fn nested_idempotency_fields_are_paths_into_the_body() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    notes_route(&c).await;
+    c.batch_execute("SELECT webhooks.inbound_route_set('notes', 'notes.add', '{event,task.id,task.status}')")
+        .await
+        .unwrap();
+    let s = sidecar::start(sidecar::config_with_inbound(&db)).await;
+    let h = http();
+    let send = |body: Value| {
+        post(
+            h.post(format!("{}/inbound/notes", s.base))
+                .header("x-webhook-secret", INBOUND_SECRET)
+                .json(&body),
+        )
+    };
+    let task = |status: &str, text: &str| json!({"event": "task_updated", "task": {"id": 7, "status": status}, "text": text});
+    let (st, first) = send(task("open", "first")).await;
+    assert_eq!(st, 200, "{first}");
+    // Another status: another key, applied.
+    let (st, b) = send(task("done", "second")).await;
+    assert_eq!(st, 200, "{b}");
+    assert_ne!(b["duplicate"], true, "{b}");
+    // The same task and status with another body: the key is the fields',
+    // not the body's hash, so this is a conflict, not a new callback.
+    let (st, b) = send(task("open", "changed")).await;
+    assert_eq!(st, 409, "{b}");
+    assert_eq!(b["inboundId"], first["inboundId"]);
+    let keys: Vec<String> = c
+        .query("SELECT idempotency_key FROM webhooks.inbound ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        keys[..2],
+        [
+            r#"fields:["task_updated","7","open"]"#,
+            r#"fields:["task_updated","7","done"]"#
+        ]
+    );
+    assert_eq!(notes(&c).await, 2);
+    s.stop().await;
+
+    for fields in ["{task..id}", "{.id}", "{task.}", "{\"\"}", "{\"?\"}"] {
+        let err = c
+            .execute(
+                "SELECT webhooks.inbound_route_set('notes', 'notes.add', $1::text::text[])",
+                &[&fields],
+            )
+            .await
+            .unwrap_err();
+        let db_err = err.as_db_error().unwrap();
+        assert!(
+            db_err
+                .message()
+                .contains("is not a key or a dotted path into the body"),
+            "{fields}: {db_err:?}"
+        );
+        assert!(db_err.hint().unwrap().contains("task.id"), "{fields}");
+    }
+}
+
+/// The task tracker's inbound endpoint (`?secret=`, reference 003) answers
+/// a missing secret with `Unauthorized: Missing secret parameter` and a
+/// wrong one with `Unauthorized: Invalid secret`; its replacement route
+/// answers the same texts, so what read them keeps working.
+#[tokio::test]
+async fn the_401_texts_are_the_reference_apps() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    notes_route(&c).await;
+    let s = sidecar::start(sidecar::config_with_inbound(&db)).await;
+    let h = http();
+    let url = format!("{}/inbound/notes", s.base);
+    let body = json!({"event": "task_created", "task": {"id": "test123"}, "text": "x"});
+    for (what, req, error) in [
+        (
+            "no secret",
+            h.post(&url),
+            "Unauthorized: Missing secret parameter",
+        ),
+        (
+            "empty secret",
+            h.post(format!("{url}?secret=")),
+            "Unauthorized: Missing secret parameter",
+        ),
+        (
+            "wrong secret",
+            h.post(format!("{url}?secret=not-the-secret-0123")),
+            "Unauthorized: Invalid secret",
+        ),
+        (
+            "wrong header",
+            h.post(&url).header("x-webhook-secret", "not-the-secret-0123"),
+            "Unauthorized: Invalid secret",
+        ),
+    ] {
+        let (st, b) = post(req.json(&body)).await;
+        assert_eq!((st, b["error"].as_str()), (401, Some(error)), "{what}: {b}");
+    }
+    let (st, b) = post(h.post(format!("{url}?secret={INBOUND_SECRET}")).json(&body)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(notes(&c).await, 1);
+    s.stop().await;
+}

@@ -24,14 +24,19 @@ struct Logged {
 }
 
 impl Logged {
-    /// JSON logs unless `cmd` sets `PGWEBHOOKS_LOG_FORMAT` itself.
+    /// JSON logs, the admin listener on any free port, unless `cmd` sets
+    /// `PGWEBHOOKS_LOG_FORMAT` or `PGWEBHOOKS_ADMIN_LISTEN` itself.
     fn spawn(mut cmd: std::process::Command) -> Logged {
-        if !cmd.get_envs().any(|(k, _)| k == "PGWEBHOOKS_LOG_FORMAT") {
-            cmd.env("PGWEBHOOKS_LOG_FORMAT", "json");
+        for (key, default) in [
+            ("PGWEBHOOKS_LOG_FORMAT", "json"),
+            ("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0"),
+        ] {
+            if !cmd.get_envs().any(|(k, _)| k == key) {
+                cmd.env(key, default);
+            }
         }
         let mut child = cmd
             .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
-            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_TIMEOUT", "1s")
             .env("PGWEBHOOKS_LEASE", "5s")
             .env("PGWEBHOOKS_POLL_INTERVAL", "200ms")
@@ -454,4 +459,65 @@ async fn receiver_text_reaches_the_text_log_with_its_control_characters_escaped(
         !text.lines().any(|l| l.starts_with("2026-12-06T00:00:00Z")),
         "a forged line: {text}"
     );
+}
+
+/// Without an admin token the admin listener would only refuse everything,
+/// and its port may be another tool's (127.0.0.1:9090 is Prometheus's):
+/// `run` starts without binding it, says once how to enable it, and
+/// delivers. With a token, a taken port still stops it.
+#[tokio::test]
+async fn without_an_admin_token_run_starts_without_the_admin_listener_even_on_a_taken_port() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut rx = Receiver::ok().await;
+    endpoint(&c, &rx.url, &["*"], "").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = Logged::spawn({
+        let mut cmd = sidecar::run_command(&db.url());
+        cmd.env("PGWEBHOOKS_ADMIN_LISTEN", &addr)
+            .env_remove("PGWEBHOOKS_ADMIN_TOKEN");
+        cmd
+    });
+    let about_admin = |run: &Logged| -> Vec<Value> {
+        run.fields("WARN")
+            .into_iter()
+            .filter(|f| {
+                f["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("admin listener"))
+            })
+            .collect()
+    };
+    let line = wait::until("the admin listener's warning", T, || async {
+        about_admin(&run).into_iter().next()
+    })
+    .await;
+    let message = line["message"].as_str().unwrap();
+    assert!(
+        message.contains("not started: PGWEBHOOKS_ADMIN_TOKEN is not set")
+            && message.contains("openssl rand -hex 32"),
+        "{line}"
+    );
+    assert_eq!(line["listen"], addr.as_str(), "{line}");
+    // Running: it delivers.
+    c.execute("SELECT webhooks.emit('order.created', '{}')", &[])
+        .await
+        .unwrap();
+    rx.take(1, T).await;
+    assert_eq!(about_admin(&run).len(), 1, "said once: {}", run.text());
+    assert!(!run.text().contains("cannot listen"), "{}", run.text());
+    drop(run);
+
+    let out = sidecar::run_command(&db.url())
+        .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+        .env("PGWEBHOOKS_ADMIN_LISTEN", &addr)
+        .env("PGWEBHOOKS_ADMIN_TOKEN", "admin-token-never-logged-0123")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!err.contains("admin-token-never-logged"), "{err}");
+    drop(taken);
 }

@@ -361,3 +361,68 @@ async fn a_huge_redirect_location_is_stored_cut_to_the_bound() {
     assert!(last_error.contains('…'), "the cut is marked: {last_error}");
     s.stop().await;
 }
+
+/// One setting for both commands: PGWEBHOOKS_ALLOW_PRIVATE_TARGETS=true in
+/// the environment lets `endpoint add` take a loopback receiver and `run`
+/// deliver to it, with no flag on either; `--allow-private-targets` on
+/// `endpoint add` alone still works and says that `run` needs it too.
+#[tokio::test]
+async fn one_setting_allows_a_loopback_receiver_for_endpoint_add_and_run() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut rx = Receiver::ok().await;
+
+    let (ok, _, err) = cli(&db, &["endpoint", "add", "--url", &rx.url], Some("true"));
+    assert!(ok, "{err}");
+    assert!(!err.contains("note:"), "nothing more to do: {err}");
+
+    let (ok, _, err) = cli(
+        &db,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            &rx.url,
+            "--name",
+            "flag",
+            "--allow-private-targets",
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("note: 127.0.0.1 is a loopback address (allowed by --allow-private-targets)")
+            && err.contains("`pgwebhooks run` refuses to deliver to it")
+            && err.contains("set PGWEBHOOKS_ALLOW_PRIVATE_TARGETS=true where both commands run"),
+        "{err}"
+    );
+
+    // `run` with the same environment (and no flag) delivers to both.
+    let _run = sidecar::Process(
+        Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .arg("run")
+            .env("DATABASE_URL", db.url())
+            .env(SETTING, "true")
+            .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+            .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("PGWEBHOOKS_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    c.execute("SELECT webhooks.emit('order.created', '{}')", &[])
+        .await
+        .unwrap();
+    rx.take(2, T).await;
+    wait::until("both delivered", T, || async {
+        let n = count(
+            &c,
+            "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
+        )
+        .await;
+        (n == 2).then_some(())
+    })
+    .await;
+}

@@ -48,7 +48,7 @@ async fn missing_or_nearly_right_secrets_are_401_in_every_carrier() {
             k.send(k.post_bare("cohort-messages").json(&body)),
         )
         .await;
-    assert_eq!(got.error(), "Unauthorized: missing secret");
+    assert_eq!(got.error(), "Unauthorized: Missing secret parameter");
     for (what, wrong) in near_misses(INBOUND_SECRET) {
         for carrier in ["x-webhook-secret", "x-make-apikey", "authorization", "query"] {
             let req = match carrier {

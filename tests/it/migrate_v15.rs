@@ -42,10 +42,6 @@ async fn v15_upgrades_in_place_while_the_app_writes_and_the_sidecar_delivers() {
     .await
     .unwrap();
     // Back to how a release before V15 left them (what its watch() wrote).
-    #[allow(
-        clippy::useless_format,
-        reason = "format! turns the doubled braces into the SQL's JSON braces"
-    )]
     admin
         .batch_execute(
             "DO $$

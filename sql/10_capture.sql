@@ -325,7 +325,9 @@ $$;
 -- no right on schema webhooks.
 -- Arguments: 0 payload function's oid ('' none), 1 the watched table's oid
 -- (the partitioned root for a partition), 2 on_error ('open' or 'fail'),
--- 3 key columns (text[]), 4 'c' when a column's cast to json is a user's.
+-- 3 key columns (text[]), 4 'c' when a column's cast to json is a user's,
+-- 5 the table owner's name (watch() writes it again after an ALTER TABLE
+-- ... OWNER TO, as after any ALTER TABLE).
 CREATE OR REPLACE FUNCTION webhooks.capture_shape() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -350,25 +352,25 @@ DECLARE
     e      pg_catalog.text;
     items  pg_catalog.jsonb[];
     nkeys  pg_catalog.text[];
+    nulls  pg_catalog.int8;
     failed pg_catalog.int8 := 0;
     err    pg_catalog.text;
 BEGIN
-    -- The table's and the function's names (by oid: renames are followed).
-    SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(c.relname),
-           pg_catalog.pg_get_userbyid(c.relowner),
-           (SELECT pg_catalog.quote_ident(fs.nspname) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(f.proname)
-              FROM pg_catalog.pg_proc f JOIN pg_catalog.pg_namespace fs ON fs.oid OPERATOR(pg_catalog.=) f.pronamespace
-             WHERE f.oid OPERATOR(pg_catalog.=) NULLIF(TG_ARGV[0], '')::pg_catalog.oid)
-      INTO rname, owner, fn
-      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-     WHERE c.oid OPERATOR(pg_catalog.=) root;
-    -- A function dropped since watch(): every row fails to shape.
+    -- The table's and the function's names, from their oids (renames are
+    -- followed; qualified unless the writer's search_path finds them as
+    -- they are, in which case it finds exactly them). A dropped function
+    -- prints as its number: every row then fails to shape.
+    rname := root::pg_catalog.regclass::pg_catalog.text;
     IF TG_ARGV[0] OPERATOR(pg_catalog.<>) '' THEN
-        fn := COALESCE(fn, pg_catalog.format('"payload function %s, dropped"', TG_ARGV[0]));
+        fn := TG_ARGV[0]::pg_catalog.oid::pg_catalog.regproc::pg_catalog.text;
+        IF fn OPERATOR(pg_catalog.~) '^[0-9]+$' THEN
+            fn := pg_catalog.format('"payload function %s, dropped"', fn);
+        END IF;
     END IF;
+    owner := TG_ARGV[5];
     -- A superuser's session on another owner's table: no owner code, unless
     -- in a SECURITY DEFINER function (where setting the role is refused).
-    IF session_user OPERATOR(pg_catalog.<>) owner
+    IF session_user OPERATOR(pg_catalog.<>) COALESCE(owner, '')
        AND (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user) THEN
         BEGIN
             PERFORM pg_catalog.set_config('role', pg_catalog.current_setting('role'), true);
@@ -402,21 +404,20 @@ BEGIN
     FOREACH side IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY['n'] WHEN 'DELETE' THEN ARRAY['o'] ELSE ARRAY['n', 'o'] END LOOP
         tt := CASE side WHEN 'n' THEN 'new_rows' ELSE 'old_rows' END;
         -- The whole statement at once; an update's old rows need a payload
-        -- only when their key changed (they become a deleted event).
+        -- only when their key changed (they become a deleted event). The
+        -- plain form (inserts, deletes, an update's new rows) is the
+        -- cheapest to plan: it is planned at every statement.
         q := CASE WHEN fn IS NULL THEN
                  pg_catalog.format('SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', pg_catalog.to_jsonb(r))) FROM %s r', tt)
+             WHEN side OPERATOR(pg_catalog.=) 'n' OR TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+                 pg_catalog.format('SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', pg_catalog.to_jsonb(r), ''p'', %s(%s))) FROM %s r',
+                                   fn, conv, tt)
              ELSE pg_catalog.format(
-                 'SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', y.j) OPERATOR(pg_catalog.||)
-                         CASE WHEN y.skip THEN ''{}''::pg_catalog.jsonb
-                              WHEN y.p IS NULL THEN pg_catalog.jsonb_build_object(''e'', ''the payload function returned NULL'')
-                              ELSE pg_catalog.jsonb_build_object(''p'', y.p) END)
-                    FROM (SELECT x.j, x.skip, CASE WHEN x.skip THEN NULL ELSE %s(x.v) END AS p
-                            FROM (SELECT x.j, x.v, %s AS skip
-                                    FROM (SELECT pg_catalog.to_jsonb(r) AS j, %s AS v FROM %s r OFFSET 0) x OFFSET 0) x OFFSET 0) y',
-                 fn,
-                 CASE WHEN side OPERATOR(pg_catalog.=) 'o' AND TG_OP OPERATOR(pg_catalog.=) 'UPDATE'
-                      THEN pg_catalog.format('%s OPERATOR(pg_catalog.=) ANY ($2)', keyx) ELSE 'false' END,
-                 conv, tt) END;
+                 'SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(''j'', x.j) OPERATOR(pg_catalog.||)
+                         CASE WHEN x.skip THEN ''{}''::pg_catalog.jsonb ELSE pg_catalog.jsonb_build_object(''p'', %s(x.v)) END)
+                    FROM (SELECT x.j, x.v, %s AS skip
+                            FROM (SELECT pg_catalog.to_jsonb(r) AS j, %s AS v FROM %s r OFFSET 0) x OFFSET 0) x',
+                 fn, pg_catalog.format('%s OPERATOR(pg_catalog.=) ANY ($2)', keyx), conv, tt) END;
         IF side OPERATOR(pg_catalog.=) 'o' AND TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
             nkeys := ARRAY(SELECT CASE WHEN pg_catalog.cardinality(keys) OPERATOR(pg_catalog.>) 1
                                        THEN (SELECT pg_catalog.jsonb_agg((x.value OPERATOR(pg_catalog.->) 'j') OPERATOR(pg_catalog.->) u.c ORDER BY u.o)
@@ -426,6 +427,18 @@ BEGIN
         END IF;
         BEGIN
             EXECUTE q INTO arr USING keys, nkeys;
+            -- A payload function that returned NULL: that row, as itself.
+            IF fn IS NOT NULL AND pg_catalog.jsonb_path_exists(arr, '$[*].p ? (@ == null)') THEN
+                SELECT pg_catalog.jsonb_agg(CASE WHEN pg_catalog.jsonb_typeof(x.value OPERATOR(pg_catalog.->) 'p') OPERATOR(pg_catalog.=) 'null'
+                                                 THEN pg_catalog.jsonb_build_object('j', x.value OPERATOR(pg_catalog.->) 'j',
+                                                                                     'e', 'the payload function returned NULL')
+                                                 ELSE x.value END ORDER BY x.ordinality),
+                       pg_catalog.count(*) FILTER (WHERE pg_catalog.jsonb_typeof(x.value OPERATOR(pg_catalog.->) 'p') OPERATOR(pg_catalog.=) 'null')
+                  INTO arr, nulls
+                  FROM pg_catalog.jsonb_array_elements(arr) WITH ORDINALITY x;
+                failed := failed OPERATOR(pg_catalog.+) nulls;
+                err := COALESCE(err, 'the payload function returned NULL');
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             IF closed THEN
                 RAISE;
@@ -512,6 +525,11 @@ $$;
 -- gets its own cached plans. An UPDATE pairs old and new rows by key; a row
 -- whose key changed has no partner and is emitted as deleted (old key) and
 -- created (new key), so no change is ever skipped.
+-- The shaped path's INSERT runs with plan_cache_mode = force_generic_plan
+-- (set and put back around it): left to choose, Postgres planned it anew
+-- at most calls (about 40 us of a single-row insert's capture, measured
+-- with track_functions); a SET clause on the function would have cost
+-- every other path too.
 -- Every `(SELECT to_jsonb(r) AS j FROM new_rows r OFFSET 0) s`, here and in
 -- plain_capture(), keeps its OFFSET 0: without it the planner pulls the
 -- subquery up and writes to_jsonb(r) in again wherever s.j is used, so a
@@ -535,6 +553,7 @@ DECLARE
     j     jsonb;
     sh    jsonb;
     sname text;
+    pcm   text;
 BEGIN
     IF org IS NOT NULL THEN
         org := webhooks.origin_verified(org);
@@ -610,6 +629,8 @@ BEGIN
                                                 + (SELECT count(*) FROM jsonb_array_elements(sh -> 'o') x WHERE x ? 'e'),
                                            'err', coalesce(sh ->> 'err', 'not shaped: the table''s shaping trigger did not run'));
         END IF;
+        pcm := current_setting('plan_cache_mode');
+        PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
         IF TG_OP IN ('INSERT', 'DELETE') THEN
             INSERT INTO webhooks.events (event_type, tenant_id, origin, source_table, row_key, payload, shape_error)
             SELECT CASE WHEN TG_OP = 'INSERT' THEN TG_ARGV[3] ELSE TG_ARGV[5] END, s.j ->> tcol, org, src,
@@ -649,6 +670,7 @@ BEGIN
                         ELSE x.c ?| cols OR (scol IS NOT NULL AND x.c ? scol) END;
         END IF;
         GET DIAGNOSTICS n = ROW_COUNT;
+        PERFORM set_config('plan_cache_mode', pcm, true);
         -- Degraded while shaping fails; healthy again at its next success.
         IF coalesce((sh ->> 'f')::bigint, 0) > 0 THEN
             PERFORM webhooks.capture_fault(coalesce(nullif(TG_ARGV[18], '')::oid, TG_RELID), (sh ->> 'f')::bigint, sh ->> 'err');
@@ -1176,7 +1198,8 @@ BEGIN
         quote_literal(target::oid::text));
     shape := concat_ws(', ', quote_literal(coalesce(pfn::oid::text, '')), quote_literal(target::oid::text),
                        quote_literal(coalesce(opts->>'on_error', 'open')), quote_literal(coalesce(pk, '{}')::text),
-                       quote_literal(CASE WHEN webhooks.json_cast_ok(target) THEN '' ELSE 'c' END));
+                       quote_literal(CASE WHEN webhooks.json_cast_ok(target) THEN '' ELSE 'c' END),
+                       quote_literal(pg_get_userbyid((SELECT c.relowner FROM pg_class c WHERE c.oid = target))));
 
     -- The table, then every partition (not truncate: truncating the parent
     -- fires its partitions' truncate triggers too; per_row's row triggers

@@ -1002,30 +1002,38 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p.relid FROM pg_partition_tree(target) p WHERE p.relid <> target ORDER BY p.level, p.relid::oid
 $$;
 
--- Drop a table's capture triggers (internal): ours by function, whatever
--- their names, and those of pgwebhooks versions that generated code; on its
+-- A table's capture triggers (internal): ours by function, whatever their
+-- names, and those of pgwebhooks versions that generated code; on its
 -- partitions too, and on tables that were its partitions (detached: their
 -- triggers still name it). Never a clone of a partitioned table's row
--- trigger (dropped with its parent's).
+-- trigger (it goes with its parent's).
+CREATE OR REPLACE FUNCTION webhooks.capture_triggers(target regclass)
+RETURNS TABLE (rel regclass, tgname text, fn regprocedure, args text[], enabled "char")
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT g.tgrelid::regclass, g.tgname::text, g.tgfoid::regprocedure, webhooks.trigger_args(g.tgargs), g.tgenabled
+      FROM pg_trigger g
+     WHERE NOT g.tgisinternal AND g.tgparentid = 0
+       AND (g.tgrelid = target OR g.tgrelid IN (SELECT webhooks.capture_members(target)))
+       AND (g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
+                         'webhooks.capture_shape()'::regprocedure)
+            OR g.tgname IN ('webhooks_capture_insert', 'webhooks_capture_update', 'webhooks_capture_delete'))
+    UNION
+    SELECT g.tgrelid::regclass, g.tgname::text, g.tgfoid::regprocedure, webhooks.trigger_args(g.tgargs), g.tgenabled
+      FROM pg_trigger g
+     WHERE g.tgparentid = 0 AND g.tgrelid <> target
+       AND g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
+                        'webhooks.capture_shape()'::regprocedure)
+       AND (webhooks.trigger_args(g.tgargs))[CASE WHEN g.tgfoid = 'webhooks.capture_shape()'::regprocedure THEN 2 ELSE 19 END]
+           = target::oid::text
+$$;
+
+-- Drop a table's capture triggers (internal; webhooks.capture_triggers).
 CREATE OR REPLACE FUNCTION webhooks.unwatch_triggers(target regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET client_min_messages = warning AS $$
 DECLARE
     t record;
 BEGIN
-    FOR t IN SELECT g.tgname, g.tgrelid::regclass AS rel FROM pg_trigger g
-              WHERE NOT g.tgisinternal AND g.tgparentid = 0
-                AND (g.tgrelid = target OR g.tgrelid IN (SELECT webhooks.capture_members(target)))
-                AND (g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
-                                  'webhooks.capture_shape()'::regprocedure)
-                     OR g.tgname IN ('webhooks_capture_insert', 'webhooks_capture_update', 'webhooks_capture_delete'))
-             UNION
-             SELECT g.tgname, g.tgrelid::regclass FROM pg_trigger g
-              WHERE g.tgparentid = 0 AND g.tgrelid <> target
-                AND g.tgfoid IN ('webhooks.capture()'::regprocedure, 'webhooks.plain_capture()'::regprocedure,
-                                 'webhooks.capture_shape()'::regprocedure)
-                AND (webhooks.trigger_args(g.tgargs))[CASE WHEN g.tgfoid = 'webhooks.capture_shape()'::regprocedure THEN 2 ELSE 19 END]
-                    = target::oid::text
-    LOOP
+    FOR t IN SELECT c.tgname, c.rel FROM webhooks.capture_triggers(target) c LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.rel);
     END LOOP;
 END
@@ -1079,42 +1087,44 @@ BEGIN
 END
 $$;
 
--- Create a watched table's capture triggers (internal, called by watch()
--- after it has checked its caller and dropped the old triggers).
--- SECURITY DEFINER as webhooks_capture, the one role that may EXECUTE the
--- capture functions (and so name them in CREATE TRIGGER): a trigger that
--- calls them is one this function made, from options it validated, never
--- one a table's owner wrote by hand. It can only act on a table whose owner
--- granted it TRIGGER (watch() does, for this transaction only), and builds
--- every argument itself: calling it directly gets exactly what watch() does.
-CREATE OR REPLACE FUNCTION webhooks.capture_install(target regclass, entity text, options jsonb) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- The capture triggers a table's watch() options mean (internal): each
+-- trigger's table, name, function, arguments and CREATE TRIGGER statement,
+-- after validating the options. watch() compares them with the triggers
+-- the table has, so that watching again with the same options (as the DDL
+-- hook does after every ALTER TABLE) changes nothing, not even a trigger a
+-- user enabled ALWAYS for logical replication.
+CREATE OR REPLACE FUNCTION webhooks.capture_plan(target regclass, entity text, options jsonb)
+RETURNS TABLE (rel regclass, tgname text, fn regprocedure, args text[], ddl text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
-    rel      record;
+    r        record;
     opts     jsonb;
     ops      text[];
     pk       text[];
     nums     jsonb;
-    args     text;
+    a_cap    text[];
+    a_shape  text[];
     names    jsonb;
     pfn      regprocedure;
     fast     boolean;
     shaped   boolean;
     per_row  boolean;
     ins_del  text;
+    args_sql text;
     shape    text;
     m        regclass;
     ins_ref  text := 'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT';
     del_ref  text := 'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT';
 BEGIN
-    SELECT c.relkind, c.relnamespace, c.relispartition INTO rel FROM pg_class c WHERE c.oid = target;
-    IF rel.relkind NOT IN ('r', 'p') THEN
+    SELECT c.relkind, c.relnamespace, c.relispartition INTO r FROM pg_class c WHERE c.oid = target;
+    IF r.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'webhooks.watch: % is not a table', target USING ERRCODE = 'wrong_object_type';
     END IF;
-    IF rel.relnamespace = 'webhooks'::regnamespace THEN
+    IF r.relnamespace = 'webhooks'::regnamespace THEN
         RAISE EXCEPTION 'webhooks.watch: % belongs to pgwebhooks itself', target USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF rel.relispartition THEN
+    IF r.relispartition THEN
         RAISE EXCEPTION 'webhooks.watch: % is a partition of %: watch that table (writes straight into any of its partitions are captured as its own)',
                         target, pg_partition_root(target)
             USING ERRCODE = 'invalid_parameter_value';
@@ -1163,7 +1173,7 @@ BEGIN
             AND jsonb_array_length(coalesce(opts->'exclude', '[]')) = 0;
     ins_del := CASE WHEN fast AND webhooks.plain_capture_ok(target) THEN 'webhooks.plain_capture' ELSE 'webhooks.capture' END;
     per_row := coalesce((opts->>'per_row')::boolean, false);
-    IF per_row AND rel.relkind = 'p' THEN
+    IF per_row AND r.relkind = 'p' THEN
         RAISE EXCEPTION 'webhooks.watch: "per_row" is for tables that are not partitioned; % is captured per statement on each of its partitions', target
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Postgres copies row triggers onto every new partition as the role that creates it, which may not call capture''s functions: leave "per_row" out.';
@@ -1178,67 +1188,108 @@ BEGIN
     END IF;
 
     -- Every argument is a quoted literal: nothing here becomes code.
-    args := concat_ws(', ',
-        quote_literal(entity), quote_literal(opts::text), quote_literal(nums::text),
-        quote_literal(coalesce(names->>'insert', entity || '.created')),
-        quote_literal(coalesce(names->>'update', entity || '.updated')),
-        quote_literal(coalesce(names->>'delete', entity || '.deleted')),
-        quote_literal(coalesce(names->>'status', '')),
-        quote_literal(coalesce(opts->>'tenant_column', '')),
-        quote_literal(ARRAY(SELECT jsonb_array_elements_text(coalesce(opts->'exclude', '[]')))::text),
-        quote_literal(coalesce(pk, '{}')::text),
-        quote_literal(coalesce(opts->>'status_column', '')),
-        quote_literal(CASE WHEN opts ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'columns'))::text ELSE '' END),
-        quote_literal(coalesce(names->>'truncate', entity || '.truncated')),
-        quote_literal(coalesce(pfn::oid::text, '')),
-        quote_literal(target::text),
-        quote_literal(CASE WHEN fast THEN 's' ELSE '' END),
-        quote_literal(coalesce(pk[1], '')),
-        quote_literal(CASE WHEN shaped THEN 'y' ELSE '' END),
-        quote_literal(target::oid::text));
-    shape := concat_ws(', ', quote_literal(coalesce(pfn::oid::text, '')), quote_literal(target::oid::text),
-                       quote_literal(coalesce(opts->>'on_error', 'open')), quote_literal(coalesce(pk, '{}')::text),
-                       quote_literal(CASE WHEN webhooks.json_cast_ok(target) THEN '' ELSE 'c' END),
-                       quote_literal(pg_get_userbyid((SELECT c.relowner FROM pg_class c WHERE c.oid = target))));
+    a_cap := ARRAY[
+        entity, opts::text, nums::text,
+        coalesce(names->>'insert', entity || '.created'),
+        coalesce(names->>'update', entity || '.updated'),
+        coalesce(names->>'delete', entity || '.deleted'),
+        coalesce(names->>'status', ''),
+        coalesce(opts->>'tenant_column', ''),
+        ARRAY(SELECT jsonb_array_elements_text(coalesce(opts->'exclude', '[]')))::text,
+        coalesce(pk, '{}')::text,
+        coalesce(opts->>'status_column', ''),
+        CASE WHEN opts ? 'columns' THEN ARRAY(SELECT jsonb_array_elements_text(opts->'columns'))::text ELSE '' END,
+        coalesce(names->>'truncate', entity || '.truncated'),
+        coalesce(pfn::oid::text, ''),
+        target::text,
+        CASE WHEN fast THEN 's' ELSE '' END,
+        coalesce(pk[1], ''),
+        CASE WHEN shaped THEN 'y' ELSE '' END,
+        target::oid::text];
+    a_shape := ARRAY[
+        coalesce(pfn::oid::text, ''), target::oid::text, coalesce(opts->>'on_error', 'open'), coalesce(pk, '{}')::text,
+        CASE WHEN webhooks.json_cast_ok(target) THEN '' ELSE 'c' END,
+        pg_get_userbyid((SELECT c.relowner FROM pg_class c WHERE c.oid = target))];
+    args_sql := (SELECT string_agg(quote_literal(x), ', ' ORDER BY o) FROM unnest(a_cap) WITH ORDINALITY u(x, o));
+    shape := (SELECT string_agg(quote_literal(x), ', ' ORDER BY o) FROM unnest(a_shape) WITH ORDINALITY u(x, o));
 
     -- The table, then every partition (not truncate: truncating the parent
     -- fires its partitions' truncate triggers too; per_row's row triggers
     -- are cloned to the partitions by Postgres itself).
     FOR m IN SELECT target UNION ALL SELECT webhooks.capture_members(target) LOOP
+        rel := m;
         IF 'insert' = ANY (ops) AND (m = target OR NOT per_row) THEN
             IF shaped THEN
-                EXECUTE format('CREATE TRIGGER webhooks_capture_a_shape_insert AFTER INSERT ON %s %s '
-                               'EXECUTE FUNCTION webhooks.capture_shape(%s)', m, ins_ref, shape);
+                tgname := 'webhooks_capture_a_shape_insert'; fn := 'webhooks.capture_shape()'; args := a_shape;
+                ddl := format('CREATE TRIGGER %I AFTER INSERT ON %s %s EXECUTE FUNCTION webhooks.capture_shape(%s)',
+                              tgname, m, ins_ref, shape);
+                RETURN NEXT;
             END IF;
-            EXECUTE format('CREATE TRIGGER webhooks_capture_insert AFTER INSERT ON %s %s EXECUTE FUNCTION %s(%s)',
-                           m, ins_ref, ins_del, args);
+            tgname := 'webhooks_capture_insert'; fn := (ins_del || '()')::regprocedure; args := a_cap;
+            ddl := format('CREATE TRIGGER %I AFTER INSERT ON %s %s EXECUTE FUNCTION %s(%s)', tgname, m, ins_ref, ins_del, args_sql);
+            RETURN NEXT;
         END IF;
         IF 'update' = ANY (ops) THEN
             IF shaped THEN
-                EXECUTE format('CREATE TRIGGER webhooks_capture_a_shape_update AFTER UPDATE ON %s '
-                               'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                               'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture_shape(%s)', m, shape);
+                tgname := 'webhooks_capture_a_shape_update'; fn := 'webhooks.capture_shape()'; args := a_shape;
+                ddl := format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                              'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture_shape(%s)', tgname, m, shape);
+                RETURN NEXT;
             END IF;
-            EXECUTE format('CREATE TRIGGER webhooks_capture_update AFTER UPDATE ON %s '
-                           'REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', m, args);
+            tgname := 'webhooks_capture_update'; fn := 'webhooks.capture()'; args := a_cap;
+            ddl := format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                          'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', tgname, m, args_sql);
+            RETURN NEXT;
         END IF;
         IF 'delete' = ANY (ops) AND (m = target OR NOT per_row) THEN
             IF shaped THEN
-                EXECUTE format('CREATE TRIGGER webhooks_capture_a_shape_delete AFTER DELETE ON %s %s '
-                               'EXECUTE FUNCTION webhooks.capture_shape(%s)', m, del_ref, shape);
+                tgname := 'webhooks_capture_a_shape_delete'; fn := 'webhooks.capture_shape()'; args := a_shape;
+                ddl := format('CREATE TRIGGER %I AFTER DELETE ON %s %s EXECUTE FUNCTION webhooks.capture_shape(%s)',
+                              tgname, m, del_ref, shape);
+                RETURN NEXT;
             END IF;
-            EXECUTE format('CREATE TRIGGER webhooks_capture_delete AFTER DELETE ON %s %s EXECUTE FUNCTION %s(%s)',
-                           m, del_ref, ins_del, args);
+            tgname := 'webhooks_capture_delete'; fn := (ins_del || '()')::regprocedure; args := a_cap;
+            ddl := format('CREATE TRIGGER %I AFTER DELETE ON %s %s EXECUTE FUNCTION %s(%s)', tgname, m, del_ref, ins_del, args_sql);
+            RETURN NEXT;
         END IF;
         IF 'truncate' = ANY (ops) AND m = target THEN
-            EXECUTE format('CREATE TRIGGER webhooks_capture_truncate AFTER TRUNCATE ON %s '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', m, args);
+            tgname := 'webhooks_capture_truncate'; fn := 'webhooks.capture()'; args := a_cap;
+            ddl := format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)',
+                          tgname, m, args_sql);
+            RETURN NEXT;
         END IF;
     END LOOP;
-    -- Watched anew: whatever was degraded is to be seen again.
-    UPDATE webhooks.capture_health h SET last_ok_at = clock_timestamp()
-     WHERE h.target = capture_install.target AND h.last_failed_at > coalesce(h.last_ok_at, '-infinity');
+END
+$$;
+
+-- Create a watched table's capture triggers as capture_plan() says (internal,
+-- called by watch() after it has checked its caller and dropped the old
+-- triggers). SECURITY DEFINER as webhooks_capture, the one role that may
+-- EXECUTE the capture functions (and so name them in CREATE TRIGGER): a
+-- trigger that calls them is one this function made, from options
+-- capture_plan() validated, never one a table's owner wrote by hand. It can
+-- only act on a table whose owner granted it TRIGGER (watch() does, for
+-- this transaction only): calling it directly gets exactly what watch() does.
+CREATE OR REPLACE FUNCTION webhooks.capture_install(target regclass, entity text, options jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN SELECT * FROM webhooks.capture_plan(target, entity, options) LOOP
+        EXECUTE p.ddl;
+    END LOOP;
+END
+$$;
+
+-- The table's owner watched it again (watch(), not the DDL hook or
+-- rewatch()): whatever was degraded is to be seen again.
+CREATE OR REPLACE FUNCTION webhooks.capture_acknowledged(target regclass) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_has_role(session_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = target), 'USAGE') THEN
+        UPDATE webhooks.capture_health h SET last_ok_at = clock_timestamp()
+         WHERE h.target = capture_acknowledged.target AND h.last_failed_at > coalesce(h.last_ok_at, '-infinity');
+    END IF;
 END
 $$;
 
@@ -1249,7 +1300,7 @@ $$;
 -- new ones for this transaction only (TRIGGER on the table and its
 -- partitions, USAGE on their schemas where webhooks_capture lacks it), and
 -- takes that back.
-CREATE OR REPLACE FUNCTION webhooks.watch(target regclass, entity text, options jsonb DEFAULT '{}') RETURNS void
+CREATE OR REPLACE FUNCTION webhooks.watch_apply(target regclass, entity text, options jsonb DEFAULT '{}') RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel      record;
@@ -1258,6 +1309,7 @@ DECLARE
     fnowner  oid;
     m        regclass;
     granted  text[] := '{}';
+    kept     text[];
     g        text;
 BEGIN
     SELECT c.relkind, c.relnamespace, c.relispartition INTO rel FROM pg_class c WHERE c.oid = target;
@@ -1288,6 +1340,20 @@ BEGIN
         opts := jsonb_set(opts, '{payload}', to_jsonb(pfn::text));
     END IF;
 
+    -- Nothing to change (the same options over the same columns, as after
+    -- most ALTER TABLEs): the triggers stay as they are, enabled or not.
+    IF NOT EXISTS (SELECT p.rel, p.tgname, p.fn, p.args FROM webhooks.capture_plan(target, entity, opts) p
+                   EXCEPT SELECT c.rel, c.tgname, c.fn, c.args FROM webhooks.capture_triggers(target) c)
+       AND NOT EXISTS (SELECT c.rel, c.tgname, c.fn, c.args FROM webhooks.capture_triggers(target) c
+                       EXCEPT SELECT p.rel, p.tgname, p.fn, p.args FROM webhooks.capture_plan(target, entity, opts) p) THEN
+        RETURN;
+    END IF;
+    -- Triggers a user set to fire ALWAYS, on REPLICA only, or not at all
+    -- keep that setting (the DDL hook then finds nothing to change).
+    kept := ARRAY(SELECT format('ALTER TABLE %s %s TRIGGER %I', c.rel,
+                                CASE c.enabled WHEN 'D' THEN 'DISABLE' WHEN 'A' THEN 'ENABLE ALWAYS' ELSE 'ENABLE REPLICA' END,
+                                c.tgname)
+                    FROM webhooks.capture_triggers(target) c WHERE c.enabled <> 'O');
     PERFORM webhooks.unwatch_triggers(target);
     FOR m IN SELECT target UNION ALL SELECT webhooks.capture_members(target) LOOP
         IF NOT has_table_privilege('webhooks_capture', m, 'TRIGGER') THEN
@@ -1312,6 +1378,23 @@ BEGIN
     FOREACH g IN ARRAY granted LOOP
         EXECUTE format('REVOKE %s FROM webhooks_capture', g);
     END LOOP;
+    FOREACH g IN ARRAY kept LOOP
+        BEGIN
+            EXECUTE g;
+        EXCEPTION WHEN undefined_object THEN
+            NULL;   -- that trigger is not part of the new options
+        END;
+    END LOOP;
+END
+$$;
+
+-- watch(): webhooks.watch_apply(), and the owner's acknowledgement that
+-- clears a degraded state (the DDL hook and rewatch() apply only).
+CREATE OR REPLACE FUNCTION webhooks.watch(target regclass, entity text, options jsonb DEFAULT '{}') RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM webhooks.watch_apply(target, entity, options);
+    PERFORM webhooks.capture_acknowledged(target);
 END
 $$;
 
@@ -1467,7 +1550,7 @@ BEGIN
             RAISE WARNING 'webhooks: capture of %: %', w.target, d
                 USING HINT = 'Call webhooks.watch() with options that name what the table has now.';
         END LOOP;
-        PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target));
+        PERFORM webhooks.watch_apply(w.target, w.entity, webhooks.watch_options_now(w.target));
         n := n + 1;
     END LOOP;
     RETURN n;
@@ -1510,7 +1593,7 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT 1 FROM webhooks.watched w WHERE w.target = t::regclass);
         BEGIN
             drift := webhooks.watch_drift(t::regclass);
-            PERFORM webhooks.watch(t::regclass, w.entity, webhooks.watch_options_now(t::regclass))
+            PERFORM webhooks.watch_apply(t::regclass, w.entity, webhooks.watch_options_now(t::regclass))
                FROM webhooks.watched w WHERE w.target = t::regclass;
             FOREACH d IN ARRAY drift LOOP
                 RAISE WARNING 'webhooks: % of % broke its capture: %', tag, t::regclass, d
@@ -1529,12 +1612,22 @@ END
 $$;
 REVOKE ALL ON FUNCTION webhooks.on_ddl() FROM PUBLIC;
 REVOKE ALL ON FUNCTION webhooks.capture_install(regclass, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION webhooks.capture_acknowledged(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION webhooks.capture_acknowledged(regclass) TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.watch_apply(regclass, text, jsonb) TO webhooks_app;
+GRANT EXECUTE ON FUNCTION webhooks.capture_plan(regclass, text, jsonb) TO webhooks_app, webhooks_capture;
 DO $$
 BEGIN
     IF (SELECT proowner FROM pg_proc WHERE oid = 'webhooks.capture_install(regclass, text, jsonb)'::regprocedure)
        <> 'webhooks_capture'::regrole THEN
         GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
         ALTER FUNCTION webhooks.capture_install(regclass, text, jsonb) OWNER TO webhooks_capture;
+        REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
+    END IF;
+    IF (SELECT proowner FROM pg_proc WHERE oid = 'webhooks.capture_acknowledged(regclass)'::regprocedure)
+       <> 'webhooks_capture'::regrole THEN
+        GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
+        ALTER FUNCTION webhooks.capture_acknowledged(regclass) OWNER TO webhooks_capture;
         REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
     END IF;
 END
@@ -1599,7 +1692,7 @@ BEGIN
                 AND webhooks.plain_capture_ok(x.target)
               ORDER BY x.target LOOP
         IF pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = w.target), 'USAGE') THEN
-            PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target));
+            PERFORM webhooks.watch_apply(w.target, w.entity, webhooks.watch_options_now(w.target));
         ELSE
             RAISE NOTICE 'pgwebhooks: % keeps its capture of before V10 until its owner runs SELECT webhooks.rewatch()', w.target;
         END IF;
@@ -1625,7 +1718,7 @@ BEGIN
               ORDER BY x.target::oid LOOP
         IF pg_has_role(current_user, (SELECT c.relowner FROM pg_class c WHERE c.oid = w.target), 'USAGE') THEN
             -- (per_row is refused on partitioned tables now)
-            PERFORM webhooks.watch(w.target, w.entity, webhooks.watch_options_now(w.target) - 'per_row');
+            PERFORM webhooks.watch_apply(w.target, w.entity, webhooks.watch_options_now(w.target) - 'per_row');
         ELSE
             RAISE NOTICE 'pgwebhooks: % keeps its capture of before V15 until its owner runs SELECT webhooks.rewatch()', w.target;
         END IF;

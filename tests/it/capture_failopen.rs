@@ -547,3 +547,54 @@ async fn every_table_shape_is_captured_as_the_readme_says() {
         ["c", "d", "e"]
     );
 }
+
+/// The README's advice for logical replication subscribers: a capture
+/// trigger set to fire ALWAYS (or disabled) keeps that setting when the
+/// DDL hook refreshes capture, both for the ALTER that sets it and for a
+/// later ALTER that changes the table; watching again with the same
+/// options changes nothing.
+#[tokio::test]
+async fn a_capture_trigger_set_to_fire_always_stays_so() {
+    let db = TestDb::new().await;
+    let admin = db.client().await;
+    let (_, app, _) = app_role(&db, &admin).await;
+    app.batch_execute(
+        "CREATE TABLE shop.subs (id bigint PRIMARY KEY, v text);
+         SELECT webhooks.watch('shop.subs', 'sub');
+         ALTER TABLE shop.subs ENABLE ALWAYS TRIGGER webhooks_capture_insert;
+         ALTER TABLE shop.subs DISABLE TRIGGER webhooks_capture_delete;",
+    )
+    .await
+    .unwrap();
+    let q = "SELECT tgname::text, tgenabled::text::\"char\" FROM pg_trigger WHERE tgrelid = 'shop.subs'::regclass ORDER BY 1";
+    let read = || async {
+        admin
+            .query(q, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i8>(1) as u8 as char))
+            .collect::<Vec<(String, char)>>()
+    };
+    let want = vec![
+        ("webhooks_capture_delete".to_owned(), 'D'),
+        ("webhooks_capture_insert".to_owned(), 'A'),
+        ("webhooks_capture_truncate".to_owned(), 'O'),
+        ("webhooks_capture_update".to_owned(), 'O'),
+    ];
+    assert_eq!(read().await, want, "the ALTERs that set it");
+    app.batch_execute(
+        "ALTER TABLE shop.subs ADD COLUMN w int;
+         SELECT webhooks.watch('shop.subs', 'sub');
+         SELECT webhooks.rewatch();",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read().await, want, "a later ALTER, watch() again, rewatch()");
+    // New options recreate the triggers and keep the settings where the
+    // trigger is still there.
+    app.batch_execute("ALTER TABLE shop.subs RENAME COLUMN v TO value")
+        .await
+        .unwrap();
+    assert_eq!(read().await, want, "a rename (new arguments)");
+}

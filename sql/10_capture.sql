@@ -423,7 +423,9 @@ BEGIN
                                        THEN (SELECT pg_catalog.jsonb_agg((x.value OPERATOR(pg_catalog.->) 'j') OPERATOR(pg_catalog.->) u.c ORDER BY u.o)
                                                FROM pg_catalog.unnest(keys) WITH ORDINALITY u(c, o))::pg_catalog.text
                                        ELSE (x.value OPERATOR(pg_catalog.->) 'j') OPERATOR(pg_catalog.->>) keys[1] END
-                             FROM pg_catalog.jsonb_array_elements(out OPERATOR(pg_catalog.->) 'n') x);
+                             FROM pg_catalog.jsonb_array_elements(
+                                      CASE WHEN pg_catalog.jsonb_typeof(out OPERATOR(pg_catalog.->) 'n') OPERATOR(pg_catalog.=) 'array'
+                                           THEN out OPERATOR(pg_catalog.->) 'n' ELSE '[]'::pg_catalog.jsonb END) x);
         END IF;
         BEGIN
             EXECUTE q INTO arr USING keys, nkeys;
@@ -448,7 +450,7 @@ BEGIN
             -- then captures every row as it is, marked.)
             items := '{}';
             BEGIN
-                FOR rec IN EXECUTE pg_catalog.format('SELECT ROW(r.*)::%s AS v FROM %s r', rname, tt) LOOP
+                FOR rec IN EXECUTE pg_catalog.format('SELECT %s AS v FROM %s r', conv, tt) LOOP
                     j := NULL;
                     p := NULL;
                     BEGIN

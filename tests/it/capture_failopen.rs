@@ -458,6 +458,33 @@ async fn partitions_are_captured_whichever_table_a_write_names() {
     let ev = events(&admin, "ping.%").await;
     assert_eq!(ev.last().unwrap().payload, json!({"ping": 7}));
     assert_eq!(ev.last().unwrap().shape_error, None);
+
+    // Into a partition attached with its columns in another order, with a
+    // function that fails for one of two rows: row by row, by name.
+    app.batch_execute(
+        "CREATE OR REPLACE FUNCTION shop.ping_payload(p shop.pings) RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+         BEGIN
+             IF p.v = 'bad' THEN RAISE EXCEPTION 'ping % is bad', p.id; END IF;
+             RETURN jsonb_build_object('ping', p.id, 'v', p.v);
+         END $$;
+         CREATE TABLE shop.pings_3 (v text, id int NOT NULL);
+         ALTER TABLE shop.pings ATTACH PARTITION shop.pings_3 FOR VALUES FROM (200) TO (300);
+         INSERT INTO shop.pings_3 (id, v) VALUES (201, 'good'), (202, 'bad');",
+    )
+    .await
+    .unwrap();
+    let ev = events(&admin, "ping.%").await;
+    let last = &ev[ev.len() - 2..];
+    assert_eq!(last[0].payload, json!({"ping": 201, "v": "good"}));
+    assert_eq!(last[1].payload, json!({"id": 202, "v": "bad"}));
+    assert!(last[1]
+        .shape_error
+        .as_deref()
+        .unwrap()
+        .contains("ping 202 is bad"));
+    assert!(last
+        .iter()
+        .all(|e| e.source_table.as_deref() == Some("shop.pings")));
 }
 
 /// The other table shapes the README names: inheritance children (a

@@ -5,6 +5,7 @@
 //! document. Connections and their limits live in `server.rs`.
 
 pub mod auth;
+mod ready;
 mod server;
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ struct AppState {
     cancel_tls: db::tls::MakeRustls,
     config: InboundConfig,
     ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// `/readyz`'s database check, at most once per second.
+    ready_db: ready::ReadyCache,
     routes: RouteCache,
 }
 
@@ -207,6 +210,7 @@ pub fn router(
         cancel_tls,
         config,
         ready,
+        ready_db: ready::ReadyCache::new(ready::READY_TTL),
         routes: RouteCache::new(),
     });
     Router::new()
@@ -249,10 +253,15 @@ fn failure(status: StatusCode, error: &str) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let db_ok = match state.pool.get().await {
-        Ok(client) => db::migrate::is_current(&client).await.unwrap_or(false),
-        Err(_) => false,
-    };
+    let db_ok = state
+        .ready_db
+        .get(|| async {
+            match state.pool.get().await {
+                Ok(client) => db::migrate::is_current(&client).await.unwrap_or(false),
+                Err(_) => false,
+            }
+        })
+        .await;
     let stages_ok = (state.ready)();
     let status = if db_ok && stages_ok {
         StatusCode::OK

@@ -9,16 +9,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// How long an answer is reused.
-pub const READY_TTL: Duration = Duration::from_secs(1);
+pub(super) const READY_TTL: Duration = Duration::from_secs(1);
 
 /// The last answer and when it was asked.
-pub struct ReadyCache {
+pub(super) struct ReadyCache {
     ttl: Duration,
     last: Mutex<Option<(Instant, bool)>>,
 }
 
 impl ReadyCache {
-    pub fn new(ttl: Duration) -> ReadyCache {
+    pub(super) fn new(ttl: Duration) -> ReadyCache {
         ReadyCache {
             ttl,
             last: Mutex::new(None),
@@ -27,7 +27,7 @@ impl ReadyCache {
 
     /// The cached answer while it is fresh; else `check`'s, remembered.
     /// Requests arriving during a check wait for it and share its answer.
-    pub async fn get<F, Fut>(&self, check: F) -> bool
+    pub(super) async fn get<F, Fut>(&self, check: F) -> bool
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = bool>,

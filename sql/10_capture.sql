@@ -1216,11 +1216,11 @@ BEGIN
     shape := (SELECT string_agg(quote_literal(x), ', ' ORDER BY o) FROM unnest(a_shape) WITH ORDINALITY u(x, o));
 
     -- The table, then every partition (not truncate: truncating the parent
-    -- fires its partitions' truncate triggers too; per_row's row triggers
-    -- are cloned to the partitions by Postgres itself).
+    -- fires its partitions' truncate triggers too). per_row is refused on a
+    -- partitioned table, so a partition's triggers are statement-level.
     FOR m IN SELECT target UNION ALL SELECT webhooks.capture_members(target) LOOP
         rel := m;
-        IF 'insert' = ANY (ops) AND (m = target OR NOT per_row) THEN
+        IF 'insert' = ANY (ops) THEN
             IF shaped THEN
                 tgname := 'webhooks_capture_a_shape_insert'; fn := 'webhooks.capture_shape()'; args := a_shape;
                 ddl := format('CREATE TRIGGER %I AFTER INSERT ON %s %s EXECUTE FUNCTION webhooks.capture_shape(%s)',
@@ -1243,7 +1243,7 @@ BEGIN
                           'FOR EACH STATEMENT EXECUTE FUNCTION webhooks.capture(%s)', tgname, m, args_sql);
             RETURN NEXT;
         END IF;
-        IF 'delete' = ANY (ops) AND (m = target OR NOT per_row) THEN
+        IF 'delete' = ANY (ops) THEN
             IF shaped THEN
                 tgname := 'webhooks_capture_a_shape_delete'; fn := 'webhooks.capture_shape()'; args := a_shape;
                 ddl := format('CREATE TRIGGER %I AFTER DELETE ON %s %s EXECUTE FUNCTION webhooks.capture_shape(%s)',
@@ -1619,19 +1619,17 @@ GRANT EXECUTE ON FUNCTION webhooks.capture_acknowledged(regclass) TO webhooks_ap
 GRANT EXECUTE ON FUNCTION webhooks.watch_apply(regclass, text, jsonb) TO webhooks_app;
 GRANT EXECUTE ON FUNCTION webhooks.capture_plan(regclass, text, jsonb) TO webhooks_app, webhooks_capture;
 DO $$
+DECLARE
+    f regprocedure;
 BEGIN
-    IF (SELECT proowner FROM pg_proc WHERE oid = 'webhooks.capture_install(regclass, text, jsonb)'::regprocedure)
-       <> 'webhooks_capture'::regrole THEN
-        GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
-        ALTER FUNCTION webhooks.capture_install(regclass, text, jsonb) OWNER TO webhooks_capture;
-        REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
-    END IF;
-    IF (SELECT proowner FROM pg_proc WHERE oid = 'webhooks.capture_acknowledged(regclass)'::regprocedure)
-       <> 'webhooks_capture'::regrole THEN
-        GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
-        ALTER FUNCTION webhooks.capture_acknowledged(regclass) OWNER TO webhooks_capture;
-        REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
-    END IF;
+    FOREACH f IN ARRAY ARRAY['webhooks.capture_install(regclass, text, jsonb)'::regprocedure,
+                             'webhooks.capture_acknowledged(regclass)'::regprocedure] LOOP
+        IF (SELECT proowner FROM pg_proc WHERE oid = f) <> 'webhooks_capture'::regrole THEN
+            GRANT CREATE ON SCHEMA webhooks TO webhooks_capture;
+            EXECUTE format('ALTER FUNCTION %s OWNER TO webhooks_capture', f);
+            REVOKE CREATE ON SCHEMA webhooks FROM webhooks_capture;
+        END IF;
+    END LOOP;
 END
 $$;
 GRANT EXECUTE ON FUNCTION webhooks.capture_install(regclass, text, jsonb) TO webhooks_app;

@@ -74,7 +74,8 @@ mod tests {
             assert!(cache.get(ask(false)).await, "the fresh answer is reused");
         }
         assert_eq!(asked.load(Ordering::SeqCst), 1);
-        // Once it is stale, the next request asks again and its answer holds.
+        // Once it is stale (the wait is the TTL itself, the condition under
+        // test), the next request asks again and its answer holds.
         let stale_at = Instant::now() + Duration::from_millis(200);
         tokio::time::sleep_until(stale_at.into()).await;
         assert!(!cache.get(ask(false)).await);

@@ -397,7 +397,9 @@ fn latest_words(buffer: &[Outcome]) -> Vec<&Outcome> {
     latest
 }
 
-/// Writes outcomes and completes batches in one transaction.
+/// Writes outcomes and completes batches in one statement (see
+/// [`db::delivery::outcomes_record`]: no transaction of ours stays open
+/// while this replica is away).
 async fn write(pool: &Pool, replica: &str, outcomes: &[&Outcome], done: &[i64]) -> Result<Flushed, DbError> {
     let first: Vec<&Outcome> = outcomes
         .iter()
@@ -411,26 +413,19 @@ async fn write(pool: &Pool, replica: &str, outcomes: &[&Outcome], done: &[i64]) 
             _ => None,
         })
         .collect();
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let mut out = Flushed::default();
-    if !first.is_empty() {
-        out.inserted = db::delivery::delivery_insert(&tx, replica, &first).await?;
+    let client = pool.get().await?;
+    let r = db::delivery::outcomes_record(&client, replica, &first, &retries, done).await?;
+    if (r.updated as usize) < retries.len() {
+        tracing::debug!(
+            lost = retries.len() - r.updated as usize,
+            "outcomes not applied (their attempts are recorded): lease no longer ours"
+        );
     }
-    if !retries.is_empty() {
-        out.updated = db::delivery::delivery_record(&tx, replica, &retries).await?;
-        if (out.updated as usize) < retries.len() {
-            tracing::debug!(
-                lost = retries.len() - out.updated as usize,
-                "outcomes not applied (their attempts are recorded): lease no longer ours"
-            );
-        }
-    }
-    if !done.is_empty() {
-        out.batches_completed = db::delivery::batch_complete(&tx, replica, done).await?;
-    }
-    tx.commit().await?;
-    Ok(out)
+    Ok(Flushed {
+        inserted: r.inserted,
+        updated: r.updated,
+        batches_completed: r.batches_completed,
+    })
 }
 
 /// The outcome with its texts replaced, for when Postgres refuses them.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use tokio::time::Instant;
@@ -131,13 +132,7 @@ fn batch_from(rows: &[tokio_postgres::Row], with_done: bool, send_by: Instant) -
     }
 }
 
-/// `webhooks.batch_complete`: delete finished batches we still hold.
-pub async fn batch_complete(c: &impl GenericClient, replica: &str, ids: &[i64]) -> Result<i32, DbError> {
-    let st = c.prepare_cached("SELECT webhooks.batch_complete($1, $2)").await?;
-    Ok(c.query_one(&st, &[&replica, &ids]).await?.get(0))
-}
-
-/// Columns shared by `delivery_insert` and `delivery_record`.
+/// Columns shared by first attempts and retries' outcomes.
 #[derive(Default)]
 struct Columns {
     statuses: Vec<&'static str>,
@@ -167,90 +162,127 @@ impl Columns {
                 .map(|e| sanitize(e).into_owned()),
         );
     }
+
+    /// Its parameters, in the order of the functions' arguments after the
+    /// leading ones.
+    fn params(&self) -> [&(dyn ToSql + Sync); 8] {
+        [
+            &self.statuses,
+            &self.attempts,
+            &self.next_at,
+            &self.codes,
+            &self.errors,
+            &self.started,
+            &self.durations,
+            &self.excerpts,
+        ]
+    }
 }
 
-/// `webhooks.delivery_insert`: first attempts (and routings to the retry
-/// path) of batch jobs. Returns the rows inserted.
-pub async fn delivery_insert(
+/// What one [`outcomes_record`] changed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Deliveries inserted (`webhooks.delivery_insert`: first attempts of
+    /// batch jobs, and their routings to the retry path).
+    pub inserted: i32,
+    /// Claimed retries updated (`webhooks.delivery_record`: only where the
+    /// lease is still ours).
+    pub updated: i32,
+    /// Fan-out batches completed (`webhooks.batch_complete`: only the
+    /// lease holder's).
+    pub batches_completed: i32,
+}
+
+/// Records outcomes and completes batches in **one statement**, so in one
+/// implicit transaction that the server ends by itself: a replica frozen
+/// or cut off after sending it cannot leave a transaction open (holding
+/// an xid, which is fan-out's horizon for every replica, and row locks a
+/// rescuer would wait on). Parts with nothing to do are left out of the
+/// statement; each combination is prepared once per connection.
+pub async fn outcomes_record(
     c: &impl GenericClient,
     replica: &str,
-    outcomes: &[&Outcome],
-) -> Result<i32, DbError> {
-    let mut cols = Columns::default();
+    first: &[&Outcome],
+    retries: &[(i64, &Outcome)],
+    done: &[i64],
+) -> Result<Recorded, DbError> {
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&replica];
+    let mut parts = Vec::with_capacity(3);
     let (mut events, mut endpoints, mut ordered): (Vec<Uuid>, Vec<i64>, Vec<bool>) = Default::default();
-    for o in outcomes {
+    let mut first_cols = Columns::default();
+    for o in first {
         events.push(o.event_id);
         endpoints.push(o.endpoint_id);
         ordered.push(o.ordered);
-        cols.push(o);
+        first_cols.push(o);
     }
-    let st = c
-        .prepare_cached(
-            "SELECT webhooks.delivery_insert(replica => $1, event_ids => $2, endpoint_ids => $3, statuses => $4,
-                        attempt_counts => $5, next_attempt_ats => $6, status_codes => $7, errors => $8,
-                        started_ats => $9, durations_ms => $10, excerpts => $11, ordered => $12)",
-        )
-        .await?;
-    let row = c
-        .query_one(
-            &st,
-            &[
-                &replica,
-                &events,
-                &endpoints,
-                &cols.statuses,
-                &cols.attempts,
-                &cols.next_at,
-                &cols.codes,
-                &cols.errors,
-                &cols.started,
-                &cols.durations,
-                &cols.excerpts,
-                &ordered,
-            ],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// `webhooks.delivery_record`: outcomes of claimed retries, where the lease
-/// is still ours. Returns the rows updated.
-pub async fn delivery_record(
-    c: &impl GenericClient,
-    replica: &str,
-    outcomes: &[(i64, &Outcome)],
-) -> Result<i32, DbError> {
-    let mut cols = Columns::default();
-    let mut ids = Vec::new();
-    for (id, o) in outcomes {
+    let mut ids = Vec::with_capacity(retries.len());
+    let mut retry_cols = Columns::default();
+    for (id, o) in retries {
         ids.push(*id);
-        cols.push(o);
+        retry_cols.push(o);
     }
-    let st = c
-        .prepare_cached(
-            "SELECT webhooks.delivery_record(replica => $1, ids => $2, statuses => $3, attempt_counts => $4,
-                        next_attempt_ats => $5, status_codes => $6, errors => $7, started_ats => $8,
-                        durations_ms => $9, excerpts => $10)",
-        )
-        .await?;
-    let row = c
-        .query_one(
-            &st,
-            &[
-                &replica,
-                &ids,
-                &cols.statuses,
-                &cols.attempts,
-                &cols.next_at,
-                &cols.codes,
-                &cols.errors,
-                &cols.started,
-                &cols.durations,
-                &cols.excerpts,
-            ],
-        )
-        .await?;
-    Ok(row.get(0))
+    // $n for the next parameter pushed.
+    let next = |params: &Vec<&(dyn ToSql + Sync)>, k: usize| params.len() + k;
+    if !first.is_empty() {
+        let n = next(&params, 1);
+        parts.push(format!(
+            "webhooks.delivery_insert(replica => $1, event_ids => ${}, endpoint_ids => ${}, statuses => ${},
+                 attempt_counts => ${}, next_attempt_ats => ${}, status_codes => ${}, errors => ${},
+                 started_ats => ${}, durations_ms => ${}, excerpts => ${}, ordered => ${})",
+            n,
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8,
+            n + 9,
+            n + 10
+        ));
+        params.push(&events);
+        params.push(&endpoints);
+        params.extend(first_cols.params());
+        params.push(&ordered);
+    } else {
+        parts.push("0".to_owned());
+    }
+    if !retries.is_empty() {
+        let n = next(&params, 1);
+        parts.push(format!(
+            "webhooks.delivery_record(replica => $1, ids => ${}, statuses => ${}, attempt_counts => ${},
+                 next_attempt_ats => ${}, status_codes => ${}, errors => ${}, started_ats => ${},
+                 durations_ms => ${}, excerpts => ${})",
+            n,
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8
+        ));
+        params.push(&ids);
+        params.extend(retry_cols.params());
+    } else {
+        parts.push("0".to_owned());
+    }
+    if !done.is_empty() {
+        parts.push(format!("webhooks.batch_complete($1, ${})", next(&params, 1)));
+        params.push(&done);
+    } else {
+        parts.push("0".to_owned());
+    }
+    let st = c.prepare_cached(&format!("SELECT {}", parts.join(", "))).await?;
+    let row = c.query_one(&st, &params).await?;
+    Ok(Recorded {
+        inserted: row.get(0),
+        updated: row.get(1),
+        batches_completed: row.get(2),
+    })
 }
 
 /// A claimed retry.

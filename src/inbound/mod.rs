@@ -592,18 +592,26 @@ async fn apply(
         let st = client
             .prepare_cached("SELECT http_status, body FROM webhooks.inbound_apply($1, $2, $3::text::jsonb)")
             .await?;
-        let begin = format!(
-            "BEGIN; SET LOCAL statement_timeout = {}",
+        // The apply is one statement in its own implicit transaction, with
+        // this route's statement timeout set around it on the session: the
+        // three leave in one write and none opens a transaction block, so
+        // the server ends the apply's transaction at its Sync without
+        // waiting on us (a sidecar frozen or cut off here leaves no xid
+        // holding back fan-out, no row locks). RESET goes back to the
+        // session's own bound.
+        let set = format!(
+            "SET statement_timeout = {}",
             config.statement_timeout.as_millis().max(1)
         );
-        // Pipelined: one round trip for BEGIN and the apply.
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&route, &key, &payload];
-        let (begun, row) = tokio::join!(client.batch_execute(&begin), client.query_one(&st, &params));
-        let done = begun.and(row);
-        let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        let ended = client.batch_execute(end).await;
-        let row = done?;
-        ended?;
+        let (set, row, reset) = tokio::join!(
+            client.batch_execute(&set),
+            client.query_one(&st, &params),
+            client.batch_execute("RESET statement_timeout")
+        );
+        set?;
+        let row = row?;
+        reset?;
         Ok::<_, ApplyError>((row.get(0), row.get(1)))
     };
     match tokio::time::timeout_at(deadline, run).await {
@@ -615,14 +623,19 @@ async fn apply(
     }
 }
 
-/// Cancels what `client` runs and rolls its transaction back; a connection
-/// that cannot be made clean is closed rather than reused.
+/// Cancels what `client` runs (the apply's implicit transaction ends with
+/// it) and puts the session's statement timeout back; a connection that
+/// cannot be made clean is closed rather than reused.
 async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken, tls: db::tls::MakeRustls) {
     if let Err(error) = cancel.cancel_query(tls).await {
         tracing::warn!(error = %crate::errors::error_chain(&error), "inbound: cancelling a timed-out apply failed");
     }
-    let rolled_back = tokio::time::timeout(Duration::from_secs(10), client.batch_execute("ROLLBACK")).await;
-    if !matches!(rolled_back, Ok(Ok(()))) {
+    let reset = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.batch_execute("RESET statement_timeout"),
+    )
+    .await;
+    if !matches!(reset, Ok(Ok(()))) {
         drop(Object::take(client));
     }
 }

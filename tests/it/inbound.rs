@@ -10,7 +10,7 @@ use crate::support::sidecar::{self, endpoint, INBOUND_SECRET};
 use crate::support::{wait, Receiver, TestDb};
 
 /// A route whose handler stores notes and rejects a note without text.
-async fn notes_route(c: &tokio_postgres::Client) {
+pub(crate) async fn notes_route(c: &tokio_postgres::Client) {
     c.batch_execute(
         "CREATE SCHEMA notes;
          CREATE TABLE notes.notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, text text NOT NULL, n int);

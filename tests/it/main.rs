@@ -31,5 +31,6 @@ mod record;
 mod roles;
 mod shaping;
 mod stages;
+mod stalls;
 mod timeouts;
 mod tls;

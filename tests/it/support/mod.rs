@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod db;
+pub mod proxy;
 pub mod receiver;
 pub mod sidecar;
 pub mod wait;

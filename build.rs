@@ -11,7 +11,7 @@ fn main() {
     for var in ["PATH", "VIRTUAL_ENV", "PGWEBHOOKS_REQUIRE_TOOLS"] {
         println!("cargo::rerun-if-env-changed={var}");
     }
-    let tools: [(&str, &str, &[&str], &str); 5] = [
+    let tools: [(&str, &str, &[&str], &str); 6] = [
         ("have_openssl", "openssl", &["version"], "apt-get install openssl"),
         (
             "have_schemathesis",
@@ -30,6 +30,13 @@ fn main() {
             "python3",
             &["-c", "import selenium"],
             "pip install selenium",
+        ),
+        // Not a tool: the full-disk test mounts a small tmpfs.
+        (
+            "have_root",
+            "sh",
+            &["-c", "test \"$(id -u)\" = 0"],
+            "run the tests as root",
         ),
         (
             "have_chromedriver",

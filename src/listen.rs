@@ -22,6 +22,8 @@ pub struct Signals {
     pub retry: Notify,
     pub connected: AtomicBool,
     pub reconnects: AtomicU64,
+    /// Postgres refusing our writes for lack of resources (disk full).
+    pub refusals: crate::db::refusal::Refusals,
 }
 
 impl Signals {

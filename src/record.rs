@@ -181,8 +181,19 @@ impl RecordTask {
                     Err(_) => break,
                 }
             }
+            let writing = !self.buffer.is_empty();
             match self.flush_watched().await {
-                Ok(_) => backoff = Duration::from_millis(50),
+                Ok(_) => {
+                    if writing {
+                        self.signals.refusals.succeeded();
+                    }
+                    backoff = Duration::from_millis(50)
+                }
+                Err(error) if self.signals.refusals.failed("recorder", &error) => {
+                    // Said once a minute by `failed`; claiming waits.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
                 Err(error) => {
                     // Keep everything: Postgres may be restarting, or be
                     // between a migrate and its functions. Outcomes whose

@@ -195,7 +195,7 @@ async fn status(_: ApiCaller, State(a): State<Shared>) -> Answer {
     Ok(Json(json!({
         "waiting": s.waiting, "not_fanned_out": s.not_fanned_out, "oldest_pending_seconds": s.oldest_seconds,
         "dead_letters": s.dead_letters, "notification_queue_usage": s.notification_queue_usage,
-        "endpoints": endpoints, "capture_degraded": s.degraded,
+        "endpoints": endpoints, "capture_degraded": s.degraded, "writes_refused": (a.health)(),
     }))
     .into_response())
 }

@@ -81,12 +81,28 @@ pub struct Admin {
     pub config: AdminConfig,
     pub keys: auth::Keys,
     pub templates: minijinja::Environment<'static>,
+    /// What this replica knows that the database cannot say (Postgres
+    /// refusing its writes): a line for the overview and the status.
+    pub health: Health,
 }
+
+/// See [`Admin::health`].
+pub type Health = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 type Shared = Arc<Admin>;
 
 /// The admin router; without a token, one that refuses everything.
 pub fn router(pool: Pool, snapshot: crate::endpoints::Subscriptions, config: AdminConfig) -> Router {
+    router_with_health(pool, snapshot, config, Arc::new(|| None))
+}
+
+/// [`router`], with the replica's own [`Health`].
+pub fn router_with_health(
+    pool: Pool,
+    snapshot: crate::endpoints::Subscriptions,
+    config: AdminConfig,
+    health: Health,
+) -> Router {
     let Some(token) = config.token.clone() else {
         return Router::new()
             .fallback(|| async {
@@ -104,6 +120,7 @@ pub fn router(pool: Pool, snapshot: crate::endpoints::Subscriptions, config: Adm
         keys: auth::Keys::new(&token),
         config,
         templates: render::templates(),
+        health,
     });
     Router::new()
         .merge(api::routes())

@@ -106,7 +106,7 @@ pub(super) async fn overview(State(a): State<Shared>, Signed(s): Signed, RawQuer
         let (status, endpoints) = summary(&a).await?;
         let attention: Vec<&Value> = endpoints.iter().filter(|e| e["state"] != "enabled").collect();
         Ok(render(&a, StatusCode::OK, "overview.html", Some(&s), json!({
-            "page": "overview", "notice": notice(&q),
+            "page": "overview", "notice": notice(&q), "writes_refused": (a.health)(),
             "waiting": status.waiting, "oldest": age(status.oldest_seconds),
             "not_fanned_out": status.not_fanned_out, "dead_letters": status.dead_letters,
             "holding_back": status.holding_back.as_ref().map(|(pid, secs, _)| json!({"pid": pid, "age": age(Some(*secs))})),

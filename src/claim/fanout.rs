@@ -113,6 +113,7 @@ impl Claimer {
             self.wait_for_room(&shutdown).await;
             match self.fanout_once().await {
                 Ok(c) if c.events > 0 => {
+                    self.signals.refusals.succeeded();
                     backoff = Duration::from_millis(50);
                     let linger = linger_for.claimed(c.events, Instant::now());
                     if !linger.is_zero() {
@@ -130,7 +131,9 @@ impl Claimer {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(error = %crate::errors::error_chain(&error), "claiming events failed");
+                    if !self.signals.refusals.failed("fan-out", &error) {
+                        tracing::warn!(error = %crate::errors::error_chain(&error), "claiming events failed");
+                    }
                     self.pause(&shutdown, &mut backoff).await;
                 }
             }

@@ -95,11 +95,14 @@ pub struct Claimer {
 
 impl Claimer {
     /// Waits while the jobs in memory, or the outcomes not yet written
-    /// (a slow database), reach `max_in_memory`.
+    /// (a slow database), reach `max_in_memory`, and while Postgres
+    /// refuses to record the outcomes there are (a full disk: new work
+    /// would only be sent and not recorded, then sent again).
     async fn wait_for_room(&self, shutdown: &CancellationToken) {
         let full = || {
             self.dispatcher.in_memory() >= self.config.max_in_memory
                 || self.recorder.unrecorded() >= self.config.max_in_memory
+                || (self.recorder.unrecorded() > 0 && self.signals.refusals.current().is_some())
         };
         while full() && !shutdown.is_cancelled() {
             tokio::select! {

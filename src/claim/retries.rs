@@ -75,6 +75,7 @@ impl Claimer {
             self.wait_for_room(&shutdown).await;
             match self.retry_once().await {
                 Ok(c) if c.jobs > 0 => {
+                    self.signals.refusals.succeeded();
                     // Lanes are busy with what we took; claim more once they
                     // have drained a little (a few ms), not one job at a time.
                     tokio::select! {
@@ -87,7 +88,9 @@ impl Claimer {
                 }
                 Ok(_) => {}
                 Err(error) => {
-                    tracing::warn!(error = %crate::errors::error_chain(&error), "claiming retries failed");
+                    if !self.signals.refusals.failed("retries", &error) {
+                        tracing::warn!(error = %crate::errors::error_chain(&error), "claiming retries failed");
+                    }
                     self.pause(&shutdown, &mut backoff).await;
                     continue;
                 }

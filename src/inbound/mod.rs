@@ -88,7 +88,7 @@ struct AppState {
     /// How to reach the database for a cancel request (TLS as configured).
     cancel_tls: db::tls::MakeRustls,
     config: InboundConfig,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
     /// `/readyz`'s database check, at most once per second.
     ready_db: ready::ReadyCache,
     routes: RouteCache,
@@ -197,12 +197,13 @@ async fn load_routes(pool: &Pool) -> Result<HashMap<String, RouteSettings>, db::
         .collect())
 }
 
-/// The router; `ready` says whether the sidecar's own stages are healthy.
+/// The router; `ready` says whether the sidecar's own stages are healthy,
+/// and if not, why.
 pub fn router(
     pool: Pool,
     cancel_tls: db::tls::MakeRustls,
     config: InboundConfig,
-    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 ) -> Router {
     let limit = config.max_body;
     let state = Arc::new(AppState {
@@ -262,13 +263,17 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             }
         })
         .await;
-    let stages_ok = (state.ready)();
-    let status = if db_ok && stages_ok {
+    let stages = (state.ready)();
+    let status = if db_ok && stages.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"database": db_ok, "sidecar": stages_ok}))).into_response()
+    let mut body = json!({"database": db_ok, "sidecar": stages.is_ok()});
+    if let Err(problem) = stages {
+        body["problem"] = json!(problem);
+    }
+    (status, Json(body)).into_response()
 }
 
 /// Whether `route` could name a route at all (`inbound_routes` holds

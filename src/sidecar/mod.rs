@@ -266,8 +266,15 @@ impl Sidecar {
         let inbound_addr = match &config.inbound {
             Some(inbound_config) => {
                 let ready_signals = signals.clone();
-                let ready =
-                    Arc::new(move || ready_signals.connected.load(std::sync::atomic::Ordering::Acquire));
+                let ready = Arc::new(move || {
+                    if let Some(refused) = ready_signals.refusals.current() {
+                        return Err(refused.describe());
+                    }
+                    match ready_signals.connected.load(std::sync::atomic::Ordering::Acquire) {
+                        true => Ok(()),
+                        false => Err("the LISTEN connection to Postgres is down; reconnecting".to_owned()),
+                    }
+                });
                 let router = inbound::router(
                     pool.clone(),
                     config.database.tls_connector(),
@@ -300,7 +307,15 @@ impl Sidecar {
             Some(admin) => {
                 // A pool of its own: the console cannot take delivery's connections.
                 let admin_pool = db::pool(config.database.clone(), 4);
-                let router = crate::admin::router(admin_pool, subscriptions.clone(), admin.clone());
+                let health_signals = signals.clone();
+                let health: crate::admin::Health =
+                    Arc::new(move || health_signals.refusals.current().map(|r| r.describe()));
+                let router = crate::admin::router_with_health(
+                    admin_pool,
+                    subscriptions.clone(),
+                    admin.clone(),
+                    health,
+                );
                 let (addr, task) = crate::admin::serve(router, admin, inbound_stop.clone())
                     .await
                     .map_err(|e| StartError::Listen(admin.listen, e))?;

@@ -13,6 +13,7 @@ mod cli;
 mod console_browser;
 mod delivery;
 mod demo;
+mod disk_full;
 mod endpoints;
 mod example_app;
 mod example_routes;

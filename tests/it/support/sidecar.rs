@@ -39,13 +39,18 @@ pub const ADMIN_TOKEN: &str = "admin-token-for-tests-0123";
 /// [`config_with_inbound`] plus the admin listener on a free loopback port.
 pub fn config_with_admin(db: &TestDb) -> SidecarConfig {
     let mut c = config_with_inbound(db);
-    c.admin = Some(pgwebhooks::admin::AdminConfig {
+    c.admin = admin_config();
+    c
+}
+
+/// The admin listener on a free loopback port, with [`ADMIN_TOKEN`].
+pub fn admin_config() -> Option<pgwebhooks::admin::AdminConfig> {
+    Some(pgwebhooks::admin::AdminConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         token: Some(pgwebhooks::config::Secret::new(ADMIN_TOKEN)),
         allow_private_targets: true,
         ..Default::default()
-    });
-    c
+    })
 }
 
 pub const INBOUND_SECRET: &str = "inbound-secret-for-tests";
@@ -53,13 +58,18 @@ pub const INBOUND_SECRET: &str = "inbound-secret-for-tests";
 /// [`config`] plus the inbound server on a free loopback port.
 pub fn config_with_inbound(db: &TestDb) -> SidecarConfig {
     let mut c = config(db);
-    c.inbound = Some(pgwebhooks::inbound::InboundConfig {
+    c.inbound = inbound_config();
+    c
+}
+
+/// The inbound server on a free loopback port, with [`INBOUND_SECRET`].
+pub fn inbound_config() -> Option<pgwebhooks::inbound::InboundConfig> {
+    Some(pgwebhooks::inbound::InboundConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         secret: Some(pgwebhooks::config::Secret::new(INBOUND_SECRET)),
         max_body: 64 * 1024,
         ..Default::default()
-    });
-    c
+    })
 }
 
 pub async fn start(config: SidecarConfig) -> Running {

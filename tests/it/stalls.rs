@@ -165,3 +165,68 @@ fn note(delivered: &mut HashMap<i64, usize>, received: Vec<crate::support::recei
         *delivered.entry(n).or_default() += 1;
     }
 }
+
+/// 200 ms each way between a replica and Postgres (a replica in another
+/// region, a congested link): every round trip takes 400 ms, and delivery
+/// still goes on, each event sent once, no lease lost (a lost lease would
+/// show as a batch taken over and sent again, or an attempt recorded
+/// twice).
+#[tokio::test]
+async fn a_replica_far_from_postgres_keeps_delivering_and_its_leases() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut receiver = Receiver::ok().await;
+    endpoint(&c, &receiver.url, &["tick.written"], "").await;
+    let proxy = Proxy::start(db.config().get_ports()[0]).await;
+    proxy.delay(Duration::from_millis(200));
+    let mut pg = tokio_postgres::Config::new();
+    pg.host("127.0.0.1")
+        .port(proxy.port)
+        .user(db.config().get_user().unwrap())
+        .dbname(db.name());
+    let mut config = sidecar::config(&db);
+    config.database = pg.into();
+    let far = sidecar::start(config).await;
+    for round in 0..3 {
+        c.execute(
+            "SELECT webhooks.emit('tick.written', jsonb_build_object('n', $1::int * 100 + g)) FROM generate_series(1, 100) g",
+            &[&round],
+        )
+        .await
+        .unwrap();
+    }
+    let mut delivered = HashMap::new();
+    note(&mut delivered, receiver.take(300, Duration::from_secs(60)).await);
+    wait::until("every outcome recorded", Duration::from_secs(30), || async {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivered'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (n == 300).then_some(())
+    })
+    .await;
+    far.stop().await;
+    note(&mut delivered, receiver.drain());
+    assert_eq!(delivered.len(), 300);
+    let twice: Vec<_> = delivered.iter().filter(|(_, k)| **k > 1).collect();
+    assert!(twice.is_empty(), "sent twice: {twice:?}");
+    let (attempts, batches): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM webhooks.attempts), (SELECT count(*) FROM webhooks.fanout_batches)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (attempts, batches),
+        (300, 0),
+        "one attempt per event, every batch completed"
+    );
+}

@@ -3,8 +3,10 @@
 //! kept, nothing more is read, so the kernel's buffers fill), as a network
 //! partition or a frozen process looks from the other side; `release`
 //! moves them again. `reset` closes every connection, as a dead peer.
+//! `delay` adds latency each way (bytes keep their order).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,6 +16,7 @@ use tokio::task::JoinSet;
 pub struct Proxy {
     pub port: u16,
     held: watch::Sender<bool>,
+    delay: watch::Sender<Duration>,
     connections: Arc<std::sync::Mutex<JoinSet<()>>>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -24,8 +27,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (held, _) = watch::channel(false);
+        let (delay, _) = watch::channel(Duration::ZERO);
         let connections = Arc::new(std::sync::Mutex::new(JoinSet::new()));
-        let (h, set) = (held.clone(), connections.clone());
+        let (h, d, set) = (held.clone(), delay.clone(), connections.clone());
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
@@ -34,13 +38,14 @@ impl Proxy {
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let mut set = set.lock().unwrap();
-                set.spawn(pump(cr, sw, h.subscribe()));
-                set.spawn(pump(sr, cw, h.subscribe()));
+                set.spawn(pump(cr, sw, h.subscribe(), d.subscribe()));
+                set.spawn(pump(sr, cw, h.subscribe(), d.subscribe()));
             }
         });
         Proxy {
             port,
             held,
+            delay,
             connections,
             accept,
         }
@@ -53,6 +58,12 @@ impl Proxy {
 
     pub fn release(&self) {
         self.held.send_replace(false);
+    }
+
+    /// Each chunk is passed on `d` after it was read, each way.
+    #[allow(dead_code)] // not every test binary delays
+    pub fn delay(&self, d: Duration) {
+        self.delay.send_replace(d);
     }
 
     /// Closes every connection made so far.
@@ -70,26 +81,38 @@ impl Drop for Proxy {
 }
 
 /// Copies `from` to `to`, pausing (before reading and before writing)
-/// while held.
+/// while held, each chunk passed on its delay after it was read (a second
+/// task writes, so reading goes on meanwhile and the order is kept).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut held: watch::Receiver<bool>,
+    delay: watch::Receiver<Duration>,
 ) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let mut write_held = held.clone();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if write_held.wait_for(|h| !h).await.is_err() || to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         if held.wait_for(|h| !h).await.is_err() {
-            return;
+            break;
         }
         let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if held.wait_for(|h| !h).await.is_err() {
-            return;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+        let due = tokio::time::Instant::now() + *delay.borrow();
+        if tx.send((due, buf[..n].to_vec())).is_err() {
+            break;
         }
     }
+    drop(tx);
+    let _ = writer.await;
 }

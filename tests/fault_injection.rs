@@ -13,7 +13,21 @@
 //! - `receiver-429`, `receiver-503`: it answers 429 with `Retry-After: 1`,
 //!   or 503;
 //! - `receiver-slow`: it answers only after the sidecar's timeout;
-//! - `sever-listen`: `pg_terminate_backend` on the replicas' LISTEN sessions.
+//! - `sever-listen`: `pg_terminate_backend` on the replicas' LISTEN sessions;
+//! - `partition`: a replica cut off from Postgres (its connections go
+//!   through a loopback proxy here, which stops moving bytes both ways
+//!   without closing anything), sometimes past its lease, then healed;
+//! - `partition-reset`: the same, then every connection of it reset;
+//! - `freeze`: SIGSTOP of a replica past its lease, then SIGCONT;
+//! - `latency`: 200 ms each way between a replica and Postgres;
+//! - `disk-full`: the tablespace holding `webhooks.deliveries` and
+//!   `webhooks.attempts` (a small tmpfs; `pg_wal` stays out of it) filled
+//!   up, then freed (needs root to mount; skipped, and said, otherwise).
+//!
+//! During each fault that takes one replica away (kill, partition, freeze)
+//! or slows it (latency), the *other* replicas must keep delivering: their
+//! recorded attempts rise within the lease plus a few seconds. During a
+//! full disk, `/readyz` must say so. Duplicates are counted per fault.
 //!
 //! `cargo test` runs a bounded version (a few thousand events, two faults of
 //! each kind). The long run:
@@ -39,6 +53,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use pgwebhooks::sign::{self, SigningKey};
 use support::db::Cluster;
+use support::disk::SmallDisk;
+use support::proxy::Proxy;
 use support::sidecar::{self, endpoint, Process, SECRET};
 use tokio_postgres::Client;
 
@@ -116,10 +132,15 @@ enum Fault {
     Receiver503,
     ReceiverSlow,
     SeverListen,
+    Partition,
+    PartitionReset,
+    Freeze,
+    Latency,
+    DiskFull,
 }
 
 impl Fault {
-    const ALL: [Fault; 8] = [
+    const ALL: [Fault; 13] = [
         Fault::Kill,
         Fault::PgFast,
         Fault::PgImmediate,
@@ -128,6 +149,11 @@ impl Fault {
         Fault::Receiver503,
         Fault::ReceiverSlow,
         Fault::SeverListen,
+        Fault::Partition,
+        Fault::PartitionReset,
+        Fault::Freeze,
+        Fault::Latency,
+        Fault::DiskFull,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -139,6 +165,11 @@ impl Fault {
             Fault::Receiver503 => "receiver-503",
             Fault::ReceiverSlow => "receiver-slow",
             Fault::SeverListen => "sever-listen",
+            Fault::Partition => "partition",
+            Fault::PartitionReset => "partition-reset",
+            Fault::Freeze => "freeze",
+            Fault::Latency => "latency",
+            Fault::DiskFull => "disk-full",
         }
     }
 }
@@ -165,6 +196,16 @@ struct Seen {
     bad_signature: u64,
     id_mismatch: u64,
     requests: u64,
+}
+
+impl Seen {
+    /// Acknowledged requests beyond the first of each delivery.
+    fn duplicates(&self) -> u64 {
+        self.by_key
+            .values()
+            .map(|a| u64::from(a.acked.saturating_sub(1)))
+            .sum()
+    }
 }
 
 struct ReceiverState {
@@ -311,6 +352,8 @@ async fn answer(state: &ReceiverState, path: &str, headers: &HeaderMap, body: &[
 struct Replica {
     name: String,
     listen: SocketAddr,
+    /// Its way to Postgres (every connection of it goes through here).
+    proxy: Proxy,
     child: Process,
     /// Times this program killed and restarted it.
     restarts: u32,
@@ -323,18 +366,18 @@ struct Replicas {
 }
 
 impl Replicas {
-    fn spawn(&self, name: &str, listen: SocketAddr) -> Process {
+    fn spawn(&self, name: &str, listen: SocketAddr, proxy: u16) -> Process {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.logs.join(format!("{name}.log")))
             .expect("replica log file");
-        let child = sidecar::run_command(&self.url)
+        let child = sidecar::run_command(&via(&self.url, proxy))
             .env("PGWEBHOOKS_REPLICA", name)
             .env("PGWEBHOOKS_LISTEN", listen.to_string())
             .env("PGWEBHOOKS_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PGWEBHOOKS_TIMEOUT", format!("{}ms", TIMEOUT.as_millis()))
-            .env("PGWEBHOOKS_LEASE", "5s")
+            .env("PGWEBHOOKS_LEASE", format!("{}s", LEASE.as_secs()))
             .env("PGWEBHOOKS_POLL_INTERVAL", "500ms")
             // Longer in all than any outage here, so nothing turns dead.
             .env(
@@ -351,7 +394,8 @@ impl Replicas {
         Process(child)
     }
 
-    fn start(url: String, logs: PathBuf, n: usize) -> Replicas {
+    async fn start(url: String, logs: PathBuf, n: usize) -> Replicas {
+        let upstream = url.parse::<tokio_postgres::Config>().unwrap().get_ports()[0];
         let mut r = Replicas {
             url,
             logs,
@@ -360,10 +404,12 @@ impl Replicas {
         for i in 0..n {
             let name = format!("r{i}");
             let listen = free_port();
-            let child = r.spawn(&name, listen);
+            let proxy = Proxy::start(upstream).await;
+            let child = r.spawn(&name, listen, proxy.port);
             r.all.push(Replica {
                 name,
                 listen,
+                proxy,
                 child,
                 restarts: 0,
             });
@@ -384,6 +430,21 @@ impl Replicas {
             }
         }
     }
+}
+
+/// `url` with its port replaced by `port` (a replica's proxy).
+fn via(url: &str, port: u16) -> String {
+    let upstream = url.parse::<tokio_postgres::Config>().unwrap().get_ports()[0];
+    url.replacen(&format!(":{upstream}/"), &format!(":{port}/"), 1)
+}
+
+/// SIGSTOP / SIGCONT.
+fn signal(child: &Process, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.0.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {}", child.0.id());
 }
 
 fn free_port() -> SocketAddr {
@@ -508,7 +569,13 @@ struct Injector {
     replicas: Replicas,
     rng: fastrand::Rng,
     done: BTreeMap<Fault, u32>,
+    /// The tablespace of deliveries and attempts (`disk-full`), as root.
+    disk: Option<SmallDisk>,
+    http: reqwest::Client,
 }
+
+/// The replicas' lease (`PGWEBHOOKS_LEASE`).
+const LEASE: Duration = Duration::from_secs(5);
 
 impl Injector {
     /// Injects one fault, holds it a moment, heals it. Returns false if the
@@ -516,16 +583,51 @@ impl Injector {
     async fn inject(&mut self, fault: Fault) -> bool {
         let hold = Duration::from_millis(self.rng.u64(300..2000));
         match fault {
-            Fault::Kill => {
+            Fault::Kill | Fault::Partition | Fault::PartitionReset | Fault::Freeze | Fault::Latency => {
+                let hold = Duration::from_millis(match fault {
+                    Fault::Kill => self.rng.u64(300..2000),
+                    // Sometimes past the lease: the others take over.
+                    Fault::Partition | Fault::PartitionReset => self.rng.u64(1000..8000),
+                    Fault::Freeze => self.rng.u64(6000..9000),
+                    _ => self.rng.u64(2000..5000),
+                });
                 let i = self.rng.usize(..self.replicas.all.len());
+                let since = std::time::SystemTime::now();
+                let until = tokio::time::Instant::now() + hold;
                 let r = &mut self.replicas.all[i];
-                r.child.kill(); // SIGKILL
-                tokio::time::sleep(hold).await; // the fault's duration: a replica down for a while
-                let (name, listen) = (r.name.clone(), r.listen);
-                let child = self.replicas.spawn(&name, listen);
+                let victim = r.name.clone();
+                match fault {
+                    Fault::Kill => r.child.kill(), // SIGKILL
+                    Fault::Partition | Fault::PartitionReset => r.proxy.hold(),
+                    Fault::Freeze => signal(&r.child, "-STOP"),
+                    _ => r.proxy.delay(Duration::from_millis(200)),
+                }
+                self.others_deliver(&victim, since, fault).await;
+                tokio::time::sleep_until(until).await; // the fault's duration
                 let r = &mut self.replicas.all[i];
-                r.child = child;
-                r.restarts += 1;
+                match fault {
+                    Fault::Kill => {
+                        let (name, listen, port) = (r.name.clone(), r.listen, r.proxy.port);
+                        let child = self.replicas.spawn(&name, listen, port);
+                        let r = &mut self.replicas.all[i];
+                        r.child = child;
+                        r.restarts += 1;
+                    }
+                    Fault::Partition => r.proxy.release(),
+                    Fault::PartitionReset => {
+                        r.proxy.reset();
+                        r.proxy.release();
+                    }
+                    Fault::Freeze => signal(&r.child, "-CONT"),
+                    _ => r.proxy.delay(Duration::ZERO),
+                }
+            }
+            Fault::DiskFull => {
+                let Some(disk) = &self.disk else { return false };
+                disk.fill();
+                self.readyz_says("53100").await;
+                tokio::time::sleep(hold).await; // the fault's duration: the disk stays full a while
+                self.disk.as_ref().unwrap().free();
             }
             Fault::PgFast | Fault::PgImmediate => {
                 let mode = if fault == Fault::PgFast {
@@ -574,6 +676,69 @@ impl Injector {
         *self.done.entry(fault).or_default() += 1;
         true
     }
+
+    /// While `victim` is away or slow, the other replicas' recorded
+    /// attempts rise within the lease plus a few seconds.
+    async fn others_deliver(&self, victim: &str, since: std::time::SystemTime, fault: Fault) {
+        if self.replicas.all.len() < 2 {
+            return;
+        }
+        let since: std::time::SystemTime = since;
+        let url = self.url.clone();
+        support::wait::until(
+            &format!(
+                "{}: replicas other than {victim} to keep delivering",
+                fault.name()
+            ),
+            LEASE + Duration::from_secs(5),
+            || {
+                let (url, victim) = (url.clone(), victim.to_owned());
+                async move {
+                    let c = connect(&url).await.ok()?;
+                    let n: i64 = c
+                        .query_one(
+                            "SELECT count(*) FROM webhooks.attempts WHERE replica <> $1 AND started_at >= $2",
+                            &[&victim, &since],
+                        )
+                        .await
+                        .ok()?
+                        .get(0);
+                    (n > 0).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Some replica's `/readyz` answers 503 naming `what`.
+    async fn readyz_says(&self, what: &str) {
+        let urls: Vec<String> = self
+            .replicas
+            .all
+            .iter()
+            .map(|r| format!("http://{}/readyz", r.listen))
+            .collect();
+        support::wait::until(
+            &format!("a replica's /readyz to say {what}"),
+            LEASE + Duration::from_secs(10),
+            || {
+                let (http, urls) = (self.http.clone(), urls.clone());
+                let what = what.to_owned();
+                async move {
+                    for url in urls {
+                        let Ok(resp) = http.get(&url).send().await else {
+                            continue;
+                        };
+                        if resp.status() == 503 && resp.text().await.is_ok_and(|t| t.contains(&what)) {
+                            return Some(());
+                        }
+                    }
+                    None
+                }
+            },
+        )
+        .await;
+    }
 }
 
 // ---------------------------------------------------------------- main
@@ -621,7 +786,31 @@ async fn run(opts: Opts) {
 
     let logs = std::env::temp_dir().join(format!("pgwebhooks-faults-{}", std::process::id()));
     std::fs::create_dir_all(&logs).unwrap();
-    let replicas = Replicas::start(url.clone(), logs.clone(), opts.replicas);
+    // disk-full: deliveries and attempts on a small filesystem of their
+    // own (as root, which mounting needs; skipped, and said, otherwise).
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let disk = root.then(|| SmallDisk::mount("256m"));
+    if let Some(disk) = &disk {
+        let c = connect(&url).await.unwrap();
+        c.batch_execute(&format!(
+            "CREATE TABLESPACE small LOCATION '{}'",
+            disk.0.display()
+        ))
+        .await
+        .unwrap();
+        c.batch_execute(
+            "ALTER TABLE webhooks.deliveries SET TABLESPACE small;
+             ALTER TABLE webhooks.attempts SET TABLESPACE small;",
+        )
+        .await
+        .unwrap();
+    } else {
+        println!("  disk-full: skipped (mounting a small filesystem needs root)");
+    }
+    let replicas = Replicas::start(url.clone(), logs.clone(), opts.replicas).await;
 
     let events = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -649,18 +838,33 @@ async fn run(opts: Opts) {
         replicas,
         rng: fastrand::Rng::with_seed(opts.seed),
         done: BTreeMap::new(),
+        disk,
+        http: reqwest::Client::new(),
     };
-    let mut plan: Vec<Fault> = Fault::ALL
+    let kinds: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|f| *f != Fault::DiskFull || injector.disk.is_some())
+        .collect();
+    let mut plan: Vec<Fault> = kinds
         .iter()
         .flat_map(|f| std::iter::repeat_n(*f, opts.faults_per_kind as usize))
         .collect();
     injector.rng.shuffle(&mut plan);
     let mut failed_tries = 0;
+    // Duplicates counted from one fault's start to the next one's.
+    let duplicates_now = || receiver.state.seen.lock().unwrap().duplicates();
+    let mut per_fault: BTreeMap<Fault, Vec<u64>> = BTreeMap::new();
+    let mut current: Option<(Fault, u64)> = None;
     while let Some(fault) = plan.pop() {
         // Pause between faults so that work flows in between.
         let gap = Duration::from_millis(injector.rng.u64(200..1200));
         tokio::time::sleep(gap).await; // the gap between faults (load generation, not a wait for a condition)
-        if !injector.inject(fault).await {
+        let before = duplicates_now();
+        if injector.inject(fault).await {
+            if let Some((f, at)) = current.replace((fault, before)) {
+                per_fault.entry(f).or_default().push(before - at);
+            }
+        } else {
             failed_tries += 1;
             assert!(failed_tries < 200, "could not inject {}", fault.name());
             plan.insert(0, fault);
@@ -781,6 +985,9 @@ async fn run(opts: Opts) {
         tokio::time::sleep(Duration::from_millis(250)).await; // poll interval, bounded by the deadline
     }
     let converged = started.elapsed();
+    if let Some((f, at)) = current.take() {
+        per_fault.entry(f).or_default().push(duplicates_now() - at);
+    }
 
     // ---- the replicas recovered by themselves and are listening again
     injector.replicas.check_alive();
@@ -815,9 +1022,15 @@ async fn run(opts: Opts) {
     let kills: u32 = injector.replicas.all.iter().map(|r| r.restarts).sum();
 
     println!("\nfault_injection: seed {}", opts.seed);
-    println!("  faults injected:");
+    println!("  faults injected (duplicates acknowledged from each fault's start to the next one's):");
     for (f, n) in &injector.done {
-        println!("    {:<15} {n}", f.name());
+        let d = per_fault.get(f).cloned().unwrap_or_default();
+        println!(
+            "    {:<15} {n:>3}   duplicates {:>5} in all, at most {:>4} per fault: {d:?}",
+            f.name(),
+            d.iter().sum::<u64>(),
+            d.iter().max().copied().unwrap_or(0)
+        );
     }
     println!(
         "  orders {orders}, events {} (acknowledged writes {}, write errors during faults {})",
@@ -849,7 +1062,7 @@ async fn run(opts: Opts) {
         unexpected, 0,
         "deliveries to an endpoint the event does not match"
     );
-    for f in Fault::ALL {
+    for f in kinds {
         assert_eq!(
             injector.done.get(&f).copied().unwrap_or(0),
             opts.faults_per_kind,
@@ -860,7 +1073,7 @@ async fn run(opts: Opts) {
     // At least once: a duplicate follows a SIGKILL or a restart between a
     // receiver's answer and its record. Few means bounded by what was in
     // flight at those moments, far below the stream.
-    let faults_that_duplicate = u64::from(kills) + 2 * u64::from(opts.faults_per_kind);
+    let faults_that_duplicate = u64::from(kills) + 5 * u64::from(opts.faults_per_kind);
     let bound = (expected.len() as u64 / 20).max(100 * faults_that_duplicate.max(1));
     assert!(duplicates <= bound, "{duplicates} duplicates, more than {bound}");
     drop(seen);

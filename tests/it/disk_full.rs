@@ -10,46 +10,14 @@
 //! without it the test is compiled as ignored (`build.rs`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::db::{connect_to, Cluster};
+use crate::support::disk::SmallDisk;
 use crate::support::sidecar::{self, endpoint, ADMIN_TOKEN};
 use crate::support::{wait, Receiver};
-
-/// A tmpfs of `size`, unmounted and removed when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = std::env::temp_dir().join(format!("pgwebhooks-small-disk-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let run = |cmd: &mut Command| {
-            let out = cmd.output().unwrap();
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(&dir));
-        run(Command::new("chown").arg("postgres:postgres").arg(&dir));
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 async fn get(url: String, token: Option<&str>) -> (u16, Value) {
     pgwebhooks::deliver::http::install_crypto_provider();

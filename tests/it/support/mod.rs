@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod db;
+pub mod disk;
 pub mod proxy;
 pub mod receiver;
 pub mod sidecar;

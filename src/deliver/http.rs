@@ -114,6 +114,15 @@ impl Http {
         let client = if target::names_proxy(&url, &self.proxies) {
             &self.direct
         } else {
+            // Through a proxy, which resolves the name itself: check here
+            // what it resolves to (audit L2).
+            if !self.proxies.is_empty() {
+                if let Err(e) = target::check_behind_proxy(&url, self.allow_private).await {
+                    sent.error = Some(AttemptError::Refused(e.to_string()));
+                    sent.duration = started.elapsed();
+                    return sent;
+                }
+            }
             &self.client
         };
         let request = client

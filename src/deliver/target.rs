@@ -113,6 +113,13 @@ pub enum TargetError {
         #[source]
         source: std::io::Error,
     },
+    /// See [`check_resolved`].
+    #[error("cannot resolve {host} ({source}), and deliveries go through a proxy (HTTP_PROXY/HTTPS_PROXY/ALL_PROXY) that would resolve it where its address cannot be checked: use a name that resolves here, or allow private targets")]
+    UnresolvedBehindProxy {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Parses an endpoint URL and checks its form: `http` or `https`, a host,
@@ -179,7 +186,7 @@ pub fn check(url: &str, allow_private: bool) -> Result<Url, TargetError> {
             ip: Some(ip),
             kind,
         })?,
-        Some(Host::Name(name)) => check_name(name)?,
+        Some(Host::Name(name)) => check_name(name, allow_private)?,
         None => return Err(TargetError::Invalid("the URL has no host".into())),
     }
     Ok(parsed)
@@ -198,17 +205,24 @@ fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Refuses metadata service names, before any lookup.
-pub fn check_name(name: &str) -> Result<(), Refused> {
+/// Refuses metadata service names, and loopback names (`localhost`,
+/// `*.localhost`, with or without the final dot: RFC 6761) unless private
+/// targets are allowed, before any lookup: a name a proxy resolves for us
+/// is never looked up here.
+pub fn check_name(name: &str, allow_private: bool) -> Result<(), Refused> {
     let n = normalize(name);
-    if METADATA_NAMES.contains(&n.as_str()) {
-        return Err(Refused {
-            name: Some(n),
-            ip: None,
-            kind: Kind::Metadata,
-        });
-    }
-    Ok(())
+    let kind = if METADATA_NAMES.contains(&n.as_str()) {
+        Kind::Metadata
+    } else if !allow_private && (n == "localhost" || n.ends_with(".localhost")) {
+        Kind::Loopback
+    } else {
+        return Ok(());
+    };
+    Err(Refused {
+        name: Some(n),
+        ip: None,
+        kind,
+    })
 }
 
 /// Is this address allowed? `Err` says what it is.
@@ -340,19 +354,47 @@ pub fn filter(
 }
 
 /// [`check`], then resolves a host name and applies [`filter`]: what
-/// `pgwebhooks endpoint add` runs.
+/// `pgwebhooks endpoint add` and the API run. A name that does not
+/// resolve is [`TargetError::Unresolved`] (the caller may accept it: its
+/// addresses are checked at every delivery), except behind a proxy
+/// (`HTTP_PROXY`…) with private targets refused: the proxy resolves it
+/// where we cannot check, so it is refused ([`TargetError::UnresolvedBehindProxy`]).
 pub async fn check_resolved(url: &str, allow_private: bool) -> Result<Url, TargetError> {
     let parsed = check(url, allow_private)?;
     if let Some(Host::Name(name)) = host(&parsed) {
-        let addrs = tokio::net::lookup_host((name, 0))
-            .await
-            .map_err(|source| TargetError::Unresolved {
-                host: name.to_owned(),
-                source,
-            })?;
+        let addrs = match tokio::net::lookup_host((name, 0)).await {
+            Ok(addrs) => addrs,
+            Err(source) if !allow_private && !proxy_hosts().is_empty() => {
+                return Err(TargetError::UnresolvedBehindProxy {
+                    host: name.to_owned(),
+                    source,
+                })
+            }
+            Err(source) => {
+                return Err(TargetError::Unresolved {
+                    host: name.to_owned(),
+                    source,
+                })
+            }
+        };
         filter(name, addrs, allow_private)?;
     }
     Ok(parsed)
+}
+
+/// At send, for a request a proxy will make: the proxy resolves the name,
+/// so check here what it resolves to (where it resolves here; a name only
+/// the proxy knows passes, and the proxy's own rules apply to it).
+pub async fn check_behind_proxy(url: &Url, allow_private: bool) -> Result<(), TargetError> {
+    if allow_private {
+        return Ok(());
+    }
+    if let Some(Host::Name(name)) = host(url) {
+        if let Ok(addrs) = tokio::net::lookup_host((name, 0)).await {
+            filter(name, addrs, allow_private)?;
+        }
+    }
+    Ok(())
 }
 
 /// The HTTP client's DNS resolver: resolves through tokio (the system
@@ -416,7 +458,7 @@ async fn resolve_checked(
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
         return Ok(Box::new(addrs.into_iter()));
     }
-    check_name(&name)?;
+    check_name(&name, allow_private)?;
     let addrs = tokio::net::lookup_host((name.as_str(), 0)).await?;
     Ok(Box::new(filter(&name, addrs, allow_private)?.into_iter()))
 }
@@ -744,6 +786,52 @@ mod tests {
             Err(TargetError::Refused(Refused { kind: Loopback, .. }))
         ));
         assert!(check("http://[64:ff9b:1::7f00:1]/", true).is_ok());
+    }
+
+    #[test]
+    fn loopback_names_are_refused_by_name_unless_private_targets_are_allowed() {
+        for url in [
+            "http://localhost/",
+            "http://localhost.:8080/",
+            "http://LOCALHOST/",
+            "http://db.localhost/",
+            "http://a.b.localhost./x",
+        ] {
+            match check(url, false) {
+                Err(TargetError::Refused(r)) => {
+                    assert_eq!((r.kind, r.ip), (Loopback, None), "{url}");
+                    assert!(r.to_string().contains("is a loopback address"), "{r}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+            assert!(check(url, true).is_ok(), "{url}");
+        }
+        // Only whole labels: these are ordinary names.
+        for url in [
+            "http://notlocalhost/",
+            "http://localhost.example.com/",
+            "http://mylocalhost./",
+        ] {
+            assert!(check(url, false).is_ok(), "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_what_a_name_resolves_to_here_is_checked() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        // `localhost` resolves here (to a loopback address): refused by
+        // address too, whatever its name.
+        assert!(matches!(
+            check_behind_proxy(&url("http://localhost:9/"), false).await,
+            Err(TargetError::Refused(Refused { kind: Loopback, .. }))
+        ));
+        assert!(check_behind_proxy(&url("http://localhost:9/"), true)
+            .await
+            .is_ok());
+        // A name only the proxy can resolve passes (its rules apply).
+        assert!(check_behind_proxy(&url("http://no-such-host.invalid/"), false)
+            .await
+            .is_ok());
     }
 
     #[test]

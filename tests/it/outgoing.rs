@@ -65,13 +65,11 @@ async fn private_targets_are_refused_at_delivery_once_and_retryable_by_hand() {
          (--allow-private-targets) to allow private targets"
     );
     assert_eq!(errors[1].0, by_name);
-    assert!(
-        errors[1].1.starts_with("refused: localhost resolves to ")
-            && errors[1]
-                .1
-                .contains("a loopback address; set PGWEBHOOKS_ALLOW_PRIVATE_TARGETS=true"),
-        "{}",
-        errors[1].1
+    // Refused by its name (RFC 6761), before any lookup.
+    assert_eq!(
+        errors[1].1,
+        "refused: localhost is a loopback address; set PGWEBHOOKS_ALLOW_PRIVATE_TARGETS=true \
+         (--allow-private-targets) to allow private targets"
     );
     // Not retried (the schedule would allow three attempts), a dead letter.
     s.stop().await;
@@ -138,7 +136,7 @@ async fn endpoint_add_refuses_bad_urls_and_private_targets() {
             "refused: ::ffff:10.0.0.1 is a private address",
         ),
         ("http://127.0.0.1:9/hook", loopback),
-        ("http://localhost:9/hook", "refused: localhost resolves to "),
+        ("http://localhost:9/hook", "refused: localhost is a loopback address"),
     ] {
         let (ok, _, err) = cli(&db, &add(url), None);
         assert!(!ok && err.contains(expected), "{url}: {err}");
@@ -425,4 +423,89 @@ async fn one_setting_allows_a_loopback_receiver_for_endpoint_add_and_run() {
         (n == 2).then_some(())
     })
     .await;
+}
+
+/// Behind `HTTP_PROXY` (audit L2) the proxy resolves names, so they are
+/// checked by name and, where they resolve here, by address before the
+/// request goes to the proxy; endpoints written with SQL included. And a
+/// name that does not resolve here is refused when added.
+#[tokio::test]
+async fn behind_a_proxy_loopback_names_are_refused_before_the_proxy_sees_them() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // The "proxy": a real server that counts what reaches it.
+    let proxy = Receiver::ok().await;
+    let port = 9; // never connected to: every target below is refused first
+    for url in [
+        format!("http://localhost:{port}/sql-inserted"),
+        format!("http://LocalHost.:{port}/"),
+        format!("http://db.localhost:{port}/"),
+    ] {
+        endpoint(&c, &url, &["*"], "").await;
+    }
+    let _run = sidecar::Process(
+        sidecar::run_command(&db.url())
+            .env(SETTING, "false")
+            .env("HTTP_PROXY", &proxy.url)
+            .env("PGWEBHOOKS_LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    c.execute("SELECT webhooks.emit('order.created', '{}')", &[])
+        .await
+        .unwrap();
+    let errors: Vec<String> = wait::until("all three refused", T, || async {
+        let rows = c
+            .query(
+                "SELECT a.error FROM webhooks.attempts a ORDER BY a.endpoint_id",
+                &[],
+            )
+            .await
+            .unwrap();
+        (rows.len() == 3).then(|| rows.iter().map(|r| r.get(0)).collect())
+    })
+    .await;
+    for (e, name) in errors.iter().zip(["localhost", "localhost", "db.localhost"]) {
+        assert!(
+            e.starts_with(&format!("refused: {name} is a loopback address")),
+            "{e}"
+        );
+    }
+    assert_eq!(proxy.count(), 0, "nothing reached the proxy");
+
+    // Added behind the proxy: a loopback name is refused, and so is a
+    // name that does not resolve here (the proxy would resolve it).
+    let add = |url: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .args(["endpoint", "add", "--url", url])
+            .env("DATABASE_URL", db.url())
+            .env("HTTP_PROXY", &proxy.url)
+            .env_remove(SETTING)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = add("http://localhost.:8080/");
+    assert!(!ok && err.contains("localhost is a loopback address"), "{err}");
+    let (ok, err) = add("https://no-such-host.invalid/hook");
+    assert!(
+        !ok && err.contains("cannot resolve no-such-host.invalid")
+            && err.contains("deliveries go through a proxy"),
+        "{err}"
+    );
+    // Without a proxy, the same name is only a warning (checked at send).
+    let (ok, _, err) = cli(
+        &db,
+        &["endpoint", "add", "--url", "https://no-such-host.invalid/hook"],
+        None,
+    );
+    assert!(
+        ok && err.contains("warning: cannot resolve no-such-host.invalid"),
+        "{err}"
+    );
 }

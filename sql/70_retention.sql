@@ -1,11 +1,16 @@
 -- Retention: delivered history removed once it is old enough.
 
--- Retention: remove delivered history older than `keep`, at most `batch`
--- rows per table per call (call it again while it returns > 0). Never
--- removes an event that is not yet handed out, or that still has a
--- delivery that is not delivered (dead letters stay until handled).
+-- Retention: remove delivered history older than `keep`, and failed and
+-- dead deliveries given up more than `keep_failed` ago (NULL: they stay
+-- until handled), at most `batch` rows per table per call (call it again
+-- while it returns > 0). Never removes an event that is not yet handed
+-- out, or that still has a delivery left.
+-- (keep_failed came later: the older three-argument form is replaced,
+-- and its callers' calls resolve to this one.)
+DROP FUNCTION IF EXISTS webhooks.retention_run(interval, integer, timestamptz);
 CREATE OR REPLACE FUNCTION webhooks.retention_run(keep interval, batch integer DEFAULT 1000,
-                                                  now timestamptz DEFAULT clock_timestamp())
+                                                  now timestamptz DEFAULT clock_timestamp(),
+                                                  keep_failed interval DEFAULT NULL)
 RETURNS TABLE (attempts bigint, deliveries bigint, events bigint, inbound bigint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -23,6 +28,20 @@ BEGIN
         DELETE FROM webhooks.deliveries x USING old WHERE x.id = old.id RETURNING 1
     )
     SELECT (SELECT count(*) FROM a), (SELECT count(*) FROM d) INTO attempts, deliveries;
+
+    IF keep_failed IS NOT NULL THEN
+        WITH old AS (
+            SELECT d.id FROM webhooks.deliveries d
+             WHERE d.status IN ('failed', 'dead') AND d.updated_at < now - keep_failed
+             LIMIT batch FOR UPDATE SKIP LOCKED
+        ), a AS (
+            DELETE FROM webhooks.attempts x USING old WHERE x.delivery_id = old.id RETURNING 1
+        ), d AS (
+            DELETE FROM webhooks.deliveries x USING old WHERE x.id = old.id RETURNING 1
+        )
+        SELECT attempts + (SELECT count(*) FROM a), deliveries + (SELECT count(*) FROM d)
+          INTO attempts, deliveries;
+    END IF;
 
     SELECT c.txid, c.seq INTO cur_txid, cur_seq FROM webhooks.fanout_cursor c;
     WITH old AS (

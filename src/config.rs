@@ -305,9 +305,14 @@ pub struct RunArgs {
     pub inbound_max_connections: u32,
 
     /// Keep delivered events, deliveries, attempts and callbacks (applied or rejected)
-    /// this long ("off" keeps everything; dead letters always stay).
+    /// this long ("off" keeps everything; dead letters: PGWEBHOOKS_RETENTION_FAILED).
     #[arg(long, env = "PGWEBHOOKS_RETENTION", default_value = "7d", value_parser = parse_retention)]
     pub retention: Retention,
+
+    /// Keep failed and dead deliveries (dead letters) and their attempts this long
+    /// after they were given up ("off" keeps them until handled).
+    #[arg(long, env = "PGWEBHOOKS_RETENTION_FAILED", default_value = "90d", value_parser = parse_retention)]
+    pub retention_failed: Retention,
 
     /// Circuit breaker: pause an endpoint after this many retryable
     /// failures in a row…

@@ -17,6 +17,9 @@ use crate::telemetry;
 pub struct MaintainConfig {
     /// Keep delivered history this long; `None` keeps everything.
     pub retention: Option<Duration>,
+    /// How long failed and dead deliveries stay after they were given up
+    /// (`None`: until handled).
+    pub retention_failed: Option<Duration>,
     /// Rows per retention statement (small: no long locks, no vacuum storms).
     pub retention_batch: i32,
     /// How often retention runs.
@@ -29,6 +32,7 @@ impl Default for MaintainConfig {
     fn default() -> Self {
         MaintainConfig {
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_failed: Some(Duration::from_secs(90 * 24 * 3600)),
             retention_batch: 1000,
             retention_every: Duration::from_secs(60),
             tick: Duration::from_secs(5),
@@ -93,7 +97,8 @@ impl Maintainer {
             .await?;
         telemetry::backlog(row.get(0), row.get(1), row.get(2));
 
-        if let Some(keep) = self.config.retention {
+        if self.config.retention.is_some() || self.config.retention_failed.is_some() {
+            let keep = self.config.retention;
             let due = self
                 .last_retention
                 .is_none_or(|t| t.elapsed() >= self.config.retention_every);
@@ -110,7 +115,7 @@ impl Maintainer {
     async fn retention(
         &self,
         client: &deadpool_postgres::Client,
-        keep: Duration,
+        keep: Option<Duration>,
     ) -> Result<db::ops::Removed, DbError> {
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
@@ -122,7 +127,13 @@ impl Maintainer {
         let mut total = db::ops::Removed::default();
         let result = async {
             for _ in 0..100 {
-                let step = db::ops::retention_step(client, keep, self.config.retention_batch).await?;
+                let step = db::ops::retention_step(
+                    client,
+                    keep,
+                    self.config.retention_failed,
+                    self.config.retention_batch,
+                )
+                .await?;
                 total.attempts += step.attempts;
                 total.deliveries += step.deliveries;
                 total.events += step.events;

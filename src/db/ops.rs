@@ -302,16 +302,25 @@ impl Removed {
     }
 }
 
-/// One small retention step (`webhooks.retention_run`).
+/// One small retention step (`webhooks.retention_run`): delivered history
+/// older than `keep`, failed and dead deliveries given up more than
+/// `keep_failed` ago (`None`: that part is kept).
 pub async fn retention_step(
     c: &impl GenericClient,
-    keep: std::time::Duration,
+    keep: Option<std::time::Duration>,
+    keep_failed: Option<std::time::Duration>,
     batch: i32,
 ) -> Result<Removed, DbError> {
     let r = c
         .query_one(
-            "SELECT attempts, deliveries, events, inbound FROM webhooks.retention_run(make_interval(secs => $1), $2)",
-            &[&keep.as_secs_f64(), &batch],
+            "SELECT attempts, deliveries, events, inbound
+               FROM webhooks.retention_run(make_interval(secs => $1), $2,
+                                           keep_failed => make_interval(secs => $3))",
+            &[
+                &keep.map(|d| d.as_secs_f64()),
+                &batch,
+                &keep_failed.map(|d| d.as_secs_f64()),
+            ],
         )
         .await?;
     Ok(Removed {

@@ -94,6 +94,7 @@ impl SidecarConfig {
             .map_err(ConfigError::Invalid)?;
         c.env_endpoints = env_endpoints;
         c.maintain.retention = args.retention.0;
+        c.maintain.retention_failed = args.retention_failed.0;
         c.breaker = BreakerConfig {
             failures: args.breaker_failures,
             window: args.breaker_window,

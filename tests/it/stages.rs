@@ -236,6 +236,72 @@ async fn maintenance_removes_delivered_history_past_retention() {
     assert_eq!(count(c, "SELECT count(*) FROM webhooks.deliveries").await, 0);
 }
 
+/// Dead letters have a retention of their own (`PGWEBHOOKS_RETENTION_FAILED`,
+/// audit N7): failed and dead deliveries given up long enough ago go, with
+/// their attempts; pending and delivered ones are not touched by it.
+#[tokio::test]
+async fn maintenance_removes_dead_letters_past_their_own_retention() {
+    let app = TestApp::new().await;
+    let c = &app.c;
+    let ep = app.add_endpoint("http://127.0.0.1:9/a", &["*"], "").await;
+    c.execute(
+        "WITH e AS (SELECT webhooks.emit('x', jsonb_build_object('n', g)) AS id, g FROM generate_series(1, 4) g),
+              d AS (INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, attempts, updated_at)
+                    SELECT id, $1, (ARRAY['failed', 'dead', 'pending', 'delivered'])[g], 1,
+                           now() - interval '2 days' FROM e RETURNING id)
+         INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, error, endpoint_id)
+         SELECT id, 1, now() - interval '2 days', 1, 'gone', $1 FROM d",
+        &[&ep],
+    )
+    .await
+    .unwrap();
+    // A dead letter given up only now stays.
+    c.execute(
+        "INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, attempts)
+         VALUES (webhooks.emit('x', '{}'), $1, 'dead', 3)",
+        &[&ep],
+    )
+    .await
+    .unwrap();
+    let mut config = sidecar::config(&app.db);
+    config.maintain.retention = None;
+    config.maintain.retention_failed = Some(Duration::from_secs(24 * 3600));
+    config.maintain.retention_every = Duration::ZERO;
+    let mut stages = Stages::assemble(config).await.unwrap();
+    let removed = stages.maintainer.run_once().await.unwrap().retention;
+    assert_eq!(
+        (removed.deliveries, removed.attempts, removed.events),
+        (2, 2, 0),
+        "{removed:?}"
+    );
+    let left: Vec<(String, i64)> = c
+        .query(
+            "SELECT d.status || CASE WHEN d.updated_at > now() - interval '1 day' THEN ' (new)' ELSE '' END,
+                    (SELECT count(*) FROM webhooks.attempts a WHERE a.delivery_id = d.id)
+               FROM webhooks.deliveries d ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        left,
+        [
+            ("dead (new)".into(), 0),
+            ("delivered".into(), 1),
+            ("pending".into(), 1)
+        ]
+    );
+    // Off: dead letters stay until handled.
+    let mut config = sidecar::config(&app.db);
+    config.maintain.retention = None;
+    config.maintain.retention_failed = None;
+    let mut stages = Stages::assemble(config).await.unwrap();
+    assert_eq!(stages.maintainer.run_once().await.unwrap().retention.total(), 0);
+}
+
 #[tokio::test]
 async fn subscriptions_reload_when_the_config_version_moves() {
     let app = TestApp::new().await;

@@ -795,18 +795,8 @@ async fn run(opts: Opts) {
     let disk = root.then(|| SmallDisk::mount("256m"));
     if let Some(disk) = &disk {
         let c = connect(&url).await.unwrap();
-        c.batch_execute(&format!(
-            "CREATE TABLESPACE small LOCATION '{}'",
-            disk.0.display()
-        ))
-        .await
-        .unwrap();
-        c.batch_execute(
-            "ALTER TABLE webhooks.deliveries SET TABLESPACE small;
-             ALTER TABLE webhooks.attempts SET TABLESPACE small;",
-        )
-        .await
-        .unwrap();
+        disk.hold_tables(&c, &["webhooks.deliveries", "webhooks.attempts"])
+            .await;
     } else {
         println!("  disk-full: skipped (mounting a small filesystem needs root)");
     }

@@ -179,6 +179,17 @@ impl Columns {
     }
 }
 
+/// `webhooks.<function>(replica => $1, <arg> => $<first>, …)`: the
+/// arguments named, numbered on from `first`.
+fn call(function: &str, args: &[&str], first: usize) -> String {
+    let named: Vec<String> = args
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{a} => ${}", first + i))
+        .collect();
+    format!("webhooks.{function}(replica => $1, {})", named.join(", "))
+}
+
 /// What one [`outcomes_record`] changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Recorded {
@@ -222,25 +233,23 @@ pub async fn outcomes_record(
         ids.push(*id);
         retry_cols.push(o);
     }
-    // $n for the next parameter pushed.
-    let next = |params: &Vec<&(dyn ToSql + Sync)>, k: usize| params.len() + k;
     if !first.is_empty() {
-        let n = next(&params, 1);
-        parts.push(format!(
-            "webhooks.delivery_insert(replica => $1, event_ids => ${}, endpoint_ids => ${}, statuses => ${},
-                 attempt_counts => ${}, next_attempt_ats => ${}, status_codes => ${}, errors => ${},
-                 started_ats => ${}, durations_ms => ${}, excerpts => ${}, ordered => ${})",
-            n,
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8,
-            n + 9,
-            n + 10
+        parts.push(call(
+            "delivery_insert",
+            &[
+                "event_ids",
+                "endpoint_ids",
+                "statuses",
+                "attempt_counts",
+                "next_attempt_ats",
+                "status_codes",
+                "errors",
+                "started_ats",
+                "durations_ms",
+                "excerpts",
+                "ordered",
+            ],
+            params.len() + 1,
         ));
         params.push(&events);
         params.push(&endpoints);
@@ -250,20 +259,20 @@ pub async fn outcomes_record(
         parts.push("0".to_owned());
     }
     if !retries.is_empty() {
-        let n = next(&params, 1);
-        parts.push(format!(
-            "webhooks.delivery_record(replica => $1, ids => ${}, statuses => ${}, attempt_counts => ${},
-                 next_attempt_ats => ${}, status_codes => ${}, errors => ${}, started_ats => ${},
-                 durations_ms => ${}, excerpts => ${})",
-            n,
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8
+        parts.push(call(
+            "delivery_record",
+            &[
+                "ids",
+                "statuses",
+                "attempt_counts",
+                "next_attempt_ats",
+                "status_codes",
+                "errors",
+                "started_ats",
+                "durations_ms",
+                "excerpts",
+            ],
+            params.len() + 1,
         ));
         params.push(&ids);
         params.extend(retry_cols.params());
@@ -271,7 +280,7 @@ pub async fn outcomes_record(
         parts.push("0".to_owned());
     }
     if !done.is_empty() {
-        parts.push(format!("webhooks.batch_complete($1, ${})", next(&params, 1)));
+        parts.push(call("batch_complete", &["ids"], params.len() + 1));
         params.push(&done);
     } else {
         parts.push("0".to_owned());

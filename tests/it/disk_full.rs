@@ -36,19 +36,11 @@ async fn a_full_disk_pauses_claiming_and_recording_resumes_by_itself() {
     let cluster = Cluster::start().await;
     let c = connect_to(&cluster.config).await;
     let disk = SmallDisk::mount("2m");
-    c.batch_execute(&format!(
-        "CREATE TABLESPACE small LOCATION '{}'",
-        disk.0.display()
-    ))
-    .await
-    .unwrap();
-    c.batch_execute(
-        "ALTER TABLE webhooks.deliveries SET TABLESPACE small;
-         ALTER TABLE webhooks.attempts SET TABLESPACE small;
-         CREATE TABLE filler (x text) TABLESPACE small;",
-    )
-    .await
-    .unwrap();
+    disk.hold_tables(&c, &["webhooks.deliveries", "webhooks.attempts"])
+        .await;
+    c.batch_execute("CREATE TABLE filler (x text) TABLESPACE small")
+        .await
+        .unwrap();
     let mut receiver = Receiver::ok().await;
     endpoint(&c, &receiver.url, &["disk.test"], "").await;
 

@@ -33,6 +33,22 @@ impl SmallDisk {
 }
 
 impl SmallDisk {
+    /// Makes it the tablespace `small` and moves `tables` there.
+    pub async fn hold_tables(&self, c: &tokio_postgres::Client, tables: &[&str]) {
+        // CREATE TABLESPACE cannot run in a transaction block: alone.
+        c.batch_execute(&format!(
+            "CREATE TABLESPACE small LOCATION '{}'",
+            self.0.display()
+        ))
+        .await
+        .unwrap();
+        for t in tables {
+            c.batch_execute(&format!("ALTER TABLE {t} SET TABLESPACE small"))
+                .await
+                .unwrap();
+        }
+    }
+
     /// Fills what is left with a file of our own (until `ENOSPC`).
     #[allow(dead_code)] // used by tests/fault_injection.rs
     pub fn fill(&self) {

@@ -63,6 +63,12 @@ BEGIN
         DELETE FROM webhooks.inbound x USING old WHERE x.id = old.id RETURNING 1
     )
     SELECT count(*) INTO inbound FROM i;
+
+    -- The per-minute rollup (V16) serves charts of up to 7 days.
+    DELETE FROM webhooks.attempt_minutes m
+     WHERE m.minute < now - interval '8 days'
+       AND m.ctid = ANY (ARRAY(SELECT x.ctid FROM webhooks.attempt_minutes x
+                                WHERE x.minute < now - interval '8 days' LIMIT batch));
     RETURN NEXT;
 END
 $$;

@@ -7,6 +7,10 @@
 //! this process (the same `admin::router` and connection loop as `pgwebhooks
 //! run`), and every page and API call is requested 20 times in turn after a
 //! warm-up. The key is the worst route's p95; every route's is printed.
+//!
+//! `console_busy_hour_p95_ms` seeds the same million with a quarter of it
+//! (250,000 deliveries and attempts) in the last hour, the rest over the
+//! week before: what an operator opens the console on during a busy hour.
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +42,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Bench {
-    pub async fn console(&mut self) -> Res<Console> {
+    pub async fn console(&mut self, busy_hour: bool) -> Res<Console> {
         self.reset().await?;
         let rows = self.sizes.console_rows as i64;
         let started = Instant::now();
@@ -54,9 +58,12 @@ impl Bench {
                  SELECT (ARRAY['appointment.created', 'appointment.confirmed', 'ticket.created',
                                'payment.success', 'message.sent'])[1 + i % 5],
                         'app.appointments', i::text, jsonb_build_object('appointment', jsonb_build_object('id', i, 'status', 'pending')),
-                        now() - (($1::bigint - i) * interval '600 ms')
+                        CASE WHEN NOT $2 THEN now() - (($1::bigint - i) * interval '600 ms')
+                             WHEN i > $1::bigint - $1::bigint / 4
+                             THEN now() - ($1::bigint - i) * (3600.0 / ($1::bigint / 4)) * interval '1 second'
+                             ELSE now() - interval '1 hour' - ($1::bigint - $1::bigint / 4 - i) * interval '600 ms' END
                    FROM generate_series(1, $1::bigint) i",
-                &[&rows],
+                &[&rows, &busy_hour],
             )
             .await?;
         self.db
@@ -201,7 +208,7 @@ impl Bench {
             .batch_execute(
                 "DELETE FROM webhooks.endpoints WHERE name LIKE 'console-%';
                  TRUNCATE webhooks.events, webhooks.deliveries, webhooks.attempts, webhooks.inbound,
-                          webhooks.admin_actions;",
+                          webhooks.admin_actions, webhooks.attempt_minutes;",
             )
             .await?;
         Ok(Console {

@@ -35,6 +35,7 @@ const KEYS: &[(&str, &str, Goal)] = &[
     ("templated_drain_ratio", "≥ 0.90", Goal::AtLeast(0.90)),
     ("payload_fn_overhead_ratio", "report", Goal::Report),
     ("console_p95_ms", "≤ 100", Goal::AtMost(100.0)),
+    ("console_busy_hour_p95_ms", "≤ 100", Goal::AtMost(100.0)),
     ("bulk_capture_only_ratio", "report", Goal::Report),
     ("capture_per_row_ratio", "report", Goal::Report),
     ("payload_fn_failing_ratio", "report", Goal::Report),

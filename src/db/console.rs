@@ -88,14 +88,15 @@ pub async fn endpoints(c: &impl GenericClient, id: Option<i64>) -> Result<Vec<En
 }
 
 /// Attempts per minute over the last hour: (endpoint id, minutes ago
-/// 0..59, attempts, 2xx answers). Read through `attempts_started_brin`.
+/// 0..59, attempts, 2xx answers). Read from the rollup
+/// (`webhooks.attempt_minutes`, V16), not from the attempts.
 pub async fn per_minute(c: &impl GenericClient) -> Result<Vec<(i64, i32, i64, i64)>, DbError> {
     let rows = c
         .query(
-            "SELECT endpoint_id, least(59, floor(extract(epoch FROM now() - started_at) / 60))::int,
-                    count(*), count(*) FILTER (WHERE status_code BETWEEN 200 AND 299)
-               FROM webhooks.attempts
-              WHERE started_at > now() - interval '1 hour' AND endpoint_id IS NOT NULL
+            "SELECT endpoint_id, least(59, floor(extract(epoch FROM date_trunc('minute', now()) - minute) / 60))::int,
+                    sum(attempts)::bigint, sum(succeeded)::bigint
+               FROM webhooks.attempt_minutes
+              WHERE minute > date_trunc('minute', now()) - interval '1 hour'
               GROUP BY 1, 2",
             &[],
         )
@@ -106,14 +107,16 @@ pub async fn per_minute(c: &impl GenericClient) -> Result<Vec<(i64, i32, i64, i6
         .collect())
 }
 
-/// Last hour's latency per endpoint: (endpoint id, p50 ms, p95 ms).
+/// Last hour's latency per endpoint: (endpoint id, p50 ms, p95 ms),
+/// interpolated from the rollup's histogram.
 pub async fn latency_1h(c: &impl GenericClient) -> Result<Vec<(i64, f64, f64)>, DbError> {
     let rows = c
         .query(
-            "SELECT endpoint_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms),
-                    percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
-               FROM webhooks.attempts
-              WHERE started_at > now() - interval '1 hour' AND endpoint_id IS NOT NULL
+            "SELECT endpoint_id,
+                    webhooks.latency_percentile(array_agg(bucket), array_agg(attempts::bigint), array_agg(max_ms), 0.5),
+                    webhooks.latency_percentile(array_agg(bucket), array_agg(attempts::bigint), array_agg(max_ms), 0.95)
+               FROM webhooks.attempt_minutes
+              WHERE minute >= date_trunc('minute', now() - interval '1 hour')
               GROUP BY 1",
             &[],
         )

@@ -551,3 +551,97 @@ async fn operations_fail_with_sqlstates_of_their_own() {
         .unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some(sqlstate::CONFLICT), "{e}");
 }
+
+/// The last hour's figures (endpoint_health, the console's series and
+/// latency) come from the per-minute rollup the attempts' trigger keeps
+/// (V16), and agree with the attempts themselves: counts exactly, the p95
+/// within its histogram bucket. On upgrade, the rollup is filled once from
+/// the attempts already there.
+#[tokio::test]
+async fn the_hours_figures_come_from_a_rollup_that_agrees_with_the_attempts() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let ep = endpoint(&c, "http://127.0.0.1:9/rollup", &["*"], "").await;
+    // Three statements (as three recorder flushes would), spread over the
+    // last hour, and some older attempts the hour must not count.
+    for (n, ago, status) in [
+        (150, "10 seconds", 200),
+        (60, "20 minutes", 503),
+        (90, "50 minutes", 200),
+        (40, "3 hours", 200),
+    ] {
+        c.execute(
+            &format!(
+                "WITH e AS (SELECT webhooks.emit('x', '{{}}') AS id, g FROM generate_series(1, {n}) g),
+                      d AS (INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, attempts)
+                            SELECT id, $1, 'delivered', 1 FROM e RETURNING id)
+                 INSERT INTO webhooks.attempts (delivery_id, attempt, started_at, duration_ms, status_code, endpoint_id)
+                 SELECT d.id, 1, now() - interval '{ago}' - (d.id % 7) * interval '1 second',
+                        (d.id * 37 % 400) + 0.5, {status}, $1 FROM d"
+            ),
+            &[&ep],
+        )
+        .await
+        .unwrap();
+    }
+    let exact = "SELECT count(*), count(*) FILTER (WHERE status_code BETWEEN 200 AND 299),
+                        0,
+                        percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
+                   FROM webhooks.attempts WHERE started_at > now() - interval '1 hour'";
+    let health = "SELECT attempts_1h, succeeded_1h, avg_latency_ms, p95_latency_ms::float8
+                    FROM webhooks.endpoint_health WHERE endpoint_id = $1";
+    let check = |label: &'static str| {
+        let c = &c;
+        async move {
+            let e = c.query_one(exact, &[]).await.unwrap();
+            let h = c.query_one(health, &[&ep]).await.unwrap();
+            assert_eq!(e.get::<_, i64>(0), 300, "{label}");
+            assert_eq!(
+                (h.get::<_, i64>(0), h.get::<_, i64>(1)),
+                (e.get::<_, i64>(0), e.get::<_, i64>(1)),
+                "{label}: attempts and 2xx in the last hour"
+            );
+            let avg =
+                "SELECT (SELECT avg_latency_ms::text FROM webhooks.endpoint_health WHERE endpoint_id = $1),
+                              (SELECT round(avg(duration_ms)::numeric, 1)::text FROM webhooks.attempts
+                                WHERE started_at > now() - interval '1 hour')";
+            let a = c.query_one(avg, &[&ep]).await.unwrap();
+            assert_eq!(
+                a.get::<_, String>(0),
+                a.get::<_, String>(1),
+                "{label}: average latency"
+            );
+            let (p95, exact_p95): (f64, f64) = (h.get(3), e.get(3));
+            // 250 ms .. 500 ms is one bucket: the estimate stays inside it
+            // and near the exact value.
+            assert!(
+                (250.0..=400.5).contains(&p95) && (p95 - exact_p95).abs() < 40.0,
+                "{label}: p95 {p95} vs exact {exact_p95}"
+            );
+        }
+    };
+    check("as written").await;
+
+    // An upgrade from before V16: no trigger, no rollup; migrate fills it
+    // from the attempts once, then keeps it.
+    c.batch_execute(
+        "DROP TRIGGER webhooks_attempt_minutes ON webhooks.attempts;
+         TRUNCATE webhooks.attempt_minutes;",
+    )
+    .await
+    .unwrap();
+    let mut m = db.client().await;
+    pgwebhooks::db::migrate::run(&mut m, false).await.unwrap();
+    check("filled by migrate").await;
+    pgwebhooks::db::migrate::run(&mut m, false).await.unwrap();
+    check("not filled twice").await;
+    let pool = pgwebhooks::db::pool(pgwebhooks::db::DbConfig::from(db.config().clone()), 1);
+    let pooled = pool.get().await.unwrap();
+    let per_minute: i64 = pgwebhooks::db::console::per_minute(&pooled)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, _, n, _)| n)
+        .sum();
+    assert_eq!(per_minute, 300, "the console's hour series");
+}

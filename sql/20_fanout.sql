@@ -3,8 +3,9 @@
 -- (batch_claim, batch_rescue, batch_complete), and the idle flag writers
 -- read before they NOTIFY (listener_*, fanout_probe).
 --
--- Names are noun_verb; SQL is the API: the sidecar runs nothing but these
--- functions. Every function that changes a lease checks that the caller
+-- Names are noun_verb; SQL is the API: the sidecar's delivery path runs
+-- these functions (its reads for status and the console are plain
+-- queries, in src/db/). Every function that changes a lease checks that the caller
 -- still holds it, and takes `now` as a parameter so tests can move time.
 --
 -- The sidecar's bookkeeping commits asynchronously (set_config(

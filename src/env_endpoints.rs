@@ -75,7 +75,8 @@ pub struct Synced {
 /// is no longer set (their backlog waits). Never re-enables an endpoint an
 /// operator or a 410 paused.
 pub async fn sync(c: &impl GenericClient, env: &EnvEndpoints) -> Result<Synced, DbError> {
-    c.execute("SELECT pg_advisory_xact_lock(7070777768)", &[]).await?;
+    use crate::db::endpoints as store;
+    store::env_lock(c).await?;
     let mut out = Synced::default();
     let claimed: Vec<String> = GROUPS
         .iter()
@@ -88,74 +89,20 @@ pub async fn sync(c: &impl GenericClient, env: &EnvEndpoints) -> Result<Synced, 
             None => (vec!["*".into()], claimed.clone()),
         };
         let name = format!("env:{var}");
-        let row = c
-            .query_opt(
-                "INSERT INTO webhooks.endpoints AS e (name, url, event_types, exclude_types, ignore_origins)
-                 VALUES ($1, $2, $3, $4, '{inbound/*}')
-                 ON CONFLICT ON CONSTRAINT endpoints_name_key DO UPDATE
-                    SET url = excluded.url, event_types = excluded.event_types,
-                        exclude_types = excluded.exclude_types, updated_at = now(),
-                        enabled = e.enabled OR e.disabled_reason LIKE 'env:%',
-                        disabled_reason = CASE WHEN e.disabled_reason LIKE 'env:%' THEN NULL ELSE e.disabled_reason END
-                  WHERE (e.url, e.event_types, e.exclude_types) IS DISTINCT FROM
-                        (excluded.url, excluded.event_types, excluded.exclude_types)
-                     OR e.disabled_reason LIKE 'env:%'
-                 RETURNING id",
-                &[&name, url, &types, &excludes],
-            )
-            .await?;
-        let id: i64 = match row {
-            Some(r) => r.get(0),
-            // Unchanged: the conditional update returned nothing.
-            None => c
-                .query_one("SELECT id FROM webhooks.endpoints WHERE name = $1", &[&name])
-                .await?
-                .get(0),
-        };
+        let id = store::env_upsert(c, &name, url, &types, &excludes).await?;
         match &env.secret {
-            Some(secret) => {
-                c.execute(
-                    "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                    &[&id, &secret.expose()],
-                )
-                .await?;
-                // A changed WEBHOOK_SECRET: the old one keeps signing for a day.
-                c.execute(
-                    "UPDATE webhooks.endpoint_secrets SET expires_at = now() + interval '1 day'
-                      WHERE endpoint_id = $1 AND secret <> $2 AND expires_at IS NULL",
-                    &[&id, &secret.expose()],
-                )
-                .await?;
+            // A changed WEBHOOK_SECRET: the old one keeps signing for a day.
+            Some(secret) => store::secret_replace(c, id, secret.expose()).await?,
+            None if !store::has_secret(c, id).await? => {
+                let secret = generate_secret().map_err(|e| DbError::Other(e.to_string()))?;
+                store::secret_add(c, id, &secret).await?;
+                out.generated_secret = true;
             }
-            None => {
-                let has: bool = c
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM webhooks.endpoint_secrets WHERE endpoint_id = $1)",
-                        &[&id],
-                    )
-                    .await?
-                    .get(0);
-                if !has {
-                    let secret = generate_secret().map_err(|e| DbError::Other(e.to_string()))?;
-                    c.execute(
-                        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
-                        &[&id, &secret],
-                    )
-                    .await?;
-                    out.generated_secret = true;
-                }
-            }
+            None => {}
         }
         out.upserted.push((name, id));
     }
     let set: Vec<String> = env.urls.iter().map(|(v, _)| format!("env:{v}")).collect();
-    out.disabled = c
-        .execute(
-            "UPDATE webhooks.endpoints SET enabled = false, updated_at = now(),
-                    disabled_reason = 'env: ' || substr(name, 5) || ' is not set'
-              WHERE name LIKE 'env:%' AND enabled AND NOT (name = ANY ($1))",
-            &[&set],
-        )
-        .await?;
+    out.disabled = store::env_disable_unset(c, &set).await?;
     Ok(out)
 }

@@ -11,7 +11,11 @@ use tokio::sync::Notify;
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-/// Signals raised by the listener.
+/// What the replica's tasks tell each other: the listener raises the three
+/// wake-ups on NOTIFY and on every (re)connect, the recorder raises
+/// `retry` after routing work to the retry path and the rescue `retry`
+/// after re-queuing deliveries a replica left; `connected`, `reconnects` and `refusals` are
+/// read by `/readyz`, the console and the metrics.
 #[derive(Default)]
 pub struct Signals {
     /// New events may be committed.
@@ -52,7 +56,7 @@ pub async fn run(
             Err(error) => {
                 signals.connected.store(false, Ordering::Release);
                 let error = crate::errors::error_chain(&error);
-                tracing::warn!(%error, retry_in = ?backoff, "LISTEN connection lost");
+                tracing::warn!(%error, retry_in = ?backoff, "the LISTEN connection was lost");
             }
         }
         tokio::select! {
@@ -87,11 +91,11 @@ async fn listen_once(
         }
     });
     let result = async {
-        client.batch_execute("LISTEN webhooks").await?;
+        crate::db::listen(&client).await?;
         signals.connected.store(true, Ordering::Release);
         if !*first {
             signals.reconnects.fetch_add(1, Ordering::Relaxed);
-            tracing::info!("LISTEN connection re-established; scanning");
+            tracing::info!("the LISTEN connection is back; scanning");
         }
         *first = false;
         signals.all();
@@ -106,7 +110,7 @@ async fn listen_once(
                     Some(Err(e)) => return Err(e),
                     None => {
                         // The driver ended without an error: the server closed the connection.
-                        client.batch_execute("SELECT 1").await?;
+                        crate::db::ping(&client).await?;
                         return Ok(false);
                     }
                 },

@@ -53,9 +53,6 @@ pub struct Maintainer {
     last_retention: Option<Instant>,
 }
 
-/// Key of the advisory lock that lets one replica at a time run retention.
-const RETENTION_LOCK: i64 = 0x7067_7768_7265_7465;
-
 impl Maintainer {
     pub fn new(pool: Pool, signals: Arc<Signals>, config: MaintainConfig) -> Maintainer {
         Maintainer {
@@ -87,15 +84,12 @@ impl Maintainer {
             signals.reconnects.load(Ordering::Relaxed),
         );
         let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT coalesce(sum(pending + delivering), 0)::bigint, coalesce(extract(epoch FROM max(oldest_age)), 0)::float8,
-                        pg_notification_queue_usage()
-                   FROM webhooks.backlog",
-                &[],
-            )
-            .await?;
-        telemetry::backlog(row.get(0), row.get(1), row.get(2));
+        let n = db::ops::counts(&client).await?;
+        telemetry::backlog(
+            n.waiting,
+            n.oldest_seconds.unwrap_or(0.0),
+            n.notification_queue_usage,
+        );
 
         if self.config.retention.is_some() || self.config.retention_failed.is_some() {
             let keep = self.config.retention;
@@ -117,11 +111,7 @@ impl Maintainer {
         client: &deadpool_postgres::Client,
         keep: Option<Duration>,
     ) -> Result<db::ops::Removed, DbError> {
-        let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
-            .await?
-            .get(0);
-        if !locked {
+        if !db::ops::retention_lock(client).await? {
             return Ok(db::ops::Removed::default());
         }
         let mut total = db::ops::Removed::default();
@@ -145,9 +135,7 @@ impl Maintainer {
             Ok::<_, DbError>(())
         }
         .await;
-        let _ = client
-            .query_one("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
-            .await;
+        let _ = db::ops::retention_unlock(client).await;
         result?;
         if total.total() > 0 {
             tracing::info!(?total, "retention removed delivered history");

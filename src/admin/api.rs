@@ -181,7 +181,7 @@ pub fn delivery_filter(q: &[(String, String)]) -> Result<DeliveryFilter, Failure
 
 async fn status(_: ApiCaller, State(a): State<Shared>) -> Answer {
     let c = a.pool.get().await?;
-    let s = db::admin::status(&c).await?;
+    let s = db::ops::status(&c).await?;
     let endpoints: Vec<Value> = s
         .endpoints
         .iter()

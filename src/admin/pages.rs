@@ -66,7 +66,7 @@ fn ms(v: Option<f64>) -> String {
 /// The status summary with each endpoint's plot and latency.
 async fn summary(a: &super::Admin) -> Result<(db::ops::Summary, Vec<Value>), Failure> {
     let c = a.pool.get().await?;
-    let status = db::admin::status(&c).await?;
+    let status = db::ops::status(&c).await?;
     let series = db::admin::per_minute(&c).await?;
     let latency: HashMap<i64, (f64, f64)> = db::admin::latency_1h(&c)
         .await?
@@ -293,7 +293,7 @@ pub(super) async fn dead(State(a): State<Shared>, Signed(s): Signed, RawQuery(q)
         let limit = 50;
         let c = a.pool.get().await?;
         let items = db::admin::deliveries(&c, &f, limit).await?;
-        let status = db::admin::status(&c).await?;
+        let status = db::ops::status(&c).await?;
         let next = (items.len() as i64 == limit)
             .then(|| {
                 items.last().map(|d| {

@@ -2,8 +2,9 @@
 //! (`fanout.rs`: first attempts, from leased batches of new events, and the
 //! idle protocol), retries (`retries.rs`: due deliveries), rescue
 //! (`rescue.rs`: work of replicas that stopped) and subscriptions
-//! (`subscriptions.rs`: the endpoints' cached copy). Each has a `*_once`
-//! that does one pass and returns its counts. They hand jobs to the
+//! (`subscriptions.rs`: the endpoints' cached copy). The first three have
+//! a `*_once` that does one pass and returns its counts; the subscriptions
+//! stage's pass is `snapshot_at` (reload if `config_version` moved). They hand jobs to the
 //! [`Dispatcher`]; none holds a transaction while anything is sent.
 
 mod fanout;

@@ -15,59 +15,8 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 pub use super::console::*;
+use super::ts;
 use super::DbError;
-
-/// A timestamp column as RFC 3339 UTC with milliseconds.
-pub(super) fn ts(col: &str) -> String {
-    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
-}
-
-/// The status summary of `pgwebhooks status` (`ops::status`), read from
-/// indexes alone: what waits is counted in the partial and (status,
-/// endpoint_id, id) indexes and the oldest waiting delivery is the lowest waiting id, where
-/// the `backlog` view visits every waiting row's heap page (tens of
-/// milliseconds once 10,000 wait, scattered). The endpoints' lines are
-/// `webhooks.endpoint_health`, as in `status`.
-pub async fn status(c: &impl GenericClient) -> Result<super::ops::Summary, DbError> {
-    let r = c
-        .query_one(
-            "SELECT f.events, extract(epoch FROM now() - f.oldest)::float8,
-                    (SELECT count(*) FROM webhooks.deliveries WHERE status = 'pending')
-                      + (SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivering'),
-                    (SELECT extract(epoch FROM now() - d.created_at)::float8 FROM webhooks.deliveries d
-                      WHERE d.id = least((SELECT min(id) FROM webhooks.deliveries WHERE status = 'pending'),
-                                         (SELECT min(id) FROM webhooks.deliveries WHERE status = 'delivering'))),
-                    (SELECT count(*) FROM webhooks.deliveries WHERE status IN ('dead', 'failed')),
-                    pg_notification_queue_usage()
-               FROM webhooks.fanout_pending() f",
-            &[],
-        )
-        .await?;
-    let holding_back = c
-        .query_opt(
-            "SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
-               FROM pg_stat_activity
-              WHERE backend_xid IS NOT NULL AND xact_start < now() - interval '10 seconds'
-              ORDER BY xact_start LIMIT 1",
-            &[],
-        )
-        .await?
-        .map(|r| (r.get(0), r.get(1), r.get(2)));
-    let (events, delivery): (Option<f64>, Option<f64>) = (r.get(1), r.get(3));
-    Ok(super::ops::Summary {
-        not_fanned_out: r.get(0),
-        waiting: r.get::<_, i64>(0) + r.get::<_, i64>(2),
-        oldest_seconds: match (events, delivery) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        },
-        dead_letters: r.get(4),
-        notification_queue_usage: r.get(5),
-        endpoints: super::ops::endpoint_health(c).await?,
-        holding_back,
-        degraded: super::ops::degraded(c).await?,
-    })
-}
 
 /// Which deliveries to list.
 #[derive(Debug, Default, Clone)]
@@ -260,17 +209,6 @@ pub struct EventRow {
     pub payload_text: String,
     #[serde(skip)]
     pub previous_text: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRow {
-    pub attempt: i32,
-    pub started_at: String,
-    pub duration_ms: f64,
-    pub status_code: Option<i32>,
-    pub error: Option<String>,
-    pub response_excerpt: Option<String>,
-    pub replica: Option<String>,
 }
 
 pub async fn delivery(c: &impl GenericClient, id: i64) -> Result<Option<DeliveryDetail>, DbError> {

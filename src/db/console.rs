@@ -1,14 +1,26 @@
 //! The console's and the API's other reads (endpoints as shown, the last
 //! hour's series and latency, an endpoint's latest attempts, inbound
 //! callbacks and routes) and the audit rows of `webhooks.admin_actions`.
-//! Re-exported by `db::admin`; the same rules: newest first, keyset pages,
+//! Re-exported by `db::admin` (which imports from here, never the other
+//! way); the same rules: newest first, keyset pages,
 //! an index under every query.
 
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
 
-use super::admin::{ts, AttemptRow};
-use super::DbError;
+use super::{ts, DbError};
+
+/// One attempt as the console and the API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub started_at: String,
+    pub duration_ms: f64,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+    pub replica: Option<String>,
+}
 
 /// One endpoint as the console and the API show it: no secret, the URL
 /// redacted (a Make.com URL is a credential), header names without values.

@@ -652,3 +652,92 @@ pub async fn delete(
         event,
     })
 }
+
+/// Serialises environment-endpoint syncs (replicas starting together), to
+/// the end of the caller's transaction.
+pub async fn env_lock(c: &impl GenericClient) -> Result<(), DbError> {
+    c.execute("SELECT pg_advisory_xact_lock(7070777768)", &[]).await?;
+    Ok(())
+}
+
+/// Creates or updates the environment endpoint `name` (`env:<VAR>`);
+/// re-enables it only if the environment had disabled it. Returns its id.
+pub async fn env_upsert(
+    c: &impl GenericClient,
+    name: &str,
+    url: &str,
+    types: &[String],
+    excludes: &[String],
+) -> Result<i64, DbError> {
+    let row = c
+        .query_opt(
+            "INSERT INTO webhooks.endpoints AS e (name, url, event_types, exclude_types, ignore_origins)
+             VALUES ($1, $2, $3, $4, '{inbound/*}')
+             ON CONFLICT ON CONSTRAINT endpoints_name_key DO UPDATE
+                SET url = excluded.url, event_types = excluded.event_types,
+                    exclude_types = excluded.exclude_types, updated_at = now(),
+                    enabled = e.enabled OR e.disabled_reason LIKE 'env:%',
+                    disabled_reason = CASE WHEN e.disabled_reason LIKE 'env:%' THEN NULL ELSE e.disabled_reason END
+              WHERE (e.url, e.event_types, e.exclude_types) IS DISTINCT FROM
+                    (excluded.url, excluded.event_types, excluded.exclude_types)
+                 OR e.disabled_reason LIKE 'env:%'
+             RETURNING id",
+            &[&name, &url, &types, &excludes],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => r.get(0),
+        // Unchanged: the conditional update returned nothing.
+        None => c
+            .query_one("SELECT id FROM webhooks.endpoints WHERE name = $1", &[&name])
+            .await?
+            .get(0),
+    })
+}
+
+/// Makes `secret` the endpoint's signing secret; a different one it had
+/// keeps signing for a day (receivers move over).
+pub async fn secret_replace(c: &impl GenericClient, id: i64, secret: &str) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&id, &secret],
+    )
+    .await?;
+    c.execute(
+        "UPDATE webhooks.endpoint_secrets SET expires_at = now() + interval '1 day'
+          WHERE endpoint_id = $1 AND secret <> $2 AND expires_at IS NULL",
+        &[&id, &secret],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn has_secret(c: &impl GenericClient, id: i64) -> Result<bool, DbError> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM webhooks.endpoint_secrets WHERE endpoint_id = $1)",
+        &[&id],
+    )
+    .await?
+    .get(0))
+}
+
+pub async fn secret_add(c: &impl GenericClient, id: i64, secret: &str) -> Result<(), DbError> {
+    c.execute(
+        "INSERT INTO webhooks.endpoint_secrets (endpoint_id, secret) VALUES ($1, $2)",
+        &[&id, &secret],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Disables the environment endpoints whose variable is no longer set
+/// (their backlog waits); returns how many.
+pub async fn env_disable_unset(c: &impl GenericClient, set: &[String]) -> Result<u64, DbError> {
+    Ok(c.execute(
+        "UPDATE webhooks.endpoints SET enabled = false, updated_at = now(),
+                disabled_reason = 'env: ' || substr(name, 5) || ' is not set'
+          WHERE name LIKE 'env:%' AND enabled AND NOT (name = ANY ($1))",
+        &[&set],
+    )
+    .await?)
+}

@@ -1,6 +1,7 @@
 //! Database access: connections and schema management.
 //!
-//! Every SQL statement the sidecar runs lives in this module tree, one typed
+//! Every SQL statement the sidecar runs lives in this module tree (kept
+//! true by `tests/it/tidy.rs`; the demo's app traffic is the app's), one typed
 //! function per statement, so the rest of the code never builds SQL.
 
 pub mod admin;
@@ -8,6 +9,7 @@ pub mod conninfo;
 pub mod console;
 pub mod delivery;
 pub mod endpoints;
+pub mod inbound;
 pub mod migrate;
 pub mod ops;
 pub mod refusal;
@@ -35,6 +37,21 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType};
 
 pub use tls::{SslMode, TlsError, TlsSettings};
+
+/// Subscribes the LISTEN connection to the channel writers NOTIFY.
+pub async fn listen(c: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("LISTEN webhooks").await
+}
+
+/// One round trip: is the connection still there?
+pub async fn ping(c: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("SELECT 1").await
+}
+
+/// A timestamp column as RFC 3339 UTC with milliseconds.
+pub(crate) fn ts(col: &str) -> String {
+    format!("to_char({col} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+}
 
 /// How long a connection may take to be set up (TCP, TLS, authentication)
 /// when `DATABASE_URL` sets no `connect_timeout`.

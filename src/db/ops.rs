@@ -172,19 +172,53 @@ pub async fn setup(
     })
 }
 
-pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
-    let top = c
+/// What waits and for how long, read from indexes alone (the CLI's
+/// `status`, the console, `/api/v1/status` and the gauges): what waits is
+/// counted in the partial and (status, endpoint_id, id) indexes, and the
+/// oldest waiting delivery is the lowest waiting id, where the `backlog`
+/// view visits every waiting row's heap page (tens of milliseconds once
+/// 10,000 wait, scattered).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub not_fanned_out: i64,
+    pub waiting: i64,
+    pub oldest_seconds: Option<f64>,
+    pub dead_letters: i64,
+    pub notification_queue_usage: f64,
+}
+
+pub async fn counts(c: &impl GenericClient) -> Result<Counts, DbError> {
+    let r = c
         .query_one(
-            "SELECT coalesce(sum(pending) FILTER (WHERE endpoint_id IS NULL), 0)::bigint,
-                    coalesce(sum(pending + delivering), 0)::bigint,
-                    extract(epoch FROM max(oldest_age))::float8,
+            "SELECT f.events, extract(epoch FROM now() - f.oldest)::float8,
+                    (SELECT count(*) FROM webhooks.deliveries WHERE status = 'pending')
+                      + (SELECT count(*) FROM webhooks.deliveries WHERE status = 'delivering'),
+                    (SELECT extract(epoch FROM now() - d.created_at)::float8 FROM webhooks.deliveries d
+                      WHERE d.id = least((SELECT min(id) FROM webhooks.deliveries WHERE status = 'pending'),
+                                         (SELECT min(id) FROM webhooks.deliveries WHERE status = 'delivering'))),
                     (SELECT count(*) FROM webhooks.deliveries WHERE status IN ('dead', 'failed')),
                     pg_notification_queue_usage()
-               FROM webhooks.backlog",
+               FROM webhooks.fanout_pending() f",
             &[],
         )
         .await?;
-    let endpoints = endpoint_health(c).await?;
+    let (events, delivery): (Option<f64>, Option<f64>) = (r.get(1), r.get(3));
+    Ok(Counts {
+        not_fanned_out: r.get(0),
+        waiting: r.get::<_, i64>(0) + r.get::<_, i64>(2),
+        oldest_seconds: match (events, delivery) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
+        dead_letters: r.get(4),
+        notification_queue_usage: r.get(5),
+    })
+}
+
+/// The status summary: [`counts`], the oldest write transaction holding
+/// fan-out back, each endpoint's line and the degraded tables.
+pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
+    let n = counts(c).await?;
     let holding_back = c
         .query_opt(
             "SELECT pid, extract(epoch FROM now() - xact_start)::float8, coalesce(state, '')
@@ -197,15 +231,33 @@ pub async fn status(c: &impl GenericClient) -> Result<Summary, DbError> {
         .map(|r| (r.get(0), r.get(1), r.get(2)));
     Ok(Summary {
         holding_back,
-        not_fanned_out: top.get(0),
-        waiting: top.get(1),
-        oldest_seconds: top.get(2),
-        dead_letters: top.get(3),
-        notification_queue_usage: top.get(4),
-        endpoints,
+        not_fanned_out: n.not_fanned_out,
+        waiting: n.waiting,
+        oldest_seconds: n.oldest_seconds,
+        dead_letters: n.dead_letters,
+        notification_queue_usage: n.notification_queue_usage,
+        endpoints: endpoint_health(c).await?,
         degraded: degraded(c).await?,
     })
 }
+
+/// Lets one replica at a time run retention (a session-level advisory
+/// lock: held across retention's statements, released by
+/// [`retention_unlock`]). False when another replica holds it.
+pub async fn retention_lock(c: &impl GenericClient) -> Result<bool, DbError> {
+    Ok(c.query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
+        .await?
+        .get(0))
+}
+
+pub async fn retention_unlock(c: &impl GenericClient) -> Result<(), DbError> {
+    c.query_one("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
+        .await?;
+    Ok(())
+}
+
+/// Key of the advisory lock that lets one replica at a time run retention.
+const RETENTION_LOCK: i64 = 0x7067_7768_7265_7465;
 
 /// Each endpoint's line of the summary (`webhooks.endpoint_health`).
 pub async fn endpoint_health(c: &impl GenericClient) -> Result<Vec<Health>, DbError> {

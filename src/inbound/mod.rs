@@ -178,22 +178,10 @@ fn warn_unusable_keys(routes: &HashMap<String, RouteSettings>) {
 
 async fn load_routes(pool: &Pool) -> Result<HashMap<String, RouteSettings>, db::DbError> {
     let client = pool.get().await?;
-    let st = client
-        .prepare_cached("SELECT route, secret, idempotency_fields FROM webhooks.inbound_routes WHERE enabled")
-        .await?;
-    Ok(client
-        .query(&st, &[])
+    Ok(db::inbound::routes(&client)
         .await?
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                RouteSettings {
-                    secret: r.get(1),
-                    fields: r.get(2),
-                },
-            )
-        })
+        .into_iter()
+        .map(|(route, secret, fields)| (route, RouteSettings { secret, fields }))
         .collect())
 }
 
@@ -593,34 +581,9 @@ async fn apply(
         .map_err(|_| ApplyError::TimedOut)?
         .map_err(db::DbError::from)?;
     let cancel = client.cancel_token();
-    let run = async {
-        let st = client
-            .prepare_cached("SELECT http_status, body FROM webhooks.inbound_apply($1, $2, $3::text::jsonb)")
-            .await?;
-        // The apply is one statement in its own implicit transaction, with
-        // this route's statement timeout set around it on the session: the
-        // three leave in one write and none opens a transaction block, so
-        // the server ends the apply's transaction at its Sync without
-        // waiting on us (a sidecar frozen or cut off here leaves no xid
-        // holding back fan-out, no row locks). RESET goes back to the
-        // session's own bound.
-        let set = format!(
-            "SET statement_timeout = {}",
-            config.statement_timeout.as_millis().max(1)
-        );
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&route, &key, &payload];
-        let (set, row, reset) = tokio::join!(
-            client.batch_execute(&set),
-            client.query_one(&st, &params),
-            client.batch_execute("RESET statement_timeout")
-        );
-        set?;
-        let row = row?;
-        reset?;
-        Ok::<_, ApplyError>((row.get(0), row.get(1)))
-    };
+    let run = db::inbound::apply(&client, config.statement_timeout, route, key, payload);
     match tokio::time::timeout_at(deadline, run).await {
-        Ok(result) => result,
+        Ok(result) => Ok(result?),
         Err(_) => {
             tokio::spawn(cancel_and_release(client, cancel, cancel_tls.clone()));
             Err(ApplyError::TimedOut)
@@ -637,7 +600,7 @@ async fn cancel_and_release(client: Object, cancel: tokio_postgres::CancelToken,
     }
     let reset = tokio::time::timeout(
         Duration::from_secs(10),
-        client.batch_execute("RESET statement_timeout"),
+        db::inbound::reset_statement_timeout(&client),
     )
     .await;
     if !matches!(reset, Ok(Ok(()))) {

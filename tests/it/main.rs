@@ -33,5 +33,6 @@ mod roles;
 mod shaping;
 mod stages;
 mod stalls;
+mod tidy;
 mod timeouts;
 mod tls;

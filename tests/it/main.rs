@@ -14,6 +14,7 @@ mod console_browser;
 mod delivery;
 mod demo;
 mod disk_full;
+mod docs_links;
 mod endpoints;
 mod example_app;
 mod example_routes;

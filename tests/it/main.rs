@@ -28,6 +28,7 @@ mod migrate_v15;
 mod operations;
 mod ops_events;
 mod outgoing;
+mod readme;
 mod recipes;
 mod record;
 mod roles;

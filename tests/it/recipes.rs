@@ -138,7 +138,7 @@ async fn secret_of(db: &TestDb, id: i64) -> String {
         .get(0)
 }
 
-fn verify_standard(secret: &str, r: &Received) {
+pub(crate) fn verify_standard(secret: &str, r: &Received) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -183,7 +183,7 @@ fn is_iso_z(v: &Value) -> bool {
 /// Nothing more arrives: once every event is fanned out and every delivery
 /// due is recorded (so each request made has been received), the receiver
 /// holds nothing unread.
-async fn nothing_more(db: &TestDb, r: &mut Receiver) {
+pub(crate) async fn nothing_more(db: &TestDb, r: &mut Receiver) {
     let c = db.client().await;
     wait::until(
         "every event fanned out and every due delivery recorded",

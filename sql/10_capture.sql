@@ -3,7 +3,7 @@
 -- Applied by `pgwebhooks migrate` after the migrations, every time (every
 -- statement here is idempotent).
 --
--- Who runs what (the README's "Roles and grants" says the same for users):
+-- Who runs what (docs/capture.md's "Roles and grants" says the same for users):
 -- * webhooks.capture() is the one trigger function every watched table
 --   calls. It is SECURITY DEFINER, owned by webhooks_capture: a NOLOGIN role
 --   that can insert into webhooks.events, read the idle flag and nothing

@@ -222,7 +222,7 @@ pub fn machine_busy() -> Option<Duration> {
 
 /// `--sidecar-env KEY=VALUE` (repeatable): settings for the sidecar under
 /// test, for comparing one against another (e.g.
-/// `--sidecar-env PGWEBHOOKS_BATCH_LINGER=0`). The figures the README and
+/// `--sidecar-env PGWEBHOOKS_BATCH_LINGER=0`). The figures docs/performance.md and
 /// closing notes quote come from runs without it.
 fn extra_env() -> Vec<(String, String)> {
     let args: Vec<String> = std::env::args().collect();

@@ -10,7 +10,8 @@ use tokio_postgres::Client;
 use crate::support::TestDb;
 
 /// A login role that owns schema `shop`, member of webhooks_app (as the
-/// README sets an app up), and a connection as it that keeps its notices.
+/// README and docs/capture.md set an app up), and a connection as it that
+/// keeps its notices.
 async fn app_role(db: &TestDb, admin: &Client) -> (String, Client, crate::support::Notices) {
     let role = format!("{}_app", db.name());
     admin
@@ -487,7 +488,7 @@ async fn partitions_are_captured_whichever_table_a_write_names() {
         .all(|e| e.source_table.as_deref() == Some("shop.pings")));
 }
 
-/// The other table shapes the README names: inheritance children (a
+/// The other table shapes docs/capture.md names: inheritance children (a
 /// child is a table of its own: writes naming it are captured only if it
 /// is watched; writes through the parent that reach its rows are the
 /// parent's), tables without a primary key (inserts and deletes, no row
@@ -575,7 +576,7 @@ async fn every_table_shape_is_captured_as_the_readme_says() {
     );
 }
 
-/// The README's advice for logical replication subscribers: a capture
+/// docs/capture.md's advice for logical replication subscribers: a capture
 /// trigger set to fire ALWAYS (or disabled) keeps that setting when the
 /// DDL hook refreshes capture, both for the ALTER that sets it and for a
 /// later ALTER that changes the table; watching again with the same

@@ -177,16 +177,13 @@ fn an_environment_variable_that_does_not_parse_is_named() {
     );
 }
 
-/// README's Configuration section says `pgwebhooks run --help` lists every
+/// docs/configuration.md says `pgwebhooks run --help` lists every
 /// variable: each one named there must be in it.
 #[test]
-fn run_help_lists_every_variable_of_the_readme() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("\n## Configuration")
-        .expect("a Configuration section");
-    let section = &readme[start + 1..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+fn run_help_lists_every_variable_of_docs_configuration() {
+    let section = configuration_page();
+    let section = section.as_str();
+    assert!(section.starts_with("# Configuration\n"));
     assert!(section.contains("`pgwebhooks run --help` lists every variable"));
     let (ok, help, err) = pgwebhooks(&["run", "--help"], &[]);
     assert!(ok, "{err}");
@@ -213,7 +210,7 @@ fn run_help_lists_every_variable_of_the_readme() {
     let missing: Vec<&&str> = names.iter().filter(|n| !help.contains(**n)).collect();
     assert!(
         missing.is_empty(),
-        "in README's Configuration, not in `run --help`: {missing:?}"
+        "in docs/configuration.md, not in `run --help`: {missing:?}"
     );
 }
 
@@ -396,14 +393,16 @@ fn help_variables() -> Vec<(String, Option<String>)> {
     vars
 }
 
-/// The README's configuration table: `PGWEBHOOKS_…` variable → default as
+/// docs/configuration.md, the configuration reference the README links to.
+fn configuration_page() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap()
+}
+
+/// docs/configuration.md's table: `PGWEBHOOKS_…` variable → default as
 /// written (`—` or a description when there is none).
-fn readme_variables() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let table = readme
-        .split("## Configuration")
-        .nth(1)
-        .expect("a Configuration section")
+fn documented_variables() -> Vec<(String, String)> {
+    let page = configuration_page();
+    let table = page
         .split("\n\n")
         .find(|block| block.starts_with("| variable | default |"))
         .expect("its table");
@@ -428,35 +427,41 @@ fn readme_variables() -> Vec<(String, String)> {
     vars
 }
 
-/// The README's configuration table and `run --help` say the same: every
+/// docs/configuration.md's table and `run --help` say the same: every
 /// variable of one is in the other, with the same default.
 #[test]
-fn the_readme_configuration_table_matches_run_help() {
+fn the_documented_configuration_table_matches_run_help() {
     let help = help_variables();
-    let readme = readme_variables();
-    assert!(help.len() >= 20 && readme.len() >= 20, "{help:?} {readme:?}");
+    let documented = documented_variables();
+    assert!(
+        help.len() >= 20 && documented.len() >= 20,
+        "{help:?} {documented:?}"
+    );
     // Read by the logger, before the command line: not `run`'s flags.
     let not_flags = ["PGWEBHOOKS_LOG"];
-    for (name, default) in &readme {
+    for (name, default) in &documented {
         if not_flags.contains(&name.as_str()) {
             continue;
         }
         let Some((_, help_default)) = help.iter().find(|(n, _)| n == name) else {
-            panic!("README lists {name}, `run --help` does not");
+            panic!("docs/configuration.md lists {name}, `run --help` does not");
         };
         if let Some(d) = help_default {
-            assert_eq!(default, d, "{name}: README says {default}, --help {d}");
+            assert_eq!(
+                default, d,
+                "{name}: docs/configuration.md says {default}, --help {d}"
+            );
         }
     }
     for (name, default) in &help {
         if name == "DATABASE_URL" || name == "PGWEBHOOKS_CONFIG" {
             continue; // described above the table and in its first row
         }
-        let Some((_, readme_default)) = readme.iter().find(|(n, _)| n == name) else {
-            panic!("`run --help` has {name}, the README's table does not");
+        let Some((_, documented_default)) = documented.iter().find(|(n, _)| n == name) else {
+            panic!("`run --help` has {name}, docs/configuration.md's table does not");
         };
         if let Some(d) = default {
-            assert_eq!(readme_default, d, "{name}");
+            assert_eq!(documented_default, d, "{name}");
         }
     }
 }

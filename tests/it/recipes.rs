@@ -1,5 +1,5 @@
-//! README "Recipes: the five reference apps": each recipe's SQL and
-//! `endpoint add` lines, read from the README and run verbatim (the URL
+//! docs/recipes.md, "Recipes: the five reference apps": each recipe's SQL
+//! and `endpoint add` lines, read from that page and run verbatim (the URL
 //! variables point at real receivers on 127.0.0.1, hence
 //! `--allow-private-targets`), on tables made the way each app's framework
 //! makes them, owned by an app role that is a member of `webhooks_app`.
@@ -17,7 +17,7 @@ use crate::support::receiver::Received;
 use crate::support::{sidecar, wait, Receiver, TestDb};
 
 const T: Duration = Duration::from_secs(20);
-const README: &str = include_str!("../../README.md");
+const RECIPES: &str = include_str!("../../docs/recipes.md");
 
 /// One recipe's blocks: its SQL, and its shell commands (continuations
 /// joined, comments dropped).
@@ -27,16 +27,12 @@ struct Recipe {
 }
 
 fn recipe(heading: &str) -> Recipe {
-    let start = README
-        .find(&format!("\n#### {heading}"))
-        .unwrap_or_else(|| panic!("README has a recipe \"{heading}\""))
+    let start = RECIPES
+        .find(&format!("\n## {heading}"))
+        .unwrap_or_else(|| panic!("docs/recipes.md has a recipe \"{heading}\""))
         + 1;
-    let rest = &README[start + 4..];
-    let end = [rest.find("\n#### "), rest.find("\n### ")]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(rest.len());
+    let rest = &RECIPES[start + 2..];
+    let end = rest.find("\n## ").unwrap_or(rest.len());
     let (mut sql, mut sh, mut block) = (String::new(), String::new(), None::<&str>);
     for line in rest[..end].lines() {
         match (block, line) {
@@ -126,7 +122,7 @@ async fn app(db: &TestDb, schema: &str, sql: &str) -> Client {
     let c = db.client_as(&role).await;
     c.batch_execute(sql)
         .await
-        .unwrap_or_else(|e| panic!("the README's SQL for {schema} runs as its owner: {e:?}"));
+        .unwrap_or_else(|e| panic!("the recipe's SQL for {schema} runs as its owner: {e:?}"));
     c
 }
 
@@ -142,7 +138,7 @@ async fn secret_of(db: &TestDb, id: i64) -> String {
         .get(0)
 }
 
-fn verify_standard(secret: &str, r: &Received) {
+pub(crate) fn verify_standard(secret: &str, r: &Received) {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -187,7 +183,7 @@ fn is_iso_z(v: &Value) -> bool {
 /// Nothing more arrives: once every event is fanned out and every delivery
 /// due is recorded (so each request made has been received), the receiver
 /// holds nothing unread.
-async fn nothing_more(db: &TestDb, r: &mut Receiver) {
+pub(crate) async fn nothing_more(db: &TestDb, r: &mut Receiver) {
     let c = db.client().await;
     wait::until(
         "every event fanned out and every due delivery recorded",

@@ -1,6 +1,7 @@
-//! The least-privilege roles the README gives: the sidecar runs as a login
-//! role that is only a member of webhooks_sidecar, and an app role that is
-//! only a member of webhooks_app watches its own table.
+//! The least-privilege roles the README and docs/capture.md give: the
+//! sidecar runs as a login role that is only a member of webhooks_sidecar,
+//! and an app role that is only a member of webhooks_app watches its own
+//! table.
 
 use std::time::Duration;
 

@@ -418,11 +418,7 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
             settings,
             targets,
         } => {
-            let mut e = NewEndpoint {
-                event_types: vec!["*".into()],
-                signature_styles: vec!["standard".into()],
-                ..Default::default()
-            };
+            let mut e = NewEndpoint::with_defaults();
             apply(&settings, Some(&url), &mut e)?;
             e.ignore_origins = origins_to_ignore(
                 std::mem::take(&mut e.ignore_origins),

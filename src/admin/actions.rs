@@ -183,11 +183,7 @@ pub(super) async fn create(a: &Admin, actor: &str, s: &Spec) -> Result<(i64, Opt
     let Some(url) = &s.url else {
         return Err(bad("url is required".into()));
     };
-    let mut e = NewEndpoint {
-        event_types: vec!["*".into()],
-        signature_styles: vec!["standard".into()],
-        ..Default::default()
-    };
+    let mut e = NewEndpoint::with_defaults();
     spec::apply(s, &mut e).map_err(bad)?;
     if s.ignore_origins.is_none() && (e.make || crate::endpoints::is_make_url(url)) {
         e.ignore_origins = vec!["inbound/*".into()];

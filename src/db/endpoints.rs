@@ -227,6 +227,19 @@ pub struct NewEndpoint {
     pub filter: Option<String>,
 }
 
+impl NewEndpoint {
+    /// What a new endpoint is before its settings are applied (the CLI,
+    /// the API and the demo): every event type, Standard Webhooks
+    /// signatures.
+    pub fn with_defaults() -> NewEndpoint {
+        NewEndpoint {
+            event_types: vec!["*".into()],
+            signature_styles: vec!["standard".into()],
+            ..Default::default()
+        }
+    }
+}
+
 /// Inserts the endpoint and its secret; returns its id.
 pub async fn add(c: &mut deadpool_postgres::Client, e: &NewEndpoint) -> Result<i64, DbError> {
     match insert(c, e).await {

@@ -100,11 +100,9 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
         &db::endpoints::NewEndpoint {
             url: rx.url.clone(),
             name: Some("demo receiver (stands in for Make.com)".into()),
-            event_types: vec!["*".into()],
             secret: secret.clone(),
             ignore_origins: vec!["inbound/*".into()],
-            signature_styles: vec!["standard".into()],
-            ..Default::default()
+            ..db::endpoints::NewEndpoint::with_defaults()
         },
     )
     .await?;

@@ -3,9 +3,13 @@
 //! - the API takes it as `Authorization: Bearer <token>` on every request
 //!   (never a cookie, so a browser cannot be made to call the API);
 //! - the console's login form takes it once and sets a session cookie
-//!   (HttpOnly, SameSite=Strict): `<session id>.<expiry>.<HMAC>`, signed
-//!   with a key derived from the token, so it needs no server-side store,
-//!   works across replicas and dies when the token changes;
+//!   (HttpOnly, SameSite=Strict, `Secure` over TLS):
+//!   `<session id>.<expiry>.<HMAC>`, signed with a key derived from the
+//!   token, so a forged or stale cookie is refused without a query and
+//!   every session dies when the token changes. The session itself is a
+//!   row of `webhooks.admin_sessions` (only a SHA-256 of its id), checked
+//!   on every request: sign-out deletes it, and it ends after
+//!   `session_idle` unused or `session_ttl` in all, on every replica;
 //! - every console POST must come from the console's own origin
 //!   (`Origin`, `Sec-Fetch-Site`) and carry the session's CSRF token
 //!   (an HMAC of the session id).
@@ -23,7 +27,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::{Failure, Shared};
+use super::{Admin, Failure, Shared};
 use crate::config::Secret;
 use crate::inbound::auth::same;
 
@@ -104,6 +108,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// What `webhooks.admin_sessions` knows it by.
+    pub fn id_hash(&self) -> [u8; 32] {
+        digest(self.id.as_bytes())
+    }
+
     /// Who, in `webhooks.admin_actions`.
     pub fn actor(&self) -> String {
         format!("console session {}", &self.id[..8])
@@ -112,6 +121,19 @@ impl Session {
     pub fn csrf_ok(&self, presented: Option<&str>) -> bool {
         presented.is_some_and(|p| same(&digest(p.as_bytes()), &digest(self.csrf.as_bytes())))
     }
+}
+
+/// The request's console session: its cookie is ours and unexpired, and
+/// its row in `webhooks.admin_sessions` is current (not signed out, used
+/// within `session_idle`, younger than `session_ttl`); its use is noted.
+/// A forged or stale cookie costs no query.
+pub async fn session_current(a: &Admin, headers: &HeaderMap) -> Result<Option<Session>, Failure> {
+    let Some(s) = cookie(headers).and_then(|v| a.keys.session_check(v, SystemTime::now())) else {
+        return Ok(None);
+    };
+    let c = a.pool.get().await?;
+    let current = crate::db::sessions::session_touch(&c, &s.id_hash(), a.config.session_idle).await?;
+    Ok(current.then_some(s))
 }
 
 /// The `Set-Cookie` value for a session (or, with `None`, its removal).
@@ -155,6 +177,23 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
                     .or_else(|| origin.strip_prefix("https://"))
                     .is_some_and(|o| o == host)
         }
+    }
+}
+
+/// The client's address, when the listener knows it (our own server puts
+/// it in every request; a router served otherwise may not have it).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        Ok(Client(peer))
     }
 }
 

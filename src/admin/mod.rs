@@ -7,7 +7,8 @@
 //! functions the CLI calls (`db::ops`, `db::endpoints`), and each action
 //! is recorded in `webhooks.admin_actions`. Authentication (`auth.rs`):
 //! `PGWEBHOOKS_ADMIN_TOKEN` as `Authorization: Bearer` for the API, a login
-//! form and a signed HttpOnly SameSite=Strict cookie for the console, whose
+//! form and a signed HttpOnly SameSite=Strict cookie for the console, its
+//! session a row of `webhooks.admin_sessions` that sign-out deletes; its
 //! POSTs also carry a CSRF token and must come from the console's own
 //! origin. Without a token the listener refuses everything and says how to
 //! set one. Connections are served by the inbound server's loop (same
@@ -58,8 +59,10 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Endpoints created or changed here may point at private addresses.
     pub allow_private_targets: bool,
-    /// How long a console session lasts.
+    /// How long a console session lasts at most, used or not.
     pub session_ttl: Duration,
+    /// A console session unused this long has ended.
+    pub session_idle: Duration,
 }
 
 impl Default for AdminConfig {
@@ -69,6 +72,7 @@ impl Default for AdminConfig {
             token: None,
             allow_private_targets: false,
             session_ttl: Duration::from_secs(12 * 3600),
+            session_idle: Duration::from_secs(3600),
         }
     }
 }

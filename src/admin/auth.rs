@@ -189,11 +189,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client::of(parts))
+    }
+}
+
+impl Client {
+    fn of(parts: &Parts) -> Client {
         let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|c| c.0.ip().to_canonical());
-        Ok(Client(peer))
+        Client(peer)
     }
 }
 
@@ -211,19 +217,40 @@ impl FromRequestParts<Shared> for ApiCaller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
-        match presented {
-            Some(t) if admin.keys.token_ok(t) => Ok(ApiCaller),
-            Some(_) => Err(with_challenge(Failure(
-                StatusCode::UNAUTHORIZED,
-                "invalid admin token".into(),
-            ))),
-            None => Err(with_challenge(Failure(
+        let Some(presented) = presented else {
+            return Err(with_challenge(Failure(
                 StatusCode::UNAUTHORIZED,
                 "missing admin token: send Authorization: Bearer <PGWEBHOOKS_ADMIN_TOKEN>".into(),
-            ))),
+            ))
+            .into_response());
+        };
+        let Client(client) = Client::of(parts);
+        let now = std::time::Instant::now();
+        if let Err(wait) = admin.throttle.admit(client, now) {
+            return Err(throttled(wait).into_response());
         }
-        .map_err(IntoResponse::into_response)
+        if admin.keys.token_ok(presented) {
+            return Ok(ApiCaller);
+        }
+        if admin.throttle.failed(client, now) {
+            tracing::warn!(client = ?client, "api: too many wrong admin tokens; throttling");
+        } else {
+            tracing::warn!(client = ?client, "api: a wrong admin token was refused");
+        }
+        Err(with_challenge(Failure(StatusCode::UNAUTHORIZED, "invalid admin token".into())).into_response())
     }
+}
+
+/// 429 for a client whose wrong tokens filled its bucket (`throttle.rs`).
+pub fn throttled(wait: std::time::Duration) -> impl axum::response::IntoResponse {
+    let secs = super::throttle::retry_after(wait);
+    (
+        [(header::RETRY_AFTER, secs.to_string())],
+        Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many wrong admin tokens from this address: try again in {secs} s"),
+        ),
+    )
 }
 
 fn with_challenge(f: Failure) -> impl axum::response::IntoResponse {

@@ -57,11 +57,28 @@ async fn login(
         );
     }
     let pairs = form::pairs(&bytes);
+    let now = std::time::Instant::now();
+    if let Err(wait) = a.throttle.admit(client, now) {
+        let secs = super::throttle::retry_after(wait);
+        let mut page = render(
+            &a,
+            StatusCode::TOO_MANY_REQUESTS,
+            "login.html",
+            None,
+            json!({"error": format!("Too many wrong tokens from your address: try again in {secs} s.")}),
+        );
+        page.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        return page;
+    }
     if !a
         .keys
         .token_ok(form::get(&pairs, "token").unwrap_or_default().trim())
     {
-        tracing::warn!("console: a sign-in with a wrong token was refused");
+        if a.throttle.failed(client, now) {
+            tracing::warn!(client = ?client, "console: too many sign-ins with a wrong token; throttling");
+        } else {
+            tracing::warn!(client = ?client, "console: a sign-in with a wrong token was refused");
+        }
         return render(
             &a,
             StatusCode::UNAUTHORIZED,

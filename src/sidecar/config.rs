@@ -118,6 +118,8 @@ impl SidecarConfig {
             allow_private_targets: args.targets.allow_private_targets,
             session_ttl: args.admin_session_ttl,
             session_idle: args.admin_session_idle,
+            hosts: args.admin_hosts.clone().unwrap_or_default().0,
+            ..Default::default()
         });
         c.inbound = Some(InboundConfig {
             listen: args.listen,

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 
 use super::admin::{http, T};
 use super::admin_console::sign_in;
-use crate::support::sidecar;
+use crate::support::sidecar::{self, ADMIN_TOKEN};
 use crate::support::{wait, TestDb};
 
 /// Where a console GET with `cookie` ends up: 200, or the redirect's target.
@@ -217,5 +217,195 @@ async fn a_session_ends_when_unused_for_its_idle_time_and_at_its_absolute_end() 
         .unwrap()
         .is_some_and(|r| r.get(0));
     assert!(!early, "the session ended before its TTL");
+    s.stop().await;
+}
+
+/// A GET with a forged `Host`: (status, body).
+async fn get_as(url: &str, host: &str, bearer: bool) -> (StatusCode, String) {
+    let mut req = http().get(url).header("host", host);
+    if bearer {
+        req = req.bearer_auth(ADMIN_TOKEN);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_request_for_a_host_we_do_not_serve_gets_421_and_nothing_of_ours() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let mut config = sidecar::config_with_admin(&db);
+    config.admin.as_mut().unwrap().hosts = "admin.example.com, ops.example:8443"
+        .parse::<pgwebhooks::admin::hosts::AllowedHosts>()
+        .unwrap()
+        .0;
+    let s = sidecar::start(config).await;
+    let port = s.admin.rsplit(':').next().unwrap().to_owned();
+    // A DNS-rebinding page: evil.example now resolves to 127.0.0.1.
+    for host in [
+        "evil.example".to_owned(),
+        format!("evil.example:{port}"),
+        format!("localhost.evil.example:{port}"),
+        "admin.example.com.evil.example".to_owned(),
+        "ops.example:9477".to_owned(),
+        format!("127.0.0.1.nip.io:{port}"),
+    ] {
+        for (path, bearer) in [
+            ("/console/login", false),
+            ("/console", false),
+            ("/console/assets/console.css", false),
+            ("/api/v1/status", true),
+            ("/api/v1/openapi.json", true),
+        ] {
+            let (status, body) = get_as(&format!("{}{path}", s.admin), &host, bearer).await;
+            assert_eq!(status, 421, "{host} {path}");
+            assert!(
+                !body.contains("<form") && !body.contains("token") && !body.contains("openapi"),
+                "{host} {path}: {body}"
+            );
+        }
+        // Signing in from the rebound page, with the right token, sets nothing.
+        let resp = http()
+            .post(format!("{}/console/login", s.admin))
+            .header("host", &host)
+            .header("origin", format!("http://{host}"))
+            .body(format!("token={ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 421, "{host}");
+        assert!(resp.headers().get("set-cookie").is_none());
+    }
+    let sessions: i64 = c
+        .query_one("SELECT count(*) FROM webhooks.admin_sessions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sessions, 0);
+    // An absolute-form target names the host too.
+    let raw = raw_request(
+        &s.admin,
+        &format!("GET http://evil.example:{port}/console/login HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
+    assert!(!raw.contains("<form"), "{raw}");
+    // Ours: loopback names (a port-forward may change the port), the
+    // listener's address, and the configured names.
+    for host in [
+        format!("localhost:{port}"),
+        "localhost:8080".to_owned(),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "admin.example.com".to_owned(),
+        "ADMIN.example.com:443".to_owned(),
+        "ops.example:8443".to_owned(),
+    ] {
+        let (status, body) = get_as(&format!("{}/console/login", s.admin), &host, false).await;
+        assert_eq!(status, 200, "{host}");
+        assert!(body.contains("<form"), "{host}");
+        assert_eq!(
+            get_as(&format!("{}/api/v1/status", s.admin), &host, true).await.0,
+            200,
+            "{host}"
+        );
+    }
+    s.stop().await;
+}
+
+/// Sends `request` as is and reads the whole answer.
+async fn raw_request(admin: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(admin.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(T, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn sign_in_with(admin: &str, token: &str) -> reqwest::Response {
+    http()
+        .post(format!("{admin}/console/login"))
+        .body(format!("token={token}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn retry_after(resp: &reqwest::Response) -> u64 {
+    resp.headers()["retry-after"].to_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn wrong_tokens_are_throttled_for_every_credential_and_the_bucket_recovers() {
+    use pgwebhooks::admin::throttle::{Bucket, ThrottleConfig};
+    let db = TestDb::new().await;
+    let mut config = sidecar::config_with_admin(&db);
+    config.admin.as_mut().unwrap().throttle = ThrottleConfig {
+        per_client: Bucket {
+            burst: 3,
+            every: Duration::from_secs(5),
+        },
+        ..Default::default()
+    };
+    let s = sidecar::start(config).await;
+    let (session, _) = sign_in(&s.admin).await;
+    let wrong = format!("{ADMIN_TOKEN}x");
+    for _ in 0..3 {
+        assert_eq!(sign_in_with(&s.admin, &wrong).await.status(), 401);
+    }
+    // Full: not even the right token is checked (a full bucket is no
+    // oracle), at sign-in or as a Bearer.
+    let resp = sign_in_with(&s.admin, ADMIN_TOKEN).await;
+    assert_eq!(resp.status(), 429);
+    assert!((1..=5).contains(&retry_after(&resp)));
+    assert!(resp.headers().get("set-cookie").is_none());
+    assert!(resp.text().await.unwrap().contains("Too many wrong tokens"));
+    for token in [ADMIN_TOKEN, wrong.as_str()] {
+        let resp = http()
+            .get(format!("{}/api/v1/status", s.admin))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+        assert!((1..=5).contains(&retry_after(&resp)));
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many wrong admin tokens"));
+    }
+    // A session signed in before is not throttled.
+    assert_eq!(console_get(&s.admin, "/console", &session).await.0, 200);
+    // The bucket drains: the operator signs in again without anyone's help.
+    wait::until("the throttle to let the right token in", T, || async {
+        let resp = sign_in_with(&s.admin, ADMIN_TOKEN).await;
+        match resp.status() {
+            StatusCode::SEE_OTHER => Some(()),
+            StatusCode::TOO_MANY_REQUESTS => None,
+            other => panic!("{other}"),
+        }
+    })
+    .await;
+    // Wrong Bearers fill the same bucket as wrong sign-ins.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let resp = http()
+            .get(format!("{}/api/v1/status", s.admin))
+            .bearer_auth(&wrong)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+    }
+    // (the bucket let the right token in with room for one more failure)
+    assert_eq!((statuses[0], statuses[3]), (401, 429), "{statuses:?}");
+    assert_eq!(sign_in_with(&s.admin, ADMIN_TOKEN).await.status(), 429);
     s.stop().await;
 }

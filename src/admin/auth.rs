@@ -136,14 +136,42 @@ pub async fn session_current(a: &Admin, headers: &HeaderMap) -> Result<Option<Se
     Ok(current.then_some(s))
 }
 
-/// The `Set-Cookie` value for a session (or, with `None`, its removal).
-pub fn set_cookie(value: Option<&str>, ttl: Duration) -> String {
+/// The `Set-Cookie` value for a session (or, with `None`, its removal);
+/// `secure` when the console is reached through TLS ([`OverTls`]).
+pub fn set_cookie(value: Option<&str>, ttl: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
     match value {
         Some(v) => format!(
-            "{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
             ttl.as_secs()
         ),
-        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    }
+}
+
+/// Was this request made through TLS? The listener itself speaks plain
+/// HTTP, so only a proxy in front ends TLS: its name is an `https://`
+/// entry of `PGWEBHOOKS_ADMIN_HOSTS` (`hosts::Served`), or it says
+/// `X-Forwarded-Proto: https`. (A client that claims it falsely only gets
+/// a cookie its browser will not send back over plain HTTP.)
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for OverTls {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let named = parts
+            .extensions
+            .get::<super::hosts::Served>()
+            .is_some_and(|s| s.https);
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        Ok(OverTls(named || forwarded))
     }
 }
 

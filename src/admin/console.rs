@@ -46,6 +46,7 @@ async fn login_form(State(a): State<Shared>) -> Response {
 async fn login(
     State(a): State<Shared>,
     auth::Client(client): auth::Client,
+    auth::OverTls(tls): auth::OverTls,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Response {
@@ -117,7 +118,7 @@ async fn login(
     (
         StatusCode::SEE_OTHER,
         [
-            (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl)),
+            (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl, tls)),
             (header::LOCATION, "/console".into()),
         ],
     )
@@ -159,7 +160,12 @@ fn back(to: &str, notice: &str) -> Response {
 
 /// Ends the session: its row is deleted, so the cookie (and any copy of
 /// it) is refused from now on, not only cleared in this browser.
-async fn logout(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn logout(
+    State(a): State<Shared>,
+    auth::OverTls(tls): auth::OverTls,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
     let session = match guard(&a, &headers, &bytes).await {
         Ok((s, _)) => s,
         Err(r) => return *r,
@@ -177,7 +183,10 @@ async fn logout(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Re
     (
         StatusCode::SEE_OTHER,
         [
-            (header::SET_COOKIE, auth::set_cookie(None, a.config.session_ttl)),
+            (
+                header::SET_COOKIE,
+                auth::set_cookie(None, a.config.session_ttl, tls),
+            ),
             (header::LOCATION, "/console/login".into()),
         ],
     )

@@ -409,3 +409,93 @@ async fn wrong_tokens_are_throttled_for_every_credential_and_the_bucket_recovers
     assert_eq!(sign_in_with(&s.admin, ADMIN_TOKEN).await.status(), 429);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_cookie_is_secure_when_the_console_is_reached_through_tls_and_always_httponly_strict() {
+    let db = TestDb::new().await;
+    let mut config = sidecar::config_with_admin(&db);
+    config.admin.as_mut().unwrap().hosts = "https://admin.example.com"
+        .parse::<pgwebhooks::admin::hosts::AllowedHosts>()
+        .unwrap()
+        .0;
+    let s = sidecar::start(config).await;
+    let sign_in_as = |extra: &'static [(&'static str, &'static str)]| {
+        let mut req = http()
+            .post(format!("{}/console/login", s.admin))
+            .body(format!("token={ADMIN_TOKEN}"));
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 303, "{extra:?}");
+            resp.headers()["set-cookie"].to_str().unwrap().to_owned()
+        }
+    };
+    let flags = |set: &str| -> Vec<String> {
+        let mut f: Vec<String> = set
+            .split(';')
+            .skip(1)
+            .map(|a| a.trim().split('=').next().unwrap().to_owned())
+            .collect();
+        f.sort();
+        f
+    };
+    // Through the TLS proxy's name, with its Origin.
+    let tls = sign_in_as(&[
+        ("host", "admin.example.com"),
+        ("origin", "https://admin.example.com"),
+    ])
+    .await;
+    assert_eq!(
+        flags(&tls),
+        ["HttpOnly", "Max-Age", "Path", "SameSite", "Secure"],
+        "{tls}"
+    );
+    assert!(tls.contains("SameSite=Strict"), "{tls}");
+    // A proxy that says so.
+    let forwarded = sign_in_as(&[("x-forwarded-proto", "https")]).await;
+    assert!(flags(&forwarded).contains(&"Secure".to_owned()), "{forwarded}");
+    // Plain HTTP on loopback: a Secure cookie would never come back.
+    let plain = sign_in_as(&[]).await;
+    assert_eq!(
+        flags(&plain),
+        ["HttpOnly", "Max-Age", "Path", "SameSite"],
+        "{plain}"
+    );
+    // Signing out through TLS clears it with the same flags.
+    let cookie = tls.split(';').next().unwrap().to_owned();
+    let html = http()
+        .get(format!("{}/console", s.admin))
+        .header("host", "admin.example.com")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let resp = http()
+        .post(format!("{}/console/logout", s.admin))
+        .header("host", "admin.example.com")
+        .header("origin", "https://admin.example.com")
+        .header("cookie", &cookie)
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cleared = resp.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Secure"),
+        "{cleared}"
+    );
+    s.stop().await;
+}

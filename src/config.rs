@@ -348,6 +348,23 @@ pub struct RunArgs {
     #[arg(long, env = "PGWEBHOOKS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
 
+    /// A console session ends this long after sign-in, used or not.
+    /// Signing out ends it at once, for every copy of its cookie.
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_SESSION_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub admin_session_ttl: std::time::Duration,
+
+    /// A console session unused this long has ended.
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_SESSION_IDLE", default_value = "1h", value_parser = parse_duration)]
+    pub admin_session_idle: std::time::Duration,
+
+    /// Names the admin listener answers to, comma-separated, besides
+    /// localhost, loopback addresses and the address it is reached on:
+    /// `name` (any port), `name:port`, or `https://name[:port]` when a
+    /// proxy in front ends TLS (the session cookie is then `Secure`). A
+    /// request for any other `Host` gets 421 (DNS rebinding).
+    #[arg(long, env = "PGWEBHOOKS_ADMIN_HOSTS")]
+    pub admin_hosts: Option<crate::admin::hosts::AllowedHosts>,
+
     #[command(flatten)]
     pub targets: TargetArgs,
 }

@@ -3,9 +3,13 @@
 //! - the API takes it as `Authorization: Bearer <token>` on every request
 //!   (never a cookie, so a browser cannot be made to call the API);
 //! - the console's login form takes it once and sets a session cookie
-//!   (HttpOnly, SameSite=Strict): `<session id>.<expiry>.<HMAC>`, signed
-//!   with a key derived from the token, so it needs no server-side store,
-//!   works across replicas and dies when the token changes;
+//!   (HttpOnly, SameSite=Strict, `Secure` over TLS):
+//!   `<session id>.<expiry>.<HMAC>`, signed with a key derived from the
+//!   token, so a forged or stale cookie is refused without a query and
+//!   every session dies when the token changes. The session itself is a
+//!   row of `webhooks.admin_sessions` (only a SHA-256 of its id), checked
+//!   on every request: sign-out deletes it, and it ends after
+//!   `session_idle` unused or `session_ttl` in all, on every replica;
 //! - every console POST must come from the console's own origin
 //!   (`Origin`, `Sec-Fetch-Site`) and carry the session's CSRF token
 //!   (an HMAC of the session id).
@@ -23,7 +27,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::{Failure, Shared};
+use super::{Admin, Failure, Shared};
 use crate::config::Secret;
 use crate::inbound::auth::same;
 
@@ -104,6 +108,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// What `webhooks.admin_sessions` knows it by.
+    pub fn id_hash(&self) -> [u8; 32] {
+        digest(self.id.as_bytes())
+    }
+
     /// Who, in `webhooks.admin_actions`.
     pub fn actor(&self) -> String {
         format!("console session {}", &self.id[..8])
@@ -114,14 +123,55 @@ impl Session {
     }
 }
 
-/// The `Set-Cookie` value for a session (or, with `None`, its removal).
-pub fn set_cookie(value: Option<&str>, ttl: Duration) -> String {
+/// The request's console session: its cookie is ours and unexpired, and
+/// its row in `webhooks.admin_sessions` is current (not signed out, used
+/// within `session_idle`, younger than `session_ttl`); its use is noted.
+/// A forged or stale cookie costs no query.
+pub async fn session_current(a: &Admin, headers: &HeaderMap) -> Result<Option<Session>, Failure> {
+    let Some(s) = cookie(headers).and_then(|v| a.keys.session_check(v, SystemTime::now())) else {
+        return Ok(None);
+    };
+    let c = a.pool.get().await?;
+    let current = crate::db::sessions::session_touch(&c, &s.id_hash(), a.config.session_idle).await?;
+    Ok(current.then_some(s))
+}
+
+/// The `Set-Cookie` value for a session (or, with `None`, its removal);
+/// `secure` when the console is reached through TLS ([`OverTls`]).
+pub fn set_cookie(value: Option<&str>, ttl: Duration, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
     match value {
         Some(v) => format!(
-            "{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+            "{COOKIE}={v}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
             ttl.as_secs()
         ),
-        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        None => format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
+    }
+}
+
+/// Was this request made through TLS? The listener itself speaks plain
+/// HTTP, so only a proxy in front ends TLS: its name is an `https://`
+/// entry of `PGWEBHOOKS_ADMIN_HOSTS` (`hosts::Served`), or it says
+/// `X-Forwarded-Proto: https`. (A client that claims it falsely only gets
+/// a cookie its browser will not send back over plain HTTP.)
+#[derive(Debug, Clone, Copy)]
+pub struct OverTls(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for OverTls {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let named = parts
+            .extensions
+            .get::<super::hosts::Served>()
+            .is_some_and(|s| s.https);
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        Ok(OverTls(named || forwarded))
     }
 }
 
@@ -158,6 +208,29 @@ pub fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The client's address, when the listener knows it (our own server puts
+/// it in every request; a router served otherwise may not have it).
+#[derive(Debug, Clone, Copy)]
+pub struct Client(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Client::of(parts))
+    }
+}
+
+impl Client {
+    fn of(parts: &Parts) -> Client {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_canonical());
+        Client(peer)
+    }
+}
+
 /// An API request that presented the token.
 pub struct ApiCaller;
 
@@ -172,19 +245,40 @@ impl FromRequestParts<Shared> for ApiCaller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim);
-        match presented {
-            Some(t) if admin.keys.token_ok(t) => Ok(ApiCaller),
-            Some(_) => Err(with_challenge(Failure(
-                StatusCode::UNAUTHORIZED,
-                "invalid admin token".into(),
-            ))),
-            None => Err(with_challenge(Failure(
+        let Some(presented) = presented else {
+            return Err(with_challenge(Failure(
                 StatusCode::UNAUTHORIZED,
                 "missing admin token: send Authorization: Bearer <PGWEBHOOKS_ADMIN_TOKEN>".into(),
-            ))),
+            ))
+            .into_response());
+        };
+        let Client(client) = Client::of(parts);
+        let now = std::time::Instant::now();
+        if let Err(wait) = admin.throttle.admit(client, now) {
+            return Err(throttled(wait).into_response());
         }
-        .map_err(IntoResponse::into_response)
+        if admin.keys.token_ok(presented) {
+            return Ok(ApiCaller);
+        }
+        if admin.throttle.failed(client, now) {
+            tracing::warn!(client = ?client, "api: too many wrong admin tokens; throttling");
+        } else {
+            tracing::warn!(client = ?client, "api: a wrong admin token was refused");
+        }
+        Err(with_challenge(Failure(StatusCode::UNAUTHORIZED, "invalid admin token".into())).into_response())
     }
+}
+
+/// 429 for a client whose wrong tokens filled its bucket (`throttle.rs`).
+pub fn throttled(wait: std::time::Duration) -> impl axum::response::IntoResponse {
+    let secs = super::throttle::retry_after(wait);
+    (
+        [(header::RETRY_AFTER, secs.to_string())],
+        Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many wrong admin tokens from this address: try again in {secs} s"),
+        ),
+    )
 }
 
 fn with_challenge(f: Failure) -> impl axum::response::IntoResponse {

@@ -43,7 +43,13 @@ async fn login_form(State(a): State<Shared>) -> Response {
     render(&a, StatusCode::OK, "login.html", None, json!({}))
 }
 
-async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
+async fn login(
+    State(a): State<Shared>,
+    auth::Client(client): auth::Client,
+    auth::OverTls(tls): auth::OverTls,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
     if !auth::same_origin(&headers) {
         return message(
             &a,
@@ -52,11 +58,28 @@ async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Res
         );
     }
     let pairs = form::pairs(&bytes);
+    let now = std::time::Instant::now();
+    if let Err(wait) = a.throttle.admit(client, now) {
+        let secs = super::throttle::retry_after(wait);
+        let mut page = render(
+            &a,
+            StatusCode::TOO_MANY_REQUESTS,
+            "login.html",
+            None,
+            json!({"error": format!("Too many wrong tokens from your address: try again in {secs} s.")}),
+        );
+        page.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        return page;
+    }
     if !a
         .keys
         .token_ok(form::get(&pairs, "token").unwrap_or_default().trim())
     {
-        tracing::warn!("console: a sign-in with a wrong token was refused");
+        if a.throttle.failed(client, now) {
+            tracing::warn!(client = ?client, "console: too many sign-ins with a wrong token; throttling");
+        } else {
+            tracing::warn!(client = ?client, "console: a sign-in with a wrong token was refused");
+        }
         return render(
             &a,
             StatusCode::UNAUTHORIZED,
@@ -66,38 +89,55 @@ async fn login(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Res
         );
     }
     let ttl = a.config.session_ttl;
-    match a.keys.session_new(ttl, std::time::SystemTime::now()) {
-        Ok((value, session)) => {
-            super::record(&a, &session.actor(), "console.sign_in", None, json!({})).await;
-            (
-                StatusCode::SEE_OTHER,
-                [
-                    (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl)),
-                    (header::LOCATION, "/console".into()),
-                ],
-            )
-                .into_response()
-        }
-        Err(_) => message(
+    let Ok((value, session)) = a.keys.session_new(ttl, std::time::SystemTime::now()) else {
+        return message(
             &a,
             None,
             Failure(StatusCode::INTERNAL_SERVER_ERROR, "no randomness".into()),
-        ),
+        );
+    };
+    let created = match a.pool.get().await {
+        Ok(c) => {
+            let client = client.map(|ip| ip.to_string());
+            crate::db::sessions::session_create(
+                &c,
+                &session.id_hash(),
+                ttl,
+                a.config.session_idle,
+                client.as_deref(),
+            )
+            .await
+            .map_err(Failure::from)
+        }
+        Err(e) => Err(e.into()),
+    };
+    if let Err(f) = created {
+        return message(&a, None, f);
     }
+    super::record(&a, &session.actor(), "console.sign_in", None, json!({})).await;
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl, tls)),
+            (header::LOCATION, "/console".into()),
+        ],
+    )
+        .into_response()
 }
 
 /// A form's fields, in order.
 type Form = Vec<(String, String)>;
 
-/// The checks every state-changing console request passes: a session, our
-/// own origin, the session's CSRF token. Returns the session and the form.
-fn guard(a: &Admin, headers: &HeaderMap, bytes: &Bytes) -> Result<(Session, Form), Box<Response>> {
+/// The checks every state-changing console request passes: a current
+/// session, our own origin, the session's CSRF token. Returns the session
+/// and the form.
+async fn guard(a: &Admin, headers: &HeaderMap, bytes: &Bytes) -> Result<(Session, Form), Box<Response>> {
     let refuse =
         |m: &str, s: Option<&Session>| Err(Box::new(message(a, s, Failure(StatusCode::FORBIDDEN, m.into()))));
-    let Some(session) =
-        auth::cookie(headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
-    else {
-        return refuse("not signed in: sign in at /console/login first", None);
+    let session = match auth::session_current(a, headers).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return refuse("not signed in: sign in at /console/login first", None),
+        Err(f) => return Err(Box::new(message(a, None, f))),
     };
     if !auth::same_origin(headers) {
         tracing::warn!("console: a cross-site request was refused");
@@ -118,14 +158,35 @@ fn back(to: &str, notice: &str) -> Response {
     Redirect::to(&format!("{to}?notice={notice}")).into_response()
 }
 
-async fn logout(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
-    if let Err(r) = guard(&a, &headers, &bytes) {
-        return *r;
+/// Ends the session: its row is deleted, so the cookie (and any copy of
+/// it) is refused from now on, not only cleared in this browser.
+async fn logout(
+    State(a): State<Shared>,
+    auth::OverTls(tls): auth::OverTls,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let session = match guard(&a, &headers, &bytes).await {
+        Ok((s, _)) => s,
+        Err(r) => return *r,
+    };
+    let deleted = match a.pool.get().await {
+        Ok(c) => crate::db::sessions::session_delete(&c, &session.id_hash())
+            .await
+            .map_err(Failure::from),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(f) = deleted {
+        return message(&a, Some(&session), f);
     }
+    super::record(&a, &session.actor(), "console.sign_out", None, json!({})).await;
     (
         StatusCode::SEE_OTHER,
         [
-            (header::SET_COOKIE, auth::set_cookie(None, a.config.session_ttl)),
+            (
+                header::SET_COOKIE,
+                auth::set_cookie(None, a.config.session_ttl, tls),
+            ),
             (header::LOCATION, "/console/login".into()),
         ],
     )
@@ -138,7 +199,7 @@ async fn endpoint_action(
     Path((raw, action)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Response {
-    let (session, pairs) = match guard(&a, &headers, &bytes) {
+    let (session, pairs) = match guard(&a, &headers, &bytes).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -191,7 +252,7 @@ async fn delivery_retry(
     Path(raw): Path<String>,
     bytes: Bytes,
 ) -> Response {
-    let (session, _) = match guard(&a, &headers, &bytes) {
+    let (session, _) = match guard(&a, &headers, &bytes).await {
         Ok(x) => x,
         Err(r) => return *r,
     };
@@ -209,7 +270,7 @@ async fn delivery_retry(
 }
 
 async fn retry_selected(State(a): State<Shared>, headers: HeaderMap, bytes: Bytes) -> Response {
-    let (session, pairs) = match guard(&a, &headers, &bytes) {
+    let (session, pairs) = match guard(&a, &headers, &bytes).await {
         Ok(x) => x,
         Err(r) => return *r,
     };

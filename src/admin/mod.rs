@@ -7,7 +7,8 @@
 //! functions the CLI calls (`db::ops`, `db::endpoints`), and each action
 //! is recorded in `webhooks.admin_actions`. Authentication (`auth.rs`):
 //! `PGWEBHOOKS_ADMIN_TOKEN` as `Authorization: Bearer` for the API, a login
-//! form and a signed HttpOnly SameSite=Strict cookie for the console, whose
+//! form and a signed HttpOnly SameSite=Strict cookie for the console, its
+//! session a row of `webhooks.admin_sessions` that sign-out deletes; its
 //! POSTs also carry a CSRF token and must come from the console's own
 //! origin. Without a token the listener refuses everything and says how to
 //! set one. Connections are served by the inbound server's loop (same
@@ -18,10 +19,12 @@ pub mod api;
 pub mod auth;
 pub mod console;
 mod form;
+pub mod hosts;
 mod pages;
 mod plot;
 mod render;
 mod spec;
+pub mod throttle;
 mod view;
 
 use std::net::SocketAddr;
@@ -58,8 +61,15 @@ pub struct AdminConfig {
     pub token: Option<Secret>,
     /// Endpoints created or changed here may point at private addresses.
     pub allow_private_targets: bool,
-    /// How long a console session lasts.
+    /// How long a console session lasts at most, used or not.
     pub session_ttl: Duration,
+    /// A console session unused this long has ended.
+    pub session_idle: Duration,
+    /// Names the listener answers to besides loopback and its own address
+    /// (`hosts.rs`).
+    pub hosts: Vec<hosts::AllowedHost>,
+    /// How wrong tokens are throttled.
+    pub throttle: throttle::ThrottleConfig,
 }
 
 impl Default for AdminConfig {
@@ -69,6 +79,9 @@ impl Default for AdminConfig {
             token: None,
             allow_private_targets: false,
             session_ttl: Duration::from_secs(12 * 3600),
+            session_idle: Duration::from_secs(3600),
+            hosts: Vec::new(),
+            throttle: Default::default(),
         }
     }
 }
@@ -80,6 +93,7 @@ pub struct Admin {
     pub snapshot: crate::endpoints::Subscriptions,
     pub config: AdminConfig,
     pub keys: auth::Keys,
+    pub throttle: throttle::Throttle,
     pub templates: minijinja::Environment<'static>,
     /// What this replica knows that the database cannot say (Postgres
     /// refusing its writes): a line for the overview and the status.
@@ -118,6 +132,7 @@ pub fn router_with_health(
         pool,
         snapshot,
         keys: auth::Keys::new(&token),
+        throttle: throttle::Throttle::new(config.throttle),
         config,
         templates: render::templates(),
         health,
@@ -126,8 +141,48 @@ pub fn router_with_health(
         .merge(api::routes())
         .merge(console::routes())
         .fallback(|| async { api::error(StatusCode::NOT_FOUND, "not found") })
+        .layer(axum::middleware::from_fn_with_state(admin.clone(), check_host))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(admin)
+}
+
+/// Serves only requests addressed to one of our names (`hosts.rs`), and
+/// tells the handlers how (`hosts::Served`); anything else gets 421 and
+/// nothing of ours.
+async fn check_host(
+    axum::extract::State(a): axum::extract::State<Shared>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let local = req.extensions().get::<crate::inbound::LocalAddr>().map(|l| l.0);
+    let served = hosts::served(&a.config.hosts, header, local);
+    // An absolute-form target (`GET http://evil.example/ HTTP/1.1`) names
+    // a host too: it must be ours as well.
+    let target_ok = req
+        .uri()
+        .authority()
+        .is_none_or(|t| hosts::served(&a.config.hosts, t.as_str(), local).is_some());
+    match served {
+        Some(s) if target_ok => {
+            req.extensions_mut().insert(s);
+            next.run(req).await
+        }
+        _ => {
+            tracing::debug!("admin: a request for another host was refused");
+            (
+                StatusCode::MISDIRECTED_REQUEST,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "this admin listener does not answer to that Host: reach it as localhost or by its address, \
+                 or add the name to PGWEBHOOKS_ADMIN_HOSTS",
+            )
+                .into_response()
+        }
+    }
 }
 
 /// No framing, no sniffing, no referrer to other sites (with

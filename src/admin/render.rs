@@ -90,17 +90,18 @@ pub(super) fn message(a: &Admin, session: Option<&Session>, f: Failure) -> Respo
     )
 }
 
-/// A signed-in console request; otherwise the login page.
+/// A signed-in console request (`auth::session_current`); otherwise the
+/// login page.
 pub(super) struct Signed(pub(super) Session);
 
 impl FromRequestParts<Shared> for Signed {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, a: &Shared) -> Result<Self, Self::Rejection> {
-        match auth::cookie(&parts.headers).and_then(|v| a.keys.session_check(v, std::time::SystemTime::now()))
-        {
-            Some(s) => Ok(Signed(s)),
-            None => Err(Redirect::to("/console/login").into_response()),
+        match auth::session_current(a, &parts.headers).await {
+            Ok(Some(s)) => Ok(Signed(s)),
+            Ok(None) => Err(Redirect::to("/console/login").into_response()),
+            Err(f) => Err(message(a, None, f)),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod migrate;
 pub mod ops;
 pub mod refusal;
+pub mod sessions;
 pub mod tls;
 
 /// The SQLSTATEs pgwebhooks' own functions raise where no standard code

@@ -29,7 +29,7 @@ use crate::config::Secret;
 use crate::db;
 use crate::sign::SigningKey;
 
-pub use server::{serve, MAX_HEAD};
+pub use server::{serve, LocalAddr, MAX_HEAD};
 
 /// The routes of the learning platform, served under `/api/webhooks/make/`.
 pub const MAKE_ROUTES: &[&str] = &[

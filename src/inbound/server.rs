@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Request};
 use axum::Router;
 use hyper::body::Incoming;
@@ -130,11 +131,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stalled<S> {
     }
 }
 
+/// The address a connection was accepted on (ours), in every request's
+/// extensions beside axum's `ConnectInfo<SocketAddr>` (the client's).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
 /// The router for one connection: counts its requests, and asks the client
-/// to close after [`MAX_REQUESTS`].
+/// to close after [`MAX_REQUESTS`]. Each request carries the connection's
+/// two addresses.
 struct Counted {
     inner: TowerToHyperService<Router>,
     served: AtomicUsize,
+    peer: SocketAddr,
+    local: SocketAddr,
 }
 
 type Answer = axum::response::Response;
@@ -144,7 +153,9 @@ impl hyper::service::Service<Request<Incoming>> for Counted {
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Answer, Self::Error>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(LocalAddr(self.local));
         let last = self.served.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_REQUESTS;
         let answer = self.inner.call(req);
         Box::pin(async move {
@@ -198,10 +209,10 @@ async fn accept_loop(
             _ = shutdown.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, peer)) => (stream, peer),
                 Err(error) => {
                     accept_failed(error).await;
                     continue;
@@ -209,9 +220,14 @@ async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            continue; // gone already
+        };
         let service = Counted {
             inner: TowerToHyperService::new(router.clone()),
             served: AtomicUsize::new(0),
+            peer,
+            local,
         };
         let conn = http.serve_connection(TokioIo::new(Stalled::new(stream, patience)), service);
         let stop = shutdown.clone();

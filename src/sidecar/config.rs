@@ -107,10 +107,19 @@ impl SidecarConfig {
                     .into(),
             ));
         }
+        if args.admin_session_ttl < Duration::from_secs(1) || args.admin_session_idle < Duration::from_secs(1)
+        {
+            return Err(ConfigError::Invalid(
+                "PGWEBHOOKS_ADMIN_SESSION_TTL and PGWEBHOOKS_ADMIN_SESSION_IDLE must be at least 1s".into(),
+            ));
+        }
         c.admin = Some(AdminConfig {
             listen: args.admin_listen,
             token: config::admin_token(args.admin_token.as_ref())?,
             allow_private_targets: args.targets.allow_private_targets,
+            session_ttl: args.admin_session_ttl,
+            session_idle: args.admin_session_idle,
+            hosts: args.admin_hosts.clone().unwrap_or_default().0,
             ..Default::default()
         });
         c.inbound = Some(InboundConfig {

@@ -9,7 +9,7 @@ use crate::support::sidecar::{self, ADMIN_TOKEN, SECRET};
 use crate::support::{wait, TestDb};
 
 /// A console session: the cookie and the CSRF token of its pages.
-async fn sign_in(admin: &str) -> (String, String) {
+pub async fn sign_in(admin: &str) -> (String, String) {
     let resp = http()
         .post(format!("{admin}/console/login"))
         .header("content-type", "application/x-www-form-urlencoded")

@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod admin_console;
+mod admin_sessions;
 mod capture;
 mod capture_failopen;
 mod capture_isolation;

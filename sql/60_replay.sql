@@ -166,16 +166,28 @@ BEGIN
 END
 $$;
 
--- `pgwebhooks endpoint test`: one webhooks.test event for this endpoint
--- alone (its origin, webhooks/test, is one every endpoint skips at
--- fan-out), queued as a pending delivery that the sidecar's retry path
--- sends as it sends any other. Returns the delivery's id.
-CREATE OR REPLACE FUNCTION webhooks.endpoint_test(id bigint) RETURNS bigint
+-- `pgwebhooks endpoint test`: one event for this endpoint alone (origin
+-- webhooks/test, which every endpoint skips at fan-out), queued as a
+-- pending delivery that the sidecar's retry path sends as it sends any
+-- other. Which event:
+-- * neither argument: the webhooks.test ping (sent as the standard
+--   envelope, never through a body template: it must not pass for one of
+--   the app's events);
+-- * event_type alone: a copy (new id) of the latest stored event of that
+--   type this endpoint would receive (its patterns, tenant, ignored
+--   origins and content filter, as at fan-out), shaped as a real delivery;
+-- * event_type and sample: an event of that type whose data is sample.
+-- Returns the delivery's id.
+DROP FUNCTION IF EXISTS webhooks.endpoint_test(bigint);
+CREATE OR REPLACE FUNCTION webhooks.endpoint_test(id bigint, event_type text DEFAULT NULL, sample jsonb DEFAULT NULL)
+RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
-    ep  webhooks.endpoints;
-    ev  uuid;
-    del bigint;
+    ep   webhooks.endpoints;
+    last webhooks.events;
+    ev   uuid;
+    del  bigint;
 BEGIN
     SELECT * INTO ep FROM webhooks.endpoints e WHERE e.id = endpoint_test.id;
     IF NOT FOUND THEN
@@ -186,12 +198,53 @@ BEGIN
                         ep.id, coalesce(ep.disabled_reason, 'no reason given'), ep.id
             USING ERRCODE = 'WH409';
     END IF;
-    INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
-    VALUES ('webhooks.test', 'webhooks/test', 'webhooks.endpoints', ep.id::text,
-            jsonb_build_object('test', true, 'message', 'a test event from pgwebhooks endpoint test',
-                               'endpoint', jsonb_build_object('id', ep.id, 'name', ep.name,
-                                                              'url', webhooks.url_redact(ep.url))))
-    RETURNING event_id INTO ev;
+    IF sample IS NOT NULL AND event_type IS NULL THEN
+        RAISE EXCEPTION 'a sample needs an event type: the type it is sent as'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF sample = 'null'::jsonb THEN
+        RAISE EXCEPTION 'a sample is the event''s data: a JSON value other than null'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF event_type IS NULL THEN
+        INSERT INTO webhooks.events (event_type, origin, source_table, row_key, payload)
+        VALUES ('webhooks.test', 'webhooks/test', 'webhooks.endpoints', ep.id::text,
+                jsonb_build_object('test', true, 'message', 'a test event from pgwebhooks endpoint test',
+                                   'endpoint', jsonb_build_object('id', ep.id, 'name', ep.name,
+                                                                  'url', webhooks.url_redact(ep.url))))
+        RETURNING event_id INTO ev;
+    ELSE
+        IF btrim(event_type) = '' THEN
+            RAISE EXCEPTION 'an empty event type' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF NOT webhooks.endpoint_wants(ep, event_type, ep.tenant_id, NULL) THEN
+            RAISE EXCEPTION 'endpoint % does not receive % events (event types: %)', ep.id, quote_literal(event_type),
+                            array_to_string(ep.event_types, ', ')
+                            || CASE WHEN cardinality(ep.exclude_types) > 0
+                                    THEN '; excluded: ' || array_to_string(ep.exclude_types, ', ') ELSE '' END
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF sample IS NOT NULL THEN
+            INSERT INTO webhooks.events (event_type, origin, tenant_id, payload)
+            VALUES (event_type, 'webhooks/test', ep.tenant_id, sample)
+            RETURNING event_id INTO ev;
+        ELSE
+            SELECT * INTO last FROM webhooks.events e
+             WHERE e.event_type = event_type
+               AND webhooks.endpoint_wants(ep, e.event_type, e.tenant_id, e.origin)
+               AND (ep.filter IS NULL OR webhooks.filter_accepts(ep.filter, e))
+             ORDER BY e.txid DESC, e.seq DESC LIMIT 1;
+            IF last.event_id IS NULL THEN
+                RAISE EXCEPTION 'no stored % event that endpoint % would receive', quote_literal(event_type), ep.id
+                    USING ERRCODE = 'WH404',
+                          HINT = 'Write one in the app first, or give a sample of its data (pgwebhooks endpoint test --event-type TYPE --sample FILE).';
+            END IF;
+            INSERT INTO webhooks.events (event_type, origin, tenant_id, source_table, row_key, payload, previous)
+            VALUES (last.event_type, 'webhooks/test', last.tenant_id, last.source_table, last.row_key,
+                    last.payload, last.previous)
+            RETURNING event_id INTO ev;
+        END IF;
+    END IF;
     INSERT INTO webhooks.deliveries (event_id, endpoint_id, status, next_attempt_at)
     VALUES (ev, ep.id, 'pending', clock_timestamp())
     RETURNING deliveries.id INTO del;

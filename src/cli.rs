@@ -110,15 +110,36 @@ pub enum EndpointCommand {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         overlap: Duration,
     },
-    /// Send one signed `webhooks.test` event to this endpoint alone, through
-    /// the running sidecar's normal path (template, headers, signature,
-    /// recording); print the answer's status, latency and excerpt. Exit 0
-    /// on a 2xx answer, 1 otherwise. Needs `pgwebhooks run` running.
+    /// Send one signed event to this endpoint alone, through the running
+    /// sidecar's normal path (headers, signature, recording); print what was
+    /// sent (type, webhook-id, body) and the answer's status, latency and
+    /// excerpt. Exit 0 on a 2xx answer, 1 otherwise. Needs `pgwebhooks run`
+    /// running. What is sent:
+    ///
+    /// - by default, the `webhooks.test` ping, as the standard envelope (never
+    ///   through a body template: it cannot pass for one of your events);
+    ///
+    /// - with --event-type T, a copy (new webhook-id) of the latest stored T
+    ///   event this endpoint would receive, shaped exactly as its delivery
+    ///   (template, masks): what a Make scenario's "determine data structure"
+    ///   needs;
+    ///
+    /// - with --event-type T --sample FILE, a T event whose data is FILE's JSON.
+    #[command(verbatim_doc_comment)]
     Test {
         #[command(flatten)]
         db: DatabaseArgs,
         /// The endpoint's id (see `pgwebhooks endpoint list`).
         id: i64,
+        /// Send an event of this type (one the endpoint receives): the latest
+        /// stored one, or --sample as one.
+        #[arg(long, value_name = "TYPE")]
+        event_type: Option<String>,
+        /// A JSON file (`-`: standard input) sent as the event's data (what
+        /// the envelope's `data` and a template's `{{data}}` hold); needs
+        /// --event-type.
+        #[arg(long, value_name = "FILE", requires = "event_type")]
+        sample: Option<String>,
         /// How long to wait for the sidecar to send it and record the answer.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         wait: Duration,
@@ -595,22 +616,87 @@ pub async fn endpoint(cmd: EndpointCommand) -> anyhow::Result<()> {
                 humantime::format_duration(overlap)
             );
         }
-        EndpointCommand::Test { db: args, id, wait } => return endpoint_test(&args, id, wait).await,
+        EndpointCommand::Test {
+            db: args,
+            id,
+            event_type,
+            sample,
+            wait,
+        } => {
+            let sample = sample.as_deref().map(read_sample).transpose()?;
+            let what = db::ops::TestEvent::from_parts(event_type, sample).map_err(anyhow::Error::msg)?;
+            return endpoint_test(&args, id, &what, wait).await;
+        }
     }
     Ok(())
 }
 
-/// `pgwebhooks endpoint test`: queue one test delivery, wait for its first
-/// attempt to be recorded, report it. A failed test is not retried.
-async fn endpoint_test(args: &DatabaseArgs, id: i64, wait: Duration) -> anyhow::Result<()> {
+/// `--sample FILE|-`: the JSON a test sends as the event's data.
+fn read_sample(path: &str) -> anyhow::Result<serde_json::Value> {
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).context("--sample -: reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("--sample {path}: cannot read it"))?
+    };
+    let data: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("--sample {path}: not JSON"))?;
+    if data.is_null() {
+        bail!("--sample {path}: the event's data is null; give the JSON the event carries");
+    }
+    Ok(data)
+}
+
+/// How much of a test's body `endpoint test` prints.
+const SHOWN_BODY: usize = 2048;
+
+/// `pgwebhooks endpoint test`: queue one test delivery, say what it sends,
+/// wait for its first attempt to be recorded, report it. A failed test is
+/// not retried.
+async fn endpoint_test(
+    args: &DatabaseArgs,
+    id: i64,
+    what: &db::ops::TestEvent,
+    wait: Duration,
+) -> anyhow::Result<()> {
     let client = pool(args).await?;
-    let delivery = db::ops::endpoint_test(&client, id)
+    let queued = db::ops::endpoint_test(&client, id, what)
         .await
         .with_context(|| format!("testing endpoint {id}"))?;
+    let delivery = queued.delivery_id;
+    let event = &queued.event;
+    let kind = match what {
+        db::ops::TestEvent::Ping => "the test ping".to_owned(),
+        db::ops::TestEvent::Latest(_) => format!(
+            "a copy of the latest stored one{}",
+            queued
+                .source
+                .as_deref()
+                .map(|s| format!(", {s}"))
+                .unwrap_or_default()
+        ),
+        db::ops::TestEvent::Sample { .. } => "your sample as its data".to_owned(),
+    };
     outln!(
-        "endpoint {id}: webhooks.test queued as delivery {delivery}; waiting up to {}",
-        humantime::format_duration(wait)
+        "endpoint {id}: sending {} ({kind}) as delivery {delivery}, webhook-id {}",
+        event.event_type,
+        event.id
     );
+    let snapshot = db::endpoints::load(&client).await?;
+    match snapshot.get(id) {
+        Some(ep) => {
+            let (body, _) = event.request_for(ep);
+            outln!("body ({} bytes): {}", body.len(), shown(&body, SHOWN_BODY));
+            if event.is_ping() && ep.body_template.is_some() {
+                outln!(
+                    "(the ping goes as the standard envelope, not through this endpoint's body template; \
+                     --event-type TYPE sends the latest stored event of that type as it is delivered, \
+                     --event-type TYPE --sample FILE your own data as one)"
+                );
+            }
+        }
+        None => outln!("body: not shown (endpoint {id}'s configuration could not be loaded)"),
+    }
+    outln!("waiting up to {}", humantime::format_duration(wait));
     let deadline = tokio::time::Instant::now() + wait;
     let attempt = loop {
         if let Some(a) = db::ops::first_attempt(&client, delivery).await? {
@@ -643,6 +729,19 @@ async fn endpoint_test(args: &DatabaseArgs, id: i64, wait: Duration) -> anyhow::
             "endpoint {id} did not accept the test event ({status})"
         ))
     }
+}
+
+/// At most `max` bytes of `text` (cut at a character boundary), saying
+/// how much was left out.
+fn shown(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (the first {end} bytes)", &text[..end])
 }
 
 fn age(seconds: Option<f64>) -> String {

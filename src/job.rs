@@ -72,7 +72,17 @@ impl Event {
             parsed: OnceLock::new(),
         }
     }
+
+    /// The `webhooks.test` ping of `endpoint test` (no app may emit a
+    /// `webhooks.*` type): sent as the standard envelope, never through a
+    /// body template, which is written for the app's events.
+    pub fn is_ping(&self) -> bool {
+        self.event_type == PING_TYPE
+    }
 }
+
+/// The event type of `endpoint test`'s default event.
+pub const PING_TYPE: &str = "webhooks.test";
 
 /// Where a job came from, which decides how its outcome is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

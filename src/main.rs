@@ -315,6 +315,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
             outln!("sql definitions applied: {} file(s)", report.sql_files);
+            if !report.ddl_trigger {
+                eprintln!(
+                    "warning: the DDL event trigger was skipped (creating it needs a superuser, which this role is not): {}",
+                    db::migrate::NO_DDL_TRIGGER
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {

@@ -54,20 +54,26 @@ pub(super) async fn resume(a: &Admin, actor: &str, id: i64) -> Result<(), Failur
     Ok(())
 }
 
-/// Queues one `webhooks.test` event for the endpoint alone, as `endpoint
-/// test` does; like it, the test is tried once: a watcher withdraws what
-/// is still waiting after the first attempt (or after 30 s). Returns the
-/// delivery's id.
-pub(super) async fn test(a: &Admin, actor: &str, id: i64) -> Result<i64, Failure> {
+/// Queues one test event for the endpoint alone (the ping, a copy of the
+/// latest stored event of a type, or a sample), as `endpoint test` does;
+/// like it, the test is tried once: a watcher withdraws what is still
+/// waiting after the first attempt (or after 30 s).
+pub(super) async fn test(
+    a: &Admin,
+    actor: &str,
+    id: i64,
+    what: &db::ops::TestEvent,
+) -> Result<db::ops::QueuedTest, Failure> {
     let c = a.pool.get().await?;
-    let delivery = db::ops::endpoint_test(&c, id).await?;
+    let queued = db::ops::endpoint_test(&c, id, what).await?;
     drop(c);
+    let delivery = queued.delivery_id;
     record(
         a,
         actor,
         "endpoint.test",
         Some(&format!("endpoint {id}")),
-        json!({"delivery_id": delivery}),
+        json!({"delivery_id": delivery, "event_type": queued.event.event_type}),
     )
     .await;
     let pool = a.pool.clone();
@@ -85,7 +91,7 @@ pub(super) async fn test(a: &Admin, actor: &str, id: i64) -> Result<i64, Failure
             let _ = db::ops::endpoint_test_cancel(&c, delivery).await;
         }
     });
-    Ok(delivery)
+    Ok(queued)
 }
 
 /// A new signing secret (generated when `secret` is `None`, and then

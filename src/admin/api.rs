@@ -293,10 +293,37 @@ async fn rotate(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<Stri
     Ok(Json(json!({"id": id, "rotated": true, "secret": secret})).into_response())
 }
 
-async fn test(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<String>) -> Answer {
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestBody {
+    event_type: Option<String>,
+    sample: Option<serde_json::Value>,
+}
+
+/// Queues the test `TestBody` asks for (none: the ping) and answers with
+/// what it sends: the event's type and id (the webhook-id) and the body as
+/// the sidecar builds it.
+async fn test(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<String>, bytes: Bytes) -> Answer {
     let id = id(&raw)?;
-    let delivery = actions::test(&a, caller.actor(), id).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"delivery_id": delivery}))).into_response())
+    let b: TestBody = body(&bytes)?;
+    // A JSON null sample is no sample (serde reads both as None).
+    let what = db::ops::TestEvent::from_parts(b.event_type, b.sample).map_err(bad)?;
+    let queued = actions::test(&a, caller.actor(), id, &what).await?;
+    let sent = a
+        .snapshot
+        .current()
+        .get(id)
+        .map(|ep| queued.event.request_for(ep).0.to_string());
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "delivery_id": queued.delivery_id,
+            "event_id": queued.event.id,
+            "event_type": queued.event.event_type,
+            "body": sent,
+        })),
+    )
+        .into_response())
 }
 
 async fn retry_dead(caller: ApiCaller, State(a): State<Shared>, Path(raw): Path<String>) -> Answer {

@@ -234,8 +234,8 @@ async fn endpoint_action(
         "retry-dead" => actions::retry_dead(&a, &actor, id)
             .await
             .map(|n| format!("requeued-{n}")),
-        "test" => match actions::test(&a, &actor, id).await {
-            Ok(delivery) => return back(&format!("/console/deliveries/{delivery}"), "test"),
+        "test" => match actions::test(&a, &actor, id, &crate::db::ops::TestEvent::Ping).await {
+            Ok(queued) => return back(&format!("/console/deliveries/{}", queued.delivery_id), "test"),
             Err(f) => Err(f),
         },
         _ => Err(Failure(StatusCode::NOT_FOUND, format!("no action {action:?}"))),

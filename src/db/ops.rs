@@ -391,12 +391,91 @@ pub struct FirstAttempt {
     pub excerpt: Option<String>,
 }
 
-/// `webhooks.endpoint_test`: a `webhooks.test` event queued for one
-/// endpoint alone; returns the delivery's id.
-pub async fn endpoint_test(c: &impl GenericClient, endpoint_id: i64) -> Result<i64, DbError> {
-    Ok(c.query_one("SELECT webhooks.endpoint_test($1)", &[&endpoint_id])
+/// What `endpoint test` sends (`webhooks.endpoint_test`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum TestEvent {
+    /// The `webhooks.test` ping, as the standard envelope.
+    #[default]
+    Ping,
+    /// A copy (new id) of the latest stored event of this type the
+    /// endpoint would receive, shaped as a real delivery.
+    Latest(String),
+    /// An event of this type whose data is the sample.
+    Sample {
+        event_type: String,
+        data: serde_json::Value,
+    },
+}
+
+impl TestEvent {
+    /// From the caller's two choices: a type, and data to send as it.
+    pub fn from_parts(
+        event_type: Option<String>,
+        sample: Option<serde_json::Value>,
+    ) -> Result<TestEvent, String> {
+        match (event_type, sample) {
+            (None, None) => Ok(TestEvent::Ping),
+            (Some(t), None) => Ok(TestEvent::Latest(t)),
+            (Some(t), Some(data)) => Ok(TestEvent::Sample { event_type: t, data }),
+            (None, Some(_)) => Err("a sample needs an event type: the type it is sent as".into()),
+        }
+    }
+}
+
+/// A queued test: its delivery and the event it sends.
+#[derive(Debug)]
+pub struct QueuedTest {
+    pub delivery_id: i64,
+    pub event: crate::job::Event,
+    /// Where a stored event's copy came from (`app.orders row 42`).
+    pub source: Option<String>,
+}
+
+/// `webhooks.endpoint_test`: one event queued for one endpoint alone.
+pub async fn endpoint_test(
+    c: &impl GenericClient,
+    endpoint_id: i64,
+    what: &TestEvent,
+) -> Result<QueuedTest, DbError> {
+    let (event_type, sample) = match what {
+        TestEvent::Ping => (None, None),
+        TestEvent::Latest(t) => (Some(t.as_str()), None),
+        TestEvent::Sample { event_type, data } => (Some(event_type.as_str()), Some(data)),
+    };
+    let delivery_id: i64 = c
+        .query_one(
+            "SELECT webhooks.endpoint_test(id => $1, event_type => $2, sample => $3)",
+            &[&endpoint_id, &event_type, &sample],
+        )
         .await?
-        .get(0))
+        .get(0);
+    let r = c
+        .query_one(
+            "SELECT e.event_id, e.event_type, e.tenant_id, e.origin, e.occurred_at, e.payload::text AS payload,
+                    e.previous::text AS previous,
+                    e.source_table || coalesce(' row ' || e.row_key, '') AS source
+               FROM webhooks.deliveries d JOIN webhooks.events e ON e.event_id = d.event_id
+              WHERE d.id = $1",
+            &[&delivery_id],
+        )
+        .await?;
+    let event = crate::job::Event::new(
+        r.get("event_id"),
+        r.get("event_type"),
+        r.get("tenant_id"),
+        r.get("origin"),
+        r.get("occurred_at"),
+        r.get("payload"),
+        r.get("previous"),
+    );
+    let source = matches!(what, TestEvent::Latest(_))
+        .then(|| r.get::<_, Option<String>>("source"))
+        .flatten();
+    Ok(QueuedTest {
+        delivery_id,
+        event,
+        source,
+    })
 }
 
 /// A delivery's first attempt, once recorded.

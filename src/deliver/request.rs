@@ -1,5 +1,6 @@
 //! A job's request: the body (the standard envelope, or the endpoint's
 //! template filled in) and the endpoint's extra headers, masked for it.
+//! The `webhooks.test` ping is always the standard envelope.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ impl Event {
     /// per event and shared by every endpoint that masks nothing), or the
     /// endpoint's template filled in.
     pub fn body_for(&self, endpoint: &Endpoint) -> Arc<str> {
-        if let Some(t) = &endpoint.body_template {
+        if let Some(t) = self.template(endpoint) {
             return self.with_values(endpoint, |v| t.render(v)).into();
         }
         if endpoint.masked_fields.is_empty() {
@@ -48,13 +49,18 @@ impl Event {
                 .map(|(k, t)| (k.clone(), t.render(v)))
                 .collect()
         };
-        match (&endpoint.body_template, constant) {
+        match (self.template(endpoint), constant) {
             (None, Some(c)) => (self.body_for(endpoint), c),
             (None, None) => (self.body_for(endpoint), self.with_values(endpoint, headers)),
             (Some(t), c) => self.with_values(endpoint, |v| {
                 (t.render(v).into(), c.unwrap_or_else(|| headers(v)))
             }),
         }
+    }
+
+    /// The endpoint's body template, unless this is the ping.
+    fn template<'a>(&self, endpoint: &'a Endpoint) -> Option<&'a crate::template::Template> {
+        endpoint.body_template.as_ref().filter(|_| !self.is_ping())
     }
 
     fn parsed(&self) -> &(Value, Option<Value>) {

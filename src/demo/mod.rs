@@ -165,18 +165,17 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
         round = Round {
             n,
             writes: expected.writes,
-            events: expected.events.len(),
-            ..Round::default()
+            ids: expected.events,
+            result: None,
         };
         view.round(&tally, &round);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while round.arrived < round.events {
+        while tally.progress(&round.ids).delivered < round.ids.len() {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break 'rounds Outcome::Stopped,
                 Some(a) = rx.arrivals.recv() => {
                     tally.add(&a);
-                    (round.arrived, round.retried) = tally.progress(&expected.events);
                     view.arrival(&a, &tally, &round);
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -188,7 +187,7 @@ pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, De
             c = traffic::callback(&client, &base, &inbound_secret, expected.appointment) => c?,
         };
         let result = RoundResult {
-            delivered: round.arrived == round.events,
+            delivered: tally.progress(&round.ids).delivered == round.ids.len(),
             all_verified: tally.unverified == 0,
             callback,
         };

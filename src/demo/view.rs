@@ -2,6 +2,12 @@
 //! (ANSI cursor movement; colour unless `NO_COLOR` is set); otherwise a
 //! plain log with one line per round and no escape codes. Every line is
 //! kept under [`WIDTH`] characters.
+//!
+//! Every redraw reads its numbers from one [`Figures`], computed from the
+//! tally at that moment: the totals and the latest round count the same
+//! thing (webhooks the receiver accepted) from the same arrivals, so the
+//! screen never shows a round further along than its totals, nor totals
+//! that claim more than the round line says arrived.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -28,10 +34,8 @@ pub(super) struct Tally {
 
 #[derive(Debug, Default)]
 struct TypeRow {
-    /// Distinct webhook-ids of this type that reached the receiver.
-    events: HashSet<String>,
-    /// Distinct webhook-ids of this type with a verified signature.
-    verified: HashSet<String>,
+    /// Every webhook-id of this type that reached the receiver.
+    ids: HashSet<String>,
     /// Every request, retries included.
     attempts: u32,
     /// Latency of each first attempt.
@@ -49,14 +53,12 @@ impl TypeRow {
 impl Tally {
     pub(super) fn add(&mut self, a: &Arrival) {
         let row = self.by_type.entry(a.event_type.clone()).or_default();
-        row.events.insert(a.webhook_id.clone());
+        row.ids.insert(a.webhook_id.clone());
         row.attempts += 1;
         if a.attempt == 1 {
             row.latencies.push(a.latency_ms);
         }
-        if a.verified {
-            row.verified.insert(a.webhook_id.clone());
-        } else {
+        if !a.verified {
             self.unverified += 1;
         }
         let n = self.attempts.entry(a.webhook_id.clone()).or_default();
@@ -66,51 +68,110 @@ impl Tally {
         }
     }
 
-    /// How many of `ids` were delivered, and how many of those needed a retry.
-    pub(super) fn progress(&self, ids: &[String]) -> (usize, usize) {
-        let done: Vec<&String> = ids.iter().filter(|id| self.delivered.contains(*id)).collect();
-        let retried = done
-            .iter()
-            .filter(|id| self.attempts.get(**id).is_some_and(|n| *n > 1))
-            .count();
-        (done.len(), retried)
+    /// Of `ids`: how many were delivered, and how many of those needed a
+    /// retry. The one definition the totals and the round line share.
+    pub(super) fn progress<'a>(&self, ids: impl IntoIterator<Item = &'a String>) -> Count {
+        let mut c = Count::default();
+        for id in ids.into_iter().filter(|id| self.delivered.contains(*id)) {
+            c.delivered += 1;
+            if self.attempts.get(id).is_some_and(|n| *n > 1) {
+                c.retried += 1;
+            }
+        }
+        c
     }
 
+    /// Everything one redraw shows, read at once.
+    pub(super) fn figures(&self, round: &Round) -> Figures {
+        let mut total = TypeCount::default();
+        let rows = self
+            .by_type
+            .iter()
+            .map(|(ty, row)| {
+                let c = TypeCount {
+                    done: self.progress(&row.ids),
+                    attempts: row.attempts as usize,
+                    p50: row.p50(),
+                };
+                total.done.delivered += c.done.delivered;
+                total.done.retried += c.done.retried;
+                total.attempts += c.attempts;
+                (ty.clone(), c)
+            })
+            .collect();
+        Figures {
+            rows,
+            total,
+            round: self.progress(&round.ids),
+        }
+    }
+}
+
+/// Delivered webhooks, and how many of them after a retry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Count {
+    pub delivered: usize,
+    pub retried: usize,
+}
+
+/// One row of the totals table.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct TypeCount {
+    pub done: Count,
+    /// Requests, retries and refused ones included.
+    pub attempts: usize,
+    pub p50: f64,
+}
+
+/// The numbers of one redraw.
+#[derive(Debug)]
+pub(super) struct Figures {
+    pub rows: Vec<(String, TypeCount)>,
+    /// The rows summed (p50 unused).
+    pub total: TypeCount,
+    /// The latest round's events, counted as the rows are.
+    pub round: Count,
+}
+
+impl Figures {
     fn table(&self) -> Vec<String> {
         let mut out = vec![
-            "cumulative totals since start · events: distinct webhook-ids · attempts: with retries"
+            "cumulative totals since start · delivered: webhooks accepted · attempts: every request"
                 .to_owned(),
             format!(
-                "  {:<31} {:>7} {:>9} {:>9} {:>8} {:>8}",
-                "event type", "events", "verified", "attempts", "retries", "p50 ms"
+                "  {:<31} {:>9} {:>9} {:>13} {:>8}",
+                "event type", "delivered", "attempts", "after a retry", "p50 ms"
             ),
         ];
-        let (mut e, mut v, mut a) = (0, 0, 0);
-        for (ty, row) in &self.by_type {
-            let (re, rv, ra) = (row.events.len(), row.verified.len(), row.attempts as usize);
-            out.push(format!(
-                "  {:<31} {re:>7} {rv:>9} {ra:>9} {:>8} {:>8.1}",
-                fit(ty, 31),
-                ra - re,
-                row.p50()
-            ));
-            (e, v, a) = (e + re, v + rv, a + ra);
+        let line = |name: &str, c: &TypeCount, p50: bool| {
+            let mut l = format!(
+                "  {:<31} {:>9} {:>9} {:>13}",
+                fit(name, 31),
+                c.done.delivered,
+                c.attempts,
+                c.done.retried
+            );
+            if p50 {
+                l.push_str(&format!(" {:>8.1}", c.p50));
+            }
+            l
+        };
+        for (ty, c) in &self.rows {
+            out.push(line(ty, c, true));
         }
-        out.push(format!("  {:<31} {e:>7} {v:>9} {a:>9} {:>8}", "all", a - e));
+        out.push(line("all", &self.total, false));
         out
     }
 }
 
-/// What the latest round showed.
+/// The latest round: what it wrote and the webhook-ids it expects (how
+/// many of them arrived is read from the tally, at each redraw).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Round {
     pub n: u32,
     pub writes: usize,
-    /// Events this round's writes emitted.
-    pub events: usize,
-    /// Of those, delivered so far, and how many after a retry.
-    pub arrived: usize,
-    pub retried: usize,
+    /// Ids of the events this round's writes emitted.
+    pub ids: Vec<String>,
     /// Set once the round is over.
     pub result: Option<RoundResult>,
 }
@@ -133,8 +194,9 @@ pub(super) struct View {
     live: bool,
     color: bool,
     header: Vec<String>,
-    /// The latest round that finished, for the checks and callback lines.
-    last_done: Option<Round>,
+    /// The number and result of the latest round that finished, for the
+    /// checks and callback lines (labelled with its number).
+    last_done: Option<(u32, RoundResult)>,
     /// The latest arrival, as one line.
     last_arrival: Option<String>,
     footer: String,
@@ -201,19 +263,20 @@ impl View {
 
     /// The round is under way (`round.result` is `None`) or finished.
     pub(super) fn round(&mut self, tally: &Tally, round: &Round) {
-        if round.result.is_some() {
-            self.last_done = Some(round.clone());
+        if let Some(r) = &round.result {
+            self.last_done = Some((round.n, r.clone()));
         }
         if self.live {
             self.draw(tally, round);
         } else if let Some(r) = &round.result {
+            let done = tally.figures(round).round;
             let line = format!(
-                "{} round {}: {} of {} events verified ({} retried) · callback {} {}",
+                "{} round {}: {} of {} events delivered ({} after a retry) · callback {} {}",
                 tick(r.ok()),
                 round.n,
-                round.arrived,
-                round.events,
-                round.retried,
+                done.delivered,
+                round.ids.len(),
+                done.retried,
                 r.callback.status,
                 r.callback.short(),
             );
@@ -231,14 +294,17 @@ impl View {
             self.draw(tally, round);
             return;
         }
+        let figures = tally.figures(round);
         if stopped && round.n > 0 && round.result.is_none() {
             self.print(&format!(
-                "  round {}: stopped while waiting ({} of {} events verified so far)",
-                round.n, round.arrived, round.events
+                "  round {}: stopped while waiting ({} of {} events delivered so far)",
+                round.n,
+                figures.round.delivered,
+                round.ids.len()
             ));
         }
         self.print("");
-        for l in tally.table() {
+        for l in figures.table() {
             self.print(&l);
         }
         for l in self.checks() {
@@ -247,14 +313,14 @@ impl View {
     }
 
     fn checks(&self) -> Vec<String> {
-        let Some(r) = self.last_done.as_ref().and_then(|d| d.result.as_ref()) else {
+        let Some((n, r)) = &self.last_done else {
             return vec![String::new(), "  no round finished yet".into()];
         };
         let t = |b: bool| self.paint_tick(b);
         vec![
             String::new(),
             format!(
-                "  {} every webhook arrived  {} signatures verified  {} callback applied  {} not echoed",
+                "  round {n}: {} all delivered  {} signatures verified  {} callback applied  {} not echoed",
                 t(r.delivered),
                 t(r.all_verified),
                 t(r.callback.applied),
@@ -280,11 +346,12 @@ impl View {
     }
 
     fn draw(&mut self, tally: &Tally, round: &Round) {
+        let figures = tally.figures(round);
         let mut lines = self.header.clone();
         lines.push(String::new());
-        lines.push(fit(&status(round), WIDTH));
+        lines.push(fit(&status(round, figures.round), WIDTH));
         lines.push(String::new());
-        lines.extend(tally.table());
+        lines.extend(figures.table());
         lines.extend(self.checks());
         lines.push(format!(
             "  latest: {}",
@@ -305,19 +372,20 @@ impl View {
     }
 }
 
-fn status(r: &Round) -> String {
+/// The round line, from the round and what of it the tally counts as
+/// delivered (`done`, from the same [`Figures`] as the table).
+fn status(r: &Round, done: Count) -> String {
     if r.n == 0 {
         return "round 1 starting…".into();
     }
-    let head = format!(
-        "round {}: the app wrote {} rows → {} events",
-        r.n, r.writes, r.events
-    );
+    let events = r.ids.len();
+    let head = format!("round {}: the app wrote {} rows → {events} events", r.n, r.writes);
+    let all = done.delivered == events;
     match &r.result {
-        None if r.arrived == r.events => format!("{head}; all arrived, posting the callback…"),
-        None => format!("{head}; {} of {} arrived, waiting…", r.arrived, r.events),
-        Some(res) if res.delivered => format!("{head}; all arrived ({} after a retry)", r.retried),
-        Some(_) => format!("{head}; only {} of {} arrived", r.arrived, r.events),
+        None if all => format!("{head}; all delivered, posting the callback…"),
+        None => format!("{head}; {} of {events} delivered, waiting…", done.delivered),
+        Some(_) if all => format!("{head}; all delivered ({} after a retry)", done.retried),
+        Some(_) => format!("{head}; only {} of {events} delivered", done.delivered),
     }
 }
 
@@ -370,18 +438,113 @@ mod tests {
         }
     }
 
+    fn round_of(ids: &[&str]) -> Round {
+        Round {
+            n: 1,
+            writes: ids.len(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+            result: None,
+        }
+    }
+
     #[test]
-    fn retries_count_as_attempts_not_as_more_verified_events() {
+    fn retries_count_as_attempts_and_a_refused_first_attempt_is_not_delivered() {
         let mut t = Tally::default();
+        let round = round_of(&["a", "b", "c"]);
         t.add(&arrival("a", 1, 503));
+        let f = t.figures(&round);
+        assert_eq!((f.total.done, f.total.attempts), (Count::default(), 1));
+        assert_eq!(f.round, Count::default(), "a 503 is not an arrival");
         t.add(&arrival("a", 2, 200));
         t.add(&arrival("b", 1, 200));
-        let row = &t.by_type["ticket.created"];
-        assert_eq!((row.events.len(), row.verified.len(), row.attempts), (2, 2, 3));
-        assert_eq!(t.progress(&["a".into(), "b".into(), "c".into()]), (2, 1));
-        let table = t.table();
+        let f = t.figures(&round);
+        let done = Count {
+            delivered: 2,
+            retried: 1,
+        };
+        assert_eq!((f.total.done, f.total.attempts, f.round), (done, 3, done));
+        let table = f.table();
         let all = table.last().unwrap();
-        assert!(all.split_whitespace().eq(["all", "2", "2", "3", "1"]), "{all}");
+        assert!(all.split_whitespace().eq(["all", "2", "3", "1"]), "{all}");
+        assert!(status(&round, f.round).contains("2 of 3 delivered, waiting"));
+    }
+
+    /// Issue #25: whatever order arrivals come in (retries, refusals, bad
+    /// signatures, events of earlier rounds), every redraw's totals count
+    /// at least what its round line says arrived, the rows add up to the
+    /// totals, and the round line says "all" exactly when the round's
+    /// every event is counted delivered.
+    #[test]
+    fn every_redraw_is_consistent_whatever_the_arrivals() {
+        let types = ["ticket.created", "appointment.created", "error.occurred"];
+        for seed in 0..200 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut t = Tally::default();
+            let mut attempts: HashMap<String, u32> = HashMap::new();
+            let mut round = Round::default();
+            for step in 0..120 {
+                if step % 30 == 0 {
+                    // A new round of 12 events (earlier ones may still retry).
+                    round = Round {
+                        n: round.n + 1,
+                        writes: 15,
+                        ids: (0..12).map(|i| format!("r{}-{i}", round.n + 1)).collect(),
+                        result: None,
+                    };
+                }
+                let id = if rng.u8(..10) == 0 && round.n > 1 {
+                    format!("r{}-{}", round.n - 1, rng.usize(..12))
+                } else {
+                    round.ids[rng.usize(..round.ids.len())].clone()
+                };
+                let n = attempts.entry(id.clone()).or_default();
+                *n += 1;
+                let verified = rng.u8(..20) != 0;
+                t.add(&Arrival {
+                    webhook_id: id.clone(),
+                    event_type: types[id.len() % types.len()].into(),
+                    verified,
+                    attempt: *n,
+                    answered: if !verified {
+                        401
+                    } else if rng.bool() {
+                        503
+                    } else {
+                        200
+                    },
+                    latency_ms: 1.0,
+                });
+                let f = t.figures(&round);
+                assert!(f.total.done.delivered >= f.round.delivered, "seed {seed}: {f:?}");
+                assert!(f.total.done.retried >= f.round.retried, "seed {seed}: {f:?}");
+                assert!(f.round.retried <= f.round.delivered, "seed {seed}: {f:?}");
+                assert!(
+                    f.total.attempts >= f.total.done.delivered + f.total.done.retried,
+                    "seed {seed}: a retried webhook took two attempts at least: {f:?}"
+                );
+                let summed = f.rows.iter().fold((0, 0, 0), |(d, r, a), (_, c)| {
+                    (d + c.done.delivered, r + c.done.retried, a + c.attempts)
+                });
+                assert_eq!(
+                    summed,
+                    (f.total.done.delivered, f.total.done.retried, f.total.attempts),
+                    "seed {seed}"
+                );
+                let all_in = round.ids.iter().all(|id| t.delivered.contains(id));
+                let line = status(&round, f.round);
+                assert_eq!(line.contains("all delivered"), all_in, "seed {seed}: {line}");
+                let shown_total: usize = f
+                    .table()
+                    .last()
+                    .unwrap()
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert_eq!(shown_total, f.total.done.delivered, "seed {seed}");
+            }
+        }
     }
 
     #[test]

@@ -418,3 +418,186 @@ async fn endpoint_test_sends_one_signed_event_to_that_endpoint_alone() {
     assert_eq!(other.count(), 0, "the test event went to that endpoint alone");
     assert_eq!((target.count(), broken.count()), (1, 1));
 }
+
+/// Issue #25: `endpoint test` sends what the user picks and says what it
+/// sent. A stored event's copy is the body its real delivery had (template
+/// and masks), under a new webhook-id; a sample is sent as the event's
+/// data; the default ping never goes through the body template. The API
+/// offers the same choice and answers with the body.
+#[tokio::test]
+async fn endpoint_test_sends_a_stored_event_a_sample_or_the_ping_and_says_what() {
+    let app = crate::support::TestApp::new().await;
+    let mut rx = Receiver::ok().await;
+    let id = app
+        .add_endpoint(
+            &rx.url,
+            &["task.*"],
+            r#"body_template = '{"event": "{{type}}", "task": "{{data}}"}', masked_fields = '{secret}'"#,
+        )
+        .await;
+    let s = sidecar::start(sidecar::config_with_admin(&app.db)).await;
+    let first = app
+        .emit(
+            "task.created",
+            serde_json::json!({"id": 1, "title": "first", "secret": "s1"}),
+        )
+        .await;
+    let second = app
+        .emit(
+            "task.created",
+            serde_json::json!({"id": 2, "title": "second", "secret": "s2"}),
+        )
+        .await;
+    app.emit(
+        "task.updated",
+        serde_json::json!({"id": 2, "title": "renamed", "secret": "s2"}),
+    )
+    .await;
+    let real = rx.take(3, Duration::from_secs(20)).await;
+    let real_second = real
+        .iter()
+        .find(|r| r.webhook_id() == second.to_string())
+        .expect("the second task.created was delivered");
+    let shaped = real_second.json();
+    assert!(
+        shaped["event"] == "task.created"
+            && shaped["task"]["title"] == "second"
+            && shaped["task"]["secret"] != "s2",
+        "the template and the mask as configured: {shaped}"
+    );
+    let id_s = id.to_string();
+
+    // The latest stored task.created, as its real delivery was, new id.
+    let (ok, out, err) = app
+        .cli(&["endpoint", "test", &id_s, "--event-type", "task.created"])
+        .await;
+    assert!(ok, "{out}\n{err}");
+    let got = rx.next(Duration::from_secs(20)).await;
+    assert_eq!(
+        got.body, real_second.body,
+        "byte for byte the body of the real delivery"
+    );
+    let webhook_id = got.webhook_id();
+    assert!(
+        webhook_id != second.to_string() && webhook_id != first.to_string(),
+        "a new webhook-id: {webhook_id}"
+    );
+    let body = String::from_utf8(got.body.to_vec()).unwrap();
+    assert!(
+        out.contains("sending task.created (a copy of the latest stored one)")
+            && out.contains(&format!("webhook-id {webhook_id}"))
+            && out.contains(&format!("body ({} bytes): {body}\n", body.len()))
+            && out.contains("HTTP 200 in "),
+        "{out}"
+    );
+
+    // A sample: the event's data, shaped by the template.
+    let sample = std::env::temp_dir().join(format!("{}-sample.json", app.db.name()));
+    std::fs::write(&sample, r#"{"id": 9, "title": "from a sample"}"#).unwrap();
+    let sample = sample.to_str().unwrap();
+    let (ok, out, err) = app
+        .cli(&[
+            "endpoint",
+            "test",
+            &id_s,
+            "--event-type",
+            "task.updated",
+            "--sample",
+            sample,
+        ])
+        .await;
+    assert!(ok, "{out}\n{err}");
+    let got = rx.next(Duration::from_secs(20)).await;
+    assert_eq!(
+        got.json(),
+        serde_json::json!({"event": "task.updated", "task": {"id": 9, "title": "from a sample"}})
+    );
+    assert!(
+        out.contains("sending task.updated (your sample as its data)")
+            && out.contains(&format!("webhook-id {}", got.webhook_id())),
+        "{out}"
+    );
+
+    // The default: the ping, as the standard envelope, not the template.
+    let (ok, out, err) = app.cli(&["endpoint", "test", &id_s]).await;
+    assert!(ok, "{out}\n{err}");
+    let got = rx.next(Duration::from_secs(20)).await;
+    let ping = got.json();
+    assert_eq!(
+        (
+            ping["type"].as_str(),
+            ping["data"]["test"].as_bool(),
+            ping.get("event")
+        ),
+        (Some("webhooks.test"), Some(true), None),
+        "{ping}"
+    );
+    assert!(
+        out.contains("sending webhooks.test (the test ping)")
+            && out.contains("not through this endpoint's body template"),
+        "{out}"
+    );
+
+    // Refusals, each saying why; nothing is sent.
+    let not_json = std::env::temp_dir().join(format!("{}-not.json", app.db.name()));
+    std::fs::write(&not_json, "title: oops").unwrap();
+    for (args, says) in [
+        (
+            vec!["--event-type", "task.deleted"],
+            "no stored 'task.deleted' event that endpoint",
+        ),
+        (
+            vec!["--event-type", "order.created"],
+            "does not receive 'order.created' events (event types: task.*)",
+        ),
+        (vec!["--sample", sample], "--event-type"),
+        (
+            vec![
+                "--event-type",
+                "task.created",
+                "--sample",
+                not_json.to_str().unwrap(),
+            ],
+            "not JSON",
+        ),
+    ] {
+        let mut all = vec!["endpoint", "test", &id_s];
+        all.extend(args.iter().copied());
+        let (ok, out, err) = app.cli(&all).await;
+        assert!(!ok && err.contains(says), "{args:?}: {out}\n{err}");
+    }
+    let _ = std::fs::remove_file(sample);
+    let _ = std::fs::remove_file(not_json);
+
+    // The API: the same choice; it answers with the body it sends.
+    let http = reqwest::Client::new();
+    let post = |body: serde_json::Value| {
+        http.post(format!("{}/api/v1/endpoints/{id}/test", s.admin))
+            .bearer_auth(sidecar::ADMIN_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let answer = post(serde_json::json!({"event_type": "task.updated"}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    let got = rx.next(Duration::from_secs(20)).await;
+    assert_eq!(
+        (answer["event_type"].as_str(), answer["body"].as_str()),
+        (
+            Some("task.updated"),
+            Some(std::str::from_utf8(&got.body).unwrap())
+        )
+    );
+    assert_eq!(answer["event_id"].as_str(), Some(got.webhook_id().as_str()));
+    assert_eq!(got.json()["task"]["title"], "renamed");
+    let answer = post(serde_json::json!({"sample": {"id": 3}})).await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let answer = post(serde_json::json!({"event_type": "order.created", "sample": {"id": 3}}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    s.stop().await;
+    assert_eq!(rx.count(), 3 + 4, "each test sent once, the refused ones nothing");
+}

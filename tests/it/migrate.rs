@@ -568,3 +568,110 @@ async fn v10_delivers_events_pending_across_it_with_their_ids() {
     running.stop().await;
     assert_eq!(receiver.drain().len(), 0, "nothing delivered twice");
 }
+
+/// Issue #25: migrating with the app's own role (no superuser, no
+/// CREATEROLE) on a cluster where pgwebhooks never ran. The first refusal
+/// lists every grant at once and changes nothing; once a superuser ran
+/// them, migrate succeeds and says that the DDL event trigger was skipped
+/// and what that means; after one superuser run it is there and nothing is
+/// said.
+#[tokio::test]
+async fn a_non_superuser_migrate_lists_every_missing_right_at_once() {
+    // A cluster of its own: the shared one already has pgwebhooks' roles.
+    let pg = std::thread::spawn(|| pgwebhooks::localpg::LocalPg::start("pgwebhooks-roles", &["fsync=off"]))
+        .join()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
+    let superuser = crate::support::db::connect_to(&pg.config("postgres")).await;
+    for sql in [
+        "CREATE ROLE tracker LOGIN",
+        "CREATE DATABASE tracker OWNER tracker",
+    ] {
+        superuser.batch_execute(sql).await.unwrap();
+    }
+    let migrate_as = |user: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgwebhooks"))
+            .arg("migrate")
+            .env(
+                "DATABASE_URL",
+                format!("postgres://{user}@127.0.0.1:{}/tracker", pg.port),
+            )
+            .env_remove("PGWEBHOOKS_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let in_tracker = crate::support::db::connect_to(&pg.config("tracker")).await;
+
+    let (ok, _, err) = migrate_as("tracker");
+    assert!(!ok, "{err}");
+    let statements: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_once("  -- "))
+        .map(|(sql, _)| sql.trim())
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            "CREATE ROLE webhooks_capture NOLOGIN;",
+            "CREATE ROLE webhooks_app NOLOGIN;",
+            "CREATE ROLE webhooks_sidecar NOLOGIN;",
+            "GRANT webhooks_capture TO tracker;",
+        ],
+        "{err}"
+    );
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains("DDL event trigger")
+            && err.contains("webhooks.rewatch()"),
+        "{err}"
+    );
+    let schema: bool = in_tracker
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'webhooks')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!schema, "a refused migrate changes nothing");
+
+    // The list, run as given, is all it takes: one round.
+    for sql in &statements {
+        superuser.batch_execute(sql).await.unwrap();
+    }
+    let (ok, out, err) = migrate_as("tracker");
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        err.contains("warning: the DDL event trigger was skipped (creating it needs a superuser")
+            && err.contains("schema drift is not detected automatically")
+            && err.contains("SELECT webhooks.rewatch()")
+            && err.contains("once as a superuser"),
+        "{err}"
+    );
+    let triggers = || async {
+        let n: i64 = in_tracker
+            .query_one(
+                "SELECT count(*) FROM pg_event_trigger WHERE evtname = 'webhooks_ddl'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    assert_eq!(triggers().await, 0);
+
+    // Once as a superuser: the trigger is there, and the app role's next
+    // runs keep it and say nothing about it.
+    let (ok, out, err) = migrate_as("postgres");
+    assert!(ok && !err.contains("DDL event trigger"), "{out}\n{err}");
+    assert_eq!(triggers().await, 1);
+    let (ok, out, err) = migrate_as("tracker");
+    assert!(ok && !err.contains("DDL event trigger"), "{out}\n{err}");
+    assert_eq!(triggers().await, 1);
+}

@@ -1,9 +1,13 @@
 //! A throwaway local PostgreSQL cluster, started from the server binaries
 //! on this machine (`initdb`, `pg_ctl` on PATH or in /usr/lib/postgresql),
 //! as the `postgres` user when we run as root (Postgres refuses root).
-//! Used by `pgwebhooks demo`. Dropping a [`LocalPg`] stops the server and
+//! Used by `pgwebhooks demo`, which installs the binaries first when they
+//! are missing ([`install`]). Dropping a [`LocalPg`] stops the server and
 //! deletes its directory; a watchdog does the same if this process dies.
 
+pub mod install;
+
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,6 +19,16 @@ pub enum LocalPgError {
          install them (Debian/Ubuntu: apt-get install postgresql) or set DATABASE_URL"
     )]
     Missing(&'static str),
+    /// Missing, and this machine cannot install them here (not Debian or
+    /// Ubuntu, or neither root nor a password-less sudo).
+    #[error(
+        "PostgreSQL server binaries not found (`initdb` is neither on PATH nor in /usr/lib/postgresql/*/bin), \
+         and {why}; install them with:\n    {command}\nthen run the demo again"
+    )]
+    CannotInstall { why: String, command: String },
+    /// The install command ran and failed, or left no server binaries.
+    #[error("installing the PostgreSQL server: `{command}` {detail}")]
+    InstallFailed { command: String, detail: String },
     #[error("{step} failed: {detail}")]
     Step { step: &'static str, detail: String },
     #[error(transparent)]
@@ -29,30 +43,54 @@ pub struct LocalPg {
     opts: String,
 }
 
-/// A PostgreSQL program: on PATH, else the newest under /usr/lib/postgresql.
-pub fn find(name: &'static str) -> Result<PathBuf, LocalPgError> {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_default();
-    if let Some(p) = on_path {
-        return Ok(p);
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin").join(name))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort();
-    found.pop().ok_or(LocalPgError::Missing(name))
+/// Where PostgreSQL's programs are looked for: each directory of `path`
+/// (a `PATH`), then `<root>/*/bin` for each root, the newest version first.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub path: OsString,
+    pub roots: Vec<PathBuf>,
 }
 
-fn is_root() -> bool {
+impl Search {
+    /// This process's `PATH`, then /usr/lib/postgresql (Debian's layout).
+    pub fn system() -> Search {
+        Search {
+            path: std::env::var_os("PATH").unwrap_or_default(),
+            roots: vec![PathBuf::from("/usr/lib/postgresql")],
+        }
+    }
+
+    /// A program on the search's `PATH` alone (`apt-get`, `sudo`).
+    pub fn on_path(&self, name: &str) -> Option<PathBuf> {
+        std::env::split_paths(&self.path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }
+
+    /// A PostgreSQL program: on the `PATH`, else the newest under a root.
+    pub fn find(&self, name: &'static str) -> Result<PathBuf, LocalPgError> {
+        if let Some(p) = self.on_path(name) {
+            return Ok(p);
+        }
+        let mut found: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .flat_map(|r| std::fs::read_dir(r).into_iter().flatten().flatten())
+            .map(|e| e.path().join("bin").join(name))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort();
+        found.pop().ok_or(LocalPgError::Missing(name))
+    }
+}
+
+/// A PostgreSQL program: on PATH, else the newest under /usr/lib/postgresql.
+pub fn find(name: &'static str) -> Result<PathBuf, LocalPgError> {
+    Search::system().find(name)
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
@@ -87,6 +125,11 @@ impl LocalPg {
         Self::start_with(name, settings, |_| Ok(()))
     }
 
+    /// [`LocalPg::start`] with the programs `search` finds.
+    pub fn start_found(search: &Search, name: &str, settings: &[&str]) -> Result<LocalPg, LocalPgError> {
+        Self::start_from(search, name, settings, |_| Ok(()))
+    }
+
     /// [`LocalPg::start`], calling `prepare` with the data directory after
     /// `initdb` and before the server starts (to write certificates or a
     /// `pg_hba.conf`; relative paths in `settings` are relative to it).
@@ -95,8 +138,17 @@ impl LocalPg {
         settings: &[&str],
         prepare: impl FnOnce(&Path) -> Result<(), LocalPgError>,
     ) -> Result<LocalPg, LocalPgError> {
-        let initdb = find("initdb")?;
-        let pg_ctl = find("pg_ctl")?;
+        Self::start_from(&Search::system(), name, settings, prepare)
+    }
+
+    fn start_from(
+        search: &Search,
+        name: &str,
+        settings: &[&str],
+        prepare: impl FnOnce(&Path) -> Result<(), LocalPgError>,
+    ) -> Result<LocalPg, LocalPgError> {
+        let initdb = search.find("initdb")?;
+        let pg_ctl = search.find("pg_ctl")?;
         let dir =
             std::env::temp_dir().join(format!("{name}-{}-{:04x}", std::process::id(), fastrand::u16(..)));
         std::fs::create_dir_all(&dir)?;

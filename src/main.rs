@@ -64,6 +64,9 @@ enum Command {
     /// The whole loop on an embedded default: a throwaway local Postgres,
     /// the example app, a receiver that verifies signatures, traffic, a
     /// callback, and a live view (Ctrl-C stops and removes everything).
+    /// Without the PostgreSQL server binaries it installs them first on
+    /// Debian or Ubuntu (apt-get, as root or with `sudo -n`, each command
+    /// printed before it runs); elsewhere it names the command and exits 1.
     Demo {
         /// Run once, print what was seen, exit 0 only if every webhook
         /// arrived verified and the callback was applied (1 if not, 130 if

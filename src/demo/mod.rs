@@ -2,7 +2,10 @@
 //! local Postgres, the example app, a local receiver that verifies every
 //! signature, realistic traffic, a Make-style callback through the inbound
 //! endpoint, and a live view. `--check` runs it once and exits 0 only if
-//! every webhook arrived verified and the callback was applied.
+//! every webhook arrived verified and the callback was applied. When the
+//! server binaries are missing it installs them first
+//! (`localpg::install`: Debian or Ubuntu, as root or with `sudo -n`,
+//! printing each command before it runs), or says the command that does.
 
 mod receiver;
 mod traffic;
@@ -14,7 +17,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::db;
-use crate::localpg::LocalPg;
+use crate::localpg::{install, LocalPg, Search};
 use crate::sidecar::{Sidecar, SidecarConfig};
 use crate::sign::generate_secret;
 use view::{Round, RoundResult, Tally, View};
@@ -65,18 +68,67 @@ impl Outcome {
 /// Time from the start of one round to the start of the next.
 const ROUND_EVERY: Duration = Duration::from_secs(3);
 
+/// Where the demo finds (or installs) the PostgreSQL server, and where its
+/// screen goes. [`Setup::system`] is what `pgwebhooks demo` uses.
+pub struct Setup {
+    /// Where `initdb`, `pg_ctl` and, when they are missing, `apt-get` and
+    /// `sudo` are looked for.
+    pub search: Search,
+    /// This process runs as root (else the install goes through `sudo -n`).
+    pub root: bool,
+    /// A plain log to this writer instead of stdout (a live screen when
+    /// stdout is a terminal).
+    pub out: Option<Box<dyn std::io::Write + Send>>,
+}
+
+impl Setup {
+    /// This machine: its `PATH` and /usr/lib/postgresql, stdout.
+    pub fn system() -> Setup {
+        Setup {
+            search: Search::system(),
+            root: crate::localpg::is_root(),
+            out: None,
+        }
+    }
+}
+
 /// Runs the demo until `shutdown` fires (or, with `check`, for one round).
 pub async fn run(check: bool, shutdown: CancellationToken) -> Result<Outcome, DemoError> {
-    let mut view = View::from_env(
-        format!(
-            "a new round every {} s · Ctrl-C stops and removes everything",
-            ROUND_EVERY.as_secs()
-        ),
-        shutdown.clone(),
+    run_with(Setup::system(), check, shutdown).await
+}
+
+/// [`run`] with the server found, or installed, as `setup` says.
+pub async fn run_with(setup: Setup, check: bool, shutdown: CancellationToken) -> Result<Outcome, DemoError> {
+    let footer = format!(
+        "a new round every {} s · Ctrl-C stops and removes everything",
+        ROUND_EVERY.as_secs()
     );
+    let mut view = match setup.out {
+        Some(out) => View::plain(out, footer, shutdown.clone()),
+        None => View::from_env(footer, shutdown.clone()),
+    };
+    let search = setup.search;
+    let (s, root) = (search.clone(), setup.root);
+    let steps = tokio::task::spawn_blocking(move || install::plan(&s, root))
+        .await
+        .map_err(other)??;
+    for step in &steps {
+        view.print(&format!(
+            "▶ PostgreSQL server binaries not found; installing them: {}",
+            step.shown()
+        ));
+        let step = step.clone();
+        tokio::task::spawn_blocking(move || step.run())
+            .await
+            .map_err(other)??;
+    }
+    if !steps.is_empty() {
+        install::check(&search, &steps)?;
+        view.print("▶ PostgreSQL server installed");
+    }
     view.print("▶ starting a throwaway PostgreSQL (deleted on exit)…");
-    let pg = tokio::task::spawn_blocking(|| {
-        LocalPg::start("pgwebhooks-demo", &["fsync=off", "max_connections=50"])
+    let pg = tokio::task::spawn_blocking(move || {
+        LocalPg::start_found(&search, "pgwebhooks-demo", &["fsync=off", "max_connections=50"])
     })
     .await
     .map_err(other)??;

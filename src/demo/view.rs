@@ -206,6 +206,8 @@ pub(super) struct View {
     stop: CancellationToken,
     /// Stdout could not be written: nothing more is.
     closed: bool,
+    /// Where the screen or log goes (stdout, or a test's buffer).
+    out: Box<dyn Write + Send>,
 }
 
 impl View {
@@ -222,6 +224,23 @@ impl View {
             drawn: false,
             stop,
             closed: false,
+            out: Box::new(std::io::stdout()),
+        }
+    }
+
+    /// A plain log (no escape codes) written to `out`.
+    pub(super) fn plain(out: Box<dyn Write + Send>, footer: String, stop: CancellationToken) -> View {
+        View {
+            live: false,
+            color: false,
+            header: Vec::new(),
+            last_done: None,
+            last_arrival: None,
+            footer,
+            drawn: false,
+            stop,
+            closed: false,
+            out,
         }
     }
 
@@ -231,10 +250,10 @@ impl View {
         if self.closed {
             return;
         }
-        let mut stdout = std::io::stdout().lock();
-        if stdout
+        if self
+            .out
             .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush())
+            .and_then(|()| self.out.flush())
             .is_err()
         {
             self.closed = true;

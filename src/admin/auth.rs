@@ -175,6 +175,20 @@ impl<S: Send + Sync> FromRequestParts<S> for OverTls {
     }
 }
 
+/// Where sign-in may send the browser next: a path of ours only. It
+/// starts with one `/` (`//evil.example` and `/\\evil.example` are other
+/// hosts to a browser), holds no backslash, and only visible ASCII
+/// (browsers drop tabs and line breaks from URLs, and CR/LF would split
+/// the `Location` header); nothing absolute.
+pub fn safe_next(next: &str) -> Option<&str> {
+    let b = next.as_bytes();
+    let ok = b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/' | b'\\'))
+        && b.len() <= 2048
+        && b.iter().all(|c| c.is_ascii_graphic() && *c != b'\\');
+    ok.then_some(next)
+}
+
 /// The session cookie's value in a request.
 pub fn cookie(headers: &HeaderMap) -> Option<&str> {
     headers
@@ -362,6 +376,32 @@ mod tests {
             ("host", "a"),
             ("sec-fetch-site", "same-origin")
         ])));
+        for bad in [
+            "",
+            "console",
+            "//evil.example",
+            "//evil.example/console",
+            "/\\evil.example",
+            "/console\\..\\x",
+            "https://evil.example/",
+            "http:/evil.example",
+            "javascript:alert(1)",
+            " /console",
+            "/\t/evil.example",
+            "/console\r\nSet-Cookie: x=y",
+            "/console\n",
+            "/console/é",
+            "/console/a b",
+        ] {
+            assert_eq!(safe_next(bad), None, "{bad:?}");
+        }
+        for good in [
+            "/console",
+            "/console/deliveries?status=dead&endpoint_id=3",
+            "/console/endpoints/7",
+        ] {
+            assert_eq!(safe_next(good), Some(good));
+        }
         let cookies = h(&[("cookie", "a=b; pgwebhooks_session=v.1.m; c=d")]);
         assert_eq!(cookie(&cookies), Some("v.1.m"));
     }

@@ -39,8 +39,12 @@ pub fn routes() -> Router<Shared> {
         .route("/console/actions", get(pages::actions))
 }
 
-async fn login_form(State(a): State<Shared>) -> Response {
-    render(&a, StatusCode::OK, "login.html", None, json!({}))
+/// The sign-in form; `?next=` is the page to go to afterwards (kept only
+/// if it is a path of ours: `auth::safe_next`).
+async fn login_form(State(a): State<Shared>, RawQuery(q): RawQuery) -> Response {
+    let q = form::pairs(q.unwrap_or_default().as_bytes());
+    let next = form::get(&q, "next").and_then(auth::safe_next);
+    render(&a, StatusCode::OK, "login.html", None, json!({"next": next}))
 }
 
 async fn login(
@@ -58,6 +62,7 @@ async fn login(
         );
     }
     let pairs = form::pairs(&bytes);
+    let next = form::get(&pairs, "next").and_then(auth::safe_next);
     let now = std::time::Instant::now();
     if let Err(wait) = a.throttle.admit(client, now) {
         let secs = super::throttle::retry_after(wait);
@@ -66,7 +71,7 @@ async fn login(
             StatusCode::TOO_MANY_REQUESTS,
             "login.html",
             None,
-            json!({"error": format!("Too many wrong tokens from your address: try again in {secs} s.")}),
+            json!({"error": format!("Too many wrong tokens from your address: try again in {secs} s."), "next": next}),
         );
         page.headers_mut().insert(header::RETRY_AFTER, secs.into());
         return page;
@@ -85,7 +90,7 @@ async fn login(
             StatusCode::UNAUTHORIZED,
             "login.html",
             None,
-            json!({"error": "That is not the admin token (PGWEBHOOKS_ADMIN_TOKEN)."}),
+            json!({"error": "That is not the admin token (PGWEBHOOKS_ADMIN_TOKEN).", "next": next}),
         );
     }
     let ttl = a.config.session_ttl;
@@ -119,7 +124,7 @@ async fn login(
         StatusCode::SEE_OTHER,
         [
             (header::SET_COOKIE, auth::set_cookie(Some(&value), ttl, tls)),
-            (header::LOCATION, "/console".into()),
+            (header::LOCATION, next.unwrap_or("/console").to_owned()),
         ],
     )
         .into_response()

@@ -90,8 +90,18 @@ pub(super) fn message(a: &Admin, session: Option<&Session>, f: Failure) -> Respo
     )
 }
 
+/// The sign-in page, remembering the page that was asked for.
+fn login_for(parts: &Parts) -> String {
+    match parts.uri.path_and_query().map(|p| p.as_str()) {
+        Some(asked) if asked != "/console" && auth::safe_next(asked).is_some() => {
+            format!("/console/login?next={}", super::form::encode(asked))
+        }
+        _ => "/console/login".into(),
+    }
+}
+
 /// A signed-in console request (`auth::session_current`); otherwise the
-/// login page.
+/// login page, which comes back here once signed in.
 pub(super) struct Signed(pub(super) Session);
 
 impl FromRequestParts<Shared> for Signed {
@@ -100,7 +110,7 @@ impl FromRequestParts<Shared> for Signed {
     async fn from_request_parts(parts: &mut Parts, a: &Shared) -> Result<Self, Self::Rejection> {
         match auth::session_current(a, &parts.headers).await {
             Ok(Some(s)) => Ok(Signed(s)),
-            Ok(None) => Err(Redirect::to("/console/login").into_response()),
+            Ok(None) => Err(Redirect::to(&login_for(parts)).into_response()),
             Err(f) => Err(message(a, None, f)),
         }
     }

@@ -499,3 +499,90 @@ async fn the_cookie_is_secure_when_the_console_is_reached_through_tls_and_always
     );
     s.stop().await;
 }
+
+/// Percent-encodes all but unreserved characters.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Signs in with the right token and `next`; where the browser is sent.
+async fn sign_in_to(admin: &str, next: &str) -> String {
+    let resp = http()
+        .post(format!("{admin}/console/login"))
+        .body(format!("token={ADMIN_TOKEN}&next={}", encode(next)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "{next:?}");
+    assert!(resp.headers().get("set-cookie").is_some());
+    resp.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sign_in_goes_back_to_the_page_asked_for_and_never_to_another_site() {
+    let db = TestDb::new().await;
+    let s = sidecar::start(sidecar::config_with_admin(&db)).await;
+    // Asked for a page without a session: the sign-in page remembers it.
+    let asked = "/console/deliveries?status=dead&event_type=a.b";
+    let (status, location) = console_get(&s.admin, asked, "").await;
+    assert_eq!(status, 303);
+    assert_eq!(location, format!("/console/login?next={}", encode(asked)));
+    let form = http()
+        .get(format!("{}{location}", s.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains(r#"type="hidden" name="next""#), "{form}");
+    // The form posts it back (as a browser would, decoded from the page).
+    assert_eq!(sign_in_to(&s.admin, asked).await, asked);
+    assert_eq!(
+        sign_in_to(&s.admin, "/console/endpoints/7").await,
+        "/console/endpoints/7"
+    );
+    // A wrong token keeps it for the next try.
+    let resp = http()
+        .post(format!("{}/console/login", s.admin))
+        .body(format!("token=wrong-token-0123456789&next={}", encode(asked)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert!(resp.text().await.unwrap().contains(r#"name="next""#));
+    // Anything that is not a path of ours goes to the overview instead.
+    for hostile in [
+        "//evil.example/console",
+        "///evil.example",
+        "/\\evil.example",
+        "/\\/evil.example",
+        "https://evil.example/console",
+        "http:evil.example",
+        "javascript:alert(1)",
+        "evil.example",
+        " /console",
+        "/\t/evil.example",
+        "/console\r\nSet-Cookie: pgwebhooks_session=fixed",
+        "/console\nLocation: https://evil.example",
+        "/console/\u{0}",
+        "",
+    ] {
+        assert_eq!(sign_in_to(&s.admin, hostile).await, "/console", "{hostile:?}");
+        let form = http()
+            .get(format!("{}/console/login?next={}", s.admin, encode(hostile)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!form.contains(r#"name="next""#), "{hostile:?}");
+    }
+    s.stop().await;
+}

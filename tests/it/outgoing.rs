@@ -136,7 +136,10 @@ async fn endpoint_add_refuses_bad_urls_and_private_targets() {
             "refused: ::ffff:10.0.0.1 is a private address",
         ),
         ("http://127.0.0.1:9/hook", loopback),
-        ("http://localhost:9/hook", "refused: localhost is a loopback address"),
+        (
+            "http://localhost:9/hook",
+            "refused: localhost is a loopback address",
+        ),
     ] {
         let (ok, _, err) = cli(&db, &add(url), None);
         assert!(!ok && err.contains(expected), "{url}: {err}");

@@ -5,6 +5,7 @@
 //! function per statement, so the rest of the code never builds SQL.
 
 pub mod admin;
+mod cert;
 pub mod conninfo;
 pub mod console;
 pub mod delivery;

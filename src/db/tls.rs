@@ -6,8 +6,11 @@
 //! - `require`: TLS or nothing; the certificate is not checked unless root
 //!   certificates are given (`sslrootcert`, or `~/.postgresql/root.crt`
 //!   exists), then the chain is, as with `verify-ca`.
-//! - `verify-ca`: the chain must lead to a root in `sslrootcert`.
-//! - `verify-full`: the chain, and the host name (or IP) is in the certificate.
+//! - `verify-ca`: the chain must lead to a root in `sslrootcert`, or the
+//!   server's certificate is itself a self-signed certificate there (as
+//!   PostgreSQL's documentation sets it up; see [`FileRoots`]).
+//! - `verify-full`: that, and the host name (or IP) matches the certificate
+//!   as libpq matches it: subjectAltName entries, else the Common Name.
 //!
 //! `sslrootcert=system` uses the system's trusted roots and needs
 //! `verify-full`, as in libpq 16. Files are read again at every new
@@ -29,6 +32,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
+use super::cert::{Cert, NameError};
 use super::conninfo::TlsKeys;
 
 /// A TLS set-up problem; the message names the setting and file at fault.
@@ -191,19 +195,37 @@ impl TlsSettings {
                     .map_err(|e| TlsError(format!("sslrootcert=system: {e}")))?,
             ),
             (level, Some(RootCerts::File(path))) => {
+                let anchors = read_certs("sslrootcert", path)?;
+                // OpenSSL checks the validity period of the root too; webpki
+                // does not, so a root outside it is left out of the chain
+                // verifier (files are read at every connection).
+                let now = UnixTime::now();
                 let mut roots = RootCertStore::empty();
-                for cert in read_certs("sslrootcert", path)? {
+                let mut stale = Vec::new();
+                for cert in &anchors {
+                    if let Some(why) = outside_validity(cert, now) {
+                        stale.push(why);
+                        continue;
+                    }
                     roots
-                        .add(cert)
+                        .add(cert.clone())
                         .map_err(|e| TlsError(format!("sslrootcert {}: {e}", path.display())))?;
                 }
-                let full = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                    .build()
-                    .map_err(|e| TlsError(format!("sslrootcert {}: {e}", path.display())))?;
-                match level {
-                    Verify::Full => full,
-                    _ => Arc::new(ChainOnly(full)),
-                }
+                let chain = match roots.is_empty() {
+                    true => None,
+                    false => Some(
+                        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                            .build()
+                            .map_err(|e| TlsError(format!("sslrootcert {}: {e}", path.display())))?,
+                    ),
+                };
+                Arc::new(FileRoots {
+                    chain,
+                    anchors,
+                    stale,
+                    provider: provider.clone(),
+                    check_name: matches!(level, Verify::Full),
+                })
             }
             (_, None) => return Err(TlsError("no root certificates to verify the server with".into())),
         };
@@ -290,12 +312,133 @@ impl ServerCertVerifier for NoCheck {
     }
 }
 
-/// `verify-ca`: the full check, except that a name mismatch is accepted
-/// (rustls checks the name only once the chain has been verified).
+/// Root certificates from a file (`verify-ca`, `verify-full`, and
+/// `require`/`prefer` when a root file exists), accepting what libpq with
+/// OpenSSL accepts:
+///
+/// - a server certificate that is itself one of the `sslrootcert`
+///   certificates and self-signed (PostgreSQL's documented
+///   `openssl req -x509` set-up, a CA certificate) is trusted on its own,
+///   once its validity period, intended use and critical extensions pass
+///   OpenSSL's checks; webpki would refuse it as a CA used as an end entity;
+/// - any other certificate must chain to a root through webpki;
+/// - with `verify-full`, the host name is then checked as libpq does
+///   (subjectAltName DNS/IP entries, else the subject Common Name; see
+///   [`Cert::check_host`]) instead of webpki's subjectAltName-only check.
+///
+/// Handshake signatures are verified either way, with the provider's
+/// algorithms (as webpki's verifier does).
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct FileRoots {
+    /// None when no root in the file is within its validity period.
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    anchors: Vec<CertificateDer<'static>>,
+    /// The roots left out of `chain`, described.
+    stale: Vec<String>,
+    provider: Arc<CryptoProvider>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for ChainOnly {
+/// Why `cert` is outside its validity period at `now` (None if within, or
+/// if it cannot be read here: webpki then decides, as before).
+fn outside_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Option<String> {
+    let cert = Cert::parse(cert).ok()?;
+    let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let why = if now > cert.not_after {
+        "expired"
+    } else if now < cert.not_before {
+        "not valid yet"
+    } else {
+        return None;
+    };
+    let name = cert.common_name().unwrap_or_else(|| "(no common name)".into());
+    Some(format!("{name:?} ({why})"))
+}
+
+impl FileRoots {
+    /// Some(result) when `end_entity` is a self-signed certificate of the
+    /// root file, which OpenSSL trusts without a chain.
+    fn trusted_directly(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        now: UnixTime,
+    ) -> Option<Result<(), rustls::Error>> {
+        if !self.anchors.iter().any(|a| a.as_ref() == end_entity.as_ref()) {
+            return None;
+        }
+        let cert = match Cert::parse(end_entity) {
+            Ok(cert) => cert,
+            Err(_) => return Some(Err(CertificateError::BadEncoding.into())),
+        };
+        match cert.is_self_signed() {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(_) => return Some(Err(CertificateError::BadEncoding.into())),
+        }
+        let secs =
+            |t: i64| UnixTime::since_unix_epoch(std::time::Duration::from_secs(t.max(0).unsigned_abs()));
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        Some(if now_secs < cert.not_before {
+            Err(CertificateError::NotValidYetContext {
+                time: now,
+                not_before: secs(cert.not_before),
+            }
+            .into())
+        } else if now_secs > cert.not_after {
+            Err(CertificateError::ExpiredContext {
+                time: now,
+                not_after: secs(cert.not_after),
+            }
+            .into())
+        } else if cert.has_unhandled_critical_extension() {
+            Err(CertificateError::UnhandledCriticalExtension.into())
+        } else {
+            match cert.is_for_tls_server() {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(CertificateError::InvalidPurpose.into()),
+                Err(_) => Err(CertificateError::BadEncoding.into()),
+            }
+        })
+    }
+}
+
+/// A self-signed server certificate that is not in `sslrootcert`.
+#[derive(Debug)]
+struct NotInRootFile(String);
+
+impl std::fmt::Display for NotInRootFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the server's certificate is self-signed and is not one of the certificates in sslrootcert (webpki: {}); \
+             put the server's certificate itself in the sslrootcert file (as PostgreSQL's documentation \
+             does with server.crt), or have it issued by a CA whose certificate is there",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotInRootFile {}
+
+/// No valid root issued the certificate, and some roots were left out.
+#[derive(Debug)]
+struct StaleRoots(String);
+
+impl std::fmt::Display for StaleRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no certificate in sslrootcert that is within its validity period issued the server's \
+             certificate (left out, as libpq does: {}); renew the CA certificate and put the new one \
+             in the sslrootcert file",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for StaleRoots {}
+
+impl ServerCertVerifier for FileRoots {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -304,15 +447,52 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+        match self.trusted_directly(end_entity, now) {
+            Some(result) => result?,
+            // rustls checks the name only once the chain has been verified.
+            None => match self
+                .chain
+                .as_ref()
+                .map_or(Err(CertificateError::UnknownIssuer.into()), |chain| {
+                    chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+                }) {
+                Ok(_)
+                | Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => {}
+                Err(e) => {
+                    // A self-signed certificate has no chain: only being in
+                    // the file makes it trusted. Say that, not webpki's
+                    // CaUsedAsEndEntity or UnknownIssuer.
+                    let self_signed = Cert::parse(end_entity).is_ok_and(|c| c.is_self_signed() == Ok(true));
+                    return Err(match (self_signed, e) {
+                        (true, rustls::Error::InvalidCertificate(e)) => {
+                            let webpki = match e {
+                                CertificateError::Other(other) => other.0.to_string(),
+                                e => e.to_string(),
+                            };
+                            CertificateError::Other(rustls::OtherError(Arc::new(NotInRootFile(webpki))))
+                                .into()
+                        }
+                        (false, rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+                            if !self.stale.is_empty() =>
+                        {
+                            CertificateError::Other(rustls::OtherError(Arc::new(StaleRoots(
+                                self.stale.join(", "),
+                            ))))
+                            .into()
+                        }
+                        (_, e) => e,
+                    });
+                }
+            },
         }
+        if self.check_name {
+            let cert = Cert::parse(end_entity).map_err(|_| CertificateError::BadEncoding)?;
+            cert.check_host(&server_name.to_str())
+                .map_err(|e| CertificateError::Other(rustls::OtherError(Arc::new(e))))?;
+        }
+        Ok(ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -320,7 +500,12 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -328,10 +513,17 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -396,11 +588,42 @@ fn handshake_error(host: &str, mode: SslMode, e: io::Error) -> TlsError {
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
         Some(rustls::Error::InvalidCertificate(cert)) => TlsError(format!(
-            "certificate verify failed for host {host} (sslmode={}): {cert}",
-            mode.as_str()
+            "certificate verify failed for host {host} (sslmode={}): {}",
+            mode.as_str(),
+            describe(cert)
         )),
         _ => TlsError(format!("TLS handshake with host {host} failed: {e}")),
     }
+}
+
+/// What was wrong with the server's certificate, and what to do about it.
+fn describe(e: &CertificateError) -> String {
+    use CertificateError as E;
+    let what = match e {
+        E::Other(other) => other.0.to_string(),
+        e => e.to_string(),
+    };
+    let hint = match e {
+        E::Other(other) if !other.0.is::<NameError>() => return what,
+        E::NotValidForName | E::NotValidForNameContext { .. } | E::Other(_) => {
+            "connect with a host name the certificate is for (with hostaddr= for the address if that name \
+             does not resolve here), or use sslmode=verify-ca to check the certificate but not the name"
+        }
+        E::UnknownIssuer => {
+            "sslrootcert must hold the CA certificate that issued the server's certificate \
+             (for a self-signed server certificate, that certificate itself)"
+        }
+        E::Expired | E::ExpiredContext { .. } | E::NotValidYet | E::NotValidYetContext { .. } => {
+            "a certificate is outside its validity period: renew the server's certificate \
+             (or the CA's), or check this machine's clock"
+        }
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => {
+            "the server's certificate is not for a TLS server (keyUsage or extendedKeyUsage): \
+             issue one with extendedKeyUsage=serverAuth"
+        }
+        _ => return what,
+    };
+    format!("{what}; {hint}")
 }
 
 pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);

@@ -102,6 +102,12 @@ fn make_ca(dir: &Path, name: &str) -> Result<(), LocalPgError> {
 
 /// A leaf certificate `{name}.crt`/`{name}.key` signed by `ca.pem`.
 fn make_leaf(dir: &Path, name: &str, cn: &str, ext: &str) -> Result<(), LocalPgError> {
+    make_leaf_by(dir, ("ca.pem", "ca.key"), name, cn, ext)
+}
+
+/// A leaf certificate `{name}.crt`/`{name}.key` signed by `ca`
+/// (certificate and key files).
+fn make_leaf_by(dir: &Path, ca: (&str, &str), name: &str, cn: &str, ext: &str) -> Result<(), LocalPgError> {
     std::fs::write(dir.join(format!("{name}.ext")), ext)?;
     openssl(
         dir,
@@ -128,9 +134,9 @@ fn make_leaf(dir: &Path, name: &str, cn: &str, ext: &str) -> Result<(), LocalPgE
             "-in",
             &format!("{name}.csr"),
             "-CA",
-            "ca.pem",
+            ca.0,
             "-CAkey",
-            "ca.key",
+            ca.1,
             "-CAcreateserial",
             "-out",
             &format!("{name}.crt"),
@@ -464,4 +470,496 @@ async fn disable_is_refused_for_a_tls_only_role() {
         .await
         .unwrap_err();
     assert!(e.contains("pg_hba.conf") && e.contains("no encryption"), "{e}");
+}
+
+/// A cluster of its own serving, in turn, certificates made as
+/// PostgreSQL's documentation makes them (issue #24): self-signed with
+/// `openssl req -x509`, so a CA certificate, with only a Common Name, and
+/// handed to clients as `sslrootcert`. Every case is also run through
+/// `psql` with the same settings: libpq is the reference.
+struct SelfSignedCluster {
+    pg: LocalPg,
+}
+
+/// The command from https://www.postgresql.org/docs/15/ssl-tcp.html
+/// ("Creating Certificates"), word for word but for the file names.
+fn docs_recipe(dir: &Path, name: &str) -> Result<(), LocalPgError> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-days",
+            "365",
+            "-nodes",
+            "-text",
+            "-out",
+            &format!("{name}.crt"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-subj",
+            "/CN=dbhost.yourdomain.com",
+        ],
+    )
+}
+
+/// The same, but valid only on 2020-01-01 (`openssl req` cannot back-date).
+fn expired_self_signed(dir: &Path) -> Result<(), LocalPgError> {
+    std::fs::write(
+        dir.join("selfsign.cnf"),
+        "[ca]\ndefault_ca = ca_default\n\
+         [ca_default]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\ndefault_md = sha256\n\
+         policy = policy_any\nunique_subject = no\n\
+         [policy_any]\ncommonName = supplied\n\
+         [self_signed]\nbasicConstraints = critical,CA:TRUE\nsubjectKeyIdentifier = hash\n",
+    )?;
+    std::fs::write(dir.join("index.txt"), "")?;
+    std::fs::write(dir.join("serial"), "01\n")?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-nodes",
+            "-keyout",
+            "expired.key",
+            "-out",
+            "expired.csr",
+            "-subj",
+            "/CN=dbhost.yourdomain.com",
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-config",
+            "selfsign.cnf",
+            "-selfsign",
+            "-keyfile",
+            "expired.key",
+            "-in",
+            "expired.csr",
+            "-out",
+            "expired.crt",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-extensions",
+            "self_signed",
+            "-notext",
+        ],
+    )
+}
+
+impl SelfSignedCluster {
+    fn start() -> SelfSignedCluster {
+        assert!(!openssl_missing(), "`openssl` on PATH (apt-get install openssl)");
+        let served = ["server", "expired", "cnleaf", "staleleaf"];
+        let pg = LocalPg::start_with("pgwebhooks-tls-self", &["fsync=off", "ssl=on"], |data| {
+            let dir = data.parent().expect("the cluster directory");
+            // In the file, not on the command line, where ALTER SYSTEM
+            // could not override them.
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))?;
+            std::io::Write::write_all(
+                &mut conf,
+                b"ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )?;
+            docs_recipe(dir, "server")?;
+            // Same subject, another key: a stranger with the right name.
+            docs_recipe(dir, "other")?;
+            expired_self_signed(dir)?;
+            // A current leaf issued by that expired (CA) certificate.
+            make_leaf_by(
+                dir,
+                ("expired.crt", "expired.key"),
+                "staleleaf",
+                "stale.yourdomain.com",
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            )?;
+            // A CA-issued leaf with only a Common Name (no subjectAltName).
+            make_ca(dir, "ca")?;
+            make_leaf(
+                dir,
+                "cnleaf",
+                "dbhost.yourdomain.com",
+                "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+            )?;
+            let mut files = vec!["pg_hba.conf".to_owned()];
+            for name in served {
+                for ext in ["crt", "key"] {
+                    let f = format!("{name}.{ext}");
+                    std::fs::copy(dir.join(&f), data.join(&f))?;
+                    files.push(f);
+                }
+                std::fs::set_permissions(
+                    data.join(format!("{name}.key")),
+                    std::fs::Permissions::from_mode(0o600),
+                )?;
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local   all all              trust\n\
+                     hostssl all all 127.0.0.1/32 trust\n\
+                     host    all all 127.0.0.1/32 reject\n",
+            )?;
+            if is_root() {
+                let status = Command::new("chown")
+                    .arg("postgres:")
+                    .args(files.iter().map(|f| data.join(f)))
+                    .status()?;
+                assert!(status.success(), "chown the server's TLS files to postgres");
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("starting the self-signed TLS test PostgreSQL: {e}"));
+        SelfSignedCluster { pg }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.pg.dir.join(name)
+    }
+
+    /// Makes the server present `{name}.crt` to new connections.
+    async fn serve(&self, name: &str) {
+        let admin_url = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+            self.pg.port
+        );
+        let admin = db::connect(&parse(&admin_url)).await.unwrap();
+        for sql in [
+            format!("ALTER SYSTEM SET ssl_cert_file = '{name}.crt'"),
+            format!("ALTER SYSTEM SET ssl_key_file = '{name}.key'"),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            admin.batch_execute(&sql).await.unwrap();
+        }
+        // A session started after the postmaster reloaded shows the new
+        // setting, and got the new certificate.
+        let expected = format!("{name}.crt");
+        wait::until(
+            "the server to reload its certificate",
+            Duration::from_secs(30),
+            || {
+                let (url, expected) = (&admin_url, &expected);
+                async move {
+                    let client = db::connect(&parse(url)).await.ok()?;
+                    let row = client.query_one("SHOW ssl_cert_file", &[]).await.ok()?;
+                    (row.get::<_, String>(0) == *expected).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    fn conninfo(&self, mode: &str, host: &str, root: Option<&str>) -> String {
+        let mut s = format!(
+            "host={host} hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode={mode}",
+            self.pg.port
+        );
+        if let Some(root) = root {
+            s.push_str(&format!(" sslrootcert='{}'", self.file(root).display()));
+        }
+        s
+    }
+}
+
+/// libpq's answer: Ok if `psql` connected over TLS, else its message.
+fn psql(conninfo: &str, home: &Path) -> Result<(), String> {
+    let psql = pgwebhooks::localpg::find("psql").expect("psql (apt-get install postgresql-client)");
+    let mut c = Command::new(psql);
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("PG") {
+            c.env_remove(var);
+        }
+    }
+    let out = c
+        .args([
+            conninfo,
+            "-XAtqc",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        // No ~/.postgresql/root.crt or client certificate of the user's.
+        .env("HOME", home)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() && stdout.trim() == "t" {
+        Ok(())
+    } else {
+        Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(have_openssl),
+    ignore = "needs openssl (apt-get install openssl, then touch build.rs); .ci/run installs it"
+)]
+async fn self_signed_certificates_as_libpq_accepts_them() {
+    let cluster = tokio::task::spawn_blocking(SelfSignedCluster::start)
+        .await
+        .unwrap();
+    const NAME: &str = "dbhost.yourdomain.com";
+    let mismatch =
+        |host: &str| format!("server certificate for \"{NAME}\" does not match host name \"{host}\"");
+    let not_in_roots =
+        "the server's certificate is self-signed and is not one of the certificates in sslrootcert";
+    // (server certificate, sslmode, host, sslrootcert, accepted, what our
+    // error says, what libpq's says too)
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, bool, String, &'a str);
+    let name_hint = "or use sslmode=verify-ca";
+    let cases: Vec<Case> = vec![
+        // The documented set-up: the server's own certificate as the root.
+        (
+            "server",
+            "verify-full",
+            NAME,
+            Some("server.crt"),
+            true,
+            String::new(),
+            "",
+        ),
+        (
+            "server",
+            "verify-full",
+            "DBHost.YourDomain.COM",
+            Some("server.crt"),
+            true,
+            String::new(),
+            "",
+        ),
+        (
+            "server",
+            "verify-full",
+            "localhost",
+            Some("server.crt"),
+            false,
+            mismatch("localhost"),
+            "does not match host name \"localhost\"",
+        ),
+        (
+            "server",
+            "verify-full",
+            "127.0.0.1",
+            Some("server.crt"),
+            false,
+            mismatch("127.0.0.1"),
+            "does not match host name \"127.0.0.1\"",
+        ),
+        (
+            "server",
+            "verify-full",
+            "other.yourdomain.com",
+            Some("server.crt"),
+            false,
+            name_hint.into(),
+            "does not match host name",
+        ),
+        (
+            "server",
+            "verify-ca",
+            "localhost",
+            Some("server.crt"),
+            true,
+            String::new(),
+            "",
+        ),
+        (
+            "server",
+            "verify-ca",
+            "127.0.0.1",
+            Some("server.crt"),
+            true,
+            String::new(),
+            "",
+        ),
+        // With a root file, require (and prefer) check the chain, as libpq.
+        (
+            "server",
+            "require",
+            "localhost",
+            Some("server.crt"),
+            true,
+            String::new(),
+            "",
+        ),
+        (
+            "server",
+            "prefer",
+            "localhost",
+            Some("server.crt"),
+            true,
+            String::new(),
+            "",
+        ),
+        ("server", "require", "localhost", None, true, String::new(), ""),
+        (
+            "server",
+            "disable",
+            "localhost",
+            None,
+            false,
+            "no encryption".into(),
+            "no encryption",
+        ),
+        // A self-signed certificate that is not in sslrootcert, even with
+        // the same name, or a CA that did not issue it.
+        (
+            "server",
+            "verify-full",
+            NAME,
+            Some("other.crt"),
+            false,
+            not_in_roots.into(),
+            "certificate verify failed",
+        ),
+        (
+            "server",
+            "verify-ca",
+            NAME,
+            Some("other.crt"),
+            false,
+            not_in_roots.into(),
+            "certificate verify failed",
+        ),
+        (
+            "server",
+            "require",
+            NAME,
+            Some("other.crt"),
+            false,
+            not_in_roots.into(),
+            "certificate verify failed",
+        ),
+        (
+            "server",
+            "prefer",
+            NAME,
+            Some("other.crt"),
+            false,
+            "certificate verify failed".into(),
+            "",
+        ),
+        (
+            "server",
+            "verify-full",
+            NAME,
+            Some("ca.pem"),
+            false,
+            not_in_roots.into(),
+            "certificate verify failed",
+        ),
+        // Expired, though in sslrootcert.
+        (
+            "expired",
+            "verify-full",
+            NAME,
+            Some("expired.crt"),
+            false,
+            "certificate expired".into(),
+            "certificate verify failed",
+        ),
+        (
+            "expired",
+            "verify-ca",
+            NAME,
+            Some("expired.crt"),
+            false,
+            "renew the server's certificate".into(),
+            "certificate verify failed",
+        ),
+        (
+            "expired",
+            "require",
+            "localhost",
+            Some("expired.crt"),
+            false,
+            "certificate expired".into(),
+            "certificate verify failed",
+        ),
+        // A CA-issued leaf with only a Common Name: libpq checks the CN.
+        (
+            "cnleaf",
+            "verify-full",
+            NAME,
+            Some("ca.pem"),
+            true,
+            String::new(),
+            "",
+        ),
+        (
+            "cnleaf",
+            "verify-full",
+            "localhost",
+            Some("ca.pem"),
+            false,
+            mismatch("localhost"),
+            "does not match host name \"localhost\"",
+        ),
+        (
+            "cnleaf",
+            "verify-ca",
+            "localhost",
+            Some("ca.pem"),
+            true,
+            String::new(),
+            "",
+        ),
+        (
+            "cnleaf",
+            "verify-full",
+            NAME,
+            Some("server.crt"),
+            false,
+            "UnknownIssuer".into(),
+            "certificate verify failed",
+        ),
+        // A current leaf whose root in sslrootcert has expired: OpenSSL
+        // checks the root's validity period too (webpki does not).
+        (
+            "staleleaf",
+            "verify-ca",
+            "localhost",
+            Some("expired.crt"),
+            false,
+            "left out, as libpq does: \"dbhost.yourdomain.com\" (expired)".into(),
+            "certificate verify failed",
+        ),
+    ];
+    let mut serving = "server";
+    let mut wrong = Vec::new();
+    for (served, mode, host, root, accepted, ours_says, libpq_says) in &cases {
+        if served != &serving {
+            cluster.serve(served).await;
+            serving = served;
+        }
+        let conninfo = cluster.conninfo(mode, host, *root);
+        let what = format!("{served}.crt served, {conninfo}");
+        let ours = session_is_tls(&parse(&conninfo)).await;
+        let libpq = psql(&conninfo, &cluster.pg.dir);
+        match (accepted, ours, libpq) {
+            (true, Ok(true), Ok(())) => {}
+            (false, Err(ours), Err(libpq))
+                if ours.contains(ours_says.as_str()) && libpq.contains(libpq_says) => {}
+            (_, ours, libpq) => wrong.push(format!(
+                "{what}: expected {}, pgwebhooks: {ours:?}, psql: {libpq:?}",
+                if *accepted { "accepted" } else { "refused" }
+            )),
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
 }
